@@ -1,0 +1,320 @@
+"""Every optimization as a flag, declared once.
+
+`Flags` is a frozen dataclass with one field per flag. Each field carries its metadata
+(`FlagSpec`): the seed change it comes from, where it acts (``module`` code in qvit or the
+training ``loop`` in harness), its legacy / seed / best values, the parity we expect when it
+is toggled, and one line of help. Models, the harness loop, ablation designs and reports all
+read this one declaration; adding a flag touches this file, its two code paths and its parity
+test.
+
+    >>> Flags.preset("legacy").use_frexp
+    True
+    >>> Flags.parse("seed,use_frexp=true").use_frexp
+    True
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any, ClassVar, Iterator, Literal
+
+__all__ = ["FlagSpec", "Flags", "PARITY_CLASSES", "PRESETS", "SCOPES"]
+
+# What toggling a flag may do to the numbers, from strongest to weakest guarantee.
+PARITY_CLASSES = (
+    "exact",  # forward, gradients and parameters after training steps bit-identical
+    "forward-exact-gradient-differs",  # eval forward bit-identical, gradients differ
+    "near-exact",  # differs within a declared bound (e.g. 1 LSB on a tiny fraction)
+    "statistical",  # only the distribution of results is the same (e.g. data order)
+    "differs",  # changes the numbers; not an optimization in the parity sense
+)
+SCOPES = ("module", "loop")
+PRESETS = ("legacy", "seed", "best")
+
+
+@dataclass(frozen=True)
+class FlagSpec:
+    """Metadata of one flag. ``parity`` maps each non-legacy value to its expected class."""
+
+    name: str
+    type: type
+    change: int | None  # seed change number (FLAGS.md); None for our own beyond-seed flags
+    scope: Literal["module", "loop"]
+    legacy: Any
+    seed: Any
+    best: Any
+    parity: dict[Any, str]
+    help: str
+    choices: tuple[Any, ...] | None = None
+    # Bound for "near-exact": the largest fraction of requantized elements allowed to differ,
+    # and the largest difference in quantization steps; for gradients, relative L2.
+    bound: dict[str, float] | None = None
+
+    def expected_parity(self, value: Any) -> str:
+        """Expected parity class when moving this flag from its legacy value to ``value``."""
+        if value == self.legacy:
+            return "exact"
+        if value in self.parity:
+            return self.parity[value]
+        if "*" in self.parity:
+            return self.parity["*"]
+        raise ValueError(f"flag {self.name!r} declares no parity for value {value!r}")
+
+    def values(self) -> tuple[Any, ...]:
+        """The values the flag takes in ablations: its choices, or legacy/seed/best."""
+        if self.choices is not None:
+            return self.choices
+        seen: list[Any] = []
+        for v in (self.legacy, self.seed, self.best):
+            if v not in seen:
+                seen.append(v)
+        return tuple(seen)
+
+
+def _flag(*, change, scope, legacy, seed, best, parity, help, choices=None, bound=None):
+    # The field default is the `best` value: a plain `Flags()` is what we recommend.
+    meta = dict(change=change, scope=scope, legacy=legacy, seed=seed, best=best,
+                parity=parity if isinstance(parity, dict) else {"*": parity},
+                help=help, choices=choices, bound=bound)
+    return dataclasses.field(default=best, metadata={"qvit": meta})
+
+
+@dataclass(frozen=True)
+class Flags:
+    """All optimization flags of qvit and its training loop. Defaults are the `best` preset."""
+
+    # --- module flags (qvit) ------------------------------------------------------------
+    fp64_fixedpoint: bool = _flag(
+        change=2, scope="module", legacy=True, seed=False, best=True, parity="near-exact",
+        bound={"forward_frac_differ": 1e-3, "forward_max_steps": 1.0},
+        help="dyadic requantization (fixedpoint_mul) in float64 instead of float32")
+    use_frexp: bool = _flag(
+        change=3, scope="module", legacy=True, seed=False, best=True, parity="near-exact",
+        bound={"forward_frac_differ": 1e-3, "forward_max_steps": 1.0},
+        help="requantize by an integer mantissa and shift (frexp, 31 bits) instead of one "
+             "float multiply")
+    frexp_on_device: bool = _flag(
+        change=None, scope="module", legacy=False, seed=False, best=True, parity="exact",
+        help="compute the frexp mantissa/exponent with torch.frexp on the tensor's device "
+             "instead of numpy + Decimal on the host (same bits, no host round trip)")
+    inline_ste: bool = _flag(
+        change=4, scope="module", legacy=False, seed=True, best=True, parity="exact",
+        help="straight-through estimators as x + (f(x) - x).detach() instead of "
+             "autograd.Function classes")
+    layernorm_newton: str = _flag(
+        change=5, scope="module", legacy="ste", seed="no_grad", best="no_grad_sqrt_grad",
+        choices=("ste", "no_grad", "no_grad_sqrt_grad"),
+        parity={"no_grad": "forward-exact-gradient-differs", "no_grad_sqrt_grad": "near-exact"},
+        bound={"forward_frac_differ": 0.0, "forward_max_steps": 0.0, "grad_rel_diff": 1e-5},
+        help="IntLayerNorm's integer Newton sqrt: under autograd with floor STE, under "
+             "no_grad (drops the std gradient), or under no_grad with the gradient of the "
+             "true sqrt attached")
+    global_act_minmax: bool = _flag(
+        change=6, scope="module", legacy=False, seed=True, best=True, parity="exact",
+        help="QuantAct running range from x.min()/x.max() instead of per-channel "
+             "reshape/transpose then reduce")
+    reuse_constant_tensors: bool = _flag(
+        change=7, scope="module", legacy=False, seed=True, best=True, parity="exact",
+        help="constants (zero point, output scales, sqrt(dim)) as buffers instead of "
+             "torch.tensor(...).to(device) per call")
+    cache_eval_weights: bool = _flag(
+        change=10, scope="module", legacy=False, seed=True, best=True, parity="exact",
+        help="in eval, quantize weights once per weight change instead of every batch")
+    cache_eval_act_scale: bool = _flag(
+        change=11, scope="module", legacy=False, seed=True, best=True, parity="exact",
+        help="QuantAct recomputes its scale only while collecting statistics, not in eval")
+    cache_exp_x0: bool = _flag(
+        change=12, scope="module", legacy=False, seed=True, best=True, parity="exact",
+        help="IntGELU/IntSoftmax cache x0_int = floor(-1/scale) in eval")
+    cache_rel_pos_bias: bool = _flag(
+        change=13, scope="module", legacy=False, seed=True, best=True, parity="exact",
+        help="Swin attention caches the gathered quantized relative position bias in eval")
+    eps_constant: bool = _flag(
+        change=15, scope="module", legacy=False, seed=True, best=True, parity="exact",
+        help="float32 eps as a module constant instead of torch.finfo(...) per call")
+    act_init_without_sync: bool = _flag(
+        change=None, scope="module", legacy=False, seed=False, best=True, parity="exact",
+        help="QuantAct's first-call check min==max on the device (torch.where) instead of "
+             "`if torch.eq(min, max).all()`, a host sync per call")
+    # --- loop flags (harness) -----------------------------------------------------------
+    cuda_synchronize_per_step: bool = _flag(
+        change=8, scope="loop", legacy=True, seed=False, best=False, parity="exact",
+        help="torch.cuda.synchronize() after every step")
+    loss_item_per_step: bool = _flag(
+        change=9, scope="loop", legacy=True, seed=False, best=False, parity="exact",
+        help="loss.item() every step instead of a device-side sum read once per epoch")
+    grad_scaler_without_autocast: bool = _flag(
+        change=14, scope="loop", legacy=True, seed=False, best=False, parity="exact",
+        help="timm NativeScaler (GradScaler) with no autocast: an inf/NaN scan of all grads")
+    plot_every: int = _flag(
+        change=16, scope="loop", legacy=1, seed=5, best=5, parity="exact",
+        help="write learning-curve plots every N epochs (and after the last)")
+    num_workers: int = _flag(
+        change=2, scope="loop", legacy=8, seed=4, best=4, parity="statistical",
+        help="DataLoader worker processes")
+    fused_optimizer: bool = _flag(
+        change=None, scope="loop", legacy=False, seed=False, best=True, parity="near-exact",
+        bound={"params_rel_diff": 1e-5},
+        help="optimizer step as one fused/foreach kernel instead of a per-parameter loop")
+    preload_to_device: bool = _flag(
+        change=None, scope="loop", legacy=False, seed=False, best=True, parity="exact",
+        help="keep a dataset that fits on the device and index batches there (no DataLoader)")
+    compile_model: bool = _flag(
+        change=None, scope="loop", legacy=False, seed=False, best=False, parity="near-exact",
+        bound={"forward_frac_differ": 1e-3, "forward_max_steps": 1.0},
+        help="torch.compile the model (compile time falls in the warm-up epoch)")
+
+    _SPECS: ClassVar[dict[str, FlagSpec]]
+
+    # --- validation -----------------------------------------------------------------------
+    def __post_init__(self):
+        for spec in self.specs():
+            value = getattr(self, spec.name)
+            if spec.type is bool and not isinstance(value, bool):
+                raise ValueError(f"flag {spec.name!r} must be True or False, got {value!r}")
+            if spec.type is int and (isinstance(value, bool) or not isinstance(value, int)):
+                raise ValueError(f"flag {spec.name!r} must be an int, got {value!r}")
+            if spec.choices is not None and value not in spec.choices:
+                raise ValueError(
+                    f"flag {spec.name!r} must be one of {', '.join(map(repr, spec.choices))}; "
+                    f"got {value!r}{_closest(str(value), [str(c) for c in spec.choices])}")
+            if spec.name in ("plot_every",) and value < 1:
+                raise ValueError(f"flag 'plot_every' must be >= 1, got {value}")
+            if spec.name == "num_workers" and value < 0:
+                raise ValueError(f"flag 'num_workers' must be >= 0, got {value}")
+
+    # --- declaration access ---------------------------------------------------------------
+    @classmethod
+    def specs(cls, scope: str | None = None) -> tuple[FlagSpec, ...]:
+        """Every flag's metadata, in declaration order; optionally only one scope."""
+        if scope is not None and scope not in SCOPES:
+            raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
+        return tuple(s for s in cls._SPECS.values() if scope is None or s.scope == scope)
+
+    @classmethod
+    def spec(cls, name: str) -> FlagSpec:
+        """The metadata of flag ``name``; an unknown name raises with the closest match."""
+        try:
+            return cls._SPECS[name]
+        except KeyError:
+            raise ValueError(f"unknown flag {name!r}{_closest(name, list(cls._SPECS))}; "
+                             f"valid flags: {', '.join(cls._SPECS)}") from None
+
+    @classmethod
+    def names(cls, scope: str | None = None) -> tuple[str, ...]:
+        return tuple(s.name for s in cls.specs(scope))
+
+    # --- construction ---------------------------------------------------------------------
+    @classmethod
+    def preset(cls, name: str) -> "Flags":
+        """``legacy`` (the seed's Before), ``seed`` (its After) or ``best`` (ours)."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}{_closest(name, list(PRESETS))}; "
+                             f"valid presets: {', '.join(PRESETS)}")
+        return cls(**{s.name: getattr(s, name) for s in cls.specs()})
+
+    @classmethod
+    def parse(cls, text: str | "Flags" | None) -> "Flags":
+        """Parse ``"preset[,name=value,...]"``; without a preset the overrides apply to best.
+
+        >>> Flags.parse("seed,use_frexp=true,plot_every=1").plot_every
+        1
+        """
+        if text is None:
+            return cls()
+        if isinstance(text, Flags):
+            return text
+        if not isinstance(text, str):
+            raise ValueError(f"flags must be a string like 'seed,use_frexp=true', got {text!r}")
+        parts = [p.strip() for p in text.split(",") if p.strip()]
+        base = cls()
+        if parts and "=" not in parts[0]:
+            base = cls.preset(parts.pop(0))
+        overrides = {}
+        for part in parts:
+            if "=" not in part:
+                raise ValueError(f"expected name=value after the preset, got {part!r} "
+                                 f"(a preset may only come first: {', '.join(PRESETS)})")
+            name, raw = (s.strip() for s in part.split("=", 1))
+            overrides[name] = cls.coerce(name, raw)
+        return base.replace(**overrides)
+
+    @classmethod
+    def coerce(cls, name: str, raw: Any) -> Any:
+        """Convert ``raw`` (a string from a CLI or spec, or a value) to flag ``name``'s type."""
+        spec = cls.spec(name)
+        if not isinstance(raw, str):
+            if spec.type is bool and raw in (0, 1) and not isinstance(raw, bool):
+                return bool(raw)
+            return raw
+        text = raw.strip()
+        if spec.type is bool:
+            table = {"true": True, "1": True, "false": False, "0": False}
+            if text.lower() not in table:
+                raise ValueError(f"flag {name!r} takes true/false (or 1/0), got {raw!r}")
+            return table[text.lower()]
+        if spec.type is int:
+            try:
+                return int(text)
+            except ValueError:
+                raise ValueError(f"flag {name!r} takes an integer, got {raw!r}") from None
+        return text
+
+    def replace(self, **overrides: Any) -> "Flags":
+        """A copy with some flags changed; unknown names raise with the closest match."""
+        for name in overrides:
+            self.spec(name)
+        return dataclasses.replace(self, **overrides)
+
+    # --- reporting --------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {s.name: getattr(self, s.name) for s in self.specs()}
+
+    def __iter__(self) -> Iterator[tuple[str, Any]]:
+        return iter(self.to_dict().items())
+
+    def digest(self) -> str:
+        """A short stable hash of all values, for naming runs and caching results."""
+        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+    def diff(self, other: "Flags") -> dict[str, tuple[Any, Any]]:
+        """``{name: (self_value, other_value)}`` for every flag that differs."""
+        return {n: (v, getattr(other, n)) for n, v in self if getattr(other, n) != v}
+
+    def describe(self) -> str:
+        """Preset name if this equals one, else the shortest ``preset,k=v`` spelling."""
+        best_text = None
+        for p in PRESETS:
+            d = Flags.preset(p).diff(self)
+            text = ",".join([p] + [f"{k}={_fmt(v[1])}" for k, v in d.items()])
+            if best_text is None or len(text) < len(best_text):
+                best_text = text
+        return best_text
+
+
+def _fmt(v: Any) -> str:
+    return str(v).lower() if isinstance(v, bool) else str(v)
+
+
+def _closest(name: str, options: list[str]) -> str:
+    match = difflib.get_close_matches(name, options, n=1)
+    return f" (did you mean {match[0]!r}?)" if match else ""
+
+
+def _build_specs() -> dict[str, FlagSpec]:
+    specs = {}
+    hints = {"bool": bool, "int": int, "str": str}
+    for f in dataclasses.fields(Flags):
+        meta = f.metadata["qvit"]
+        specs[f.name] = FlagSpec(name=f.name, type=hints[f.type], **meta)
+        if meta["scope"] not in SCOPES or any(c not in PARITY_CLASSES for c in meta["parity"].values()):
+            raise TypeError(f"flag {f.name!r}: bad scope or parity class in its declaration")
+    return specs
+
+
+Flags._SPECS = _build_specs()
