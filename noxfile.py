@@ -1,0 +1,71 @@
+"""nox sessions: the two set-up commands of the README (`nox -s ablate`, `nox -s tests`) and
+the rest of the tool belt. Each session installs the project into its own virtualenv (pip)."""
+
+import nox
+
+nox.options.reuse_existing_virtualenvs = True
+nox.options.sessions = ["tests"]
+
+DEFAULT_SPEC = "ablations/seed_timeline.toml"
+
+
+def _install(session, extras="dev"):
+    session.install("-e", f".[{extras}]")
+
+
+@nox.session
+def tests(session):
+    """The test suite (CPU, deterministic; what CI runs)."""
+    _install(session)
+    session.run("pytest", "-q", *session.posargs, env={"OMP_NUM_THREADS": "2"})
+
+
+@nox.session
+def ablate(session):
+    """Run an ablation spec (default: the seed timeline on the micro models) and write its
+    report to results/<spec name>/. Arguments after `--` go to the harness, e.g.
+    `nox -s ablate -- ablations/one_at_a_time.toml --device cuda`."""
+    _install(session)
+    args = list(session.posargs)
+    if not args or args[0].startswith("-"):
+        args.insert(0, DEFAULT_SPEC)
+    session.run("python", "-m", "harness", "ablate", *args)
+
+
+@nox.session
+def report(session):
+    """Rebuild reports from the recorded tables (all of results/, or the folders given)."""
+    _install(session)
+    session.run("python", "-m", "harness", "report", *(session.posargs or ["results"]))
+
+
+@nox.session
+def parity(session):
+    """Parity tables of every flag on the micro models (python -m harness parity)."""
+    _install(session)
+    args = session.posargs or ["--model", "ivit_micro", "--out", "results/parity/ivit_micro"]
+    session.run("python", "-m", "harness", "parity", *args)
+
+
+@nox.session
+def bench(session):
+    """pytest-benchmark microbenchmarks of each module flag's hot op, both paths."""
+    _install(session)
+    session.run("pytest", "-q", "-m", "bench", "--benchmark-enable", "--benchmark-only",
+                "--benchmark-group-by=param:flag", *session.posargs, "tests/bench")
+
+
+@nox.session
+def lint(session):
+    """ruff over the code."""
+    session.install("ruff")
+    session.run("ruff", "check", "qvit", "harness", "tests", "noxfile.py")
+
+
+@nox.session
+def slurm(session):
+    """Start a single-node Slurm cluster on this machine and run the real Slurm tests."""
+    _install(session)
+    session.run("bash", "scripts/slurm_local.sh", "start", external=True)
+    session.run("pytest", "-q", "-m", "slurm", "tests/test_slurm_real.py", *session.posargs,
+                env={"QVIT_REAL_SLURM": "1"})
