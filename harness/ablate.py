@@ -583,8 +583,9 @@ def run_design(spec: AblationSpec, out_dir: str | Path, *, executor: str = "loca
     specs = to_runspecs(spec, plan(spec, configs))
     table = run_sweep(specs, out_dir, executor=executor, progress=progress)
     if report:
-        from harness.report import build_report
+        from harness.report import build_report, write_index
         build_report(out_dir)
+        write_index(out_dir.parent)
     return table
 
 
