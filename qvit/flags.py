@@ -19,8 +19,9 @@ import dataclasses
 import difflib
 import hashlib
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, ClassVar, Iterator, Literal
+from typing import Any, ClassVar, Literal
 
 __all__ = ["FlagSpec", "Flags", "PARITY_CLASSES", "PRESETS", "SCOPES"]
 
@@ -210,7 +211,7 @@ class Flags:
 
     # --- construction ---------------------------------------------------------------------
     @classmethod
-    def preset(cls, name: str) -> "Flags":
+    def preset(cls, name: str) -> Flags:
         """``legacy`` (the seed's Before), ``seed`` (its After) or ``best`` (ours)."""
         if name not in PRESETS:
             raise ValueError(f"unknown preset {name!r}{_closest(name, list(PRESETS))}; "
@@ -218,7 +219,7 @@ class Flags:
         return cls(**{s.name: getattr(s, name) for s in cls.specs()})
 
     @classmethod
-    def parse(cls, text: str | "Flags" | None) -> "Flags":
+    def parse(cls, text: str | Flags | None) -> Flags:
         """Parse ``"preset[,name=value,...]"``; without a preset the overrides apply to best.
 
         >>> Flags.parse("seed,use_frexp=true,plot_every=1").plot_every
@@ -264,7 +265,7 @@ class Flags:
                 raise ValueError(f"flag {name!r} takes an integer, got {raw!r}") from None
         return text
 
-    def replace(self, **overrides: Any) -> "Flags":
+    def replace(self, **overrides: Any) -> Flags:
         """A copy with some flags changed; unknown names raise with the closest match."""
         for name in overrides:
             self.spec(name)
@@ -282,7 +283,7 @@ class Flags:
         blob = json.dumps(self.to_dict(), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
 
-    def diff(self, other: "Flags") -> dict[str, tuple[Any, Any]]:
+    def diff(self, other: Flags) -> dict[str, tuple[Any, Any]]:
         """``{name: (self_value, other_value)}`` for every flag that differs."""
         return {n: (v, getattr(other, n)) for n, v in self if getattr(other, n) != v}
 

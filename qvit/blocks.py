@@ -1,0 +1,286 @@
+"""Transformer blocks shared by I-ViT (DeiT) and Swin: one attention (with an optional
+relative position bias and window mask), one MLP, one block (with optional shifted
+windows), patch embedding and patch merging. Submodule names follow timm's, so float timm
+weights load by name; quantizers are named by the tensor they quantize."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from timm.layers import DropPath, trunc_normal_
+from torch import Tensor, nn
+
+from .modules import (
+    IntGELU,
+    IntLayerNorm,
+    IntSoftmax,
+    QuantAct,
+    QuantConv2d,
+    QuantLinear,
+    QuantMatMul,
+    QuantModule,
+)
+
+__all__ = ["Attention", "Mlp", "TransformerBlock", "PatchEmbed", "PatchMerging",
+           "window_partition", "window_reverse"]
+
+
+def _norm(dim: int) -> IntLayerNorm:
+    return IntLayerNorm(dim, eps=1e-6)
+
+
+class Attention(QuantModule):
+    """Multi-head self-attention on quantized tokens.
+
+    With ``window_size`` it is Swin's window attention: a learned relative position bias,
+    quantized and added as a residual through the dyadic requantizer, and an optional
+    shifted-window mask. Seed change 13 caches the gathered bias in eval.
+    """
+
+    def __init__(self, dim: int, num_heads: int, *, qkv_bias: bool = True,
+                 softmax_bits: int = 8, window_size: int | None = None,
+                 attn_drop: float = 0.0, proj_drop: float = 0.0, linear=QuantLinear):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} must be divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.scale = (dim // num_heads) ** -0.5
+        self.qkv = linear(dim, dim * 3, bias=qkv_bias)
+        self.q_qkv = QuantAct(8)
+        self.matmul_qk = QuantMatMul()
+        self.q_scores = QuantAct(8)
+        self.window_size = window_size
+        if window_size is not None:
+            self.relative_position_bias_table = nn.Parameter(
+                torch.zeros((2 * window_size - 1) ** 2, num_heads))
+            trunc_normal_(self.relative_position_bias_table, std=0.02)
+            self.register_buffer("relative_position_index",
+                                 _relative_position_index(window_size), persistent=False)
+            self.q_bias_table = QuantAct(8)
+            self.q_scores_biased = QuantAct(8)
+            self._bias_cache: tuple | None = None
+        self.softmax = IntSoftmax(softmax_bits)
+        self.attn_drop = nn.Dropout(attn_drop)
+        self.matmul_av = QuantMatMul()
+        self.q_context = QuantAct(8)
+        self.proj = linear(dim, dim)
+        self.q_out = QuantAct(16)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def invalidate_cache(self) -> None:
+        self._bias_cache = None
+
+    def relative_position_bias(self) -> tuple[Tensor, Tensor]:
+        """The quantized bias (heads, N, N) and its scale; cached in eval (flag 13)."""
+        table = self.relative_position_bias_table
+        cacheable = (self.flags.cache_rel_pos_bias and not self.training
+                     and not (torch.is_grad_enabled() and table.requires_grad))
+        key = (table._version, table.data_ptr())
+        if cacheable and self._bias_cache is not None and self._bias_cache[0] == key:
+            return self._bias_cache[1], self._bias_cache[2]
+        table_q, scale = self.q_bias_table(table)
+        n = self.window_size**2
+        bias = table_q[self.relative_position_index.view(-1)].view(n, n, -1)
+        bias = bias.permute(2, 0, 1).contiguous()
+        self._bias_cache = (key, bias, scale) if cacheable else None
+        return bias, scale
+
+    def forward(self, x: Tensor, scale: Tensor, mask: Tensor | None = None
+                ) -> tuple[Tensor, Tensor]:
+        B, N, C = x.shape
+        x, scale = self.qkv(x, scale)
+        x, qkv_scale = self.q_qkv(x, scale)
+        q, k, v = x.reshape(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
+        attn, scale = self.matmul_qk(q, qkv_scale, k.transpose(-2, -1), qkv_scale)
+        attn, scale = self.q_scores(attn * self.scale, scale * self.scale)
+        if self.window_size is not None:
+            bias, bias_scale = self.relative_position_bias()
+            attn, scale = self.q_scores_biased(attn, scale, bias.unsqueeze(0), bias_scale)
+        if mask is not None:
+            nw = mask.shape[0]
+            attn = attn.view(B // nw, nw, self.num_heads, N, N) + mask.unsqueeze(1).unsqueeze(0)
+            attn = attn.view(-1, self.num_heads, N, N)
+        attn, scale = self.softmax(attn, scale)
+        attn = self.attn_drop(attn)
+        x, scale = self.matmul_av(attn, scale, v, qkv_scale)
+        x, scale = self.q_context(x.transpose(1, 2).reshape(B, N, C), scale)
+        x, scale = self.proj(x, scale)
+        x, scale = self.q_out(x, scale)
+        return self.proj_drop(x), scale
+
+
+def _relative_position_index(window_size: int) -> Tensor:
+    coords = torch.stack(torch.meshgrid(torch.arange(window_size), torch.arange(window_size),
+                                        indexing="ij")).flatten(1)
+    rel = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0) + (window_size - 1)
+    return rel[:, :, 0] * (2 * window_size - 1) + rel[:, :, 1]
+
+
+class Mlp(nn.Module):
+    """fc1 -> ShiftGELU -> fc2 with 8-bit activations and a 16-bit output."""
+
+    def __init__(self, dim: int, hidden: int, drop: float = 0.0, linear=QuantLinear):
+        super().__init__()
+        self.fc1 = linear(dim, hidden)
+        self.q_fc1 = QuantAct(8)
+        self.act = IntGELU(8)
+        self.q_act = QuantAct(8)
+        self.fc2 = linear(hidden, dim)
+        self.q_out = QuantAct(16)
+        self.drop = nn.Dropout(drop)
+
+    def forward(self, x: Tensor, scale: Tensor) -> tuple[Tensor, Tensor]:
+        x, scale = self.q_fc1(*self.fc1(x, scale))
+        x, scale = self.q_act(*self.act(x, scale))
+        x = self.drop(x)
+        x, scale = self.q_out(*self.fc2(x, scale))
+        return self.drop(x), scale
+
+
+def window_partition(x: Tensor, ws: int) -> Tensor:
+    """(B, H, W, C) -> (B * H/ws * W/ws, ws, ws, C)"""
+    B, H, W, C = x.shape
+    x = x.view(B, H // ws, ws, W // ws, ws, C)
+    return x.permute(0, 1, 3, 2, 4, 5).contiguous().view(-1, ws, ws, C)
+
+
+def window_reverse(windows: Tensor, ws: int, H: int, W: int) -> Tensor:
+    """Inverse of `window_partition`."""
+    B = windows.shape[0] // ((H // ws) * (W // ws))
+    x = windows.view(B, H // ws, W // ws, ws, ws, -1)
+    return x.permute(0, 1, 3, 2, 4, 5).contiguous().view(B, H, W, -1)
+
+
+def _shifted_window_mask(H: int, W: int, ws: int, shift: int) -> Tensor:
+    img = torch.zeros((1, H, W, 1))
+    cnt = 0
+    for h in (slice(0, -ws), slice(-ws, -shift), slice(-shift, None)):
+        for w in (slice(0, -ws), slice(-ws, -shift), slice(-shift, None)):
+            img[:, h, w, :] = cnt
+            cnt += 1
+    win = window_partition(img, ws).view(-1, ws * ws)
+    mask = win.unsqueeze(1) - win.unsqueeze(2)
+    return mask.masked_fill(mask != 0, -100.0).masked_fill(mask == 0, 0.0)
+
+
+class TransformerBlock(nn.Module):
+    """Pre-norm residual block: LN -> attention -> +x -> LN -> MLP -> +x, with the residual
+    sums requantized to 16 bits. With ``input_resolution``/``window_size`` the attention runs
+    in (shifted) windows, as in Swin."""
+
+    def __init__(self, dim: int, num_heads: int, *, mlp_ratio: float = 4.0,
+                 qkv_bias: bool = True, softmax_bits: int = 8, drop: float = 0.0,
+                 attn_drop: float = 0.0, drop_path: float = 0.0, linear=QuantLinear,
+                 input_resolution: tuple[int, int] | None = None, window_size: int | None = None,
+                 shift_size: int = 0):
+        super().__init__()
+        self.input_resolution = input_resolution
+        if window_size is not None:
+            if input_resolution is None:
+                raise ValueError("window attention needs input_resolution=(H, W)")
+            if min(input_resolution) <= window_size:  # one window covers it: no shift
+                window_size, shift_size = min(input_resolution), 0
+            if not 0 <= shift_size < window_size:
+                raise ValueError(f"shift_size must be in [0, {window_size}), got {shift_size}")
+            if any(r % window_size for r in input_resolution):
+                raise ValueError(f"resolution {input_resolution} is not a multiple of the "
+                                 f"window size {window_size}; choose img_size accordingly")
+        self.window_size, self.shift_size = window_size, shift_size
+        self.norm1 = _norm(dim)
+        self.q_norm1 = QuantAct(8)
+        self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, softmax_bits=softmax_bits,
+                              window_size=window_size, attn_drop=attn_drop, proj_drop=drop,
+                              linear=linear)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.q_res1 = QuantAct(16)
+        self.norm2 = _norm(dim)
+        self.q_norm2 = QuantAct(8)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop, linear=linear)
+        self.q_res2 = QuantAct(16)
+        mask = (_shifted_window_mask(*input_resolution, window_size, shift_size)
+                if window_size is not None and shift_size > 0 else None)
+        self.register_buffer("attn_mask", mask, persistent=False)
+
+    def _attend(self, x: Tensor, scale: Tensor) -> tuple[Tensor, Tensor]:
+        if self.window_size is None:
+            return self.attn(x, scale)
+        H, W = self.input_resolution
+        B, L, C = x.shape
+        if L != H * W:
+            raise ValueError(f"expected {H}x{W}={H * W} tokens, got {L}")
+        ws, shift = self.window_size, self.shift_size
+        x = x.view(B, H, W, C)
+        if shift:
+            x = torch.roll(x, shifts=(-shift, -shift), dims=(1, 2))
+        windows = window_partition(x, ws).view(-1, ws * ws, C)
+        windows, scale = self.attn(windows, scale, mask=self.attn_mask)
+        x = window_reverse(windows.view(-1, ws, ws, C), ws, H, W)
+        if shift:
+            x = torch.roll(x, shifts=(shift, shift), dims=(1, 2))
+        return x.view(B, H * W, C), scale
+
+    def forward(self, x_in: Tensor, scale_in: Tensor) -> tuple[Tensor, Tensor]:
+        x, scale = self.q_norm1(*self.norm1(x_in, scale_in))
+        x, scale = self._attend(x, scale)
+        x_mid, scale_mid = self.q_res1(self.drop_path(x), scale, x_in, scale_in)
+        x, scale = self.q_norm2(*self.norm2(x_mid, scale_mid))
+        x, scale = self.mlp(x, scale)
+        return self.q_res2(self.drop_path(x), scale, x_mid, scale_mid)
+
+
+class PatchEmbed(nn.Module):
+    """Non-overlapping patches by a quantized conv; optional LayerNorm (Swin); 16-bit out."""
+
+    def __init__(self, img_size: int, patch_size: int, in_chans: int, embed_dim: int,
+                 norm: bool = False):
+        super().__init__()
+        if img_size % patch_size:
+            raise ValueError(f"img_size {img_size} must be a multiple of patch_size {patch_size}")
+        self.img_size, self.patch_size = img_size, patch_size
+        self.grid_size = (img_size // patch_size,) * 2
+        self.num_patches = self.grid_size[0] * self.grid_size[1]
+        self.proj = QuantConv2d(in_chans, embed_dim, patch_size, stride=patch_size)
+        if norm:
+            self.q_proj = QuantAct(8)
+            self.norm = _norm(embed_dim)
+        else:
+            self.norm = None
+        self.q_out = QuantAct(16)
+
+    def forward(self, x: Tensor, scale: Tensor) -> tuple[Tensor, Tensor]:
+        if x.shape[-2:] != (self.img_size, self.img_size):
+            raise ValueError(f"input images are {tuple(x.shape[-2:])}, the model was built for "
+                             f"{self.img_size}x{self.img_size}; pass img_size= to create_model")
+        x, scale = self.proj(x, scale)
+        x = x.flatten(2).transpose(1, 2)
+        if self.norm is not None:
+            x, scale = self.norm(*self.q_proj(x, scale))
+        return self.q_out(x, scale)
+
+
+class PatchMerging(nn.Module):
+    """Swin downsampling: concatenate 2x2 neighbours, LayerNorm, linear 4C -> 2C."""
+
+    def __init__(self, dim: int, input_resolution: tuple[int, int], linear=QuantLinear):
+        super().__init__()
+        H, W = input_resolution
+        if H % 2 or W % 2:
+            raise ValueError(f"patch merging needs an even resolution, got {H}x{W}")
+        self.input_resolution = input_resolution
+        self.norm = _norm(4 * dim)
+        self.q_norm = QuantAct(8)
+        self.reduction = linear(4 * dim, 2 * dim, bias=False)
+        self.q_out = QuantAct(8)
+
+    def forward(self, x: Tensor, scale: Tensor) -> tuple[Tensor, Tensor]:
+        H, W = self.input_resolution
+        B, L, C = x.shape
+        x = x.view(B, H, W, C)
+        x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], -1)
+        x, scale = self.q_norm(*self.norm(x.view(B, -1, 4 * C), scale))
+        return self.q_out(*self.reduction(x, scale))
+
+
+def global_avg_tokens(x: Tensor) -> Tensor:
+    """(B, L, C) -> (B, C, 1), the pooling of I-ViT's Swin head."""
+    return F.adaptive_avg_pool1d(x.transpose(1, 2), 1)

@@ -1,0 +1,359 @@
+"""Quantized modules: a value and its scale travel together, ``(x, scale) -> (y, scale)``.
+
+Every module reads its paths from ``self.flags`` (a `qvit.Flags`, set by the model's
+`set_flags`); both paths of every module-scope flag live side by side in ``forward``.
+Running ranges and activation scales are persistent buffers (a reloaded model evaluates
+identically); integers derived from the weights are non-persistent, so a model's state dict
+holds the same keys under every flag and loads across presets.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from . import primitives as P
+from .flags import Flags
+
+__all__ = [
+    "QuantModule", "QuantAct", "QuantLinear", "TerLinear", "QuantConv2d", "QuantMatMul",
+    "IntLayerNorm", "IntGELU", "IntSoftmax",
+]
+
+
+class QuantModule(nn.Module):
+    """Base of modules with flag-selected paths and eval caches.
+
+    Caches (flags 10, 12, 13) are dropped on every train()/eval() switch, on load_state_dict
+    and on set_flags, and weight caches are keyed on the parameters' version counters, so an
+    optimizer step taken in any mode invalidates them (the seed's caches did neither).
+    """
+
+    flags: Flags = Flags()
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self.invalidate_cache()
+        super()._load_from_state_dict(*args, **kwargs)
+
+    def invalidate_cache(self) -> None:
+        """Forget everything computed for eval. Subclasses with caches extend this."""
+
+    def train(self, mode: bool = True):
+        if mode != self.training:
+            self.invalidate_cache()
+        return super().train(mode)
+
+    # fix()/unfix() are no-ops on modules without running statistics (I-ViT API).
+    def fix(self) -> None:
+        """Freeze what this module learns from data (only QuantAct has something)."""
+
+    def unfix(self) -> None:
+        """Unfreeze what `fix` froze."""
+
+
+# --- activations ---------------------------------------------------------------------------
+
+class QuantAct(QuantModule):
+    """Quantizes activations to ``activation_bit`` symmetric integers with a running range.
+
+    Input quantization (no incoming scale) rounds ``x / scale``; requantization (incoming
+    scale, optional residual ``identity``) goes through the dyadic `fixedpoint_mul`.
+    Statistics are collected in training mode unless frozen with `fix()`.
+    """
+
+    def __init__(self, activation_bit: int = 8, act_range_momentum: float = 0.95):
+        super().__init__()
+        self.activation_bit = activation_bit
+        self.act_range_momentum = act_range_momentum
+        self.running_stat = True
+        self.register_buffer("min_val", torch.zeros(1))
+        self.register_buffer("max_val", torch.zeros(1))
+        # The scale of the empty range [0, 0]: what both scale paths compute before any data.
+        self.register_buffer("act_scaling_factor", torch.full((1,), P.EPS_F32))
+
+    def extra_repr(self) -> str:
+        return f"activation_bit={self.activation_bit}, momentum={self.act_range_momentum}"
+
+    def fix(self) -> None:
+        self.running_stat = False
+
+    def unfix(self) -> None:
+        self.running_stat = True
+
+    def _observe(self, x_act: Tensor) -> None:
+        f = self.flags
+        if f.global_act_minmax:
+            cur_min, cur_max = x_act.min(), x_act.max()
+        else:  # legacy: per-channel reduce of a transposed copy, then the global extreme
+            if x_act.dim() == 4:
+                x_act = x_act.permute(0, 2, 3, 1)
+            v = x_act.reshape(-1, x_act.shape[-1]).transpose(0, 1)
+            cur_min, cur_max = v.min(dim=1).values, v.max(dim=1).values
+        m = self.act_range_momentum
+        if f.act_init_without_sync:
+            # first call (empty range) takes the batch range; decided on the device
+            first = torch.eq(self.min_val, self.max_val)
+            new_min = torch.where(first, cur_min, self.min_val * m + cur_min * (1 - m))
+            new_max = torch.where(first, cur_max, self.max_val * m + cur_max * (1 - m))
+        elif torch.eq(self.min_val, self.max_val).all():  # a host sync on every call
+            new_min, new_max = cur_min, cur_max
+        else:
+            new_min = self.min_val * m + cur_min * (1 - m)
+            new_max = self.max_val * m + cur_max * (1 - m)
+        self.min_val = new_min.min().reshape(1)
+        self.max_val = new_max.max().reshape(1)
+
+    def _update_scale(self) -> None:
+        self.act_scaling_factor = P.symmetric_scale(
+            self.activation_bit, self.min_val, self.max_val,
+            eps_constant=self.flags.eps_constant).reshape(1)
+
+    def forward(self, x: Tensor, pre_act_scaling_factor: Tensor | None = None,
+                identity: Tensor | None = None, identity_scaling_factor: Tensor | None = None
+                ) -> tuple[Tensor, Tensor]:
+        f = self.flags
+        with torch.no_grad():
+            if self.training and self.running_stat:
+                self._observe(x if identity is None else identity + x)
+                if f.cache_eval_act_scale:
+                    self._update_scale()
+            if not f.cache_eval_act_scale:
+                self._update_scale()  # legacy: every call, in eval too (seed change 11)
+        scale = self.act_scaling_factor
+        if pre_act_scaling_factor is None:
+            q = P.symmetric_quantize(x, self.activation_bit, scale, is_weight=False,
+                                     inline_ste=f.inline_ste,
+                                     constant_zero_point=f.reuse_constant_tensors)
+        else:
+            q = P.fixedpoint_mul(x, pre_act_scaling_factor, self.activation_bit, scale,
+                                 identity, identity_scaling_factor, fp64=f.fp64_fixedpoint,
+                                 use_frexp=f.use_frexp, frexp_on_device=f.frexp_on_device,
+                                 inline_ste=f.inline_ste)
+        return q * scale.view(-1), scale
+
+
+# --- weights ----------------------------------------------------------------------------
+
+class _QuantWeightMixin:
+    """Weight quantization with the eval cache of seed change 10, done right: the cache is
+    keyed on the weight's version counter, so it is refilled by the first eval forward after
+    any weight change (the seed's reused the last training forward's weights, one step
+    stale)."""
+
+    weight_bit: int
+    bias_bit: int | None
+
+    def _init_quant(self, weight_bit: int, bias_bit: int | None, out_channels: int):
+        self.weight_bit = weight_bit
+        self.bias_bit = bias_bit
+        # Derived from the weights: kept for inspection/export, not saved.
+        self.register_buffer("weight_scaling_factor", torch.zeros(out_channels),
+                             persistent=False)
+        self._weight_cache: tuple | None = None
+
+    def invalidate_cache(self) -> None:
+        self._weight_cache = None
+
+    def _weight_scale(self, w: Tensor) -> Tensor:
+        v = w.reshape(w.shape[0], -1)
+        return P.symmetric_scale(self.weight_bit, v.min(dim=1).values, v.max(dim=1).values,
+                                 eps_constant=self.flags.eps_constant)
+
+    def _quantize_weight(self, w: Tensor, scale: Tensor) -> Tensor:
+        return P.symmetric_quantize(w, self.weight_bit, scale, is_weight=True,
+                                    inline_ste=self.flags.inline_ste,
+                                    constant_zero_point=self.flags.reuse_constant_tensors)
+
+    def quantized_weight(self) -> tuple[Tensor, Tensor]:
+        """(integer weight, per-output-channel scale), from the cache where it is valid."""
+        cacheable = (self.flags.cache_eval_weights and not self.training
+                     and not (torch.is_grad_enabled() and self.weight.requires_grad))
+        key = (self.weight._version, self.weight.data_ptr(), self.weight.device)
+        if cacheable and self._weight_cache is not None and self._weight_cache[0] == key:
+            return self._weight_cache[1], self._weight_cache[2]
+        with torch.no_grad():
+            scale = self._weight_scale(self.weight)
+        w_int = self._quantize_weight(self.weight, scale)
+        self.weight_scaling_factor = scale
+        self._weight_cache = (key, w_int, scale) if cacheable else None
+        return w_int, scale
+
+    def quantized_bias(self, bias_scale: Tensor) -> Tensor | None:
+        if self.bias is None:
+            return None
+        return P.symmetric_quantize(self.bias, self.bias_bit, bias_scale, is_weight=True,
+                                    inline_ste=self.flags.inline_ste,
+                                    constant_zero_point=self.flags.reuse_constant_tensors)
+
+
+class QuantLinear(_QuantWeightMixin, QuantModule, nn.Linear):
+    """Linear layer on integer inputs with per-output-channel symmetric integer weights and
+    a 32-bit integer bias; output scale = weight scale x input scale."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True,
+                 weight_bit: int = 8, bias_bit: int = 32):
+        nn.Linear.__init__(self, in_features, out_features, bias)
+        self._init_quant(weight_bit, bias_bit, out_features)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", weight_bit={self.weight_bit}"
+
+    def forward(self, x: Tensor, prev_act_scaling_factor: Tensor) -> tuple[Tensor, Tensor]:
+        w_int, w_scale = self.quantized_weight()
+        bias_scale = w_scale * prev_act_scaling_factor
+        x_int = x / prev_act_scaling_factor.view(1, -1)
+        out = F.linear(x_int, w_int, self.quantized_bias(bias_scale))
+        return out * bias_scale, bias_scale
+
+
+class TerLinear(QuantLinear):
+    """QuantLinear with ternary weights {-1, 0, 1} x mean|w| per output channel (the seed's
+    TerLinear); bias and activations as in QuantLinear."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True,
+                 bias_bit: int = 32):
+        super().__init__(in_features, out_features, bias, weight_bit=2, bias_bit=bias_bit)
+
+    def _weight_scale(self, w: Tensor) -> Tensor:
+        abs_mean = w.reshape(w.shape[0], -1).abs().mean(dim=1)
+        return abs_mean.clamp(min=P.float32_eps(self.flags.eps_constant))
+
+    def _quantize_weight(self, w: Tensor, scale: Tensor) -> Tensor:
+        return P.ternary_quantize(w, scale, inline_ste=self.flags.inline_ste,
+                                  constant_zero_point=self.flags.reuse_constant_tensors)
+
+
+class QuantConv2d(_QuantWeightMixin, QuantModule, nn.Conv2d):
+    """Conv2d on integer inputs with per-output-channel integer weights (patch embedding)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
+                 dilation=1, groups=1, bias: bool = True, weight_bit: int = 8,
+                 bias_bit: int = 32):
+        nn.Conv2d.__init__(self, in_channels, out_channels, kernel_size, stride, padding,
+                           dilation, groups, bias)
+        self._init_quant(weight_bit, bias_bit, out_channels)
+
+    def forward(self, x: Tensor, prev_act_scaling_factor: Tensor) -> tuple[Tensor, Tensor]:
+        w_int, w_scale = self.quantized_weight()
+        bias_scale = w_scale * prev_act_scaling_factor
+        x_int = x / prev_act_scaling_factor.view(1, -1, 1, 1)
+        out = F.conv2d(x_int, w_int, self.quantized_bias(bias_scale), self.stride,
+                       self.padding, self.dilation, self.groups)
+        out_scale = bias_scale.view(1, -1, 1, 1)
+        return out * out_scale, out_scale
+
+
+class QuantMatMul(QuantModule):
+    """Product of two quantized tensors; the output scale is the product of their scales."""
+
+    def forward(self, a: Tensor, a_scale: Tensor, b: Tensor, b_scale: Tensor
+                ) -> tuple[Tensor, Tensor]:
+        scale = a_scale * b_scale
+        return (a / a_scale) @ (b / b_scale) * scale, scale
+
+
+# --- integer nonlinearities ---------------------------------------------------------------
+
+class IntLayerNorm(QuantModule, nn.LayerNorm):
+    """I-LayerNorm: integer mean/variance, integer Newton sqrt, output scale sqrt(C)/2^30 x
+    weight. The bias enters as integers of ``bias / weight`` (no gradient, as in I-ViT)."""
+
+    def __init__(self, normalized_shape: int, eps: float = 1e-6, elementwise_affine=True):
+        nn.LayerNorm.__init__(self, normalized_shape, eps, elementwise_affine)
+        dim = self.normalized_shape[-1]
+        self.register_buffer("dim_sqrt", torch.sqrt(torch.tensor(float(dim))), persistent=False)
+
+    def forward(self, x: Tensor, scaling_factor: Tensor) -> tuple[Tensor, Tensor]:
+        f = self.flags
+        inline = f.inline_ste
+        x_int = x / scaling_factor
+        mean_int = P.round_ste(x_int.mean(dim=-1, keepdim=True), inline)
+        y_int = x_int - mean_int
+        var_int = torch.sum(y_int**2, dim=-1, keepdim=True)
+        std_int = P.int_sqrt_newton(var_int, f.layernorm_newton, inline_ste=inline)
+        factor = P.floor_ste((2**31 - 1) / std_int, inline)
+        y_int = P.floor_ste(y_int * factor / 2, inline)
+        out_scale = self.dim_sqrt / 2**30
+        bias_int = P.floor_ste(self.bias.detach() / self.weight.detach() / out_scale, inline)
+        out_scale = out_scale * self.weight
+        return (y_int + bias_int) * out_scale, out_scale
+
+
+class _IntExpModule(QuantModule):
+    """Shared by IntGELU and IntSoftmax: the shift-based integer exp with its x0 eval cache
+    (seed change 12; dropped on train/eval switches and loads, unlike the seed's)."""
+
+    exp_bits: int  # the shift bound n of int_exp_shift
+
+    def __init__(self, output_bit: int):
+        super().__init__()
+        self.output_bit = output_bit
+        self.register_buffer("out_unit", torch.tensor([1 / 2 ** (output_bit - 1)]),
+                             persistent=False)
+        self._x0_cache: Tensor | None = None
+
+    def extra_repr(self) -> str:
+        return f"output_bit={self.output_bit}"
+
+    def invalidate_cache(self) -> None:
+        self._x0_cache = None
+
+    def _x0(self, scaling_factor: Tensor) -> Tensor:
+        if not (self.flags.cache_exp_x0 and not self.training):
+            return P.exp_x0_int(scaling_factor)
+        if self._x0_cache is None:
+            self._x0_cache = P.exp_x0_int(scaling_factor)
+        return self._x0_cache
+
+    def _out_unit(self, like: Tensor) -> Tensor:
+        if self.flags.reuse_constant_tensors:
+            return self.out_unit
+        return torch.Tensor([1 / 2 ** (self.output_bit - 1)]).to(like.device)
+
+    def _normalize(self, exp_int: Tensor, exp_sum: Tensor) -> Tensor:
+        """floor(exp_int / exp_sum * 2^(output_bit-1)) with integer ops only."""
+        inline = self.flags.inline_ste
+        factor = P.floor_ste(P.INT32_MAX / exp_sum.clamp_max(P.INT32_MAX), inline)
+        return P.floor_ste(exp_int * factor / 2 ** (31 - self.output_bit + 1), inline)
+
+
+class IntGELU(_IntExpModule):
+    """ShiftGELU: x * sigmoid(1.702 x), the sigmoid from the shift-based integer exp."""
+
+    exp_bits = 23
+
+    def __init__(self, output_bit: int = 8):
+        super().__init__(output_bit)
+
+    def forward(self, x: Tensor, scaling_factor: Tensor) -> tuple[Tensor, Tensor]:
+        inline = self.flags.inline_ste
+        pre_x_int = x / scaling_factor
+        sig_scale = scaling_factor * 1.702
+        x_int_max = pre_x_int.max(dim=-1, keepdim=True).values
+        x0 = self._x0(sig_scale)
+        exp_int, _ = P.int_exp_shift(pre_x_int - x_int_max, sig_scale, self.exp_bits,
+                                     x0_int=x0, inline_ste=inline)
+        exp_int_max, _ = P.int_exp_shift(-x_int_max, sig_scale, self.exp_bits, x0_int=x0,
+                                         inline_ste=inline)
+        sigmoid_int = self._normalize(exp_int, exp_int + exp_int_max)
+        out_scale = scaling_factor * self._out_unit(x)
+        return pre_x_int * sigmoid_int * out_scale, out_scale
+
+
+class IntSoftmax(_IntExpModule):
+    """Shiftmax: softmax over the last dim from the shift-based integer exp."""
+
+    exp_bits = 15
+
+    def __init__(self, output_bit: int = 8):
+        super().__init__(output_bit)
+
+    def forward(self, x: Tensor, scaling_factor: Tensor) -> tuple[Tensor, Tensor]:
+        x_int = x / scaling_factor
+        x_int = x_int - x_int.max(dim=-1, keepdim=True).values
+        exp_int, _ = P.int_exp_shift(x_int, scaling_factor, self.exp_bits,
+                                     x0_int=self._x0(scaling_factor),
+                                     inline_ste=self.flags.inline_ste)
+        out_scale = self._out_unit(x)
+        return self._normalize(exp_int, exp_int.sum(dim=-1, keepdim=True)) * out_scale, out_scale

@@ -1,0 +1,315 @@
+"""Pure functions of integer-only quantization: STE, symmetric quantization, frexp, dyadic
+requantization, the shift-based integer exp and the integer Newton square root.
+
+Each function takes the paths it can run as keyword arguments (the modules read them from
+`qvit.Flags`); nothing here holds state or moves tensors between devices, except the legacy
+`batch_frexp`, whose host round trip is the thing being measured.
+"""
+
+from __future__ import annotations
+
+import decimal
+from decimal import Decimal
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.autograd import Function
+
+__all__ = [
+    "EPS_F32", "float32_eps", "floor_ste", "round_ste", "symmetric_scale",
+    "symmetric_quantize", "ternary_quantize", "batch_frexp", "frexp_device", "frexp31",
+    "fixedpoint_mul", "dyadic_requantize_int64", "int_exp_shift", "int_sqrt_newton",
+    "INT32_MAX",
+]
+
+EPS_F32: float = torch.finfo(torch.float32).eps  # seed change 15: evaluated once
+INT32_MAX = 2**31 - 1
+FREXP_BITS = 31  # mantissa bits of the dyadic multiplier (I-ViT's max_bit)
+
+
+def float32_eps(constant: bool) -> float:
+    """float32 eps; ``constant=False`` asks torch every call, as the legacy code did."""
+    return EPS_F32 if constant else torch.finfo(torch.float32).eps
+
+
+# --- straight-through estimators --------------------------------------------------------
+
+class _FloorSTE(Function):
+    """Legacy STE: an autograd.Function (Python dispatch on every call, seed change 4)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return torch.floor(x)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        return grad_output.clone()
+
+
+class _RoundSTE(Function):
+    @staticmethod
+    def forward(ctx, x):
+        return torch.round(x)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        return grad_output.clone()
+
+
+def floor_ste(x: Tensor, inline: bool = True) -> Tensor:
+    """floor(x) with an identity gradient. ``x + (floor(x) - x).detach()`` is exactly floor(x):
+    floor(x) - x is exact in floating point and so is adding it back."""
+    if inline:
+        return x + (torch.floor(x) - x).detach()
+    return _FloorSTE.apply(x)
+
+
+def round_ste(x: Tensor, inline: bool = True) -> Tensor:
+    """round(x) (half to even) with an identity gradient."""
+    if inline:
+        return x + (torch.round(x) - x).detach()
+    return _RoundSTE.apply(x)
+
+
+# --- symmetric quantization -------------------------------------------------------------
+
+def symmetric_scale(num_bits: int, min_val: Tensor, max_val: Tensor, *,
+                    eps_constant: bool = True) -> Tensor:
+    """Scale of symmetric ``num_bits`` quantization of the range [min_val, max_val]."""
+    with torch.no_grad():
+        n = 2 ** (num_bits - 1) - 1
+        return (torch.max(-min_val, max_val) / float(n)).clamp_(min=float32_eps(eps_constant))
+
+
+def _scale_shape(x: Tensor, scale: Tensor, is_weight: bool) -> Tensor:
+    # Weights: one scale per output channel (dim 0); activations: per last (3D) or channel dim.
+    if is_weight:
+        return scale.view(-1, *([1] * (x.dim() - 1))) if x.dim() in (2, 4) else scale.view(-1)
+    shapes = {2: (1, -1), 3: (1, 1, -1), 4: (1, -1, 1, 1)}
+    if x.dim() not in shapes:
+        raise ValueError(f"activations must be 2-D, 3-D or 4-D to quantize, got {x.dim()}-D")
+    return scale.view(shapes[x.dim()])
+
+
+class _QuantizeSTEFunction(Function):
+    """Legacy STE quantizer (I-ViT's SymmetricQuantFunction): an autograd.Function."""
+
+    @staticmethod
+    def forward(ctx, x, qmin, qmax, s, zero_point):
+        q = 1.0 / s * x
+        if zero_point is not None:
+            q = q + zero_point
+        ctx.save_for_backward(s)
+        return torch.clamp(torch.round(q), qmin, qmax)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (s,) = ctx.saved_tensors
+        return grad_output.clone() / s, None, None, None, None
+
+
+def _quantize_ste(x: Tensor, s: Tensor, qmin: int, qmax: int, inline_ste: bool,
+                  constant_zero_point: bool) -> Tensor:
+    # The zero point of symmetric quantization is 0; the legacy code built it as a tensor on
+    # every call (`torch.tensor(0.).to(device)`, seed change 7), adding nothing to the value.
+    zero_point = None if constant_zero_point else torch.tensor(0.0).to(x.device)
+    s = s.detach()
+    if not inline_ste:
+        return _QuantizeSTEFunction.apply(x, qmin, qmax, s, zero_point)
+    with torch.no_grad():
+        q = 1.0 / s * x
+        if zero_point is not None:
+            q = q + zero_point
+        q = torch.clamp(torch.round(q), qmin, qmax)
+    surrogate = x / s  # carries the legacy backward, grad / scale
+    return surrogate + (q - surrogate).detach()
+
+
+def symmetric_quantize(x: Tensor, num_bits: int, scale: Tensor, *, is_weight: bool,
+                       inline_ste: bool = True, constant_zero_point: bool = True) -> Tensor:
+    """Integer values of ``x`` in [-2^(b-1), 2^(b-1)-1] (as float), gradient 1/scale (STE).
+    ``scale`` is per output channel for weights, per tensor (or last dim) for activations."""
+    n = 2 ** (num_bits - 1) - 1
+    s = _scale_shape(x, scale, is_weight)
+    return _quantize_ste(x, s, -n - 1, n, inline_ste, constant_zero_point)
+
+
+def ternary_quantize(w: Tensor, scale: Tensor, *, inline_ste: bool = True,
+                     constant_zero_point: bool = True) -> Tensor:
+    """Ternary weights {-1, 0, 1} = clamp(round(w / scale), -1, 1) per output channel, STE."""
+    return _quantize_ste(w, _scale_shape(w, scale, True), -1, 1, inline_ste,
+                         constant_zero_point)
+
+
+# --- frexp: scale = m * 2^-e with a 31-bit integer mantissa --------------------------------
+
+def batch_frexp(inputs: Tensor, max_bit: int = FREXP_BITS) -> tuple[Tensor, Tensor]:
+    """The legacy reference (I-ViT): numpy frexp on the host, mantissa rounded half up to
+    ``max_bit`` bits through Python Decimal, one element at a time. Returns float64 tensors
+    (m, e) on the input's device with ``inputs == m / 2**e``."""
+    shape = inputs.shape
+    m_f, e_f = np.frexp(inputs.detach().reshape(-1).cpu().numpy())
+    m_int = [int(Decimal(float(m) * 2**max_bit).quantize(Decimal("1"),
+                                                      rounding=decimal.ROUND_HALF_UP))
+             for m in m_f]
+    m = torch.tensor(m_int, dtype=torch.float64).view(shape)
+    e = torch.from_numpy(float(max_bit) - e_f.astype(np.float64)).view(shape)
+    return m.to(inputs.device), e.to(inputs.device)
+
+
+def frexp_device(inputs: Tensor, max_bit: int = FREXP_BITS) -> tuple[Tensor, Tensor]:
+    """Same (m, e) as `batch_frexp`, bit for bit, computed on the input's own device.
+
+    torch.frexp gives the mantissa in [0.5, 1); scaling by 2^max_bit is exact in float64, and
+    so is adding 0.5 (the product has at most 53 significant bits below 2^31), so
+    floor(. + 0.5) is Decimal's ROUND_HALF_UP for the non-negative scales we decompose.
+    """
+    mant, exp = torch.frexp(inputs.detach().to(torch.float64))
+    m = torch.floor(mant * 2.0**max_bit + 0.5)
+    return m, float(max_bit) - exp.to(torch.float64)
+
+
+def frexp31(inputs: Tensor, *, on_device: bool) -> tuple[Tensor, Tensor]:
+    return frexp_device(inputs) if on_device else batch_frexp(inputs)
+
+
+# --- dyadic requantization ---------------------------------------------------------------
+
+def _act_shape(x: Tensor):
+    shapes = {2: (1, -1), 3: (1, 1, -1), 4: (1, -1, 1, 1)}
+    if x.dim() not in shapes:
+        raise ValueError(f"fixedpoint_mul takes 2-D, 3-D or 4-D activations, got {x.dim()}-D")
+    return shapes[x.dim()]
+
+
+def _requantize_int(z_int: Tensor, in_scale: Tensor, out_scale: Tensor, *, fp64: bool,
+                    use_frexp: bool, frexp_on_device: bool) -> Tensor:
+    """round(z_int * in_scale / out_scale): the integer rescale of one addend."""
+    dtype = torch.float64 if fp64 else torch.float32
+    # The legacy code divides the float32 scales in float64 (out_scale cast float->double).
+    new_scale = in_scale.to(dtype) / out_scale.to(torch.float32).to(dtype)
+    if not use_frexp:
+        return torch.round(z_int.to(dtype) * new_scale)
+    m, e = frexp31(new_scale, on_device=frexp_on_device)
+    return torch.round(z_int.to(dtype) * m.to(dtype) / (2.0 ** e).to(dtype))
+
+
+class _FixedpointMul(Function):
+    @staticmethod
+    def forward(ctx, pre_act, identity, run, z_scale):
+        ctx.has_identity = identity is not None
+        ctx.save_for_backward(z_scale)
+        return run()
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (z_scale,) = ctx.saved_tensors
+        g = grad_output.clone() / z_scale
+        return g, (grad_output.clone() / z_scale if ctx.has_identity else None), None, None
+
+
+def fixedpoint_mul(pre_act: Tensor, pre_act_scale: Tensor, num_bits: int, z_scale: Tensor,
+                   identity: Tensor | None = None, identity_scale: Tensor | None = None, *,
+                   fp64: bool, use_frexp: bool, frexp_on_device: bool,
+                   inline_ste: bool = True) -> Tensor:
+    """Requantize ``pre_act`` (scale ``pre_act_scale``), plus an optional residual ``identity``
+    (scale ``identity_scale``), to ``num_bits`` integers of scale ``z_scale``.
+
+    With ``use_frexp`` the rescale is the dyadic m * 2^-e that an integer-only deployment
+    computes (exact in float64); without it, one float multiply (the seed's shortcut).
+    Gradient: grad / z_scale to ``pre_act`` and ``identity`` (STE), none to the scales.
+    """
+    shape = _act_shape(pre_act)
+    n = 2 ** (num_bits - 1) - 1
+    kw = dict(fp64=fp64, use_frexp=use_frexp, frexp_on_device=frexp_on_device)
+
+    def run():
+        with torch.no_grad():
+            in_scale = pre_act_scale.view(shape)
+            out = _requantize_int(torch.round(pre_act / in_scale), in_scale, z_scale, **kw)
+            if identity is not None:
+                id_scale = identity_scale.view(shape)
+                out = _requantize_int(torch.round(identity / id_scale), id_scale, z_scale,
+                                      **kw) + out
+            out = out.to(torch.float32)
+            return torch.clamp(out, -n - 1, n) if num_bits in (4, 8, 16, 32) else out
+
+    if not inline_ste:
+        return _FixedpointMul.apply(pre_act, identity, run, z_scale)
+    out = run()
+    zs = z_scale.detach()
+    surrogate = pre_act / zs if identity is None else pre_act / zs + identity / zs
+    return surrogate + (out - surrogate).detach()
+
+
+def dyadic_requantize_int64(z_int: Tensor, m: Tensor, e: Tensor) -> Tensor:
+    """Pure integer reference of the dyadic rescale: round_half_even(z * m / 2^e) in int64,
+    as an integer-only deployment computes it (for parity checks, not for training)."""
+    z = z_int.to(torch.int64)
+    m = m.to(torch.int64)
+    e = e.to(torch.int64)
+    if (e < 1).any():
+        raise ValueError("dyadic_requantize_int64 needs shifts e >= 1 (scale ratio < 2^30)")
+    prod = z * m
+    q = prod >> e  # floor division by 2^e (arithmetic shift)
+    rem = prod - (q << e)
+    half = torch.ones_like(e) << (e - 1)
+    round_up = (rem > half) | ((rem == half) & (q % 2 == 1))
+    return q + round_up.to(torch.int64)
+
+
+# --- integer nonlinearities ----------------------------------------------------------------
+
+def exp_x0_int(scaling_factor: Tensor) -> Tensor:
+    """x0_int = floor(-1 / scale): the integer of -ln 2 after the shift approximation."""
+    with torch.no_grad():
+        return torch.floor(-1.0 / scaling_factor)
+
+
+def int_exp_shift(x_int: Tensor, scaling_factor: Tensor, n: int, *,
+                  x0_int: Tensor | None = None, inline_ste: bool = True
+                  ) -> tuple[Tensor, Tensor]:
+    """Shift-based integer exp of non-positive ``x_int`` (I-ViT Shiftmax/ShiftGELU).
+
+    e^x = 2^(x log2 e) with x log2 e ~ x + x/2 - x/16; then 2^(-q) * (1 + r/2) with the
+    quotient q and remainder r of division by x0 = -1 (in integer units). ``n`` bounds the
+    shift (the result is scaled by 2^n). ``x0_int`` may be passed in (cached in eval).
+    """
+    x_int = x_int + floor_ste(x_int / 2, inline_ste) - floor_ste(x_int / 2**4, inline_ste)
+    if x0_int is None:
+        x0_int = exp_x0_int(scaling_factor)
+    x_int = torch.max(x_int, n * x0_int)
+    q = floor_ste(x_int / x0_int, inline_ste)
+    r = x_int - x0_int * q
+    exp_int = r / 2 - x0_int
+    exp_int = torch.clamp(floor_ste(exp_int * 2 ** (n - q), inline_ste), min=0)
+    return exp_int, scaling_factor / 2**n
+
+
+NEWTON_MODES = ("ste", "no_grad", "no_grad_sqrt_grad")
+
+
+def int_sqrt_newton(var_int: Tensor, mode: str, *, inline_ste: bool = True,
+                    iterations: int = 10) -> Tensor:
+    """Integer square root by ``iterations`` Newton steps from 2^16 (I-LayerNorm).
+
+    ``ste``: under autograd with floor STE (the legacy gradient through every step);
+    ``no_grad``: no gradient through the std at all (seed change 5);
+    ``no_grad_sqrt_grad``: the same forward, with the gradient of the true sqrt attached.
+    """
+    if mode == "ste":
+        k = 2**16
+        for _ in range(iterations):
+            k = floor_ste((k + floor_ste(var_int / k, inline_ste)) / 2, inline_ste)
+        return k
+    if mode not in NEWTON_MODES:
+        raise ValueError(f"layernorm_newton must be one of {NEWTON_MODES}, got {mode!r}")
+    with torch.no_grad():
+        k = var_int.new_full(var_int.shape, 2**16)
+        for _ in range(iterations):
+            k = torch.floor((k + torch.floor(var_int / k)) / 2)
+    if mode == "no_grad":
+        return k
+    root = torch.sqrt(var_int)
+    return k + (root - root.detach())
