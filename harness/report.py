@@ -105,6 +105,16 @@ def _plt():
     return plt, sns
 
 
+def _plain_log_x(ax) -> None:
+    """Log x axis labelled 0.8, 1, 1.5 ... instead of 10^0 with offsets."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 1.2, 1.5, 2.0, 3.0, 5.0, 7.0)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
 def _save(fig, path: Path) -> str:
     fig.tight_layout()
     fig.savefig(path, dpi=FIG_DPI)
@@ -145,7 +155,7 @@ def _fig_flag_speedup(per_flag, path, xlabel):
     models = list(dict.fromkeys(per_flag["model"]))
     order = (per_flag.groupby("flag")["flag_speedup"].apply(lambda s: np.exp(np.log(s).mean()))
              .sort_values(ascending=False).index.tolist())
-    fig, ax = plt.subplots(figsize=(7.5, 0.32 * len(order) * max(1, len(models)) + 1.5))
+    fig, ax = plt.subplots(figsize=(7.5, (0.22 + 0.12 * len(models)) * len(order) + 1.5))
     palette = sns.color_palette("deep")
     for i, model in enumerate(models):
         s = per_flag[per_flag["model"] == model].set_index("flag").reindex(order)
@@ -157,7 +167,7 @@ def _fig_flag_speedup(per_flag, path, xlabel):
     ax.axvline(1.0, color="grey", lw=0.8)
     ax.set_yticks(np.arange(len(order)), order)
     ax.invert_yaxis()
-    ax.set_xscale("log")
+    _plain_log_x(ax)
     ax.set_xlabel(xlabel)
     ax.set_title("Per-flag epoch speedup (95% bootstrap CI over blocks)")
     ax.legend(fontsize=8)
@@ -219,7 +229,7 @@ def _fig_effects(eff, path):
     e = eff[eff["response"] == "epoch_s"].copy()
     order = (e.groupby("term")["effect"].apply(lambda s: s.abs().mean())
              .sort_values(ascending=False).index.tolist())
-    fig, ax = plt.subplots(figsize=(7.5, 0.3 * len(order) * e["model"].nunique() + 1.5))
+    fig, ax = plt.subplots(figsize=(7.5, (0.22 + 0.12 * e["model"].nunique()) * len(order) + 1.5))
     palette = sns.color_palette("deep")
     models = list(dict.fromkeys(e["model"]))
     for i, model in enumerate(models):
@@ -232,7 +242,7 @@ def _fig_effects(eff, path):
     ax.axvline(1.0, color="grey", lw=0.8)
     ax.set_yticks(np.arange(len(order)), order)
     ax.invert_yaxis()
-    ax.set_xscale("log")
+    _plain_log_x(ax)
     ax.set_xlabel("epoch time at low / at high (x; > 1: the high level is faster)")
     ax.set_title("Effects on epoch time (95% t intervals)")
     ax.legend(fontsize=8)

@@ -1,0 +1,172 @@
+"""Designs generate the configs they should, from the one flag declaration; specs are
+validated completely before anything runs."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from harness import ablate
+from qvit import Flags
+
+ROOT = Path(__file__).resolve().parents[2]
+SPECS = sorted((ROOT / "ablations").glob("*.toml"))
+
+RUN = {"models": ["ivit_micro"], "epochs": 2, "repeats": 3}
+
+
+def spec(design, run=None, **top):
+    return ablate.parse_spec({"name": "t", "run": {**RUN, **(run or {})}, "design": design,
+                              **top})
+
+
+@pytest.mark.parametrize("path", SPECS, ids=[p.stem for p in SPECS])
+def test_shipped_specs_load_and_plan(path):
+    s = ablate.load_spec(path)
+    configs = ablate.design_configs(s)
+    assert configs[0].name == ablate.baseline_name(s, configs)
+    assert s.repeats >= 3 and s.epochs > s.warmup_epochs >= 1
+    assert len(ablate.plan(s, configs)) == len(configs) * len(s.models) * s.repeats
+
+
+def test_timeline_stages_end_at_the_seed_preset():
+    s = ablate.load_spec(ROOT / "ablations" / "seed_timeline.toml")
+    configs = ablate.design_configs(s)
+    assert [c.name for c in configs] == ["legacy", "stage1", "stage2", "stage3", "stage4", "seed"]
+    assert configs[0].flags == Flags.preset("legacy")
+    assert configs[-1].flags == Flags.preset("seed")
+    # cumulative: each stage moves exactly the flags of its seed changes, to their seed value
+    for prev, cur, changes in zip(configs, configs[1:], ablate.SEED_STAGES):
+        moved = prev.flags.diff(cur.flags)
+        expect = {f.name for f in Flags.specs() if f.change in changes
+                  and f.seed != f.legacy}
+        assert set(moved) == expect
+        assert all(getattr(cur.flags, n) == Flags.spec(n).seed for n in moved)
+    stage1 = configs[1].flags.diff(configs[0].flags)
+    assert set(stage1) == {"fp64_fixedpoint", "use_frexp", "num_workers"}
+    # beyond-seed flags never move in the timeline
+    for f in Flags.specs():
+        if f.change is None:
+            assert {getattr(c.flags, f.name) for c in configs} == {f.legacy}
+
+
+def test_cuda_timeline_uses_the_seed_models():
+    s = ablate.load_spec(ROOT / "ablations" / "seed_timeline_cuda.toml")
+    assert s.models == ("deit_tiny_patch16_224", "swin_tiny_patch4_window7_224")
+    assert s.device == "cuda" and s.img_size == 224
+
+
+def test_one_at_a_time_moves_each_flag_alone():
+    s = spec({"kind": "one_at_a_time"})
+    configs = ablate.design_configs(s)
+    legacy = Flags.preset("legacy")
+    movable = [f.name for f in Flags.specs() if ablate.on_value(f.name) != f.legacy]
+    assert len(configs) == 1 + len(movable)
+    assert configs[0].flags == legacy
+    for c in configs[1:]:
+        d = legacy.diff(c.flags)
+        assert list(d) == [c.flag]
+        assert d[c.flag][1] == ablate.on_value(c.flag)
+    # seed flags move to their seed value, beyond-seed flags to their best value
+    by_flag = {c.flag: c for c in configs[1:]}
+    assert by_flag["layernorm_newton"].flags.layernorm_newton == "no_grad"
+    assert by_flag["frexp_on_device"].flags.frexp_on_device is True
+    assert "compile_model" not in by_flag  # its on-value equals legacy: nothing to move
+
+
+def test_one_at_a_time_subset_and_value_override():
+    s = spec({"kind": "one_at_a_time", "flags": ["use_frexp", "compile_model"],
+              "values": {"compile_model": True}})
+    assert [c.name for c in ablate.design_configs(s)] == ["legacy", "+use_frexp",
+                                                          "+compile_model"]
+
+
+def test_leave_one_out_moves_each_flag_back_from_seed():
+    s = spec({"kind": "leave_one_out"})
+    configs = ablate.design_configs(s)
+    seed = Flags.preset("seed")
+    differs = [f.name for f in Flags.specs() if f.seed != f.legacy]
+    assert configs[0].flags == seed and len(configs) == 1 + len(differs)
+    for c in configs[1:]:
+        assert seed.diff(c.flags) == {c.flag: (Flags.spec(c.flag).seed,
+                                               Flags.spec(c.flag).legacy)}
+
+
+def test_factorial_is_every_combination():
+    flags = ["cache_eval_weights", "cache_exp_x0", "cache_rel_pos_bias"]
+    s = spec({"kind": "factorial", "base": "seed", "flags": flags,
+              "levels": {f: [False, True] for f in flags}})
+    configs = ablate.design_configs(s)
+    assert len(configs) == 8
+    assert len({c.flags for c in configs}) == 8
+    assert configs[0].name == "f000" and all(v == -1 for v in configs[0].levels.values())
+    for c in configs:
+        for f in flags:
+            assert getattr(c.flags, f) is (c.levels[f] > 0)
+        # flags outside the factors stay at the base
+        assert {k for k in Flags.preset("seed").diff(c.flags)} <= set(flags)
+
+
+@pytest.mark.parametrize("method,runs", [("plackett_burman", 24), ("resolution_iv", None)])
+def test_fractional_is_balanced_and_orthogonal(method, runs):
+    import pyDOE3
+
+    flags = [f.name for f in Flags.specs() if ablate.on_value(f.name) != f.legacy]
+    s = spec({"kind": "fractional", "method": method, "flags": flags})
+    configs = [c for c in ablate.design_configs(s) if c.in_design]
+    expect = runs or len(pyDOE3.fracfact_by_res(len(flags), 4))
+    assert len(configs) == expect < 2 ** len(flags)
+    x = np.array([[c.levels[f] for f in flags] for c in configs])
+    assert (x.sum(axis=0) == 0).all()  # each flag high in half the runs
+    assert (x.T @ x == len(x) * np.eye(len(flags))).all()  # main effects orthogonal
+    base = ablate.design_configs(s)[0]
+    assert base.name == ablate.baseline_name(s, ablate.design_configs(s))
+    assert base.flags == Flags.preset("legacy")
+
+
+def test_explicit_configs_with_float_reference():
+    s = spec({"kind": "configs", "baseline": "seed", "configs": [
+        {"name": "seed", "flags": "seed"}, {"name": "best", "flags": "best"},
+        {"name": "float", "flags": "best", "float_reference": True}]})
+    configs = ablate.design_configs(s)
+    assert [c.name for c in configs] == ["seed", "best", "float"]
+    assert configs[2].float_reference and configs[1].flags == Flags.preset("best")
+
+
+@pytest.mark.parametrize("mutate,match", [
+    (lambda d: d["design"].update(flags=["use_frxp"]), "did you mean 'use_frexp'"),
+    (lambda d: d["run"].update(models=["ivit_mikro"]), "did you mean 'ivit_micro'"),
+    (lambda d: d["design"].update(kind="one_at_time"), "did you mean 'one_at_a_time'"),
+    (lambda d: d["run"].update(epoch=3), "did you mean 'epochs'"),
+    (lambda d: d.update(desing={}), "did you mean 'design'"),
+    (lambda d: d["design"].update(values={"plot_every": "x"}), "integer"),
+    (lambda d: d["design"].update(values={"layernorm_newton": "sqrt"}), "must be one of"),
+    (lambda d: d["run"].update(epochs=1), "warmup_epochs"),
+    (lambda d: d["run"].update(dataset="imagenet"), "valid: digits"),
+    (lambda d: d["run"].update(repeats="3"), "must be a int"),
+    (lambda d: d["design"].update(baseline="nope"), "baseline config"),
+    (lambda d: d["design"].update(kind="timeline", stages=[[2, 3], [1]],
+                                  stage_names=["a", "b"]), "seed change 1"),
+    (lambda d: d["design"].update(kind="timeline", stage_names=["a"]), "5 stages but 1"),
+])
+def test_bad_specs_are_refused_with_the_closest_match(mutate, match):
+    data = {"name": "t", "run": dict(RUN), "design": {"kind": "one_at_a_time"}}
+    mutate(data)
+    with pytest.raises(ValueError, match=match):
+        ablate.parse_spec(data)
+
+
+def test_factorial_flag_with_one_level_is_refused():
+    with pytest.raises(ValueError, match="one level only"):
+        spec({"kind": "factorial", "base": "legacy", "flags": ["compile_model", "use_frexp"]})
+
+
+def test_cli_overrides_and_dry_run(tmp_path, capsys):
+    path = ROOT / "ablations" / "seed_timeline.toml"
+    rc = ablate.main([str(path), "--dry-run", "--repeats", "4", "--models", "ivit_micro",
+                      "--epochs", "3", "--device", "cpu"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "6 configs x 1 models x 4 blocks = 24 runs" in out
+    assert out.count("block ") == 4
+    rc = ablate.main([str(path), "--dry-run", "--models", "nope"])
+    assert rc == 2 and "unknown model 'nope'" in capsys.readouterr().err
