@@ -202,9 +202,13 @@ def _fig_epoch_times(epochs, order, path):
     long = epochs.melt(id_vars=["model", "config"], value_vars=["train_s", "eval_s"],
                        var_name="phase", value_name="seconds")
     long["phase"] = long["phase"].str.replace("_s", "", regex=False)
-    g = sns.catplot(data=long, x="seconds", y="config", hue="model", col="phase", kind="box",
-                    order=order, sharex=False, height=max(3.0, 0.3 * len(order) + 1.2),
-                    aspect=1.1, fliersize=2)
+    import warnings
+
+    with warnings.catch_warnings():  # seaborn 0.13 passes matplotlib's deprecated `vert`
+        warnings.simplefilter("ignore", DeprecationWarning)
+        g = sns.catplot(data=long, x="seconds", y="config", hue="model", col="phase",
+                        kind="box", order=order, sharex=False,
+                        height=max(3.0, 0.3 * len(order) + 1.2), aspect=1.1, fliersize=2)
     g.set_titles("{col_name} epoch time (measured epochs)")
     path = Path(path)
     g.figure.savefig(path, dpi=FIG_DPI, bbox_inches="tight")

@@ -1,0 +1,135 @@
+"""The statistics recover known effects from synthetic tables shaped like the runner's."""
+
+import itertools
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from harness import stats
+
+
+def table(configs, **kw):
+    kw.setdefault("repeats", 6)
+    return stats.synthetic_runs(configs, **kw)
+
+
+def test_speedup_and_accuracy_difference_recover_known_values():
+    cfg = {"base": {"time": 1.0, "top1": 0.80}, "fast": {"time": 0.5, "top1": 0.80},
+           "worse": {"time": 0.8, "top1": 0.70}}
+    s = stats.summarize(table(cfg, models=("m1", "m2"), drift=0.002), "base").set_index(
+        ["model", "config"])
+    for m in ("m1", "m2"):
+        fast, worse, base = s.loc[(m, "fast")], s.loc[(m, "worse")], s.loc[(m, "base")]
+        assert fast["speedup_lo"] <= 2.0 <= fast["speedup_hi"]
+        assert abs(fast["speedup"] - 2.0) < 0.05 and abs(worse["speedup"] - 1.25) < 0.04
+        assert worse["top1_diff_hi"] < -0.05 and abs(worse["top1_diff"] + 0.10) < 0.02
+        assert fast["top1_diff_lo"] < 0 < fast["top1_diff_hi"] or abs(fast["top1_diff"]) < .01
+        assert base["speedup"] == 1.0 and base["top1_diff"] == 0.0
+        # train and eval apart: the synthetic split is 75/25 of the same total
+        assert math.isclose(fast["train_s_median"] / fast["eval_s_median"], 3.0, rel_tol=1e-6)
+        assert abs(fast["speedup_train"] - 2.0) < 0.05
+
+
+def test_warmup_epochs_are_excluded():
+    cfg = {"base": {"time": 1.0}, "b": {"time": 1.0}}
+    t = table(cfg, noise=0.0, epochs=4, warmup_epochs=2)
+    runs = stats.run_level(t)
+    assert (runs["n_epochs"] == 2).all()
+    assert np.allclose(runs["epoch_s"], 2.0)  # warm-up epochs are 3x slower
+    t2 = t.drop(columns="warmup")
+    assert np.allclose(stats.run_level(t2, warmup_epochs=2)["epoch_s"], 2.0)
+
+
+def test_failed_runs_are_dropped_and_pairing_follows_blocks():
+    cfg = {"base": {"time": 1.0}, "b": {"time": 0.5}}
+    t = table(cfg, noise=0.0, repeats=3)
+    t.loc[(t["config"] == "b") & (t["block"] == 0), "status"] = "oom"
+    s = stats.summarize(t, "base").set_index("config")
+    assert s.loc["b", "n_runs"] == 2 and s.loc["b", "n_pairs"] == 2
+    assert s.loc["b", "speedup"] == pytest.approx(2.0)
+
+
+def test_bootstrap_interval_is_seeded_and_covers_the_mean():
+    rng = np.random.default_rng(0)
+    x = rng.normal(1.0, 0.1, 20)
+    a, b = stats.bootstrap_ci(x, seed=3), stats.bootstrap_ci(x, seed=3)
+    assert a == b and a[0] < x.mean() < a[1]
+    assert stats.bootstrap_ci(np.array([2.0])) == (2.0, 2.0)
+
+
+def test_wide_timing_spread_is_flagged():
+    cfg = {"base": {"time": 1.0}, "noisy": {"time": 1.0}}
+    quiet = stats.summarize(table(cfg, noise=0.01), "base")
+    loud = stats.summarize(table(cfg, noise=0.3), "base")
+    assert not quiet["wide_spread"].any()
+    assert loud["wide_spread"].all() and (loud["iqr_rel"] > 0.1).all()
+
+
+def test_float_reference_multiple():
+    cfg = {"seed": {"time": 1.0}, "best": {"time": 0.5},
+           "float": {"time": 0.1, "float_reference": True}}
+    s = stats.summarize(table(cfg, noise=0.0), "seed").set_index("config")
+    assert s.loc["seed", "float_multiple"] == pytest.approx(10.0)
+    assert s.loc["best", "float_multiple"] == pytest.approx(5.0)
+
+
+def _factorial(true, inter, flags, top1_flag):
+    levels, cfg = {}, {}
+    for bits in itertools.product((-1, 1), repeat=len(flags)):
+        lv = dict(zip(flags, bits))
+        t = math.prod(true[f] for f in flags if lv[f] > 0)
+        if lv[flags[0]] > 0 and lv[flags[1]] > 0:
+            t *= inter
+        name = "f" + "".join("1" if b > 0 else "0" for b in bits)
+        levels[name] = lv
+        cfg[name] = {"time": t, "top1": 0.8 + (0.05 if lv[top1_flag] > 0 else 0.0)}
+    return levels, cfg
+
+
+def test_factorial_main_effects_and_interaction_are_recovered():
+    flags = ["A", "B", "C"]
+    true = {"A": 0.7, "B": 0.9, "C": 1.0}
+    levels, cfg = _factorial(true, 1.2, flags, "C")
+    e = stats.effects(table(cfg, repeats=4, noise=0.01), levels).set_index(["response",
+                                                                            "term"])
+    # main effect (averaged over the other flags) on log time; interaction half of log 1.2
+    exp_a = -(math.log(0.7) + 0.5 * math.log(1.2))
+    exp_b = -(math.log(0.9) + 0.5 * math.log(1.2))
+    for term, want in (("A", exp_a), ("B", exp_b), ("C", 0.0)):
+        r = e.loc[("epoch_s", term)]
+        assert abs(-r["effect"] - want) < 3 * r["se"], term  # within 3 standard errors
+        assert r["factor_lo"] < r["factor"] < r["factor_hi"]
+    assert e.loc[("epoch_s", "A"), "p"] < 1e-6 and e.loc[("epoch_s", "C"), "p"] > 1e-3
+    ab = e.loc[("epoch_s", "A:B")]
+    assert abs(ab["effect"] - 0.5 * math.log(1.2)) < 3 * ab["se"] and ab["p"] < 1e-3
+    assert e.loc[("epoch_s", "A:C"), "p"] > 1e-3
+    c = e.loc[("top1", "C")]
+    assert c["effect_lo"] <= 0.05 <= c["effect_hi"] and c["p"] < 1e-3
+
+
+def test_screen_estimates_main_effects_only():
+    import pyDOE3
+
+    flags = [f"x{i}" for i in range(7)]
+    true = dict(zip(flags, (0.6, 1.0, 0.85, 1.0, 1.0, 1.1, 1.0)))
+    m = pyDOE3.pbdesign(len(flags))
+    levels, cfg = {}, {}
+    for i, row in enumerate(m):
+        lv = {f: int(v) for f, v in zip(flags, row)}
+        levels[f"pb{i}"] = lv
+        cfg[f"pb{i}"] = {"time": math.prod(true[f] for f in flags if lv[f] > 0)}
+    assert not stats.interactions_resolved(levels, flags)
+    e = stats.effects(table(cfg, repeats=3, noise=0.01), levels, responses=("epoch_s",))
+    assert set(e["kind"]) == {"main"}
+    e = e.set_index("term")
+    for f, v in true.items():
+        assert abs(e.loc[f, "effect"] - math.log(v)) < 3 * e.loc[f, "se"], f
+    ranked = e["effect"].abs().sort_values(ascending=False).index[:3].tolist()
+    assert ranked == ["x0", "x2", "x5"]
+
+
+def test_summary_is_a_plain_table():
+    s = stats.summarize(table({"a": {}, "b": {}}), "a")
+    assert isinstance(s, pd.DataFrame) and len(s) == 2
