@@ -88,8 +88,8 @@ def _ci(v: float, lo: float, hi: float, fmt: str = "{:.2f}", suffix: str = "") -
     return text
 
 
-def _pp(v: float) -> str:  # top-1 points
-    return "" if v is None or math.isnan(v) else f"{100 * v:+.1f}"
+def _pp(v: float) -> str:  # top-1 percentage points (the runner records top-1 in percent)
+    return "" if v is None or math.isnan(v) else f"{v:+.1f}"
 
 
 # --- figures ----------------------------------------------------------------------------------
@@ -178,16 +178,16 @@ def _fig_acc_vs_speed(summary, baseline, path):
     plt, sns = _plt()
     s = summary[summary["config"] != baseline]
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    sns.scatterplot(data=s, x="speedup", y=s["top1_diff"] * 100, hue="model", style="model",
+    sns.scatterplot(data=s, x="speedup", y=s["top1_diff"], hue="model", style="model",
                     ax=ax, s=60)
     xerr = np.abs(np.vstack([s["speedup"] - s["speedup_lo"], s["speedup_hi"] - s["speedup"]]))
     yerr = np.abs(np.vstack([s["top1_diff"] - s["top1_diff_lo"],
-                             s["top1_diff_hi"] - s["top1_diff"]])) * 100
-    ax.errorbar(s["speedup"], s["top1_diff"] * 100, xerr=xerr, yerr=yerr, fmt="none",
+                             s["top1_diff_hi"] - s["top1_diff"]]))
+    ax.errorbar(s["speedup"], s["top1_diff"], xerr=xerr, yerr=yerr, fmt="none",
                 ecolor="grey", alpha=0.5, lw=0.8)
     if len(s) <= 30:
         for _, r in s.iterrows():
-            ax.annotate(r["config"], (r["speedup"], r["top1_diff"] * 100), fontsize=7,
+            ax.annotate(r["config"], (r["speedup"], r["top1_diff"]), fontsize=7,
                         textcoords="offset points", xytext=(3, 3))
     ax.axhline(0, color="grey", lw=0.8)
     ax.axvline(1, color="grey", lw=0.8)
@@ -389,7 +389,7 @@ def build_report(folder: str | Path, *, seed: int = 0) -> Path:
                "train x": _ci(r["speedup_train"], r["speedup_train_lo"],
                               r["speedup_train_hi"]),
                "eval x": _ci(r["speedup_eval"], r["speedup_eval_lo"], r["speedup_eval_hi"]),
-               "top-1 % (sd)": (f"{100 * r['top1_mean']:.1f} ({100 * r['top1_std']:.1f})"
+               "top-1 % (sd)": (f"{r['top1_mean']:.1f} ({r['top1_std']:.1f})"
                                 if "top1_mean" in r and not math.isnan(r["top1_mean"])
                                 else ""),
                "d top-1 pts [95% CI]": (f"{_pp(r['top1_diff'])} [{_pp(r['top1_diff_lo'])}, "
@@ -475,6 +475,16 @@ def build_report(folder: str | Path, *, seed: int = 0) -> Path:
                .apply(lambda s: float(np.mean(s))).sort_values(key=lambda s: -s.abs()))
         findings.append("largest effects on epoch time: " + ", ".join(
             f"{t} x{math.exp(-v):.2f}" for t, v in top.head(3).items()))
+
+    if not findings:
+        others = summary[summary["config"] != baseline]
+        for m in models:
+            o = others[others["model"] == m]
+            if len(o):
+                f = o.loc[o["speedup"].idxmax()]
+                findings.append(f"{m}: fastest config {f['config']} x{f['speedup']:.2f} "
+                                f"[{f['speedup_lo']:.2f}, {f['speedup_hi']:.2f}] vs "
+                                f"{baseline}, top-1 {_pp(f.get('top1_diff', np.nan))} pts")
 
     # figures for every design
     if "top1_diff" in summary and summary["top1_diff"].notna().any() and len(config_order) > 1:

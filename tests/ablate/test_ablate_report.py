@@ -17,7 +17,7 @@ def fake_results(folder, spec_name, *, parity=False):
     configs = ablate.design_configs(spec)
     rng = np.random.default_rng(0)
     cfg = {c.name: {"time": 1.0 if i == 0 else float(np.exp(-rng.uniform(0, 0.6))),
-                    "top1": 0.8, "flags": c.flags, "syncs": float(i % 3),
+                    "top1": 80.0, "flags": c.flags, "syncs": float(i % 3),
                     "float_reference": c.float_reference} for i, c in enumerate(configs)}
     t = stats.synthetic_runs(cfg, models=spec.models, repeats=3, epochs=spec.epochs,
                              warmup_epochs=spec.warmup_epochs)
