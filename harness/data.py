@@ -1,0 +1,352 @@
+"""Datasets for the harness, all yielding ``(uint8 image CHW, int64 label)``; the loop
+normalizes on the device.
+
+* ``digits`` (default, embedded): scikit-learn's bundled handwritten digits (1797 8x8
+  images, 10 classes), upscaled to 32x32 RGB; a fixed, stratified train/val split. Works
+  offline with nothing but the installed packages.
+* ``cifar10`` / ``cifar100``: the CIFAR python archive layout (``cifar-10-batches-py``,
+  ``cifar-100-python``) under ``--data-dir``; downloaded through torchvision where the
+  network allows. Read by our own reader (torchvision's insists on the archive's md5).
+* ``imagefolder``: an ImageNet-layout tree, ``<data-dir>/train/<class>/*.jpg`` and
+  ``<data-dir>/val/<class>/*.jpg``; resized and center-cropped to the model's size.
+* ``synthetic``: random images at any resolution, for pure speed runs.
+
+Batches come in the same order from the DataLoader (``num_workers`` processes) and from the
+device-preloaded path (``preload_to_device``): one permutation per epoch from the run's seed.
+"""
+
+from __future__ import annotations
+
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+__all__ = ["DATASETS", "DataBundle", "load_dataset", "dataset_num_classes",
+           "native_img_size", "check_labels", "Batches", "MEAN_STD", "normalize_batch",
+           "IMG_EXTENSIONS"]
+
+DATASETS = ("digits", "cifar10", "cifar100", "imagefolder", "synthetic")
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+MEAN_STD = {
+    "digits": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+    "imagefolder": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "synthetic": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+}
+_CIFAR = {
+    "cifar10": dict(folder="cifar-10-batches-py", train=[f"data_batch_{i}" for i in range(1, 6)],
+                    test=["test_batch"], key="labels", classes=10),
+    "cifar100": dict(folder="cifar-100-python", train=["train"], test=["test"],
+                     key="fine_labels", classes=100),
+}
+SYNTHETIC_TRAIN = 8192
+SYNTHETIC_VAL = 1024
+_SYNTHETIC_POOL = 256  # distinct random images, indexed modulo (keeps memory small at 224)
+
+
+class TensorImages(Dataset):
+    """Images (N, C, H, W) uint8 and labels (N,) int64 in memory."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, length: int | None = None):
+        if images.dtype != torch.uint8 or images.ndim != 4:
+            raise ValueError(f"images must be uint8 (N, C, H, W), got {images.dtype} "
+                             f"{tuple(images.shape)}")
+        self.images, self.labels = images, labels.long()
+        self.length = len(images) if length is None else length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i: int):
+        j = i % len(self.images)
+        return self.images[j], self.labels[i % len(self.labels)]
+
+    def all(self) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = torch.arange(self.length) % len(self.images)
+        return self.images[idx], self.labels[torch.arange(self.length) % len(self.labels)]
+
+
+class FolderImages(Dataset):
+    """An ImageFolder class tree decoded with PIL, resized (shorter side to size/0.875) and
+    center-cropped to ``size``, as uint8 CHW."""
+
+    def __init__(self, samples: list[tuple[str, int]], size: int):
+        from torchvision.transforms import v2
+
+        self.samples = samples
+        self.labels = torch.tensor([y for _, y in samples], dtype=torch.long)
+        self.tf = v2.Compose([v2.PILToTensor(), v2.Resize(int(round(size / 0.875)),
+                              antialias=True), v2.CenterCrop(size)])
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int):
+        from PIL import Image
+
+        path, y = self.samples[i]
+        with Image.open(path) as im:
+            x = self.tf(im.convert("RGB"))
+        return x, self.labels[i]
+
+    def all(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.stack([self[i][0] for i in range(len(self))]), self.labels
+
+
+@dataclass
+class DataBundle:
+    name: str
+    train: Dataset
+    val: Dataset
+    num_classes: int  # classes the data has
+    img_size: int
+    label_min: int
+    label_max: int
+
+
+# --- the embedded default --------------------------------------------------------------------
+
+def _digits() -> DataBundle:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = torch.tensor(d.images, dtype=torch.float32)[:, None] / 16.0  # (1797, 1, 8, 8)
+    x = F.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False)
+    x = (x.clamp(0, 1) * 255).round().to(torch.uint8).expand(-1, 3, -1, -1).contiguous()
+    y = torch.tensor(d.target, dtype=torch.long)
+    # stratified split: every 6th image of each class (in a fixed shuffle) is validation
+    rng = np.random.RandomState(0)
+    val = np.zeros(len(y), dtype=bool)
+    for c in range(10):
+        idx = np.flatnonzero(d.target == c)
+        rng.shuffle(idx)
+        val[idx[::6]] = True
+    tr, va = torch.from_numpy(~val), torch.from_numpy(val)
+    return DataBundle("digits", TensorImages(x[tr], y[tr]), TensorImages(x[va], y[va]),
+                      10, 32, 0, 9)
+
+
+# --- CIFAR -------------------------------------------------------------------------------------
+
+def _read_cifar_file(path: Path, key: str) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        with open(path, "rb") as fh:
+            entry = pickle.load(fh, encoding="latin1")
+    except Exception as e:  # noqa: BLE001 - any unpickling failure means a malformed file
+        raise ValueError(f"{path} is not a CIFAR python batch file ({type(e).__name__}: {e}); "
+                         f"expected the pickled dict of the official python archive") from None
+    if not isinstance(entry, dict) or "data" not in entry or key not in entry:
+        keys = sorted(entry) if isinstance(entry, dict) else type(entry).__name__
+        raise ValueError(f"{path} is malformed: expected a dict with 'data' and {key!r}, "
+                         f"found {keys}")
+    data = np.asarray(entry["data"])
+    labels = np.asarray(entry[key])
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072 or \
+            len(labels) != len(data):
+        raise ValueError(f"{path} is malformed: 'data' must be uint8 (N, 3072) with N labels, "
+                         f"got {data.dtype} {data.shape} and {len(labels)} labels")
+    return data, labels
+
+
+def _cifar(name: str, data_dir: str | None, download: bool = True) -> DataBundle:
+    meta = _CIFAR[name]
+    root = Path(data_dir or "data")
+    folder = root / meta["folder"]
+    files = meta["train"] + meta["test"]
+    missing = [f for f in files if not (folder / f).is_file()]
+    if missing and download:
+        try:
+            import torchvision
+
+            cls = torchvision.datasets.CIFAR10 if name == "cifar10" else \
+                torchvision.datasets.CIFAR100
+            cls(str(root), train=True, download=True)
+        except Exception as e:  # noqa: BLE001 - no network, disk full, ...
+            raise ValueError(
+                f"{name} is not under {folder} (missing {', '.join(missing)}) and the download "
+                f"failed ({type(e).__name__}: {e}); pass --data-dir pointing at the folder "
+                f"that holds {meta['folder']}/ (the extracted python archive)") from None
+        missing = [f for f in files if not (folder / f).is_file()]
+    if missing:
+        raise ValueError(f"{name} is not under {folder}: missing {', '.join(missing)}; pass "
+                         f"--data-dir pointing at the folder that holds {meta['folder']}/")
+    parts = {}
+    for split in ("train", "test"):
+        arrays = [_read_cifar_file(folder / f, meta["key"]) for f in meta[split]]
+        x = np.concatenate([a for a, _ in arrays]).reshape(-1, 3, 32, 32)
+        y = np.concatenate([b for _, b in arrays]).astype(np.int64)
+        parts[split] = TensorImages(torch.from_numpy(x.copy()), torch.from_numpy(y))
+    ys = torch.cat([parts["train"].labels, parts["test"].labels])
+    return DataBundle(name, parts["train"], parts["test"], meta["classes"], 32,
+                      int(ys.min()), int(ys.max()))
+
+
+# --- ImageFolder ----------------------------------------------------------------------------
+
+def _folder_samples(root: Path, split: str) -> tuple[list[str], list[tuple[str, int]]]:
+    d = root / split
+    if not d.is_dir():
+        raise ValueError(f"imagefolder: {d} is missing; expected the ImageNet layout "
+                         f"{root}/train/<class>/<image> and {root}/val/<class>/<image>")
+    classes = sorted(p.name for p in d.iterdir() if p.is_dir())
+    if not classes:
+        raise ValueError(f"imagefolder: {d} has no class folders; expected "
+                         f"{d}/<class>/<image> ({', '.join(IMG_EXTENSIONS)})")
+    samples = []
+    for i, c in enumerate(classes):
+        for p in sorted((d / c).rglob("*")):
+            if p.is_file() and p.suffix.lower() in IMG_EXTENSIONS:
+                samples.append((str(p), i))
+    if not samples:
+        raise ValueError(f"imagefolder: no images under {d}/<class>/ (looked for "
+                         f"{', '.join(IMG_EXTENSIONS)})")
+    return classes, samples
+
+
+def _imagefolder(data_dir: str | None, img_size: int) -> DataBundle:
+    if not data_dir:
+        raise ValueError("--dataset imagefolder needs --data-dir (a folder with train/ and "
+                         "val/, each holding one sub-folder per class)")
+    root = Path(data_dir)
+    if not root.is_dir():
+        raise ValueError(f"imagefolder: data directory {root} does not exist")
+    train_classes, train = _folder_samples(root, "train")
+    val_classes, val = _folder_samples(root, "val")
+    if train_classes != val_classes:
+        only = sorted(set(train_classes) ^ set(val_classes))
+        raise ValueError(f"imagefolder: train/ and val/ must hold the same class folders; "
+                         f"these are in only one of them: {only[:10]}")
+    return DataBundle("imagefolder", FolderImages(train, img_size), FolderImages(val, img_size),
+                      len(train_classes), img_size, 0, len(train_classes) - 1)
+
+
+# --- synthetic --------------------------------------------------------------------------------
+
+def _synthetic(img_size: int, num_classes: int, seed: int) -> DataBundle:
+    g = torch.Generator().manual_seed(10_000 + seed)
+    pool = torch.randint(0, 256, (_SYNTHETIC_POOL, 3, img_size, img_size), generator=g,
+                         dtype=torch.uint8)
+    ytr = torch.randint(0, num_classes, (SYNTHETIC_TRAIN,), generator=g)
+    yva = torch.randint(0, num_classes, (SYNTHETIC_VAL,), generator=g)
+    return DataBundle("synthetic", TensorImages(pool, ytr, SYNTHETIC_TRAIN),
+                      TensorImages(pool, yva, SYNTHETIC_VAL), num_classes, img_size,
+                      0, num_classes - 1)
+
+
+# --- entry points ------------------------------------------------------------------------------
+
+def native_img_size(dataset: str) -> int | None:
+    """The resolution a dataset comes in (None: it takes the model's)."""
+    return {"digits": 32, "cifar10": 32, "cifar100": 32}.get(dataset)
+
+
+def dataset_num_classes(dataset: str, data_dir: str | None = None) -> int:
+    """How many classes a dataset has (synthetic: 10 unless told otherwise)."""
+    if dataset in ("digits", "synthetic", "cifar10"):
+        return 10
+    if dataset == "cifar100":
+        return 100
+    if dataset == "imagefolder":
+        if not data_dir or not (Path(data_dir) / "train").is_dir():
+            _imagefolder(data_dir, 32)  # raises the clear error
+        return len(_folder_samples(Path(data_dir), "train")[0])
+    raise ValueError(f"unknown dataset {dataset!r}; valid: {', '.join(DATASETS)}")
+
+
+def load_dataset(dataset: str, *, data_dir: str | None = None, img_size: int,
+                 num_classes: int, seed: int = 0, download: bool = True) -> DataBundle:
+    """Load (and validate) a dataset; ``img_size`` is the model's input size."""
+    if dataset not in DATASETS:
+        raise ValueError(f"unknown dataset {dataset!r}; valid: {', '.join(DATASETS)}")
+    if dataset == "digits":
+        return _digits()
+    if dataset in _CIFAR:
+        return _cifar(dataset, data_dir, download)
+    if dataset == "imagefolder":
+        return _imagefolder(data_dir, img_size)
+    return _synthetic(img_size, num_classes, seed)
+
+
+def check_labels(bundle: DataBundle, num_classes: int) -> None:
+    """Refuse labels outside [0, num_classes) before training: on CUDA they end in a
+    device-side assert inside the loss (the seed's change 1)."""
+    if bundle.label_min < 0 or bundle.label_max >= num_classes:
+        raise ValueError(
+            f"dataset {bundle.name!r} has labels {bundle.label_min}..{bundle.label_max} "
+            f"({bundle.num_classes} classes) but the model is built for num_classes="
+            f"{num_classes}: labels must lie in 0..{num_classes - 1} (on CUDA they would end "
+            f"in a device-side assert in the loss); pass --num-classes {bundle.num_classes}")
+
+
+def normalize_batch(x: torch.Tensor, mean_std: tuple, out: torch.dtype = torch.float32
+                    ) -> torch.Tensor:
+    """uint8 (B, C, H, W) on any device -> normalized float."""
+    mean = torch.tensor(mean_std[0], dtype=out, device=x.device).view(1, -1, 1, 1) * 255
+    std = torch.tensor(mean_std[1], dtype=out, device=x.device).view(1, -1, 1, 1) * 255
+    return (x.to(out) - mean) / std
+
+
+def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The shuffle of one epoch: the same for every data path and worker count."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=g)
+
+
+class Batches:
+    """One epoch's batches of a dataset: through a DataLoader with ``num_workers``
+    processes, or (``preload``) indexed from tensors that already live on the device.
+    Both give the same batches in the same order."""
+
+    def __init__(self, dataset: Dataset, *, batch_size: int, device: torch.device,
+                 num_workers: int, preload: bool, shuffle: bool, drop_last: bool,
+                 max_steps: int | None, seed: int):
+        self.dataset, self.batch_size, self.device = dataset, batch_size, device
+        self.num_workers, self.preload, self.shuffle = num_workers, preload, shuffle
+        self.drop_last, self.max_steps, self.seed = drop_last, max_steps, seed
+        n = len(dataset)
+        full = n // batch_size if drop_last else -(-n // batch_size)
+        if full == 0:
+            raise ValueError(f"the dataset has {n} samples, fewer than one batch of "
+                             f"{batch_size}; lower --batch-size")
+        self.steps = min(full, max_steps) if max_steps else full
+        self._x = self._y = None
+        if preload:
+            x, y = dataset.all()
+            self._x = x.to(device)
+            self._y = y.to(device)
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def indices(self, epoch: int) -> torch.Tensor:
+        n = len(self.dataset)
+        idx = epoch_permutation(n, self.seed, epoch) if self.shuffle else torch.arange(n)
+        return idx[: self.steps * self.batch_size]
+
+    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The epoch's batches. The order is drawn here, eagerly (host work that must not
+        fall inside a sync-counting region); the batches come lazily."""
+        idx = self.indices(epoch)
+        if self.preload:
+            return self._preloaded(idx.to(self.device))
+        loader = DataLoader(self.dataset, batch_size=self.batch_size, sampler=idx.tolist(),
+                            num_workers=self.num_workers, drop_last=self.drop_last,
+                            pin_memory=self.device.type == "cuda")
+        return self._loaded(loader)
+
+    def _preloaded(self, idx_dev: torch.Tensor):
+        for s in range(self.steps):
+            j = idx_dev[s * self.batch_size:(s + 1) * self.batch_size]
+            yield self._x[j], self._y[j]
+
+    def _loaded(self, loader: DataLoader):
+        nb = self.device.type == "cuda"
+        for x, y in loader:
+            yield x.to(self.device, non_blocking=nb), y.to(self.device, non_blocking=nb)

@@ -1,0 +1,273 @@
+"""The training loop: one epoch of training, one of evaluation, both paths of every loop flag.
+
+The loop flags (``qvit.Flags.specs(scope="loop")``) and what each path does here:
+
+* ``cuda_synchronize_per_step``: ``torch.cuda.synchronize()`` after every step, or not (no
+  effect on the CPU, where nothing is queued).
+* ``loss_item_per_step``: ``loss.item()`` every step (a host read; NaN is caught at once), or
+  a device-side sum read once at the end of the epoch.
+* ``grad_scaler_without_autocast``: timm's ``NativeScaler`` (a GradScaler with no autocast:
+  scale, unscale, an inf/NaN scan of all grads with its host read, then step), or plain
+  ``backward()`` + optional clipping + ``step()``.
+* ``plot_every``: learning-curve PNGs every N epochs (and after the last) — `plots.py`.
+* ``num_workers``: DataLoader worker processes — `data.Batches`.
+* ``fused_optimizer``: the optimizer's fused (or foreach) implementation, or the
+  per-parameter loop.
+* ``preload_to_device``: the dataset as device tensors indexed per batch, or a DataLoader.
+* ``compile_model``: ``torch.compile`` the model (its compile time goes to ``compile_s``).
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import inspect
+import math
+import sys
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from . import measure
+
+__all__ = ["NonFiniteLoss", "TrainResult", "EvalResult", "build_optimizer", "train_one_epoch",
+           "evaluate", "compile_seconds", "FaultInjector"]
+
+
+class NonFiniteLoss(RuntimeError):
+    """The training loss became NaN or inf."""
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    images: int
+    train_s: float
+    step_s_median: float
+    loss: float
+    syncs_per_step: float  # NaN where syncs were not counted
+    sync_kinds: dict  # counts by kind over the counted steps (and "...@epoch_end")
+    counted_steps: int
+
+
+@dataclass
+class EvalResult:
+    eval_s: float
+    top1: float
+    top5: float
+    loss: float
+
+
+class FaultInjector:
+    """Test hook: make a given epoch/step fail the way real runs fail. ``fault`` is one of
+    ``oom`` (torch.OutOfMemoryError), ``nan`` (the loss becomes NaN), ``error`` (a
+    RuntimeError) or ``hang`` (sleep, for a test to kill the process)."""
+
+    FAULTS = ("oom", "nan", "error", "hang")
+
+    def __init__(self, fault: str, epoch: int = 1, step: int = 0):
+        if fault not in self.FAULTS:
+            raise ValueError(f"fault must be one of {self.FAULTS}, got {fault!r}")
+        self.fault, self.epoch, self.step = fault, epoch, step
+
+    def maybe(self, epoch: int, step: int, loss: torch.Tensor) -> torch.Tensor:
+        if epoch != self.epoch or step != self.step:
+            return loss
+        if self.fault == "oom":
+            raise torch.OutOfMemoryError("injected: CUDA out of memory. Tried to allocate 2 GiB")
+        if self.fault == "error":
+            raise RuntimeError("injected error")
+        if self.fault == "hang":
+            time.sleep(3600)
+        return loss * float("nan")
+
+
+def build_optimizer(model: nn.Module, *, opt: str, lr: float, weight_decay: float,
+                    fused: bool, device: torch.device) -> torch.optim.Optimizer:
+    """timm's ``create_optimizer_v2``; ``fused`` picks the fused kernel where the optimizer
+    has one for this device, else foreach; otherwise the per-parameter loop."""
+    from timm.optim import create_optimizer_v2
+
+    if not fused:
+        return create_optimizer_v2(model, opt=opt, lr=lr, weight_decay=weight_decay,
+                                   foreach=False)
+    probe = create_optimizer_v2(model, opt=opt, lr=lr, weight_decay=weight_decay)
+    has_fused = "fused" in inspect.signature(type(probe).__init__).parameters
+    if has_fused and device.type in ("cuda", "cpu", "mps"):
+        try:
+            return create_optimizer_v2(model, opt=opt, lr=lr, weight_decay=weight_decay,
+                                       fused=True)
+        except (RuntimeError, ValueError, TypeError):
+            pass  # this optimizer/device has no fused kernel: use foreach
+    return create_optimizer_v2(model, opt=opt, lr=lr, weight_decay=weight_decay, foreach=True)
+
+
+def compile_seconds() -> float:
+    """Total seconds torch.compile has spent in this process so far (dynamo + inductor)."""
+    try:
+        from torch._dynamo.utils import compilation_time_metrics
+    except ImportError:
+        return 0.0
+    total = 0.0
+    for key, times in compilation_time_metrics.items():
+        if key in ("_compile.compile_inner", "compile_inner"):  # outermost, includes backend
+            total += sum(times)
+    return total
+
+
+def train_one_epoch(model: nn.Module, batches, epoch: int, *, optimizer, scheduler,
+                    loss_fn, flags, device: torch.device, mean_std, mixup=None, ema=None,
+                    scaler=None, clip_grad: float | None = None, count_syncs: bool = False,
+                    count_steps: int | None = None,
+                    updates_done: int = 0, progress=None, fault: FaultInjector | None = None
+                    ) -> TrainResult:
+    """One training epoch. No syncs are added inside it: one `phase_boundary` at each end;
+    the loss is read per step only when ``flags.loss_item_per_step`` asks for it."""
+    from .data import normalize_batch
+
+    model.train()
+    timer = measure.StepTimer(device)
+    it = batches.epoch(epoch)  # draws the order on the host, outside the counted region
+    n = len(batches)
+    # Count a window of steps: from the second step (the first creates optimizer state and
+    # meets first-call paths) for ``count_steps`` steps, or every step with None.
+    first = 1 if n > 1 else 0
+    counted = 0 if not count_syncs else (n - first if count_steps is None
+                                         else min(count_steps, n - first))
+    window = _CountWindow(device, optimizer, first, counted)
+    measure.phase_boundary(device)
+    t0 = time.perf_counter()
+    timer.start()
+    steps = images = 0
+    host_loss = 0.0
+    dev_loss = torch.zeros((), device=device)
+    try:
+        for step, (x, y) in enumerate(it):
+            window.before(step)
+            x = normalize_batch(x, mean_std)
+            target = y
+            if mixup is not None:
+                x, target = mixup(x, y)
+            out = model(x)
+            loss = loss_fn(out, target)
+            if fault is not None:
+                loss = fault.maybe(epoch, step, loss)
+            optimizer.zero_grad(set_to_none=True)
+            if flags.grad_scaler_without_autocast:
+                scaler(loss, optimizer, clip_grad=clip_grad,
+                       parameters=model.parameters() if clip_grad else None)
+            else:
+                loss.backward()
+                if clip_grad:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+                optimizer.step()
+            updates_done += 1
+            if ema is not None:
+                ema.update(model, step=updates_done)
+            if scheduler is not None:
+                scheduler.step_update(num_updates=updates_done)
+            if flags.loss_item_per_step:
+                value = loss.item()
+                if not math.isfinite(value):
+                    raise NonFiniteLoss(f"loss is {value} at epoch {epoch}, step {step}")
+                host_loss += value
+            else:
+                dev_loss += loss.detach()
+            if flags.cuda_synchronize_per_step and device.type == "cuda":
+                torch.cuda.synchronize(device)
+            steps += 1
+            images += x.shape[0]
+            timer.step()
+            window.after(step)
+            if progress is not None:
+                progress.update(1)
+    finally:
+        window.close()
+    # the seed path's one read per epoch: counted apart, and spread over all steps
+    with (measure.count_host_syncs(device) if counted else contextlib.nullcontext()) as end:
+        mean_loss = host_loss / max(steps, 1) if flags.loss_item_per_step else \
+            (dev_loss / max(steps, 1)).item()
+    measure.phase_boundary(device)
+    train_s = time.perf_counter() - t0
+    if not math.isfinite(mean_loss):
+        raise NonFiniteLoss(f"mean training loss of epoch {epoch} is {mean_loss}")
+    per_step = float("nan")
+    syncs = dict(window.kinds)
+    if window.steps:
+        per_step = sum(window.kinds.values()) / window.steps + end.count / steps
+        syncs.update({f"{k}@epoch_end": v for k, v in end.by_kind.items()})
+    return TrainResult(steps, images, train_s, timer.median(), mean_loss, per_step,
+                       syncs, window.steps)
+
+
+class _CountWindow:
+    """Counts host syncs over steps ``first .. first+count-1`` only."""
+
+    def __init__(self, device, optimizer, first: int, count: int):
+        self.device, self.optimizer, self.first, self.count = device, optimizer, first, count
+        self.kinds: collections.Counter = collections.Counter()
+        self.steps = 0
+        self._cm = self._counter = None
+
+    def before(self, step: int) -> None:
+        if self.count and step == self.first:
+            self._cm = measure.count_host_syncs(self.device)
+            self._counter = self._cm.__enter__()
+            # torch keeps a non-capturable optimizer's step counters on the host by design:
+            # their .item() is no device read even where the model lives on the CPU
+            self._counter.host_resident(_host_step_counters(self.optimizer))
+
+    def after(self, step: int) -> None:
+        if self._cm is not None:
+            self.steps += 1
+            if step == self.first + self.count - 1:
+                self.close()
+
+    def close(self) -> None:
+        if self._cm is not None:
+            cm, self._cm = self._cm, None
+            cm.__exit__(None, None, None)
+            self.kinds.update(self._counter.by_kind)
+
+
+def _host_step_counters(optimizer) -> list:
+    out = []
+    for group in optimizer.param_groups:
+        if group.get("capturable") or group.get("fused"):
+            continue
+        for p in group["params"]:
+            step = optimizer.state.get(p, {}).get("step")
+            if isinstance(step, torch.Tensor) and step.device.type == "cpu":
+                out.append(step)
+    return out
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, batches, *, device: torch.device, mean_std, num_classes: int
+             ) -> EvalResult:
+    """Top-1, top-5 and mean cross-entropy on the validation batches; every sum stays on the
+    device until one read at the end."""
+    from .data import normalize_batch
+
+    model.eval()
+    it = batches.epoch(0)
+    measure.phase_boundary(device)
+    t0 = time.perf_counter()
+    k = min(5, num_classes)
+    sums = torch.zeros(4, device=device, dtype=torch.float64)  # loss, top1, top5, n
+    for x, y in it:
+        out = model(normalize_batch(x, mean_std)).float()
+        topk = out.topk(k, dim=1).indices
+        hit = topk == y[:, None]
+        sums += torch.stack([F.cross_entropy(out, y, reduction="sum").double(),
+                             hit[:, 0].sum().double(), hit.any(dim=1).sum().double(),
+                             torch.tensor(float(y.shape[0]), device=device,
+                                          dtype=torch.float64)])
+    loss, c1, c5, n = sums.tolist()
+    measure.phase_boundary(device)
+    eval_s = time.perf_counter() - t0
+    n = max(n, 1.0)
+    return EvalResult(eval_s, 100.0 * c1 / n, 100.0 * c5 / n, loss / n)

@@ -1,0 +1,37 @@
+"""Learning-curve PNGs (the ``plot_every`` loop flag: the seed drew them every epoch)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+__all__ = ["plot_learning_curves"]
+
+
+def plot_learning_curves(history: list[dict], path: str | os.PathLike, title: str) -> Path:
+    """Loss (train, eval) and top-1/top-5 against epoch, written atomically to ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ep = [h["epoch"] for h in history]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.4), constrained_layout=True)
+    ax1.plot(ep, [h["train_loss"] for h in history], marker="o", label="train")
+    ax1.plot(ep, [h["eval_loss"] for h in history], marker="o", label="eval")
+    ax1.set(xlabel="epoch", ylabel="loss", title="loss")
+    ax1.legend()
+    ax2.plot(ep, [h["top1"] for h in history], marker="o", label="top-1")
+    ax2.plot(ep, [h["top5"] for h in history], marker="o", label="top-5")
+    ax2.set(xlabel="epoch", ylabel="accuracy (%)", title="eval accuracy")
+    ax2.legend()
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+    fig.suptitle(title, fontsize=9)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
