@@ -57,18 +57,25 @@ class _RoundSTE(Function):
         return grad_output.clone()
 
 
+def _straight_through(value: Tensor, x: Tensor) -> Tensor:
+    """``value`` forward, the gradient of ``x`` backward. Written as value + (x - x): that
+    is exactly ``value`` for every finite x. (The seed's form ``x + (f(x) - x).detach()`` is
+    exact for floor and round, but not for a saturating quantizer: with x = 4.3e7 and
+    f(x) = clamp(round(x), -128, 127), f(x) - x rounds and the sum misses 127.)"""
+    return value.detach() + (x - x.detach())
+
+
 def floor_ste(x: Tensor, inline: bool = True) -> Tensor:
-    """floor(x) with an identity gradient. ``x + (floor(x) - x).detach()`` is exactly floor(x):
-    floor(x) - x is exact in floating point and so is adding it back."""
+    """floor(x) with an identity gradient; ``inline=False`` is the legacy autograd.Function."""
     if inline:
-        return x + (torch.floor(x) - x).detach()
+        return _straight_through(torch.floor(x.detach()), x)
     return _FloorSTE.apply(x)
 
 
 def round_ste(x: Tensor, inline: bool = True) -> Tensor:
     """round(x) (half to even) with an identity gradient."""
     if inline:
-        return x + (torch.round(x) - x).detach()
+        return _straight_through(torch.round(x.detach()), x)
     return _RoundSTE.apply(x)
 
 
@@ -122,8 +129,7 @@ def _quantize_ste(x: Tensor, s: Tensor, qmin: int, qmax: int, inline_ste: bool,
         if zero_point is not None:
             q = q + zero_point
         q = torch.clamp(torch.round(q), qmin, qmax)
-    surrogate = x / s  # carries the legacy backward, grad / scale
-    return surrogate + (q - surrogate).detach()
+    return _straight_through(q, x / s)  # x / s carries the legacy backward, grad / scale
 
 
 def symmetric_quantize(x: Tensor, num_bits: int, scale: Tensor, *, is_weight: bool,
@@ -239,8 +245,11 @@ def fixedpoint_mul(pre_act: Tensor, pre_act_scale: Tensor, num_bits: int, z_scal
         return _FixedpointMul.apply(pre_act, identity, run, z_scale)
     out = run()
     zs = z_scale.detach()
-    surrogate = pre_act / zs if identity is None else pre_act / zs + identity / zs
-    return surrogate + (out - surrogate).detach()
+    surrogate = pre_act / zs
+    if identity is not None:
+        # divide before the broadcast sums, in the legacy Function's order (bit-exact grads)
+        surrogate = surrogate + identity.expand(out.shape) / zs
+    return _straight_through(out, surrogate)
 
 
 def dyadic_requantize_int64(z_int: Tensor, m: Tensor, e: Tensor) -> Tensor:
@@ -292,11 +301,16 @@ NEWTON_MODES = ("ste", "no_grad", "no_grad_sqrt_grad")
 
 def int_sqrt_newton(var_int: Tensor, mode: str, *, inline_ste: bool = True,
                     iterations: int = 10) -> Tensor:
-    """Integer square root by ``iterations`` Newton steps from 2^16 (I-LayerNorm).
+    """Integer square root by ``iterations`` Newton steps from 2^16 (I-LayerNorm):
+    k <- floor((k + floor(var / k)) / 2).
 
     ``ste``: under autograd with floor STE (the legacy gradient through every step);
     ``no_grad``: no gradient through the std at all (seed change 5);
-    ``no_grad_sqrt_grad``: the same forward, with the gradient of the true sqrt attached.
+    ``no_grad_sqrt_grad``: the same forward under no_grad, with the gradient of the square
+    root attached: dk/dvar carried along the iteration in forward mode (a few ops on the
+    (.., 1)-shaped variance). It is 1/(2 sqrt(var)) once the iteration has converged, and it
+    follows the legacy STE chain where ten steps from 2^16 have not converged (small
+    variances, e.g. a LayerNorm over 8-bit inputs), which 1/(2 sqrt(var)) alone would not.
     """
     if mode == "ste":
         k = 2**16
@@ -305,11 +319,15 @@ def int_sqrt_newton(var_int: Tensor, mode: str, *, inline_ste: bool = True,
         return k
     if mode not in NEWTON_MODES:
         raise ValueError(f"layernorm_newton must be one of {NEWTON_MODES}, got {mode!r}")
+    with_grad = mode == "no_grad_sqrt_grad"
     with torch.no_grad():
-        k = var_int.new_full(var_int.shape, 2**16)
+        v = var_int.detach()
+        k = v.new_full(v.shape, 2**16)
+        dk = torch.zeros_like(v) if with_grad else None
         for _ in range(iterations):
-            k = torch.floor((k + torch.floor(var_int / k)) / 2)
-    if mode == "no_grad":
+            if with_grad:  # d/dvar of (k + var / k) / 2, floors passed straight through
+                dk = (dk + (1 / k - v * dk / (k * k))) / 2
+            k = torch.floor((k + torch.floor(v / k)) / 2)
+    if not with_grad:
         return k
-    root = torch.sqrt(var_int)
-    return k + (root - root.detach())
+    return k + (var_int - v) * dk
