@@ -60,7 +60,7 @@ from qvit.modules import QuantAct
 
 __all__ = [
     "PARITY_COLUMNS", "DEFAULT_BOUND", "ParityConfig", "Baseline", "measure_flag",
-    "prepare_baseline", "parity_table", "loop_parity_rows", "classify", "satisfies",
+    "prepare_baseline", "parity_table", "loop_parity_rows", "optimizer_step_parity", "classify", "satisfies",
     "pair_expectation", "deployment_reference", "ActivationRecorder", "AccuracyParity",
     "accuracy_parity", "assert_accuracy_parity", "tost_paired", "tost_unpaired",
     "accuracy_runs", "format_table", "main",
@@ -565,11 +565,25 @@ def _toggles(base: Flags, scope: str, flags: Iterable[str] | None, to: Flags | N
 def parity_table(model: str = "ivit_micro", *, base: str = "legacy", to: str | None = None,
                  flags: Iterable[str] | None = None, steps: int = 3, batch: int = 4,
                  seed: int = 0, img_size: int | None = None, loop: bool = True,
-                 loop_steps: int = 3, log: Callable[[str], None] | None = print
-                 ) -> pd.DataFrame:
+                 loop_steps: int = 3, threads: int | None = 1,
+                 log: Callable[[str], None] | None = print) -> pd.DataFrame:
     """One row per (flag, value) toggled alone from preset ``base`` (to every other value of
     the flag, or, with preset ``to``, to that preset's value for each flag the two differ
-    in): module flags measured on the model, loop flags from short harness runs."""
+    in): module flags measured on the model, loop flags from short harness runs.
+    ``threads``: torch intra-op threads while measuring (restored after; one thread is
+    both the fastest on these tiny tensors and immune to the thread pool's scheduling)."""
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        return _parity_table(model, base, to, flags, steps, batch, seed, img_size, loop,
+                             loop_steps, log)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _parity_table(model, base, to, flags, steps, batch, seed, img_size, loop, loop_steps,
+                  log) -> pd.DataFrame:
     cfg = ParityConfig(model=model, base=base, steps=steps, batch=batch, seed=seed,
                        img_size=img_size)
     base_flags = Flags.preset(base)
@@ -601,7 +615,7 @@ def parity_table(model: str = "ivit_micro", *, base: str = "legacy", to: str | N
 
 # --- loop flags -------------------------------------------------------------------------------
 
-_LOOP_METRICS = ("train_loss", "eval_loss", "top1", "top5")
+_LOOP_METRICS = ("train_loss", "eval_loss", "top1", "top5")  # compared across a toggle
 
 
 def _loop_skip_reason(name: str, value: Any) -> str | None:
@@ -633,11 +647,15 @@ def loop_parity_rows(model: str, base: Flags, toggles: list[tuple[str, Any]], *,
     out = Path(tmp.name if tmp else out_dir)
 
     def spec(cfg_name: str, flags: Flags):
-        return runner.RunSpec(config=cfg_name, flags=flags, model=model, dataset="digits",
+        return runner.RunSpec(config=cfg_name, flags=flags, model=model, dataset=dataset,
                               img_size=img_size, epochs=epochs, steps_per_epoch=steps,
                               eval_steps=2, batch_size=batch, seed=seed, device="cpu",
                               warmup_epochs=1, count_syncs="off", sched="none")
 
+    # digits are 32x32; other sizes train on the synthetic set (bit comparison needs no labels
+    # that mean anything)
+    native = qvit.model_config(model)[1]["img_size"]
+    dataset = "digits" if (img_size or native) == 32 else "synthetic"
     specs, skipped = {"base": spec("base", base)}, {}
     for n, v in toggles:
         why = _loop_skip_reason(n, v)
@@ -663,7 +681,9 @@ def loop_parity_rows(model: str, base: Flags, toggles: list[tuple[str, Any]], *,
                 rows.append(_loop_row(model, base, n, v, "not measured",
                                       "harness run failed: " + _status_text(table, n, v)))
                 continue
-            rows.append(_loop_measured_row(model, base, n, v, base_m, got))
+            opt = (optimizer_step_parity(model, base, v, seed=seed, img_size=img_size)
+                   if n == "fused_optimizer" else None)
+            rows.append(_loop_measured_row(model, base, n, v, base_m, got, opt))
             if log:
                 r = rows[-1]
                 log(f"[parity] {model} {n}={v}: {r['measured_class']} "
@@ -705,24 +725,77 @@ def _loop_row(model, base, n, v, measured, note, **numbers) -> dict:
     return row
 
 
-def _loop_measured_row(model, base, n, v, a: dict, b: dict) -> dict:
+def _loop_measured_row(model, base, n, v, a: dict, b: dict, optimizer: dict | None = None
+                       ) -> dict:
+    """Classify a loop flag from the final metrics of two harness runs. Training parity is
+    judged on eval loss and top-1 (functions of the final parameters); the reported
+    train_loss is an epoch mean whose summation may legitimately differ (flag 9 sums it on
+    the device), so its difference is noted, not classified. ``optimizer``: the isolated
+    optimizer-step measurement, for flags that act in the optimizer (fused_optimizer)."""
     spec = Flags.spec(n)
-    equal = all((a[k] == b[k]) or (math.isnan(a[k]) and math.isnan(b[k])) for k in a)
-    loss_rel = max(abs(a[k] - b[k]) / max(abs(a[k]), 1e-12)
-                   for k in ("train_loss", "eval_loss") if k in a)
-    if equal:
-        measured = "exact"
-    elif n == "num_workers":
-        measured = "statistical"  # differs only through data order, by construction
-    elif spec.bound and "params_rel_diff" in spec.bound and loss_rel <= 10 * spec.bound[
-            "params_rel_diff"]:
-        measured = "near-exact"
+    keys = [k for k in ("eval_loss", "top1", "top5") if k in a]
+
+    def same(k):
+        return a[k] == b[k] or (math.isnan(a[k]) and math.isnan(b[k]))
+
+    equal = all(same(k) for k in keys)
+    eval_rel = abs(a["eval_loss"] - b["eval_loss"]) / max(abs(a["eval_loss"]), 1e-12)
+    notes = []
+    if optimizer is not None:
+        measured = optimizer["class"]
+        notes.append(f"optimizer step isolated (identical gradients, {optimizer['k']} steps): "
+                     f"params {'bit-identical' if optimizer['equal'] else 'rel L2 %.3g' % optimizer['rel']}")
+        params_equal, params_rel = optimizer["equal"], optimizer["rel"]
     else:
-        measured = "differs"
-    note = ("final train/eval loss and top-1 bit-identical" if equal else
-            "final " + ", ".join(f"{k} {a[k]:.6g} vs {b[k]:.6g}" for k in a if a[k] != b[k]))
-    return _loop_row(model, base, n, v, measured, note, params_equal_after_k=equal,
-                     params_rel_diff=loss_rel, grad_rel_diff=np.nan)
+        params_equal, params_rel = equal, (0.0 if equal else np.nan)
+        if equal:
+            measured = "exact"
+        elif n == "num_workers":
+            measured = "statistical"  # differs only through data order, by construction
+        else:
+            measured = "differs"
+    notes.append("harness runs: final eval loss and top-1 bit-identical" if equal else
+                 "harness runs: final " + ", ".join(f"{k} {a[k]:.6g} vs {b[k]:.6g}"
+                                                   for k in keys if not same(k)))
+    if not same("train_loss"):
+        notes.append(f"reported train_loss {a['train_loss']:.9g} vs {b['train_loss']:.9g} "
+                     f"(epoch mean accumulated differently)")
+    return _loop_row(model, base, n, v, measured, "; ".join(notes),
+                     params_equal_after_k=params_equal, params_rel_diff=params_rel,
+                     e2e_frac_differ=0.0 if equal else eval_rel)
+
+
+def optimizer_step_parity(model: str, base: Flags, value: bool, *, steps: int = 3,
+                          batch: int = 4, seed: int = 0, img_size: int | None = None,
+                          lr: float = 1e-3, weight_decay: float = 0.05) -> dict:
+    """fused_optimizer isolated: two copies of one model, the same gradients (computed on
+    the first copy, copied to the second) for ``steps`` steps, the harness's optimizer built
+    with ``fused`` = the base value and ``value``; parameters compared after each step."""
+    from harness.loop import build_optimizer
+
+    cfg = ParityConfig(model=model, steps=max(steps, 2), batch=batch, seed=seed,
+                       img_size=img_size)
+    ma, mb = _build(cfg, base, None), _build(cfg, base, None)
+    mb.load_state_dict(ma.state_dict())
+    dev = torch.device("cpu")
+    oa = build_optimizer(ma, opt="adamw", lr=lr, weight_decay=weight_decay,
+                         fused=base.fused_optimizer, device=dev)
+    ob = build_optimizer(mb, opt="adamw", lr=lr, weight_decay=weight_decay, fused=value,
+                         device=dev)
+    ma.train()
+    for x, y in _batches(cfg, steps, offset=4):
+        oa.zero_grad(set_to_none=True)
+        F.cross_entropy(ma(x), y).backward()
+        for pa, pb in zip(ma.parameters(), mb.parameters(), strict=True):
+            pb.grad = None if pa.grad is None else pa.grad.detach().clone()
+        oa.step()
+        ob.step()
+    pa = torch.cat([p.detach().reshape(-1) for p in ma.parameters()])
+    pb = torch.cat([p.detach().reshape(-1) for p in mb.parameters()])
+    equal, rel = torch.equal(pa, pb), _rel_l2(pa, pb)
+    bound = (Flags.spec("fused_optimizer").bound or {}).get("params_rel_diff", 0.0)
+    cls = "exact" if equal else ("near-exact" if rel <= bound else "differs")
+    return {"class": cls, "equal": equal, "rel": rel, "k": steps}
 
 
 # --- accuracy parity ----------------------------------------------------------------------------
@@ -985,7 +1058,6 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
     models = [m for spec in (args.model or ["ivit_micro"]) for m in spec.split(",") if m]
     flags = [f.strip() for f in args.flags.split(",") if f.strip()] if args.flags else None
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     mismatches = []
     for model in models:
         df = parity_table(model, base=args.base, to=args.to, flags=flags, steps=args.steps,
