@@ -30,10 +30,11 @@ import itertools
 import json
 import random
 import sys
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 import qvit
 from qvit import Flags
@@ -101,7 +102,7 @@ class Config:
                 "describe": self.flags.describe()}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Config":
+    def from_dict(cls, d: dict[str, Any]) -> Config:
         return cls(name=d["name"], flags=Flags(**d["flags"]),
                    float_reference=d.get("float_reference", False), flag=d.get("flag"),
                    stage=d.get("stage"), levels=dict(d.get("levels") or {}),
@@ -144,7 +145,7 @@ class AblationSpec:
     title: str | None = None
     source: str | None = None  # the TOML text it came from, copied into the results folder
 
-    def replace(self, **kw: Any) -> "AblationSpec":
+    def replace(self, **kw: Any) -> AblationSpec:
         """A copy with run settings overridden (e.g. from the command line), re-validated."""
         out = dataclasses.replace(self, **{k: v for k, v in kw.items() if v is not None})
         _validate_run(out)
@@ -360,7 +361,7 @@ def timeline(spec: AblationSpec) -> list[Config]:
     base = spec.base_flags()
     configs = [Config("legacy" if spec.base in (None, "legacy") else "base", base, stage=0)]
     current = base
-    for i, (changes, name) in enumerate(zip(spec.stages, spec.stage_names), start=1):
+    for i, (changes, name) in enumerate(zip(spec.stages, spec.stage_names, strict=False), start=1):
         moved = {s.name: s.seed for s in Flags.specs() if s.change in changes}
         current = current.replace(**moved)
         configs.append(Config(name, current, stage=i,
@@ -415,7 +416,7 @@ def _coded_configs(spec: AblationSpec, matrix, prefix: str, bits: bool) -> list[
     names = list(levels)
     configs = []
     for i, row in enumerate(matrix, start=1):
-        coded = {n: int(1 if x > 0 else -1) for n, x in zip(names, row)}
+        coded = {n: int(1 if x > 0 else -1) for n, x in zip(names, row, strict=False)}
         values = {n: levels[n][1] if c > 0 else levels[n][0] for n, c in coded.items()}
         code = "".join("1" if coded[n] > 0 else "0" for n in names) if bits else f"{i:02d}"
         configs.append(Config(f"{prefix}{code}", base.replace(**values), levels=coded))

@@ -139,7 +139,7 @@ def _fig_timeline(summary, order, reference, label, path):
     if reference is not None:
         ref = reference[0] / np.asarray(reference, float)
         ax.plot(x[:len(ref)], ref, "k--", marker="s", label=label)
-        for xi, (m, r) in enumerate(zip(reference, ref)):
+        for xi, (m, r) in enumerate(zip(reference, ref, strict=False)):
             ax.annotate(f"{m:g} min", (xi, r), textcoords="offset points", xytext=(4, 6),
                         fontsize=8)
     ax.axhline(1.0, color="grey", lw=0.8)
@@ -429,9 +429,9 @@ def build_report(folder: str | Path, *, seed: int = 0) -> Path:
         figs["flags"] = _fig_flag_speedup(per_flag, folder / "fig_flag_speedup.png", xlabel)
         show = per_flag.copy()
         show["speedup [95% CI]"] = [_ci(a, b, c) for a, b, c in zip(
-            show["flag_speedup"], show["flag_speedup_lo"], show["flag_speedup_hi"])]
+            show["flag_speedup"], show["flag_speedup_lo"], show["flag_speedup_hi"], strict=False)]
         show["d top-1 pts [95% CI]"] = [f"{_pp(a)} [{_pp(b)}, {_pp(c)}]" for a, b, c in zip(
-            show["top1_diff"], show["top1_diff_lo"], show["top1_diff_hi"])]
+            show["top1_diff"], show["top1_diff_lo"], show["top1_diff_hi"], strict=False)]
         show = show.sort_values(["model", "flag_speedup"], ascending=[True, False])
         keep = ["model", "flag", "change", "move", "speedup [95% CI]",
                 "d top-1 pts [95% CI]", "syncs_per_step"]

@@ -36,7 +36,7 @@ def test_timeline_stages_end_at_the_seed_preset():
     assert configs[0].flags == Flags.preset("legacy")
     assert configs[-1].flags == Flags.preset("seed")
     # cumulative: each stage moves exactly the flags of its seed changes, to their seed value
-    for prev, cur, changes in zip(configs, configs[1:], ablate.SEED_STAGES):
+    for prev, cur, changes in zip(configs, configs[1:], ablate.SEED_STAGES, strict=False):
         moved = prev.flags.diff(cur.flags)
         expect = {f.name for f in Flags.specs() if f.change in changes
                   and f.seed != f.legacy}

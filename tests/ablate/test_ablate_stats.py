@@ -78,7 +78,7 @@ def test_float_reference_multiple():
 def _factorial(true, inter, flags, top1_flag):
     levels, cfg = {}, {}
     for bits in itertools.product((-1, 1), repeat=len(flags)):
-        lv = dict(zip(flags, bits))
+        lv = dict(zip(flags, bits, strict=False))
         t = math.prod(true[f] for f in flags if lv[f] > 0)
         if lv[flags[0]] > 0 and lv[flags[1]] > 0:
             t *= inter
@@ -113,11 +113,11 @@ def test_screen_estimates_main_effects_only():
     import pyDOE3
 
     flags = [f"x{i}" for i in range(7)]
-    true = dict(zip(flags, (0.6, 1.0, 0.85, 1.0, 1.0, 1.1, 1.0)))
+    true = dict(zip(flags, (0.6, 1.0, 0.85, 1.0, 1.0, 1.1, 1.0), strict=False))
     m = pyDOE3.pbdesign(len(flags))
     levels, cfg = {}, {}
     for i, row in enumerate(m):
-        lv = {f: int(v) for f, v in zip(flags, row)}
+        lv = {f: int(v) for f, v in zip(flags, row, strict=False)}
         levels[f"pb{i}"] = lv
         cfg[f"pb{i}"] = {"time": math.prod(true[f] for f in flags if lv[f] > 0)}
     assert not stats.interactions_resolved(levels, flags)
