@@ -10,7 +10,7 @@ from qvit import Flags
 MICRO = ("ivit_micro", "swin_micro")
 
 
-def batch(seed: int, n: int = 8):
+def batch(seed: int, n: int = 4):
     g = torch.Generator().manual_seed(seed)
     return torch.randn(n, 3, 32, 32, generator=g), torch.randint(0, 10, (n,), generator=g)
 
