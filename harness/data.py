@@ -17,7 +17,9 @@ device-preloaded path (``preload_to_device``): one permutation per epoch from th
 
 from __future__ import annotations
 
+import os
 import pickle
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -260,9 +262,20 @@ def dataset_num_classes(dataset: str, data_dir: str | None = None) -> int:
     raise ValueError(f"unknown dataset {dataset!r}; valid: {', '.join(DATASETS)}")
 
 
+def _download_allowed() -> bool:
+    raw = os.environ.get("QVIT_HARNESS_DOWNLOAD", "1")
+    if raw not in ("0", "1"):
+        raise ValueError(f"QVIT_HARNESS_DOWNLOAD must be 0 or 1, got {raw!r}")
+    return raw == "1"
+
+
 def load_dataset(dataset: str, *, data_dir: str | None = None, img_size: int,
-                 num_classes: int, seed: int = 0, download: bool = True) -> DataBundle:
-    """Load (and validate) a dataset; ``img_size`` is the model's input size."""
+                 num_classes: int, seed: int = 0, download: bool | None = None) -> DataBundle:
+    """Load (and validate) a dataset; ``img_size`` is the model's input size. CIFAR is
+    downloaded when missing unless ``download=False`` (default: the environment variable
+    QVIT_HARNESS_DOWNLOAD, 1 or 0, default 1)."""
+    if download is None:
+        download = _download_allowed()
     if dataset not in DATASETS:
         raise ValueError(f"unknown dataset {dataset!r}; valid: {', '.join(DATASETS)}")
     if dataset == "digits":
@@ -336,6 +349,7 @@ class Batches:
         idx = self.indices(epoch)
         if self.preload:
             return self._preloaded(idx.to(self.device))
+        warnings.filterwarnings("ignore", message="This DataLoader will create")  # as asked
         loader = DataLoader(self.dataset, batch_size=self.batch_size, sampler=idx.tolist(),
                             num_workers=self.num_workers, drop_last=self.drop_last,
                             pin_memory=self.device.type == "cuda")

@@ -138,6 +138,11 @@ class _SyncFunctionMode(TorchFunctionMode):
             finally:
                 self.s.depth.n = d
             if kind == "to_host" and isinstance(out, torch.Tensor):
+                if out is args[0]:  # a no-op on the CPU: mark an alias, not the original
+                    try:
+                        out = out.view_as(out)
+                    except RuntimeError:
+                        return out
                 self.s.mark_host(out)
             return out
         out = func(*args, **kwargs)

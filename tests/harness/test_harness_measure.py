@@ -1,0 +1,107 @@
+"""The host-sync counter: what counts, once, and that counting adds no syncs."""
+
+import torch
+
+from harness.measure import StepTimer, count_host_syncs, peak_memory_mb
+
+
+def test_pure_compute_has_no_syncs():
+    x = torch.randn(8, 4, requires_grad=True)
+    with count_host_syncs("cpu") as c:
+        (x @ x.T).relu().sum().backward()
+    assert c.count == 0, dict(c.by_kind)
+
+
+def test_optimizer_step_counters_on_the_host_are_not_reads():
+    from harness.loop import _host_step_counters
+
+    x = torch.randn(8, 4, requires_grad=True)
+    opt = torch.optim.AdamW([x], foreach=False)
+    x.sum().backward()
+    opt.step()  # creates the state (step counters live on the host by design)
+    with count_host_syncs("cpu") as c:
+        c.host_resident(_host_step_counters(opt))
+        opt.step()
+    assert c.count == 0, dict(c.by_kind)
+
+
+def test_each_host_read_counts_once():
+    x = torch.randn(4, 3)
+    with count_host_syncs("cpu") as c:
+        x.sum().item()
+        bool(x.sum() > 0)
+        x[0].tolist()
+        x.numpy()
+        x.detach().cpu().numpy()  # legacy batch_frexp's round trip: one, not two
+        x.cpu().float().numpy()  # derived host copy: still one round trip
+        float(x[0, 0])
+        torch.nonzero(x)
+    assert c.count == 8, dict(c.by_kind)
+    assert c.by_kind["to_host"] == 2
+
+
+def test_same_device_move_is_not_a_read():
+    x = torch.randn(3)
+    with count_host_syncs("cpu") as c:
+        x.to(x.device)
+        x.to(torch.float64)
+    assert c.count == 0
+
+
+def test_grad_scaler_found_inf_check_counts():
+    w = torch.randn(3, requires_grad=True)
+    opt = torch.optim.SGD([w], lr=0.1)
+    scaler = torch.amp.GradScaler("cpu")
+    with count_host_syncs("cpu") as c:
+        scaler.scale((w ** 2).sum()).backward()
+        scaler.step(opt)
+        scaler.update()
+    assert c.count == 1 and c.by_kind["item"] == 1
+
+
+def test_qvit_legacy_frexp_counts_on_cpu():
+    from qvit.primitives import batch_frexp
+
+    with count_host_syncs("cpu") as c:
+        batch_frexp(torch.tensor([0.37, 1.5e-3]))
+    assert c.by_kind["to_host"] >= 1
+
+
+def test_counting_adds_no_syncs_itself():
+    x = torch.randn(4, 3, requires_grad=True)
+    with count_host_syncs("cpu") as outer:
+        with count_host_syncs("cpu") as inner:
+            (x * 2).sum().backward()
+            x.grad.sum().item()
+    assert inner.count == 1 and outer.count == 1
+
+
+def test_host_resident_tensors_are_not_reads():
+    step = torch.tensor(3.0)
+    with count_host_syncs("cpu") as c:
+        c.host_resident([step])
+        step.item()
+    assert c.count == 0
+
+
+def test_synchronize_is_counted_and_restored():
+    real = torch.cuda.synchronize
+    with count_host_syncs("cpu") as c:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        else:
+            try:
+                torch.cuda.synchronize()
+            except (RuntimeError, AssertionError, AttributeError):
+                pass
+    assert c.by_kind["cuda_synchronize"] == 1
+    assert torch.cuda.synchronize is real
+
+
+def test_timer_and_memory():
+    t = StepTimer(torch.device("cpu"))
+    t.start()
+    t.step()
+    t.step()
+    assert len(t.step_times()) == 2 and t.median() >= 0
+    assert peak_memory_mb(torch.device("cpu")) > 0

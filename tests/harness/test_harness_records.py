@@ -1,0 +1,73 @@
+"""The runs table: schema from the flag declaration, atomic appends, shards, resume logic."""
+
+import pandas as pd
+import pytest
+
+from harness import records
+from qvit import Flags
+
+ISSUE_COLUMNS = ["config", "model", "dataset", "repeat", "seed", "epoch", "warmup", "train_s",
+                 "eval_s", "images_per_s", "peak_mem_mb", "syncs_per_step", "top1", "top5",
+                 "train_loss", "eval_loss", "status", "error"]
+CONTRACT_COLUMNS = ["run_id", "block", "order", "float_reference", "steps", "step_s_median",
+                    "compile_s", "wall_s"]
+PROVENANCE = ["git_commit", "git_dirty", "torch_version", "timm_version", "cuda_version",
+              "device_name", "cpu_model", "hostname"]
+
+
+def _row(run_id="r1", epoch=1, **kw):
+    row = dict(run_id=run_id, config="seed", model="m", dataset="digits", repeat=0, seed=0,
+               block=0, order=0, epoch=epoch, warmup=epoch == 1, steps=3, train_s=1.0,
+               eval_s=0.5, top1=50.0, status="ok")
+    row.update(Flags.preset("seed").to_dict())
+    row.update(kw)
+    return row
+
+
+def test_schema_has_every_flag_and_every_listed_column():
+    cols = records.columns()
+    for name in ISSUE_COLUMNS + CONTRACT_COLUMNS + PROVENANCE:
+        assert name in cols, name
+    for spec in Flags.specs():
+        assert spec.name in cols
+        assert cols[spec.name] == {bool: "bool", int: "int64", str: "string"}[spec.type]
+    assert len(cols) == len(set(cols))
+    assert list(records.empty_table().columns) == list(cols)
+
+
+def test_unknown_column_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="columns the table does not have"):
+        records.append_rows(tmp_path, [_row(bogus=1)])
+
+
+def test_append_writes_parquet_and_csv_and_replaces_same_epoch(tmp_path):
+    records.append_rows(tmp_path, [_row(epoch=1)])
+    records.append_rows(tmp_path, [_row(epoch=2)])
+    records.append_rows(tmp_path, [_row(epoch=2, top1=99.0)])
+    t = records.read_table(tmp_path)
+    assert list(t["epoch"]) == [1, 2] and list(t["top1"]) == [50.0, 99.0]
+    csv = pd.read_csv(tmp_path / "runs.csv")
+    assert list(csv.columns) == list(records.columns()) and len(csv) == 2
+    assert not list(tmp_path.glob(".*.tmp"))  # nothing half-written left behind
+    assert t["use_frexp"].dtype == bool and t["layernorm_newton"].iloc[0] == "no_grad"
+
+
+def test_drop_run_and_finished(tmp_path):
+    records.append_rows(tmp_path, [_row("a", 1), _row("a", 2), _row("b", 1),
+                                   _row("c", 1, status="oom"), _row("d", 1),
+                                   _row("d", 2, status="error")])
+    t = records.read_table(tmp_path)
+    done = records.finished_run_ids(t, {"a": 2, "b": 2, "c": 2, "d": 2})
+    assert done == {"a", "c"}  # b unfinished, d failed with an error: both are redone
+    assert records.drop_run(tmp_path, "b") == 1
+    assert set(records.read_table(tmp_path)["run_id"]) == {"a", "c", "d"}
+
+
+def test_shards_merge_into_the_table(tmp_path):
+    records.append_rows(tmp_path, [_row("a", 1), _row("b", 1, top1=1.0)])
+    records.write_shard(tmp_path, "b", [_row("b", 1, top1=2.0), _row("b", 2, top1=3.0)])
+    records.write_shard(tmp_path, "c", [_row("c", 1)])
+    t = records.merge_shards(tmp_path)
+    assert sorted(zip(t["run_id"], t["epoch"])) == [("a", 1), ("b", 1), ("b", 2), ("c", 1)]
+    assert list(t[t["run_id"] == "b"]["top1"]) == [2.0, 3.0]
+    assert not list((tmp_path / "shards").glob("*.parquet"))
