@@ -88,6 +88,12 @@ def _ci(v: float, lo: float, hi: float, fmt: str = "{:.2f}", suffix: str = "") -
     return text
 
 
+def _mean_sd(m: float, sd: float) -> str:
+    if m is None or math.isnan(m):
+        return ""
+    return f"{m:.1f}" + ("" if sd is None or math.isnan(sd) else f" ({sd:.1f})")
+
+
 def _pp(v: float) -> str:  # top-1 percentage points (the runner records top-1 in percent)
     return "" if v is None or math.isnan(v) else f"{v:+.1f}"
 
@@ -389,15 +395,14 @@ def build_report(folder: str | Path, *, seed: int = 0) -> Path:
                "train x": _ci(r["speedup_train"], r["speedup_train_lo"],
                               r["speedup_train_hi"]),
                "eval x": _ci(r["speedup_eval"], r["speedup_eval_lo"], r["speedup_eval_hi"]),
-               "top-1 % (sd)": (f"{r['top1_mean']:.1f} ({r['top1_std']:.1f})"
-                                if "top1_mean" in r and not math.isnan(r["top1_mean"])
-                                else ""),
+               "top-1 % (sd)": _mean_sd(r.get("top1_mean", np.nan), r.get("top1_std", np.nan)),
                "d top-1 pts [95% CI]": (f"{_pp(r['top1_diff'])} [{_pp(r['top1_diff_lo'])}, "
                                         f"{_pp(r['top1_diff_hi'])}]"
                                         if "top1_diff" in r and r["config"] != baseline
                                         else ""),
                "syncs/step": r.get("syncs_per_step", np.nan),
-               "IQR/med": f"{r['iqr_rel']:.1%}" + (" (!)" if r["wide_spread"] else ""),
+               "IQR/med": ("" if math.isnan(r["iqr_rel"]) else f"{r['iqr_rel']:.1%}")
+               + (" (!)" if r["wide_spread"] else ""),
                "runs": r["n_runs"]}
         if "float_multiple" in r and not math.isnan(r["float_multiple"]):
             row["x float step"] = _ci(r["float_multiple"], r["float_multiple_lo"],
