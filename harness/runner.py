@@ -491,15 +491,23 @@ def _record_dead_child(spec: RunSpec, out_dir: Path, rc: int) -> None:
     records.append_rows(out_dir, [row])
 
 
-def run_sweep(specs: list[RunSpec], out_dir: str | os.PathLike, *, executor: str = "local",
+def run_sweep(specs: list[RunSpec], out_dir: str | os.PathLike, *, executor: Any = "local",
               progress: bool = True, validate: bool = True) -> pd.DataFrame:
     """Run every spec, in order, each in its own process (``executor="local"``; ``"inline"``
-    runs them in this process, for debugging). Runs the table in ``out_dir`` holds as
+    runs them in this process, for debugging; ``"slurm"`` / ``"submitit-local"`` or an
+    `harness.executors.ExecutorOptions`: one job per repeat block, `executors.run_blocks`).
+    Runs the table in ``out_dir`` holds as
     finished are skipped; unfinished or failed ones are redone. Every spec is validated
     before the first run starts. Returns the whole table."""
     if executor not in ("local", "inline"):
-        raise ValueError(f"executor must be 'local' or 'inline' (a cluster executor calls "
-                         f"execute_run itself), got {executor!r}")
+        # slurm / submitit-local (a name, an executors.ExecutorOptions or an [executor]
+        # table): one job per repeat block, results merged back into this table
+        from .executors import options_from, run_blocks
+
+        opts = options_from({"kind": executor} if isinstance(executor, str) else executor)
+        if opts.kind not in ("local", "inline"):
+            return run_blocks(specs, out_dir, opts, progress=progress, validate=validate)
+        executor = opts.kind
     out_dir = Path(out_dir)
     ids = [s.run_id for s in specs]
     dup = sorted({i for i in ids if ids.count(i) > 1})
