@@ -563,14 +563,17 @@ def _toggles(base: Flags, scope: str, flags: Iterable[str] | None, to: Flags | N
             if getattr(to, n) != getattr(base, n):
                 out.append((n, getattr(to, n)))
             continue
-        out.extend((n, v) for v in spec.values() if v != getattr(base, n))
+        values = list(spec.values())
+        if spec.type is bool:  # both sides of a switch, even where every preset is off
+            values += [v for v in (False, True) if v not in values]
+        out.extend((n, v) for v in values if v != getattr(base, n))
     return out
 
 
 def parity_table(model: str = "ivit_micro", *, base: str = "legacy", to: str | None = None,
                  flags: Iterable[str] | None = None, steps: int = 3, batch: int = 4,
                  seed: int = 0, img_size: int | None = None, loop: bool = True,
-                 loop_steps: int = 3, threads: int | None = 1,
+                 loop_steps: int = 3, loop_epochs: int = 1, threads: int | None = 1,
                  log: Callable[[str], None] | None = print) -> pd.DataFrame:
     """One row per (flag, value) toggled alone from preset ``base`` (to every other value of
     the flag, or, with preset ``to``, to that preset's value for each flag the two differ
@@ -582,13 +585,13 @@ def parity_table(model: str = "ivit_micro", *, base: str = "legacy", to: str | N
         torch.set_num_threads(threads)
     try:
         return _parity_table(model, base, to, flags, steps, batch, seed, img_size, loop,
-                             loop_steps, log)
+                             loop_steps, loop_epochs, log)
     finally:
         torch.set_num_threads(previous)
 
 
 def _parity_table(model, base, to, flags, steps, batch, seed, img_size, loop, loop_steps,
-                  log) -> pd.DataFrame:
+                  loop_epochs, log) -> pd.DataFrame:
     cfg = ParityConfig(model=model, base=base, steps=steps, batch=batch, seed=seed,
                        img_size=img_size)
     base_flags = Flags.preset(base)
@@ -610,7 +613,8 @@ def _parity_table(model, base, to, flags, steps, batch, seed, img_size, loop, lo
     loop_t = _toggles(base_flags, "loop", flags, to_flags) if loop else []
     if loop_t:
         rows.extend(loop_parity_rows(model, base_flags, loop_t, seed=seed, img_size=img_size,
-                                     steps=loop_steps, batch=max(batch, 8), log=log))
+                                     steps=loop_steps, epochs=loop_epochs,
+                                     batch=max(batch, 8), log=log))
     df = pd.DataFrame(rows)
     for c in PARITY_COLUMNS:
         if c not in df:
@@ -638,7 +642,7 @@ def _loop_skip_reason(name: str, value: Any) -> str | None:
 
 def loop_parity_rows(model: str, base: Flags, toggles: list[tuple[str, Any]], *,
                      seed: int = 0, img_size: int | None = None, steps: int = 3,
-                     batch: int = 8, epochs: int = 2, out_dir: str | Path | None = None,
+                     batch: int = 8, epochs: int = 1, out_dir: str | Path | None = None,
                      log: Callable[[str], None] | None = print) -> list[dict]:
     """Loop flags from short harness runs (``epochs`` x ``steps`` steps, the same seed):
     final train/eval loss and top-1 compared bit for bit across each toggle."""
@@ -656,7 +660,7 @@ def loop_parity_rows(model: str, base: Flags, toggles: list[tuple[str, Any]], *,
         return runner.RunSpec(config=cfg_name, flags=flags, model=model, dataset=dataset,
                               img_size=img_size, epochs=epochs, steps_per_epoch=steps,
                               eval_steps=2, batch_size=batch, seed=seed, device="cpu",
-                              warmup_epochs=1, count_syncs="off", sched="none")
+                              warmup_epochs=0, count_syncs="off", sched="none")
 
     # digits are 32x32; other sizes train on the synthetic set (bit comparison needs no labels
     # that mean anything)
@@ -1057,6 +1061,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-loop", action="store_true", help="skip the loop flags")
     p.add_argument("--loop-steps", type=int, default=3, help="steps per epoch of the loop "
                    "flags' harness runs")
+    p.add_argument("--loop-epochs", type=int, default=1, help="epochs of the loop flags' "
+                   "harness runs (2+ also compares across an epoch boundary)")
     return p.parse_args(argv)
 
 
@@ -1069,6 +1075,7 @@ def main(argv: list[str] | None = None) -> int:
         df = parity_table(model, base=args.base, to=args.to, flags=flags, steps=args.steps,
                           batch=args.batch, seed=args.seed, img_size=args.img_size,
                           loop=not args.no_loop, loop_steps=args.loop_steps,
+                          loop_epochs=args.loop_epochs,
                           log=lambda s: print(s, file=sys.stderr, flush=True))
         out = Path(args.out) / model if len(models) > 1 else Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
