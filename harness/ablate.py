@@ -59,7 +59,8 @@ _FALLBACK_MODELS = ("ivit_micro", "swin_micro", "deit_tiny_patch16_224",
                     "deit_small_patch16_224", "deit_base_patch16_224",
                     "swin_tiny_patch4_window7_224", "swin_small_patch4_window7_224")
 
-_TOP_KEYS = {"name": str, "description": str, "run": dict, "design": dict, "report": dict}
+_TOP_KEYS = {"name": str, "description": str, "run": dict, "design": dict, "report": dict,
+             "executor": dict}  # [executor]: harness.executors (local, slurm, ...)
 _RUN_KEYS = {
     "models": list, "dataset": str, "data_dir": str, "img_size": int, "num_classes": int,
     "epochs": int, "warmup_epochs": int, "steps_per_epoch": int, "eval_steps": int,
@@ -144,6 +145,7 @@ class AblationSpec:
     iqr_warn: float = 0.10
     title: str | None = None
     source: str | None = None  # the TOML text it came from, copied into the results folder
+    executor: dict[str, Any] = field(default_factory=dict)  # [executor] (harness.executors)
 
     def replace(self, **kw: Any) -> AblationSpec:
         """A copy with run settings overridden (e.g. from the command line), re-validated."""
@@ -250,6 +252,11 @@ def parse_spec(data: dict[str, Any], source: str | None = None) -> AblationSpec:
     for key in ("reference_label", "iqr_warn", "title"):
         if key in report:
             kw[key] = report[key]
+    if "executor" in data:
+        from harness.executors import parse_options
+
+        parse_options(data["executor"])  # ValueError naming what would be right
+        kw["executor"] = dict(data["executor"])
     spec = AblationSpec(name=data["name"], kind=kind,
                         description=data.get("description", ""), source=source, **kw)
     _validate_run(spec)
@@ -572,7 +579,7 @@ def read_design(out_dir: str | Path) -> dict[str, Any] | None:
     return meta
 
 
-def run_design(spec: AblationSpec, out_dir: str | Path, *, executor: str = "local",
+def run_design(spec: AblationSpec, out_dir: str | Path, *, executor: Any = "local",
                progress: bool = True, report: bool = True):
     """Run every block of the design through the runner (resuming finished runs), then
     write the report. Returns the runs table."""
@@ -619,9 +626,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, help="override [run].epochs")
     p.add_argument("--steps-per-epoch", type=int, help="override [run].steps_per_epoch")
     p.add_argument("--models", help="override [run].models (comma separated)")
-    p.add_argument("--executor", default="local", help="passed to run_sweep (local, slurm)")
     p.add_argument("--dry-run", action="store_true", help="print configs and plan, run nothing")
     p.add_argument("--no-report", action="store_true", help="do not write the report")
+    from harness.executors import add_arguments
+
+    add_arguments(p)  # --executor local|slurm|..., --partition, --gpus-per-job, ...
     return p
 
 
@@ -632,6 +641,9 @@ def main(argv: list[str] | None = None) -> int:
         models = tuple(m.strip() for m in args.models.split(",")) if args.models else None
         spec = spec.replace(device=args.device, repeats=args.repeats, epochs=args.epochs,
                             steps_per_epoch=args.steps_per_epoch, models=models)
+        from harness.executors import options_from
+
+        executor = options_from(spec.executor, args)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -641,7 +653,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         return 0
     out = Path(args.out) if args.out else Path("results") / spec.name
-    run_design(spec, out, executor=args.executor, report=not args.no_report)
+    run_design(spec, out, executor=executor, report=not args.no_report)
     if not args.no_report:
         print(f"report: {out / 'report.md'}")
     return 0
