@@ -141,6 +141,18 @@ class Flags:
         change=None, scope="module", legacy=False, seed=False, best=True, parity="exact",
         help="QuantAct's first-call check min==max on the device (torch.where) instead of "
              "`if torch.eq(min, max).all()`, a host sync per call")
+    requant_fused: bool = _flag(
+        change=None, scope="module", legacy=False, seed=False, best=True, parity="exact",
+        help="requantization multiplies by the dyadic m * 2^-e formed once per channel and "
+             "rounds in place (one multiply, no division, fewer buffers); same bits")
+    ste_lean: bool = _flag(
+        change=None, scope="module", legacy=False, seed=False, best=True, parity="exact",
+        help="STEs as autograd.Functions whose backward passes the gradient on without the "
+             "legacy clone() and whose quantize forward rounds in place (overrides "
+             "inline_ste); same values forward and backward")
+    act_aminmax: bool = _flag(
+        change=None, scope="module", legacy=False, seed=False, best=True, parity="exact",
+        help="QuantAct's batch range by one torch.aminmax pass instead of min() then max()")
     # --- loop flags (harness) -----------------------------------------------------------
     cuda_synchronize_per_step: bool = _flag(
         change=8, scope="loop", legacy=True, seed=False, best=False, parity="exact",

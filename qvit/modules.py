@@ -84,12 +84,17 @@ class QuantAct(QuantModule):
     def _observe(self, x_act: Tensor) -> None:
         f = self.flags
         if f.global_act_minmax:
-            cur_min, cur_max = x_act.min(), x_act.max()
+            # one pass for both extremes (act_aminmax) or two
+            cur_min, cur_max = torch.aminmax(x_act) if f.act_aminmax else (x_act.min(),
+                                                                            x_act.max())
         else:  # legacy: per-channel reduce of a transposed copy, then the global extreme
             if x_act.dim() == 4:
                 x_act = x_act.permute(0, 2, 3, 1)
             v = x_act.reshape(-1, x_act.shape[-1]).transpose(0, 1)
-            cur_min, cur_max = v.min(dim=1).values, v.max(dim=1).values
+            if f.act_aminmax:
+                cur_min, cur_max = torch.aminmax(v, dim=1)
+            else:
+                cur_min, cur_max = v.min(dim=1).values, v.max(dim=1).values
         m = self.act_range_momentum
         if f.act_init_without_sync:
             # first call (empty range) takes the batch range; decided on the device
@@ -124,12 +129,14 @@ class QuantAct(QuantModule):
         if pre_act_scaling_factor is None:
             q = P.symmetric_quantize(x, self.activation_bit, scale, is_weight=False,
                                      inline_ste=f.inline_ste,
-                                     constant_zero_point=f.reuse_constant_tensors)
+                                     constant_zero_point=f.reuse_constant_tensors,
+                                     lean=f.ste_lean)
         else:
             q = P.fixedpoint_mul(x, pre_act_scaling_factor, self.activation_bit, scale,
                                  identity, identity_scaling_factor, fp64=f.fp64_fixedpoint,
                                  use_frexp=f.use_frexp, frexp_on_device=f.frexp_on_device,
-                                 inline_ste=f.inline_ste)
+                                 inline_ste=f.inline_ste, fused=f.requant_fused,
+                                 lean=f.ste_lean)
         return q * scale.view(-1), scale
 
 
@@ -163,7 +170,8 @@ class _QuantWeightMixin:
     def _quantize_weight(self, w: Tensor, scale: Tensor) -> Tensor:
         return P.symmetric_quantize(w, self.weight_bit, scale, is_weight=True,
                                     inline_ste=self.flags.inline_ste,
-                                    constant_zero_point=self.flags.reuse_constant_tensors)
+                                    constant_zero_point=self.flags.reuse_constant_tensors,
+                                    lean=self.flags.ste_lean)
 
     def quantized_weight(self) -> tuple[Tensor, Tensor]:
         """(integer weight, per-output-channel scale), from the cache where it is valid."""
@@ -184,7 +192,8 @@ class _QuantWeightMixin:
             return None
         return P.symmetric_quantize(self.bias, self.bias_bit, bias_scale, is_weight=True,
                                     inline_ste=self.flags.inline_ste,
-                                    constant_zero_point=self.flags.reuse_constant_tensors)
+                                    constant_zero_point=self.flags.reuse_constant_tensors,
+                                    lean=self.flags.ste_lean)
 
 
 class QuantLinear(_QuantWeightMixin, QuantModule, nn.Linear):
@@ -221,7 +230,8 @@ class TerLinear(QuantLinear):
 
     def _quantize_weight(self, w: Tensor, scale: Tensor) -> Tensor:
         return P.ternary_quantize(w, scale, inline_ste=self.flags.inline_ste,
-                                  constant_zero_point=self.flags.reuse_constant_tensors)
+                                  constant_zero_point=self.flags.reuse_constant_tensors,
+                                  lean=self.flags.ste_lean)
 
 
 class QuantConv2d(_QuantWeightMixin, QuantModule, nn.Conv2d):
@@ -266,16 +276,17 @@ class IntLayerNorm(QuantModule, nn.LayerNorm):
 
     def forward(self, x: Tensor, scaling_factor: Tensor) -> tuple[Tensor, Tensor]:
         f = self.flags
-        inline = f.inline_ste
+        inline, lean = f.inline_ste, f.ste_lean
         x_int = x / scaling_factor
-        mean_int = P.round_ste(x_int.mean(dim=-1, keepdim=True), inline)
+        mean_int = P.round_ste(x_int.mean(dim=-1, keepdim=True), inline, lean)
         y_int = x_int - mean_int
         var_int = torch.sum(y_int**2, dim=-1, keepdim=True)
-        std_int = P.int_sqrt_newton(var_int, f.layernorm_newton, inline_ste=inline)
-        factor = P.floor_ste((2**31 - 1) / std_int, inline)
-        y_int = P.floor_ste(y_int * factor / 2, inline)
+        std_int = P.int_sqrt_newton(var_int, f.layernorm_newton, inline_ste=inline, lean=lean)
+        factor = P.floor_ste((2**31 - 1) / std_int, inline, lean)
+        y_int = P.floor_ste(y_int * factor / 2, inline, lean)
         out_scale = self.dim_sqrt / 2**30
-        bias_int = P.floor_ste(self.bias.detach() / self.weight.detach() / out_scale, inline)
+        bias_int = P.floor_ste(self.bias.detach() / self.weight.detach() / out_scale, inline,
+                               lean)
         out_scale = out_scale * self.weight
         return (y_int + bias_int) * out_scale, out_scale
 
@@ -313,9 +324,9 @@ class _IntExpModule(QuantModule):
 
     def _normalize(self, exp_int: Tensor, exp_sum: Tensor) -> Tensor:
         """floor(exp_int / exp_sum * 2^(output_bit-1)) with integer ops only."""
-        inline = self.flags.inline_ste
-        factor = P.floor_ste(P.INT32_MAX / exp_sum.clamp_max(P.INT32_MAX), inline)
-        return P.floor_ste(exp_int * factor / 2 ** (31 - self.output_bit + 1), inline)
+        inline, lean = self.flags.inline_ste, self.flags.ste_lean
+        factor = P.floor_ste(P.INT32_MAX / exp_sum.clamp_max(P.INT32_MAX), inline, lean)
+        return P.floor_ste(exp_int * factor / 2 ** (31 - self.output_bit + 1), inline, lean)
 
 
 class IntGELU(_IntExpModule):
@@ -327,15 +338,15 @@ class IntGELU(_IntExpModule):
         super().__init__(output_bit)
 
     def forward(self, x: Tensor, scaling_factor: Tensor) -> tuple[Tensor, Tensor]:
-        inline = self.flags.inline_ste
+        inline, lean = self.flags.inline_ste, self.flags.ste_lean
         pre_x_int = x / scaling_factor
         sig_scale = scaling_factor * 1.702
         x_int_max = pre_x_int.max(dim=-1, keepdim=True).values
         x0 = self._x0(sig_scale)
         exp_int, _ = P.int_exp_shift(pre_x_int - x_int_max, sig_scale, self.exp_bits,
-                                     x0_int=x0, inline_ste=inline)
+                                     x0_int=x0, inline_ste=inline, lean=lean)
         exp_int_max, _ = P.int_exp_shift(-x_int_max, sig_scale, self.exp_bits, x0_int=x0,
-                                         inline_ste=inline)
+                                         inline_ste=inline, lean=lean)
         sigmoid_int = self._normalize(exp_int, exp_int + exp_int_max)
         out_scale = scaling_factor * self._out_unit(x)
         return pre_x_int * sigmoid_int * out_scale, out_scale
@@ -354,6 +365,7 @@ class IntSoftmax(_IntExpModule):
         x_int = x_int - x_int.max(dim=-1, keepdim=True).values
         exp_int, _ = P.int_exp_shift(x_int, scaling_factor, self.exp_bits,
                                      x0_int=self._x0(scaling_factor),
-                                     inline_ste=self.flags.inline_ste)
+                                     inline_ste=self.flags.inline_ste,
+                                     lean=self.flags.ste_lean)
         out_scale = self._out_unit(x)
         return self._normalize(exp_int, exp_int.sum(dim=-1, keepdim=True)) * out_scale, out_scale

@@ -57,6 +57,29 @@ class _RoundSTE(Function):
         return grad_output.clone()
 
 
+class _FloorSTELean(Function):
+    """The legacy Function without the copy: backward hands the incoming gradient on as is
+    (the same values as ``clone()``, one full-size pass less per STE; flag ste_lean)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return torch.floor(x)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        return grad_output
+
+
+class _RoundSTELean(Function):
+    @staticmethod
+    def forward(ctx, x):
+        return torch.round(x)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        return grad_output
+
+
 def _straight_through(value: Tensor, x: Tensor) -> Tensor:
     """``value`` forward, the gradient of ``x`` backward. Written as value + (x - x): that
     is exactly ``value`` for every finite x. (The seed's form ``x + (f(x) - x).detach()`` is
@@ -65,15 +88,20 @@ def _straight_through(value: Tensor, x: Tensor) -> Tensor:
     return value.detach() + (x - x.detach())
 
 
-def floor_ste(x: Tensor, inline: bool = True) -> Tensor:
-    """floor(x) with an identity gradient; ``inline=False`` is the legacy autograd.Function."""
+def floor_ste(x: Tensor, inline: bool = True, lean: bool = False) -> Tensor:
+    """floor(x) with an identity gradient; ``inline=False`` is the legacy autograd.Function,
+    ``lean=True`` the same Function without its gradient copy (takes precedence)."""
+    if lean:
+        return _FloorSTELean.apply(x)
     if inline:
         return _straight_through(torch.floor(x.detach()), x)
     return _FloorSTE.apply(x)
 
 
-def round_ste(x: Tensor, inline: bool = True) -> Tensor:
+def round_ste(x: Tensor, inline: bool = True, lean: bool = False) -> Tensor:
     """round(x) (half to even) with an identity gradient."""
+    if lean:
+        return _RoundSTELean.apply(x)
     if inline:
         return _straight_through(torch.round(x.detach()), x)
     return _RoundSTE.apply(x)
@@ -116,12 +144,29 @@ class _QuantizeSTEFunction(Function):
         return grad_output.clone() / s, None, None, None, None
 
 
+class _QuantizeSTELean(Function):
+    """`_QuantizeSTEFunction` with its forward in place (one buffer instead of three) and no
+    gradient copy: the same values, forward and backward (flag ste_lean)."""
+
+    @staticmethod
+    def forward(ctx, x, qmin, qmax, s):
+        ctx.save_for_backward(s)
+        return torch.mul(1.0 / s, x).round_().clamp_(qmin, qmax)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (s,) = ctx.saved_tensors
+        return grad_output / s, None, None, None
+
+
 def _quantize_ste(x: Tensor, s: Tensor, qmin: int, qmax: int, inline_ste: bool,
-                  constant_zero_point: bool) -> Tensor:
+                  constant_zero_point: bool, lean: bool = False) -> Tensor:
     # The zero point of symmetric quantization is 0; the legacy code built it as a tensor on
     # every call (`torch.tensor(0.).to(device)`, seed change 7), adding nothing to the value.
     zero_point = None if constant_zero_point else torch.tensor(0.0).to(x.device)
     s = s.detach()
+    if lean and zero_point is None:
+        return _QuantizeSTELean.apply(x, qmin, qmax, s)
     if not inline_ste:
         return _QuantizeSTEFunction.apply(x, qmin, qmax, s, zero_point)
     with torch.no_grad():
@@ -133,19 +178,20 @@ def _quantize_ste(x: Tensor, s: Tensor, qmin: int, qmax: int, inline_ste: bool,
 
 
 def symmetric_quantize(x: Tensor, num_bits: int, scale: Tensor, *, is_weight: bool,
-                       inline_ste: bool = True, constant_zero_point: bool = True) -> Tensor:
+                       inline_ste: bool = True, constant_zero_point: bool = True,
+                       lean: bool = False) -> Tensor:
     """Integer values of ``x`` in [-2^(b-1), 2^(b-1)-1] (as float), gradient 1/scale (STE).
     ``scale`` is per output channel for weights, per tensor (or last dim) for activations."""
     n = 2 ** (num_bits - 1) - 1
     s = _scale_shape(x, scale, is_weight)
-    return _quantize_ste(x, s, -n - 1, n, inline_ste, constant_zero_point)
+    return _quantize_ste(x, s, -n - 1, n, inline_ste, constant_zero_point, lean)
 
 
 def ternary_quantize(w: Tensor, scale: Tensor, *, inline_ste: bool = True,
-                     constant_zero_point: bool = True) -> Tensor:
+                     constant_zero_point: bool = True, lean: bool = False) -> Tensor:
     """Ternary weights {-1, 0, 1} = clamp(round(w / scale), -1, 1) per output channel, STE."""
     return _quantize_ste(w, _scale_shape(w, scale, True), -1, 1, inline_ste,
-                         constant_zero_point)
+                         constant_zero_point, lean)
 
 
 # --- frexp: scale = m * 2^-e with a 31-bit integer mantissa --------------------------------
@@ -190,14 +236,26 @@ def _act_shape(x: Tensor):
 
 
 def _requantize_int(z_int: Tensor, in_scale: Tensor, out_scale: Tensor, *, fp64: bool,
-                    use_frexp: bool, frexp_on_device: bool) -> Tensor:
-    """round(z_int * in_scale / out_scale): the integer rescale of one addend."""
+                    use_frexp: bool, frexp_on_device: bool, fused: bool = False) -> Tensor:
+    """round(z_int * in_scale / out_scale): the integer rescale of one addend.
+
+    ``fused`` (flag requant_fused): the dyadic multiplier m * 2^-e is formed once on the
+    (per-channel) scale, and the full-size tensor sees one multiply and one rounding, in
+    place, instead of a multiply, a division and a rounding into fresh buffers. Bit for bit
+    the same: scaling by a power of two commutes with rounding, so
+    fl(z * fl(m * 2^-e)) = fl(z * m) / 2^e (no overflow or subnormals at these magnitudes).
+    ``z_int`` is consumed (overwritten) on that path.
+    """
     dtype = torch.float64 if fp64 else torch.float32
     # The legacy code divides the float32 scales in float64 (out_scale cast float->double).
     new_scale = in_scale.to(dtype) / out_scale.to(torch.float32).to(dtype)
     if not use_frexp:
+        if fused:
+            return z_int.to(dtype).mul_(new_scale).round_()
         return torch.round(z_int.to(dtype) * new_scale)
     m, e = frexp31(new_scale, on_device=frexp_on_device)
+    if fused:
+        return z_int.to(dtype).mul_(m.to(dtype) / (2.0 ** e).to(dtype)).round_()
     return torch.round(z_int.to(dtype) * m.to(dtype) / (2.0 ** e).to(dtype))
 
 
@@ -215,10 +273,27 @@ class _FixedpointMul(Function):
         return g, (grad_output.clone() / z_scale if ctx.has_identity else None), None, None
 
 
+class _FixedpointMulLean(Function):
+    """`_FixedpointMul` without the gradient copies (flag ste_lean): the same values."""
+
+    @staticmethod
+    def forward(ctx, pre_act, identity, run, z_scale):
+        ctx.has_identity = identity is not None
+        ctx.save_for_backward(z_scale)
+        return run()
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (z_scale,) = ctx.saved_tensors
+        g = grad_output / z_scale
+        return g, (grad_output / z_scale if ctx.has_identity else None), None, None
+
+
 def fixedpoint_mul(pre_act: Tensor, pre_act_scale: Tensor, num_bits: int, z_scale: Tensor,
                    identity: Tensor | None = None, identity_scale: Tensor | None = None, *,
                    fp64: bool, use_frexp: bool, frexp_on_device: bool,
-                   inline_ste: bool = True) -> Tensor:
+                   inline_ste: bool = True, fused: bool = False, lean: bool = False
+                   ) -> Tensor:
     """Requantize ``pre_act`` (scale ``pre_act_scale``), plus an optional residual ``identity``
     (scale ``identity_scale``), to ``num_bits`` integers of scale ``z_scale``.
 
@@ -228,7 +303,7 @@ def fixedpoint_mul(pre_act: Tensor, pre_act_scale: Tensor, num_bits: int, z_scal
     """
     shape = _act_shape(pre_act)
     n = 2 ** (num_bits - 1) - 1
-    kw = dict(fp64=fp64, use_frexp=use_frexp, frexp_on_device=frexp_on_device)
+    kw = dict(fp64=fp64, use_frexp=use_frexp, frexp_on_device=frexp_on_device, fused=fused)
 
     def run():
         with torch.no_grad():
@@ -241,6 +316,23 @@ def fixedpoint_mul(pre_act: Tensor, pre_act_scale: Tensor, num_bits: int, z_scal
             out = out.to(torch.float32)
             return torch.clamp(out, -n - 1, n) if num_bits in (4, 8, 16, 32) else out
 
+    def run_fused():  # the same arithmetic, in place where a buffer is ours
+        with torch.no_grad():
+            in_scale = pre_act_scale.view(shape)
+            out = _requantize_int(torch.div(pre_act, in_scale).round_(), in_scale, z_scale,
+                                  **kw)
+            if identity is not None:
+                id_scale = identity_scale.view(shape)
+                rid = _requantize_int(torch.div(identity, id_scale).round_(), id_scale,
+                                      z_scale, **kw)
+                out = rid.add_(out) if rid.shape == out.shape else rid + out
+            out = out.to(torch.float32)
+            return out.clamp_(-n - 1, n) if num_bits in (4, 8, 16, 32) else out
+
+    if fused:
+        run = run_fused
+    if lean:
+        return _FixedpointMulLean.apply(pre_act, identity, run, z_scale)
     if not inline_ste:
         return _FixedpointMul.apply(pre_act, identity, run, z_scale)
     out = run()
@@ -277,7 +369,7 @@ def exp_x0_int(scaling_factor: Tensor) -> Tensor:
 
 
 def int_exp_shift(x_int: Tensor, scaling_factor: Tensor, n: int, *,
-                  x0_int: Tensor | None = None, inline_ste: bool = True
+                  x0_int: Tensor | None = None, inline_ste: bool = True, lean: bool = False
                   ) -> tuple[Tensor, Tensor]:
     """Shift-based integer exp of non-positive ``x_int`` (I-ViT Shiftmax/ShiftGELU).
 
@@ -285,14 +377,15 @@ def int_exp_shift(x_int: Tensor, scaling_factor: Tensor, n: int, *,
     quotient q and remainder r of division by x0 = -1 (in integer units). ``n`` bounds the
     shift (the result is scaled by 2^n). ``x0_int`` may be passed in (cached in eval).
     """
-    x_int = x_int + floor_ste(x_int / 2, inline_ste) - floor_ste(x_int / 2**4, inline_ste)
+    ste = dict(inline=inline_ste, lean=lean)
+    x_int = x_int + floor_ste(x_int / 2, **ste) - floor_ste(x_int / 2**4, **ste)
     if x0_int is None:
         x0_int = exp_x0_int(scaling_factor)
     x_int = torch.max(x_int, n * x0_int)
-    q = floor_ste(x_int / x0_int, inline_ste)
+    q = floor_ste(x_int / x0_int, **ste)
     r = x_int - x0_int * q
     exp_int = r / 2 - x0_int
-    exp_int = torch.clamp(floor_ste(exp_int * 2 ** (n - q), inline_ste), min=0)
+    exp_int = torch.clamp(floor_ste(exp_int * 2 ** (n - q), **ste), min=0)
     return exp_int, scaling_factor / 2**n
 
 
@@ -300,7 +393,7 @@ NEWTON_MODES = ("ste", "no_grad", "no_grad_sqrt_grad")
 
 
 def int_sqrt_newton(var_int: Tensor, mode: str, *, inline_ste: bool = True,
-                    iterations: int = 10) -> Tensor:
+                    iterations: int = 10, lean: bool = False) -> Tensor:
     """Integer square root by ``iterations`` Newton steps from 2^16 (I-LayerNorm):
     k <- floor((k + floor(var / k)) / 2).
 
@@ -315,7 +408,7 @@ def int_sqrt_newton(var_int: Tensor, mode: str, *, inline_ste: bool = True,
     if mode == "ste":
         k = 2**16
         for _ in range(iterations):
-            k = floor_ste((k + floor_ste(var_int / k, inline_ste)) / 2, inline_ste)
+            k = floor_ste((k + floor_ste(var_int / k, inline_ste, lean)) / 2, inline_ste, lean)
         return k
     if mode not in NEWTON_MODES:
         raise ValueError(f"layernorm_newton must be one of {NEWTON_MODES}, got {mode!r}")
