@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
-__all__ = ["FlagSpec", "Flags", "PARITY_CLASSES", "PRESETS", "SCOPES"]
+__all__ = ["FlagSpec", "Flags", "PARITY_CLASSES", "PRESETS", "SCOPES", "markdown_table"]
 
 # What toggling a flag may do to the numbers, from strongest to weakest guarantee.
 PARITY_CLASSES = (
@@ -310,6 +310,18 @@ class Flags:
         return best_text
 
 
+def markdown_table() -> str:
+    """The flag table of the README, rendered from the declaration (a test keeps it equal)."""
+    rows = ["| flag | seed change | scope | legacy | seed | best | expected parity | what |",
+            "|---|---|---|---|---|---|---|---|"]
+    for s in Flags.specs():
+        parity = ", ".join(f"{_fmt(v)}: {c}" if v != "*" else c for v, c in s.parity.items())
+        rows.append(f"| `{s.name}` | {s.change if s.change is not None else 'beyond'} | "
+                    f"{s.scope} | {_fmt(s.legacy)} | {_fmt(s.seed)} | {_fmt(s.best)} | "
+                    f"{parity} | {s.help} |")
+    return "\n".join(rows)
+
+
 def _fmt(v: Any) -> str:
     return str(v).lower() if isinstance(v, bool) else str(v)
 
@@ -325,7 +337,8 @@ def _build_specs() -> dict[str, FlagSpec]:
     for f in dataclasses.fields(Flags):
         meta = f.metadata["qvit"]
         specs[f.name] = FlagSpec(name=f.name, type=hints[f.type], **meta)
-        if meta["scope"] not in SCOPES or any(c not in PARITY_CLASSES for c in meta["parity"].values()):
+        bad_parity = any(c not in PARITY_CLASSES for c in meta["parity"].values())
+        if meta["scope"] not in SCOPES or bad_parity:
             raise TypeError(f"flag {f.name!r}: bad scope or parity class in its declaration")
     return specs
 
