@@ -37,15 +37,14 @@ paired TOST equivalence test over seeds with a margin given by the caller.
 from __future__ import annotations
 
 import argparse
-import copy
-import dataclasses
 import json
 import math
 import sys
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -60,7 +59,8 @@ from qvit.modules import QuantAct
 
 __all__ = [
     "PARITY_COLUMNS", "DEFAULT_BOUND", "ParityConfig", "Baseline", "measure_flag",
-    "prepare_baseline", "parity_table", "loop_parity_rows", "optimizer_step_parity", "classify", "satisfies",
+    "prepare_baseline", "parity_table", "loop_parity_rows", "optimizer_step_parity",
+    "classify", "satisfies",
     "pair_expectation", "deployment_reference", "ActivationRecorder", "AccuracyParity",
     "accuracy_parity", "assert_accuracy_parity", "tost_paired", "tost_unpaired",
     "accuracy_runs", "format_table", "main",
@@ -72,7 +72,8 @@ DEFAULT_BOUND = {"forward_frac_differ": 1e-3, "forward_max_steps": 1.0}
 PARITY_COLUMNS = [
     "model", "flag", "scope", "change", "base", "from_value", "to_value", "measured_class",
     "expected_class", "match", "forward_max_steps", "forward_frac_differ", "forward_elements",
-    "e2e_max_steps", "e2e_frac_differ", "logits_max_steps", "logits_frac_differ", "grad_rel_diff", "input_grad_rel_diff",
+    "e2e_max_steps", "e2e_frac_differ", "logits_max_steps", "logits_frac_differ",
+    "grad_rel_diff", "input_grad_rel_diff",
     "grads_equal", "params_equal_after_k", "params_rel_diff", "k_steps",
     "eval_drift_max_steps", "deployment_frac_differ", "deployment_max_steps",
     "deployment_elements", "deployment_frac_differ_base", "bound", "note", "seconds",
@@ -254,7 +255,7 @@ class ActivationRecorder:
 
     def _check(self, name, module, args, kwargs, out, scale) -> None:
         names = ("x", "pre_act_scaling_factor", "identity", "identity_scaling_factor")
-        call = dict(zip(names, args))
+        call = dict(zip(names, args, strict=False))
         call.update(kwargs)
         if call.get("pre_act_scaling_factor") is None:
             return  # input quantization, not a requantization
@@ -742,7 +743,6 @@ def _loop_measured_row(model, base, n, v, a: dict, b: dict, optimizer: dict | No
     train_loss is an epoch mean whose summation may legitimately differ (flag 9 sums it on
     the device), so its difference is noted, not classified. ``optimizer``: the isolated
     optimizer-step measurement, for flags that act in the optimizer (fused_optimizer)."""
-    spec = Flags.spec(n)
     keys = [k for k in ("eval_loss", "top1", "top5") if k in a]
 
     def same(k):
@@ -753,8 +753,9 @@ def _loop_measured_row(model, base, n, v, a: dict, b: dict, optimizer: dict | No
     notes = []
     if optimizer is not None:
         measured = optimizer["class"]
-        notes.append(f"optimizer step isolated (identical gradients, {optimizer['k']} steps): "
-                     f"params {'bit-identical' if optimizer['equal'] else 'rel L2 %.3g' % optimizer['rel']}")
+        how = "bit-identical" if optimizer["equal"] else f"rel L2 {optimizer['rel']:.3g}"
+        notes.append(f"optimizer step isolated (identical gradients, {optimizer['k']} "
+                     f"steps): params {how}")
         params_equal, params_rel = optimizer["equal"], optimizer["rel"]
     else:
         params_equal, params_rel = equal, (0.0 if equal else np.nan)
@@ -872,7 +873,8 @@ def _finals(table: pd.DataFrame, config: str, model: str | None) -> pd.DataFrame
     if "status" in t:
         bad = t[t["status"].fillna("ok") != "ok"]
         if len(bad):
-            raise ValueError(f"config {config!r} has failed runs ({', '.join(map(str, set(bad['status'])))}); "
+            statuses = ", ".join(sorted(map(str, set(bad["status"]))))
+            raise ValueError(f"config {config!r} has failed runs ({statuses}); "
                              f"accuracy parity needs finished runs")
     if not len(t):
         raise ValueError(f"no runs of config {config!r}"
@@ -896,15 +898,18 @@ def _differing_flags(table: pd.DataFrame, a: str, b: str) -> dict[str, tuple]:
 
 def accuracy_parity(table: pd.DataFrame, config_a: str, config_b: str, *,
                     metric: str = "top1", margin: float | None = None, alpha: float = 0.05,
-                    exact: bool | None = None, model: str | None = None) -> AccuracyParity:
+                    exact: bool | None = None, model: str | None = None,
+                    losses: tuple[str, ...] = ("eval_loss",)) -> AccuracyParity:
     """Are configs ``a`` and ``b`` of a runs table equivalent in final ``metric``?
 
-    ``exact=True``: the final ``metric`` and losses must be identical run for run (paired by
-    seed/repeat): the test for flags whose training is bit-identical. ``exact=False``: a TOST
-    equivalence test over seeds (paired where the seeds match, Welch otherwise): equivalent
-    when the difference lies within +-``margin`` at level ``alpha``; "no significant
-    difference" is not evidence of equivalence. ``exact=None`` picks exact when every flag
-    the two configs differ in is declared ``exact``.
+    ``exact=True``: the final ``metric`` and ``losses`` must be identical run for run (paired
+    by seed/repeat): the test for flags whose training is bit-identical. The default losses
+    leave out ``train_loss``, an epoch mean whose summation is itself a loop flag
+    (``loss_item_per_step``: on the device in float32 vs in Python); pass it to include it.
+    ``exact=False``: a TOST equivalence test over seeds (paired where the seeds match, Welch
+    otherwise): equivalent when the difference lies within +-``margin`` at level ``alpha``;
+    "no significant difference" is not evidence of equivalence. ``exact=None`` picks exact
+    when every flag the two configs differ in is declared ``exact``.
     """
     fa, fb = _finals(table, config_a, model), _finals(table, config_b, model)
     if exact is None:
@@ -914,7 +919,7 @@ def accuracy_parity(table: pd.DataFrame, config_a: str, config_b: str, *,
         raise ValueError(f"metric {metric!r} not in the table; columns: {list(fa.columns)}")
     common = fa.index.intersection(fb.index)
     if exact:
-        cols = [metric] + [c for c in ("train_loss", "eval_loss") if c in fa and c != metric]
+        cols = [metric] + [c for c in losses if c in fa and c != metric]
         if len(common) == 0:
             raise ValueError(f"exact parity pairs runs by seed/repeat; {config_a!r} and "
                              f"{config_b!r} share none")
@@ -951,10 +956,11 @@ def accuracy_parity(table: pd.DataFrame, config_a: str, config_b: str, *,
 def assert_accuracy_parity(table: pd.DataFrame, config_a: str, config_b: str, *,
                            metric: str = "top1", margin: float | None = None,
                            alpha: float = 0.05, exact: bool | None = None,
-                           model: str | None = None) -> AccuracyParity:
+                           model: str | None = None, losses: tuple[str, ...] = ("eval_loss",)
+                           ) -> AccuracyParity:
     """`accuracy_parity`, raising AssertionError (with the numbers) when not equivalent."""
     r = accuracy_parity(table, config_a, config_b, metric=metric, margin=margin, alpha=alpha,
-                        exact=exact, model=model)
+                        exact=exact, model=model, losses=losses)
     if not r.equivalent:
         if r.method == "exact":
             raise AssertionError(f"{config_a} vs {config_b}: final results not identical "
