@@ -1,0 +1,290 @@
+"""harness.executors: options, the shard merge, and a tiny spec end to end through submitit's
+local executor (the code path of the Slurm executor: one job per repeat block), with a job
+killed mid-block and a resume. The real Slurm cluster test is tests/test_slurm_real.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from harness import ablate, executors, records
+from harness.executors import ExecutorOptions, options_from, parse_options, parse_time_limit
+
+ROOT = Path(__file__).resolve().parent.parent
+
+TINY = """
+name = "tiny_cluster"
+description = "2 configs x 2 blocks of ivit_micro, 1 epoch of 2 steps (executor tests)"
+[run]
+models = ["ivit_micro"]
+dataset = "digits"
+epochs = 1
+warmup_epochs = 0
+steps_per_epoch = 2
+eval_steps = 1
+batch_size = 16
+repeats = 2
+device = "cpu"
+seed = 0
+[design]
+kind = "configs"
+baseline = "legacy"
+configs = [{name = "legacy", flags = "legacy,num_workers=0"},
+           {name = "seed", flags = "seed,num_workers=0"}]
+[executor]
+time_limit = 10
+"""
+
+# what must not differ between a run here and the same run in a job (CPU, same seed)
+NUMBERS = ["steps", "top1", "top5", "train_loss", "eval_loss"]
+
+
+# --- helpers shared with tests/test_slurm_real.py -------------------------------------------
+
+def write_tiny(folder: Path) -> Path:
+    path = folder / "tiny_cluster.toml"
+    path.write_text(TINY)
+    return path
+
+
+def tiny_specs(spec_path: Path):
+    spec = ablate.load_spec(spec_path)
+    return ablate.to_runspecs(spec, ablate.plan(spec))
+
+
+def harness_cmd(spec_path: Path, out: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "harness", "ablate", str(spec_path), "--out", str(out),
+            "--no-report", *args]
+
+
+def child_env() -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])])
+    env.setdefault("OMP_NUM_THREADS", "2")
+    return env
+
+
+def wait_mid_block(out: Path, block: int, proc: subprocess.Popen, timeout: float = 300
+                   ) -> dict:
+    """Wait until the job of ``block`` has finished the block's first run and started the
+    second; returns the block record the job wrote (jobs/blocks/block<b>.json)."""
+    path = out / executors.JOBS_DIR / "blocks" / f"block{block}.json"
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        if path.is_file():
+            try:
+                rec = json.loads(path.read_text())
+            except ValueError:
+                rec = None
+            if rec and len(rec["todo"]) >= 2 and rec["current"] == rec["todo"][1]:
+                return rec
+            if rec and rec["state"] == "done":
+                raise AssertionError(f"block {block} ended before it could be killed: {rec}")
+        if proc.poll() is not None:
+            raise AssertionError(f"the submitting process ended early (rc {proc.returncode})")
+        time.sleep(0.1)
+    raise AssertionError(f"block {block} never reached its second run in {timeout} s")
+
+
+def check_table(table: pd.DataFrame, specs, *, finished_blocks=None) -> None:
+    """Rows unique by (run_id, epoch), provenance filled, each finished block on one
+    machine/device, and (if given) exactly these blocks finished."""
+    assert list(table.columns) == list(records.columns())
+    mine = table[table["run_id"].isin({s.run_id for s in specs})]
+    assert not mine.duplicated(["run_id", "epoch"]).any()
+    assert (mine["hostname"] != "").all() and (mine["device_name"] != "").all()
+    done = records.finished_run_ids(mine, {s.run_id: s.epochs for s in specs})
+    fin = mine[mine["run_id"].isin(done)]
+    assert all(len(ids) == 1 for ids in executors.block_identities(fin).values())
+    if finished_blocks is not None:
+        blocks = {}
+        for s in specs:
+            blocks.setdefault(s.block, set()).add(s.run_id)
+        assert {b for b, ids in blocks.items() if ids <= done} == set(finished_blocks)
+
+
+def compare_to_local(cluster: pd.DataFrame, local: pd.DataFrame, specs) -> pd.DataFrame:
+    """Same schema (columns and dtypes) and, per run and epoch, the same numbers."""
+    assert list(cluster.columns) == list(local.columns)
+    assert dict(cluster.dtypes.astype(str)) == dict(local.dtypes.astype(str))
+    ids = {s.run_id for s in specs}
+    key = ["run_id", "epoch"]
+    a = cluster[cluster["run_id"].isin(ids)].sort_values(key).reset_index(drop=True)
+    b = local[local["run_id"].isin(ids)].sort_values(key).reset_index(drop=True)
+    assert list(a["run_id"]) == list(b["run_id"]) and len(a) == len(ids)
+    assert (a["status"] == "ok").all() and (b["status"] == "ok").all()
+    for col in NUMBERS:
+        assert a[col].tolist() == b[col].tolist(), (col, a[col].tolist(), b[col].tolist())
+    side = a[key + ["config", "block", "order", "hostname"] + NUMBERS[1:]].merge(
+        b[key + NUMBERS[1:]], on=key, suffixes=("_cluster", "_local"))
+    return side
+
+
+# --- options --------------------------------------------------------------------------------
+
+def test_time_limits():
+    assert parse_time_limit(90) == 90
+    assert parse_time_limit("45") == 45
+    assert parse_time_limit("10:30") == 11  # MM:SS, rounded up
+    assert parse_time_limit("02:00:00") == 120
+    assert parse_time_limit("1-0") == 1440
+    assert parse_time_limit("1-02:30") == 1590
+    for bad in ("soon", 0, -5, "1:2:3:4", True):
+        with pytest.raises(ValueError):
+            parse_time_limit(bad)
+
+
+def test_options_from_spec_and_cli():
+    table = {"kind": "slurm", "partition": "gpu", "gpus_per_job": 1, "time_limit": "01:00:00",
+             "options": {"account": "proj"}, "setup": ["module load cuda"]}
+    opts = parse_options(table)
+    assert opts.kind == "slurm" and opts.time_limit_min() == 60 and opts.setup == (
+        "module load cuda",)
+    p = ablate._parser()
+    args = p.parse_args(["x.toml", "--partition", "debug", "--time-limit", "5",
+                         "--slurm-option", "qos=high", "--slurm-option", "exclusive",
+                         "--retries", "0"])
+    merged = options_from(table, args)
+    assert merged.kind == "slurm" and merged.partition == "debug"
+    assert merged.time_limit == 5 and merged.retries == 0 and merged.gpus_per_job == 1
+    assert merged.options == {"account": "proj", "qos": "high", "exclusive": True}
+    assert options_from(None, p.parse_args(["x.toml"])).kind == "local"
+    assert options_from(table, p.parse_args(["x.toml", "--executor", "local"])).kind == "local"
+    with pytest.raises(ValueError, match="partition"):
+        parse_options({"partiton": "gpu"})
+    with pytest.raises(ValueError, match="kind"):
+        ExecutorOptions(kind="pbs")
+
+
+def test_spec_executor_table(tmp_path):
+    spec = ablate.load_spec(write_tiny(tmp_path))
+    assert spec.executor == {"time_limit": 10}
+    bad = TINY.replace("time_limit = 10", "gpus = 2")
+    (tmp_path / "bad.toml").write_text(bad)
+    with pytest.raises(ValueError, match="gpus_per_job"):
+        ablate.load_spec(tmp_path / "bad.toml")
+
+
+# --- the merge --------------------------------------------------------------------------------
+
+def _row(run_id, epoch, status="ok", host="a", block=0, wall=1.0):
+    return {"run_id": run_id, "config": run_id, "model": "m", "dataset": "digits",
+            "block": block, "epoch": epoch, "status": status, "hostname": host,
+            "device_name": "cpu", "wall_s": wall}
+
+
+def test_merge_keeps_finished_rows_and_never_duplicates(tmp_path):
+    epochs = {"r1": 2, "r2": 2, "r3": 2}
+    records.append_rows(tmp_path, [_row("r1", 1), _row("r1", 2), _row("r2", 1)])
+    # r1: a redo that died after one epoch must not replace the finished run
+    records.write_shard(tmp_path, "r1", [_row("r1", 1, host="b", wall=9.0)])
+    # r2: the redo finished; r3: a new run, one epoch so far
+    records.write_shard(tmp_path, "r2", [_row("r2", 1, wall=2.0), _row("r2", 2, wall=2.0)])
+    records.write_shard(tmp_path, "r3", [_row("r3", 1)])
+    t = executors.merge(tmp_path, epochs)
+    assert not t.duplicated(["run_id", "epoch"]).any()
+    assert t.set_index(["run_id", "epoch"])["wall_s"].to_dict() == {
+        ("r1", 1): 1.0, ("r1", 2): 1.0, ("r2", 1): 2.0, ("r2", 2): 2.0, ("r3", 1): 1.0}
+    # merging again (shards kept while jobs may still write) changes nothing
+    t2 = executors.merge(tmp_path, epochs)
+    pd.testing.assert_frame_equal(t, t2)
+    assert len(list((tmp_path / "shards").glob("*.parquet"))) == 3
+    executors.merge(tmp_path, epochs, remove=True)
+    assert not list((tmp_path / "shards").glob("*.parquet"))
+    pd.testing.assert_frame_equal(records.read_table(tmp_path), t)
+    assert (tmp_path / "runs.csv").is_file()
+
+
+def test_blocks_needing_work(tmp_path):
+    specs = tiny_specs(write_tiny(tmp_path))
+    by = {(s.block, s.order): s for s in specs}
+    rows = [dict(_row(s.run_id, 1, block=s.block), config=s.config) for s in specs]
+    table = records.normalize(pd.DataFrame(rows))
+    assert executors.blocks_needing_work(table, specs) == []
+    # block 1's second run unfinished -> block 1; a block on two machines -> redone too
+    other = table["run_id"] == by[(1, 1)].run_id
+    assert executors.blocks_needing_work(table[~other], specs) == [1]
+    mixed = table.copy()
+    mixed.loc[mixed["run_id"] == by[(0, 1)].run_id, "hostname"] = "b"
+    assert executors.blocks_needing_work(mixed, specs) == [0]
+
+
+def test_local_executor_unchanged(tmp_path):
+    """`executor="local"` (also as options) still goes through the runner's own loop."""
+    with pytest.raises(ValueError, match="run_sweep"):
+        executors.run_blocks([], tmp_path, ExecutorOptions(kind="local"))
+
+
+# --- end to end through submitit's local executor ----------------------------------------------
+
+@pytest.mark.slow
+def test_submitit_local_kill_and_resume(tmp_path):
+    """Blocks as jobs (submitit LocalExecutor): block 0's job is killed after its first run
+    (the job process and its run, as a node failure would), the block is left unfinished;
+    the resume redoes only its unfinished run; the table then matches an inline run of the
+    same spec in schema and numbers."""
+    spec_path = write_tiny(tmp_path)
+    specs = tiny_specs(spec_path)
+    out = tmp_path / "cluster"
+    log = open(tmp_path / "submit1.log", "w+")
+    cmd = harness_cmd(spec_path, out, "--executor", "submitit-local", "--retries", "0")
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=child_env(), stdout=log,
+                            stderr=subprocess.STDOUT)
+    try:
+        rec = wait_mid_block(out, 0, proc)
+        first, second = rec["todo"]
+        os.kill(rec["pid"], signal.SIGKILL)  # the job ...
+        pid_file = out / "specs" / f"{second}.pid"
+        if pid_file.is_file():  # ... and the run it had started
+            try:
+                os.kill(int(pid_file.read_text()), signal.SIGKILL)
+            except (ProcessLookupError, ValueError):
+                pass
+        assert proc.wait(timeout=300) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    log.seek(0)
+    text = log.read()
+    assert "unfinished" in text, text
+    t1 = records.read_table(out)
+    check_table(t1, specs, finished_blocks=[1])
+    kept = t1[t1["run_id"] == first]
+    assert len(kept) == 1 and kept["status"].iloc[0] == "ok"
+    assert not (out / executors.JOBS_DIR / "active.json").exists()
+
+    # resume: only block 0's second run is redone; the first keeps its row
+    res = subprocess.run(harness_cmd(spec_path, out, "--executor", "submitit-local"),
+                         cwd=ROOT, env=child_env(), capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "1 finished already; submitting 1" in res.stderr
+    rec = json.loads((out / executors.JOBS_DIR / "blocks" / "block0.json").read_text())
+    assert rec["todo"] == [second] and rec["state"] == "done"
+    t2 = records.read_table(out)
+    check_table(t2, specs, finished_blocks=[0, 1])
+    pd.testing.assert_frame_equal(t2[t2["run_id"] == first].reset_index(drop=True),
+                                  kept.reset_index(drop=True))
+    assert not list((out / "shards").glob("*.parquet"))
+
+    # a second resume has nothing to do
+    res = subprocess.run(harness_cmd(spec_path, out, "--executor", "submitit-local"),
+                         cwd=ROOT, env=child_env(), capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0 and "2 finished already; submitting 0" in res.stderr
+    pd.testing.assert_frame_equal(records.read_table(out), t2)
+
+    # the same spec run here (inline: same runs, same seeds) gives the same numbers
+    local = tmp_path / "inline"
+    assert ablate.main([str(spec_path), "--out", str(local), "--no-report",
+                        "--executor", "inline"]) == 0
+    side = compare_to_local(t2, records.read_table(local), specs)
+    assert len(side) == 4
