@@ -144,8 +144,12 @@ def parse_time_limit(value: int | str) -> int:
     parts = [int(x) for x in (a, b, c) if x is not None]
     if d is None:  # MM | MM:SS | HH:MM:SS (Slurm's reading)
         days = 0
-        h, mi, s = {1: (0, parts[0], 0), 2: (0, parts[0], parts[1]),
-                    3: tuple(parts)}[len(parts)]
+        if len(parts) == 1:
+            h, mi, s = 0, parts[0], 0
+        elif len(parts) == 2:
+            h, mi, s = 0, parts[0], parts[1]
+        else:
+            h, mi, s = parts
     else:  # D-HH | D-HH:MM | D-HH:MM:SS
         days = int(d)
         h, mi, s = (parts + [0, 0])[:3]
