@@ -414,7 +414,16 @@ def run_block(spec_dicts: list[dict], out_dir: str) -> dict:
     if others:
         print(f"[block {block}] finished runs were measured on {sorted(others)}, this job "
               f"runs on {me}: redoing the whole block here", flush=True)
+    stop = []  # SIGTERM (scancel, the end of a time limit): finish no more runs
+
+    def _on_term(signum, frame):  # Slurm signals the run's process too; it ends the run
+        stop.append(signum)
+
+    with contextlib.suppress(ValueError):  # (not in the main thread: no handler)
+        signal.signal(signal.SIGTERM, _on_term)
     for s in todo:
+        if stop:
+            break
         summary["current"] = s.run_id
         _write_json(status_path, summary)
         print(f"[block {block}] run {s.order}: {s.config} / {s.model} ({s.run_id}) on "
@@ -422,7 +431,7 @@ def run_block(spec_dicts: list[dict], out_dir: str) -> dict:
         rc = _run_child(s, out)
         if rc != 0:
             _record_dead_child(s, out, rc, _base_row(s, prov))
-    summary.update(state="done", current=None, ended=time.time())
+    summary.update(state="stopped" if stop else "done", current=None, ended=time.time())
     _write_json(status_path, summary)
     return summary
 

@@ -1,0 +1,140 @@
+"""Data: the embedded digits, CIFAR and ImageFolder loaders on small files in the real
+formats, synthetic data, identical batches from every data path, and each bad input's
+clear error."""
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from harness import data
+from harness.runner import RunSpec, validate_spec
+
+
+def _write_cifar(root, name="cifar10", n=6, label_max=None):
+    meta = {"cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)],
+                        ["test_batch"], "labels", 10),
+            "cifar100": ("cifar-100-python", ["train"], ["test"], "fine_labels", 100)}[name]
+    folder, train, test, key, classes = meta
+    d = root / folder
+    d.mkdir(parents=True)
+    rng = np.random.RandomState(0)
+    for i, f in enumerate(train + test):
+        labels = [(i * n + j) % classes for j in range(n)]
+        if label_max is not None:
+            labels[0] = label_max
+        entry = {"data": rng.randint(0, 256, (n, 3072), dtype=np.uint8), key: labels,
+                 "batch_label": f}
+        with open(d / f, "wb") as fh:
+            pickle.dump(entry, fh)
+    return root
+
+
+@pytest.mark.parametrize("name", ["cifar10", "cifar100"])
+def test_cifar_reader_on_generated_files(tmp_path, name):
+    _write_cifar(tmp_path, name)
+    b = data.load_dataset(name, data_dir=str(tmp_path), img_size=32,
+                          num_classes=100, download=False)
+    n_train = 30 if name == "cifar10" else 6
+    assert len(b.train) == n_train and len(b.val) == 6
+    x, y = b.train[0]
+    assert x.dtype == torch.uint8 and x.shape == (3, 32, 32) and y.dtype == torch.long
+    raw = pickle.load(open(next((tmp_path).glob("*/test_batch" if name == "cifar10"
+                                                 else "*/test")), "rb"))
+    assert torch.equal(b.val[1][0].flatten(), torch.from_numpy(raw["data"][1]))
+
+
+def test_cifar_missing_and_malformed(tmp_path):
+    with pytest.raises(ValueError, match="pass --data-dir"):
+        data.load_dataset("cifar10", data_dir=str(tmp_path / "nope"), img_size=32,
+                          num_classes=10, download=False)
+    _write_cifar(tmp_path)
+    (tmp_path / "cifar-10-batches-py" / "data_batch_3").write_bytes(b"not a pickle")
+    with pytest.raises(ValueError, match="data_batch_3 is not a CIFAR python batch"):
+        data.load_dataset("cifar10", data_dir=str(tmp_path), img_size=32, num_classes=10,
+                          download=False)
+
+
+def _write_folder(root, classes=("ant", "bee"), per=3, size=(40, 30), val_classes=None):
+    from PIL import Image
+
+    rng = np.random.RandomState(0)
+    for split, cls in (("train", classes), ("val", val_classes or classes)):
+        for c in cls:
+            (root / split / c).mkdir(parents=True)
+            for i in range(per):
+                arr = rng.randint(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+                ext = ".png" if i % 2 else ".jpg"
+                Image.fromarray(arr).save(root / split / c / f"{i}{ext}")
+    return root
+
+
+def test_imagefolder_on_generated_images(tmp_path):
+    _write_folder(tmp_path)
+    b = data.load_dataset("imagefolder", data_dir=str(tmp_path), img_size=24, num_classes=2)
+    assert len(b.train) == 6 and b.num_classes == 2 and (b.label_min, b.label_max) == (0, 1)
+    x, y = b.train[4]
+    assert x.shape == (3, 24, 24) and x.dtype == torch.uint8 and int(y) == 1
+    assert data.dataset_num_classes("imagefolder", str(tmp_path)) == 2
+
+
+def test_imagefolder_bad_trees(tmp_path):
+    with pytest.raises(ValueError, match="needs --data-dir"):
+        data.load_dataset("imagefolder", img_size=24, num_classes=2)
+    with pytest.raises(ValueError, match="does not exist"):
+        data.load_dataset("imagefolder", data_dir=str(tmp_path / "x"), img_size=24,
+                          num_classes=2)
+    (tmp_path / "a" / "train").mkdir(parents=True)
+    with pytest.raises(ValueError, match="no class folders"):
+        data.load_dataset("imagefolder", data_dir=str(tmp_path / "a"), img_size=24,
+                          num_classes=2)
+    _write_folder(tmp_path / "b", val_classes=("ant", "wasp"))
+    with pytest.raises(ValueError, match="same class folders"):
+        data.load_dataset("imagefolder", data_dir=str(tmp_path / "b"), img_size=24,
+                          num_classes=2)
+
+
+def test_digits_and_synthetic():
+    b = data.load_dataset("digits", img_size=32, num_classes=10)
+    assert len(b.train) + len(b.val) == 1797 and len(b.val) > 250
+    assert b.train.images.shape[1:] == (3, 32, 32)
+    b2 = data.load_dataset("digits", img_size=32, num_classes=10)
+    assert torch.equal(b.val.images, b2.val.images)  # deterministic split
+    assert set(b.val.labels.tolist()) == set(range(10))
+    s = data.load_dataset("synthetic", img_size=224, num_classes=1000)
+    assert s.train[5][0].shape == (3, 224, 224) and s.num_classes == 1000
+
+
+def test_labels_outside_num_classes_refused(tmp_path):
+    _write_cifar(tmp_path, label_max=12)
+    spec = RunSpec(config="c", flags="seed", model="ivit_micro", dataset="cifar10",
+                   data_dir=str(tmp_path), num_classes=10)
+    with pytest.raises(ValueError, match=r"labels 0\.\.12 .* num_classes=10"):
+        validate_spec(spec)
+
+
+def test_model_img_size_mismatch_refused():
+    spec = RunSpec(config="c", flags="seed", model="deit_tiny_patch16_224")
+    with pytest.raises(ValueError, match="--img-size 32"):
+        validate_spec(spec, load_data=False)
+    with pytest.raises(ValueError, match="divisible"):
+        validate_spec(RunSpec(config="c", flags="seed", model="swin_micro", img_size=36),
+                      load_data=False)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_preload_and_dataloader_give_the_same_batches(workers):
+    ds = data.TensorImages(torch.arange(40 * 3 * 2 * 2, dtype=torch.int64).remainder(251)
+                           .to(torch.uint8).view(40, 3, 2, 2), torch.arange(40) % 7)
+    kw = dict(batch_size=6, device=torch.device("cpu"), shuffle=True, drop_last=True,
+              max_steps=5, seed=3)
+    a = data.Batches(ds, num_workers=workers, preload=False, **kw)
+    b = data.Batches(ds, num_workers=0, preload=True, **kw)
+    assert len(a) == len(b) == 5
+    for epoch in (1, 2):
+        pa, pb = list(a.epoch(epoch)), list(b.epoch(epoch))
+        assert len(pa) == 5
+        for (xa, ya), (xb, yb) in zip(pa, pb):
+            assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    assert not torch.equal(a.indices(1), a.indices(2))

@@ -1,0 +1,126 @@
+"""One run in this process: the loop flags' paths, sync counts legacy vs seed, statuses of
+failed runs, determinism."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from harness.loop import FaultInjector
+from harness.runner import FAULT_ENV, RunSpec, execute_run
+from qvit import Flags
+
+TINY = "harness_tiny:tiny_cnn"  # tests/harness/harness_tiny.py
+sys.path.insert(0, str(Path(__file__).parent))
+BASE = dict(epochs=2, steps_per_epoch=3, eval_steps=2, batch_size=8, device="cpu")
+
+
+def _spec(flags="best", model=TINY, **kw):
+    args = {**BASE, **kw}
+    f = Flags.parse(flags) if isinstance(flags, str) else flags
+    return RunSpec(config=kw.pop("config", "c"), flags=f.replace(num_workers=0)
+                   if "num_workers" not in str(flags) else f, model=model,
+                   **{k: v for k, v in args.items() if k != "config"})
+
+
+def test_rows_per_epoch_and_warmup(tmp_path):
+    df = execute_run(_spec(epochs=3), tmp_path)
+    assert (df["status"] == "ok").all(), df["error"].tolist()
+    assert list(df["epoch"]) == [1, 2, 3] and list(df["warmup"]) == [True, False, False]
+    assert (df["status"] == "ok").all() and (df["steps"] == 3).all()
+    assert df["syncs_per_step"].notna().tolist() == [True, False, False]
+    for col in ("train_s", "eval_s", "wall_s", "images_per_s", "peak_mem_mb", "top5"):
+        assert (df[col] > 0).all(), col
+    assert df["git_commit"].iloc[0] and df["hostname"].iloc[0]
+
+
+def test_same_flags_seed_and_data_give_the_same_numbers(tmp_path):
+    spec = _spec("legacy,num_workers=2", model="ivit_micro", epochs=2, steps_per_epoch=2,
+                 eval_steps=1)
+    cols = ["train_loss", "eval_loss", "top1", "top5"]
+    a = execute_run(spec, tmp_path / "a")[cols]
+    b = execute_run(spec, tmp_path / "b")[cols]
+    assert a.equals(b)
+
+
+@pytest.mark.parametrize("flag", ["preload_to_device", "loss_item_per_step",
+                                  "grad_scaler_without_autocast", "num_workers"])
+def test_exact_loop_flags_keep_the_numbers(tmp_path, flag):
+    base = Flags.preset("best").replace(num_workers=0)
+    other = base.replace(**{flag: 2 if flag == "num_workers" else
+                            not getattr(base, flag)})
+    cols = ["train_loss", "eval_loss", "top1"]
+    a = execute_run(_spec(base), tmp_path / "a")[cols]
+    b = execute_run(_spec(other, config="d"), tmp_path / "b")[cols]
+    assert a.equals(b)
+
+
+def test_other_loop_paths_run(tmp_path):
+    flags = Flags.preset("best").replace(num_workers=0, fused_optimizer=False, plot_every=2)
+    df = execute_run(_spec(flags, epochs=3, mixup=0.8, cutmix=1.0, smoothing=0.1,
+                           ema_decay=0.9, clip_grad=1.0, sched="none", opt="sgd"), tmp_path)
+    assert (df["status"] == "ok").all(), df["error"].tolist()
+    assert len(list((tmp_path / "plots").glob("*.png"))) == 1
+
+
+def test_compile_path_records_compile_time(tmp_path):
+    flags = Flags.preset("best").replace(num_workers=0, compile_model=True)
+    df = execute_run(_spec(flags, compile_backend="eager", epochs=2), tmp_path)
+    assert (df["status"] == "ok").all(), df["error"].tolist()
+    assert df["compile_s"].iloc[0] > 0
+
+
+def _syncs(tmp_path, flags, config):
+    spec = _spec(flags, model="ivit_micro", config=config, epochs=2, steps_per_epoch=3,
+                 eval_steps=1, sync_count_steps=None)
+    df = execute_run(spec, tmp_path / config)
+    assert (df["status"] == "ok").all(), df["error"].tolist()
+    kinds = json.loads((tmp_path / config / "syncs" / f"{spec.run_id}.json").read_text())
+    return df["syncs_per_step"].iloc[0], kinds["1"]["by_kind"]
+
+
+def test_syncs_per_step_legacy_vs_seed_on_cpu(tmp_path):
+    """Changes 3 (frexp's host round trip per requantization), 9 (loss.item per step) and
+    14 (GradScaler's found-inf read) show as counts on the CPU."""
+    legacy = Flags.preset("legacy").replace(num_workers=0)
+    seed = Flags.preset("seed").replace(num_workers=0)
+    n_legacy, k_legacy = _syncs(tmp_path, legacy, "legacy")
+    n_seed, k_seed = _syncs(tmp_path, seed, "seed")
+    assert n_legacy > n_seed
+    assert k_legacy.get("to_host", 0) > 0 and "to_host" not in k_seed  # change 3
+    # change 9 alone: one read per step vs one per epoch (3 steps, 2 of them counted)
+    n9, _ = _syncs(tmp_path, seed.replace(loss_item_per_step=True), "seed9")
+    assert n9 - n_seed == pytest.approx(1 - 1 / 3)
+    # change 14 alone: GradScaler's found-inf .item() per step
+    n14, _ = _syncs(tmp_path, seed.replace(grad_scaler_without_autocast=True), "seed14")
+    assert n14 - n_seed == pytest.approx(1.0)
+    # beyond the seed: best has no sync per step left, only the one read per epoch
+    n_best, _ = _syncs(tmp_path, Flags.preset("best").replace(num_workers=0), "best")
+    assert n_best == pytest.approx(1 / 3)
+
+
+@pytest.mark.parametrize("fault,status,per_step", [("oom", "oom", True),
+                                                   ("nan", "nan", True),
+                                                   ("nan", "nan", False),
+                                                   ("error", "error", False)])
+def test_failures_are_recorded_not_raised(tmp_path, monkeypatch, fault, status, per_step):
+    monkeypatch.setenv(FAULT_ENV, json.dumps({"c": {"fault": fault, "epoch": 2, "step": 1}}))
+    flags = Flags.preset("best").replace(num_workers=0, loss_item_per_step=per_step)
+    df = execute_run(_spec(flags, epochs=3), tmp_path)
+    assert list(df["status"]) == ["ok", status] and list(df["epoch"]) == [1, 2]
+    assert df["error"].iloc[1]
+
+
+def test_bad_device_is_an_error_row(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA present")
+    df = execute_run(_spec(device="cuda"), tmp_path)
+    assert df["status"].tolist() == ["error"] and "CUDA is not available" in df["error"][0]
+
+
+def test_fault_injector_validates():
+    with pytest.raises(ValueError, match="fault must be one of"):
+        FaultInjector("segfault")
