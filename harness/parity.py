@@ -53,7 +53,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import qvit
-from qvit import PARITY_CLASSES, Flags
+from qvit import Flags
 from qvit import primitives as P
 from qvit.modules import QuantAct
 

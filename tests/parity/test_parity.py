@@ -256,7 +256,18 @@ def test_satisfies_and_pair_expectation():
     assert H.pair_expectation("use_frexp", True, False) == "near-exact"
     assert H.pair_expectation("use_frexp", False, True) == "near-exact"
     assert H.pair_expectation("inline_ste", True, False) == "exact"
-    assert H.pair_expectation("layernorm_newton", "no_grad", "no_grad_sqrt_grad") == "near-exact"
+    assert H.pair_expectation("layernorm_newton", "no_grad_sqrt_grad",
+                              "no_grad") == "forward-exact-gradient-differs"
+
+
+def test_toggles_from_best_satisfy_declarations():
+    """From the best preset, moving the LayerNorm flag between its two non-legacy values."""
+    b = H.prepare_baseline(H.ParityConfig(model="ivit_micro", base="best", img_size=16,
+                                          batch=2, steps=2))
+    row = H.measure_flag(b, "layernorm_newton", "no_grad")
+    assert row["from_value"] == "no_grad_sqrt_grad" and row["match"] == "ok"
+    assert row["measured_class"] == "forward-exact-gradient-differs"
+    assert H.measure_flag(b, "fp64_fixedpoint", False)["match"] != "MISMATCH"
 
 
 def test_preset_pair_toggles_only_differing_flags():
