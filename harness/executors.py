@@ -54,9 +54,10 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import pandas as pd
 
@@ -292,7 +293,7 @@ def merge(out_dir: str | os.PathLike, epochs: dict[str, int] | None = None, *,
 
 
 def _identity(rows: pd.DataFrame) -> set[tuple[str, str]]:
-    return set(zip(rows["hostname"].astype(str), rows["device_name"].astype(str)))
+    return set(zip(rows["hostname"].astype(str), rows["device_name"].astype(str), strict=True))
 
 
 def block_identities(table: pd.DataFrame) -> dict[int, set[tuple[str, str]]]:
@@ -591,7 +592,7 @@ def run_blocks(specs: list, out_dir: str | os.PathLike,
         while todo:
             payload = [[s.to_dict() for s in blocks[b]] for b in todo]
             jobs = ex.map_array(BlockRunner(), payload, [str(out)] * len(todo))
-            job_of = dict(zip(todo, jobs))
+            job_of = dict(zip(todo, jobs, strict=True))
             _write_json(_active_path(out), {"kind": options.kind, "submitter_pid": os.getpid(),
                                             "jobs": [str(j.job_id) for j in jobs],
                                             "blocks": {str(b): str(j.job_id)

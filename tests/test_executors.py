@@ -4,11 +4,12 @@ killed mid-block and a resume. The real Slurm cluster test is tests/test_slurm_r
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
-import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -72,8 +73,7 @@ def child_env() -> dict:
     return env
 
 
-def wait_mid_block(out: Path, block: int, proc: subprocess.Popen, timeout: float = 300
-                   ) -> dict:
+def wait_mid_block(out: Path, block: int, proc, timeout: float = 300) -> dict:
     """Wait until the job of ``block`` has finished the block's first run and started the
     second; returns the block record the job wrote (jobs/blocks/block<b>.json)."""
     path = out / executors.JOBS_DIR / "blocks" / f"block{block}.json"
@@ -88,8 +88,9 @@ def wait_mid_block(out: Path, block: int, proc: subprocess.Popen, timeout: float
                 return rec
             if rec and rec["state"] == "done":
                 raise AssertionError(f"block {block} ended before it could be killed: {rec}")
-        if proc.poll() is not None:
-            raise AssertionError(f"the submitting process ended early (rc {proc.returncode})")
+        alive = proc.is_alive() if hasattr(proc, "is_alive") else proc.poll() is None
+        if not alive:
+            raise AssertionError("the submitting process ended before the kill")
         time.sleep(0.1)
     raise AssertionError(f"block {block} never reached its second run in {timeout} s")
 
@@ -225,36 +226,42 @@ def test_local_executor_unchanged(tmp_path):
 
 # --- end to end through submitit's local executor ----------------------------------------------
 
+class _Submitter(threading.Thread):
+    """`run_blocks` in a thread (the test watches and kills jobs meanwhile)."""
+
+    def __init__(self, specs, out, opts):
+        super().__init__(daemon=True)
+        self.args, self.error, self.table = (specs, out, opts), None, None
+
+    def run(self):
+        try:
+            self.table = executors.run_blocks(*self.args)
+        except BaseException as e:  # noqa: BLE001 - re-raised by the test
+            self.error = e
+
+
 @pytest.mark.slow
-def test_submitit_local_kill_and_resume(tmp_path):
-    """Blocks as jobs (submitit LocalExecutor): block 0's job is killed after its first run
-    (the job process and its run, as a node failure would), the block is left unfinished;
-    the resume redoes only its unfinished run; the table then matches an inline run of the
-    same spec in schema and numbers."""
+def test_submitit_local_kill_and_resume(tmp_path, capfd):
+    """Blocks as jobs (submitit LocalExecutor, the Slurm executor's code path): block 0's
+    job is killed after its first run (the job process and its run, as a node failure
+    would); the block is left unfinished, the finished run kept; the resume redoes only the
+    unfinished run; the table then matches an inline run of the same spec in schema and
+    numbers."""
     spec_path = write_tiny(tmp_path)
     specs = tiny_specs(spec_path)
     out = tmp_path / "cluster"
-    log = open(tmp_path / "submit1.log", "w+")
-    cmd = harness_cmd(spec_path, out, "--executor", "submitit-local", "--retries", "0")
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=child_env(), stdout=log,
-                            stderr=subprocess.STDOUT)
-    try:
-        rec = wait_mid_block(out, 0, proc)
-        first, second = rec["todo"]
-        os.kill(rec["pid"], signal.SIGKILL)  # the job ...
-        pid_file = out / "specs" / f"{second}.pid"
-        if pid_file.is_file():  # ... and the run it had started
-            try:
-                os.kill(int(pid_file.read_text()), signal.SIGKILL)
-            except (ProcessLookupError, ValueError):
-                pass
-        assert proc.wait(timeout=300) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    log.seek(0)
-    text = log.read()
-    assert "unfinished" in text, text
+    opts = ExecutorOptions(kind="submitit-local", retries=0, time_limit=10, poll_s=0.5)
+    sub = _Submitter(specs, out, opts)
+    sub.start()
+    rec = wait_mid_block(out, 0, sub)
+    first, second = rec["todo"]
+    os.kill(rec["pid"], signal.SIGKILL)  # the job ...
+    pid_file = out / "specs" / f"{second}.pid"
+    with contextlib.suppress(OSError, ValueError):  # ... and the run it had started
+        os.kill(int(pid_file.read_text()), signal.SIGKILL)
+    sub.join(timeout=300)
+    assert not sub.is_alive() and sub.error is None, sub.error
+    assert "blocks [0] are unfinished" in capfd.readouterr().err
     t1 = records.read_table(out)
     check_table(t1, specs, finished_blocks=[1])
     kept = t1[t1["run_id"] == first]
@@ -262,25 +269,20 @@ def test_submitit_local_kill_and_resume(tmp_path):
     assert not (out / executors.JOBS_DIR / "active.json").exists()
 
     # resume: only block 0's second run is redone; the first keeps its row
-    res = subprocess.run(harness_cmd(spec_path, out, "--executor", "submitit-local"),
-                         cwd=ROOT, env=child_env(), capture_output=True, text=True,
-                         timeout=300)
-    assert res.returncode == 0, res.stderr[-3000:]
-    assert "1 finished already; submitting 1" in res.stderr
+    t2 = executors.run_blocks(specs, out, opts)
+    assert "2 blocks, 1 finished already; submitting 1" in capfd.readouterr().err
     rec = json.loads((out / executors.JOBS_DIR / "blocks" / "block0.json").read_text())
     assert rec["todo"] == [second] and rec["state"] == "done"
-    t2 = records.read_table(out)
     check_table(t2, specs, finished_blocks=[0, 1])
     pd.testing.assert_frame_equal(t2[t2["run_id"] == first].reset_index(drop=True),
-                                  kept.reset_index(drop=True))
+                                  kept.reset_index(drop=True), check_dtype=False)
+    assert set(t2["status"]) == {"ok"}
     assert not list((out / "shards").glob("*.parquet"))
 
     # a second resume has nothing to do
-    res = subprocess.run(harness_cmd(spec_path, out, "--executor", "submitit-local"),
-                         cwd=ROOT, env=child_env(), capture_output=True, text=True,
-                         timeout=120)
-    assert res.returncode == 0 and "2 finished already; submitting 0" in res.stderr
-    pd.testing.assert_frame_equal(records.read_table(out), t2)
+    t3 = executors.run_blocks(specs, out, opts)
+    assert "2 finished already; submitting 0" in capfd.readouterr().err
+    pd.testing.assert_frame_equal(t3, t2)
 
     # the same spec run here (inline: same runs, same seeds) gives the same numbers
     local = tmp_path / "inline"
