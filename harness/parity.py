@@ -755,7 +755,6 @@ def _loop_measured_row(model, base, n, v, a: dict, b: dict, optimizer: dict | No
         return a[k] == b[k] or (math.isnan(a[k]) and math.isnan(b[k]))
 
     equal = all(same(k) for k in keys)
-    eval_rel = abs(a["eval_loss"] - b["eval_loss"]) / max(abs(a["eval_loss"]), 1e-12)
     notes = []
     if optimizer is not None:
         measured = optimizer["class"]
@@ -778,8 +777,7 @@ def _loop_measured_row(model, base, n, v, a: dict, b: dict, optimizer: dict | No
         notes.append(f"reported train_loss {a['train_loss']:.9g} vs {b['train_loss']:.9g} "
                      f"(epoch mean accumulated differently)")
     return _loop_row(model, base, n, v, measured, "; ".join(notes),
-                     params_equal_after_k=params_equal, params_rel_diff=params_rel,
-                     e2e_frac_differ=0.0 if equal else eval_rel)
+                     params_equal_after_k=params_equal, params_rel_diff=params_rel)
 
 
 def optimizer_step_parity(model: str, base: Flags, value: bool, *, steps: int = 3,
