@@ -143,7 +143,8 @@ def train_one_epoch(model: nn.Module, batches, epoch: int, *, optimizer, schedul
     timer.start()
     steps = images = 0
     host_loss = 0.0
-    dev_loss = torch.zeros((), device=device)
+    # float64 on the device: the same sum, in the same order, as the host path's floats
+    dev_loss = torch.zeros((), device=device, dtype=torch.float64)
     try:
         for step, (x, y) in enumerate(it):
             window.before(step)
@@ -175,7 +176,7 @@ def train_one_epoch(model: nn.Module, batches, epoch: int, *, optimizer, schedul
                     raise NonFiniteLoss(f"loss is {value} at epoch {epoch}, step {step}")
                 host_loss += value
             else:
-                dev_loss += loss.detach()
+                dev_loss += loss.detach().double()
             if flags.cuda_synchronize_per_step and device.type == "cuda":
                 torch.cuda.synchronize(device)
             steps += 1

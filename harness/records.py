@@ -67,13 +67,11 @@ def empty_table() -> pd.DataFrame:
 
 
 def normalize(df: pd.DataFrame) -> pd.DataFrame:
-    """The table's columns in order with their dtypes; unknown columns raise, missing ones
-    are filled (NaN, "" or False)."""
+    """The table's columns in order with their dtypes; missing ones are filled (NaN, "" or
+    False: rows from a code version that lacked a flag), unknown ones (a flag added by a
+    newer version, in a table shared across commits) are kept after the known ones."""
     cols = columns()
     extra = [c for c in df.columns if c not in cols]
-    if extra:
-        raise ValueError(f"rows carry columns the table does not have: {extra}; "
-                         f"the table's columns are harness.records.columns()")
     out = {}
     for c, dtype in cols.items():
         if c in df.columns:
@@ -90,6 +88,8 @@ def normalize(df: pd.DataFrame) -> pd.DataFrame:
             s = s.astype("float64")  # an absent int (e.g. steps of a failed epoch) is NaN
             dtype = "float64"
         out[c] = s.astype(dtype)
+    for c in extra:
+        out[c] = df[c]
     return pd.DataFrame(out, index=df.index).reset_index(drop=True)
 
 

@@ -72,8 +72,9 @@ def test_compile_path_records_compile_time(tmp_path):
 
 
 def _syncs(tmp_path, flags, config):
-    spec = _spec(flags, model="ivit_micro", config=config, epochs=2, steps_per_epoch=3,
-                 eval_steps=1, sync_count_steps=None)
+    spec = _spec(flags, model="ivit_micro", config=config, epochs=1, warmup_epochs=0,
+                 steps_per_epoch=3, eval_steps=1, batch_size=4, count_syncs="all",
+                 sync_count_steps=None)
     df = execute_run(spec, tmp_path / config)
     assert (df["status"] == "ok").all(), df["error"].tolist()
     kinds = json.loads((tmp_path / config / "syncs" / f"{spec.run_id}.json").read_text())
