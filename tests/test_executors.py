@@ -255,10 +255,14 @@ def test_submitit_local_kill_and_resume(tmp_path, capfd):
     sub.start()
     rec = wait_mid_block(out, 0, sub)
     first, second = rec["todo"]
-    os.kill(rec["pid"], signal.SIGKILL)  # the job ...
     pid_file = out / "specs" / f"{second}.pid"
-    with contextlib.suppress(OSError, ValueError):  # ... and the run it had started
-        os.kill(int(pid_file.read_text()), signal.SIGKILL)
+    t0 = time.monotonic()
+    while not pid_file.is_file() and time.monotonic() - t0 < 60:
+        time.sleep(0.02)  # the job has named its second run; its process is starting
+    child = int(pid_file.read_text())
+    os.kill(rec["pid"], signal.SIGKILL)  # the job ...
+    with contextlib.suppress(OSError):  # ... and the run it had started
+        os.kill(child, signal.SIGKILL)
     sub.join(timeout=300)
     assert not sub.is_alive() and sub.error is None, sub.error
     assert "blocks [0] are unfinished" in capfd.readouterr().err
