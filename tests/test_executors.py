@@ -257,9 +257,12 @@ def test_submitit_local_kill_and_resume(tmp_path, capfd):
     first, second = rec["todo"]
     pid_file = out / "specs" / f"{second}.pid"
     t0 = time.monotonic()
-    while not pid_file.is_file() and time.monotonic() - t0 < 60:
+    text = ""
+    while not text.strip().isdigit() and time.monotonic() - t0 < 60:
         time.sleep(0.02)  # the job has named its second run; its process is starting
-    child = int(pid_file.read_text())
+        with contextlib.suppress(OSError):
+            text = pid_file.read_text()
+    child = int(text)
     os.kill(rec["pid"], signal.SIGKILL)  # the job ...
     with contextlib.suppress(OSError):  # ... and the run it had started
         os.kill(child, signal.SIGKILL)
