@@ -153,6 +153,12 @@ class Flags:
     act_aminmax: bool = _flag(
         change=None, scope="module", legacy=False, seed=False, best=True, parity="exact",
         help="QuantAct's batch range by one torch.aminmax pass instead of min() then max()")
+    fused_int_softmax: bool = _flag(
+        change=None, scope="module", legacy=False, seed=False, best=True, parity="near-exact",
+        bound={"forward_frac_differ": 0.0, "forward_max_steps": 0.0, "grad_rel_diff": 1e-5},
+        help="IntSoftmax as one autograd.Function: the same integer forward under no_grad, "
+             "backward the closed form of the legacy STE chain (forward bit-exact; gradient "
+             "equal up to float rounding order, ~1e-7 relative)")
     # --- loop flags (harness) -----------------------------------------------------------
     cuda_synchronize_per_step: bool = _flag(
         change=8, scope="loop", legacy=True, seed=False, best=False, parity="exact",

@@ -361,6 +361,10 @@ class IntSoftmax(_IntExpModule):
         super().__init__(output_bit)
 
     def forward(self, x: Tensor, scaling_factor: Tensor) -> tuple[Tensor, Tensor]:
+        if self.flags.fused_int_softmax:  # same values, one autograd node
+            out_scale = self._out_unit(x)
+            return P.int_softmax(x, scaling_factor, self._x0(scaling_factor), self.exp_bits,
+                                 self.output_bit) * out_scale, out_scale
         x_int = x / scaling_factor
         x_int = x_int - x_int.max(dim=-1, keepdim=True).values
         exp_int, _ = P.int_exp_shift(x_int, scaling_factor, self.exp_bits,

@@ -424,3 +424,110 @@ def int_sqrt_newton(var_int: Tensor, mode: str, *, inline_ste: bool = True,
     if not with_grad:
         return k
     return k + (var_int - v) * dk
+
+
+# --- fused integer softmax (flag fused_int_softmax) ----------------------------------------
+#
+# The same integer forward as `int_exp_shift` + IntSoftmax's normalization, computed under
+# no_grad, with one autograd node whose backward is the closed form of the legacy STE chain
+# (every floor passed straight through, torch's tie rule for the binary max). The forward is
+# bit-identical; the gradient equals the legacy graph's up to float rounding order (the
+# legacy graph also carries rounding residue of terms that cancel exactly, e.g. through
+# r = d - x0 * floor(d / x0)), measured by the parity test and declared near-exact.
+
+_LN2 = 0.6931471805599453
+
+
+def _exp_shift_slope(b: Tensor, x0: Tensor, n: int, slope: bool
+                     ) -> tuple[Tensor, tuple | None]:
+    """`int_exp_shift`'s value of ``b`` (no grad) and, with ``slope``, what its backward
+    (`_exp_shift_grad`) needs: the shifted mantissa e, the power p = 2^(n-q) and the mask of
+    the max (1/2 at ties, torch's rule)."""
+    c = b + torch.floor(b / 2)
+    c -= torch.floor(b / 2**4)
+    low = n * x0
+    d = torch.max(c, low)
+    q = torch.floor(d / x0)
+    r = d - x0 * q
+    e = r / 2 - x0
+    p = 2 ** (n - q)
+    exp_int = torch.clamp(torch.floor(e * p), min=0)  # e > 0: the clamp passes everything
+    if not slope:
+        return exp_int, None
+    mask = (c > low).to(c.dtype).add_((c == low).to(c.dtype), alpha=0.5)
+    return exp_int, (e, p, mask, x0)
+
+
+def _exp_shift_grad(g: Tensor, saved: tuple) -> Tensor:
+    """d loss / d b of the legacy STE graph from g = d loss / d exp, in its own order of
+    operations: through e (g p / 2) and through the quotient q, whose two paths (2^(n-q)
+    and r = d - x0 q) the legacy graph sums before dividing by x0, rounding included (with
+    n = 23 that residue is not negligible, so it is reproduced, not cancelled)."""
+    e, p, mask, x0 = saved
+    g_r = g * p / 2
+    g_q = (g * e).mul_(p * _LN2).neg_().add_(g_r.neg() * x0)
+    g_d = g_q.div_(x0).add_(g_r)
+    return g_d.mul_(mask).mul_(1.4375)
+
+
+def _normalize_fwd(exp_int: Tensor, exp_sum: Tensor, output_bit: int):
+    """floor(exp_int * floor(I / min(sum, I)) / 2^(32-b)) and what its backward needs."""
+    clamped = exp_sum.clamp_max(INT32_MAX)
+    factor = torch.floor(INT32_MAX / clamped)
+    out = torch.floor(exp_int * factor / 2 ** (31 - output_bit + 1))
+    return out, factor, clamped
+
+
+def _normalize_bwd(g_out: Tensor, exp_int: Tensor, factor: Tensor, clamped: Tensor,
+                   exp_sum: Tensor, output_bit: int, sum_dim: bool):
+    """Gradients to exp_int (direct) and to exp_sum from g_out."""
+    gu = g_out / 2 ** (31 - output_bit + 1)
+    g_factor = gu * exp_int
+    if sum_dim:
+        g_factor = g_factor.sum(dim=-1, keepdim=True)
+    # factor = I * (1 / clamped): d/dclamped = -I / clamped^2; clamp_max passes where <= I
+    g_sum = g_factor.mul_(-INT32_MAX).div_(clamped).div_(clamped)
+    g_sum = g_sum.masked_fill_(exp_sum > INT32_MAX, 0)
+    return gu.mul_(factor), g_sum
+
+
+def _scatter_max(g: Tensor, idx: Tensor, g_max: Tensor) -> Tensor:
+    """Adds ``g_max`` (the gradient of a keepdim max over the last dim) at its index."""
+    return g.scatter_add_(-1, idx, g_max)
+
+
+class _IntSoftmaxFn(Function):
+    @staticmethod
+    def forward(ctx, x, scale, x0, n, output_bit):
+        a = x / scale
+        mx = a.max(dim=-1, keepdim=True)
+        b = a - mx.values
+        exp_int, slope = _exp_shift_slope(b, x0, n, True)
+        exp_sum = exp_int.sum(dim=-1, keepdim=True)
+        out, factor, clamped = _normalize_fwd(exp_int, exp_sum, output_bit)
+        ctx.save_for_backward(scale, exp_int, factor, clamped, exp_sum, mx.indices)
+        ctx.slope = slope
+        ctx.output_bit = output_bit
+        return out
+
+    @staticmethod
+    def backward(ctx, g_out):
+        scale, exp_int, factor, clamped, exp_sum, idx = ctx.saved_tensors
+        slope = ctx.slope
+        g_exp, g_sum = _normalize_bwd(g_out, exp_int, factor, clamped, exp_sum,
+                                      ctx.output_bit, True)
+        g_b = _exp_shift_grad(g_exp.add_(g_sum), slope)
+        g_a = _scatter_max(g_b, idx, -g_b.sum(dim=-1, keepdim=True))
+        return g_a.div_(scale), None, None, None, None
+
+
+def int_softmax(x: Tensor, scale: Tensor, x0_int: Tensor, n: int, output_bit: int) -> Tensor:
+    """Integer softmax values floor(2^(b-1) * exp / sum) (Shiftmax) of ``x`` at ``scale``,
+    fused: one autograd node (see above). The caller multiplies by the output scale."""
+    if torch.is_grad_enabled() and x.requires_grad and not scale.requires_grad:
+        return _IntSoftmaxFn.apply(x, scale, x0_int, n, output_bit)
+    with torch.no_grad():
+        a = x / scale
+        b = a - a.max(dim=-1, keepdim=True).values
+        exp_int, _ = _exp_shift_slope(b, x0_int, n, False)
+        return _normalize_fwd(exp_int, exp_int.sum(dim=-1, keepdim=True), output_bit)[0]
