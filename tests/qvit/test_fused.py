@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from qvit import primitives as P
-from qvit.modules import IntSoftmax
 from qvit.flags import Flags
+from qvit.modules import IntSoftmax
 
 
 def _ints(shape, lo, hi, seed):
