@@ -51,8 +51,9 @@ def build_run_parser(prog: str = "python -m harness run") -> argparse.ArgumentPa
     p.add_argument("--num-classes", type=_positive,
                    help="classes of the model head (default: the dataset's)")
     p.add_argument("--epochs", type=_positive, default=3)
-    p.add_argument("--warmup-epochs", type=int, default=1,
-                   help="first epochs marked warm-up in the table (default 1)")
+    p.add_argument("--warmup-epochs", type=int, default=None,
+                   help="first epochs marked warm-up in the table (default 1, or 0 when "
+                        "--epochs is 1)")
     p.add_argument("--steps-per-epoch", type=_positive, help="cap training steps per epoch")
     p.add_argument("--eval-steps", type=_positive, help="cap evaluation batches")
     p.add_argument("--batch-size", type=_positive, default=64)
@@ -124,7 +125,9 @@ def specs_from_args(args) -> list:
             specs.append(RunSpec(
                 config=name, flags=flags, model=args.model, dataset=args.dataset,
                 data_dir=args.data_dir, img_size=args.img_size, num_classes=num_classes,
-                epochs=args.epochs, warmup_epochs=args.warmup_epochs,
+                epochs=args.epochs,
+                warmup_epochs=(min(1, args.epochs - 1) if args.warmup_epochs is None
+                               else args.warmup_epochs),
                 steps_per_epoch=args.steps_per_epoch, eval_steps=args.eval_steps,
                 batch_size=args.batch_size, eval_batch_size=args.eval_batch_size, lr=args.lr,
                 weight_decay=args.weight_decay, opt=args.opt, sched=args.sched,
