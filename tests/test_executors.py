@@ -11,6 +11,7 @@ import signal
 import sys
 import threading
 import time
+import types
 from pathlib import Path
 
 import pandas as pd
@@ -297,3 +298,59 @@ def test_submitit_local_kill_and_resume(tmp_path, capfd):
                         "--executor", "inline"]) == 0
     side = compare_to_local(t2, records.read_table(local), specs)
     assert len(side) == 4
+
+
+# --- retries, with a stand-in for submitit (fast) ------------------------------------------------
+
+class _FakeJob:
+    def __init__(self, folder: Path, job_id: str, state: str):
+        self.job_id, self.state = job_id, state
+        self.paths = types.SimpleNamespace(result_pickle=folder / f"{job_id}_result.pkl",
+                                           stdout=folder / f"{job_id}.out")
+        if state == "FINISHED":
+            self.paths.result_pickle.write_bytes(b"")
+
+    def cancel(self, check=True):
+        pass
+
+    def _get_outcome_and_result(self):
+        return "success", None
+
+
+class _FakeExecutor:
+    """Runs nothing: writes finished shards for the runs of each block, except where
+    ``plan`` (one entry per submission: block -> final state) says the job died after
+    its first run."""
+
+    def __init__(self, out: Path, plan: list[dict[int, str]]):
+        self.out, self.plan, self.submitted = out, plan, []
+
+    def map_array(self, fn, payload, outs):
+        from harness.runner import RunSpec, _base_row
+
+        states = self.plan[len(self.submitted)]
+        self.submitted.append([d[0]["block"] for d in payload])
+        jobs = []
+        for dicts in payload:
+            specs = [RunSpec.from_dict(d) for d in dicts]
+            state = states.get(specs[0].block, "FINISHED")
+            for s in specs[:1] if state != "FINISHED" else specs:
+                prov = {"hostname": "node1", "device_name": "cpu"}
+                row = {**_base_row(s, prov), "epoch": 1, "status": "ok", "top1": 1.0}
+                records.write_shard(self.out, s.run_id, [row])
+            jobs.append(_FakeJob(self.out, f"{len(self.submitted)}_{specs[0].block}", state))
+        return jobs
+
+
+@pytest.mark.parametrize("died, resubmitted", [("FAILED", True), ("CANCELLED", False)])
+def test_retries_resubmit_dead_blocks_not_cancelled_ones(tmp_path, monkeypatch, died,
+                                                         resubmitted):
+    specs = tiny_specs(write_tiny(tmp_path))
+    out = tmp_path / "out"
+    fake = _FakeExecutor(out, [{0: died}, {}])
+    monkeypatch.setattr(executors, "_make_executor", lambda *a, **k: fake)
+    opts = ExecutorOptions(kind="submitit-local", retries=1, poll_s=0.01)
+    table = executors.run_blocks(specs, out, opts, progress=False, validate=False)
+    assert fake.submitted == ([[0, 1], [0]] if resubmitted else [[0, 1]])
+    check_table(table, specs, finished_blocks=[0, 1] if resubmitted else [1])
+    assert len(table) == (4 if resubmitted else 3)
