@@ -159,6 +159,12 @@ class Flags:
         help="IntSoftmax as one autograd.Function: the same integer forward under no_grad, "
              "backward the closed form of the legacy STE chain (forward bit-exact; gradient "
              "equal up to float rounding order, ~1e-7 relative)")
+    fused_int_gelu: bool = _flag(
+        change=None, scope="module", legacy=False, seed=False, best=True, parity="near-exact",
+        bound={"forward_frac_differ": 0.0, "forward_max_steps": 0.0, "grad_rel_diff": 1e-5},
+        help="IntGELU as one autograd.Function: the same integer forward under no_grad, "
+             "backward the closed form of the legacy STE chain (forward bit-exact; gradient "
+             "equal up to float rounding order, ~1e-7 relative)")
     # --- loop flags (harness) -----------------------------------------------------------
     cuda_synchronize_per_step: bool = _flag(
         change=8, scope="loop", legacy=True, seed=False, best=False, parity="exact",

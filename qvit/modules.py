@@ -339,6 +339,12 @@ class IntGELU(_IntExpModule):
 
     def forward(self, x: Tensor, scaling_factor: Tensor) -> tuple[Tensor, Tensor]:
         inline, lean = self.flags.inline_ste, self.flags.ste_lean
+        if self.flags.fused_int_gelu:  # same values, one autograd node
+            sig_scale = scaling_factor * 1.702
+            y = P.int_gelu(x, scaling_factor, self._x0(sig_scale), self.exp_bits,
+                           self.output_bit)
+            out_scale = scaling_factor * self._out_unit(x)
+            return y * out_scale, out_scale
         pre_x_int = x / scaling_factor
         sig_scale = scaling_factor * 1.702
         x_int_max = pre_x_int.max(dim=-1, keepdim=True).values

@@ -426,9 +426,9 @@ def int_sqrt_newton(var_int: Tensor, mode: str, *, inline_ste: bool = True,
     return k + (var_int - v) * dk
 
 
-# --- fused integer softmax (flag fused_int_softmax) ----------------------------------------
+# --- fused integer softmax and GELU (flags fused_int_softmax, fused_int_gelu) --------------
 #
-# The same integer forward as `int_exp_shift` + IntSoftmax's normalization, computed under
+# The same integer forward as `int_exp_shift` + the modules' normalization, computed under
 # no_grad, with one autograd node whose backward is the closed form of the legacy STE chain
 # (every floor passed straight through, torch's tie rule for the binary max). The forward is
 # bit-identical; the gradient equals the legacy graph's up to float rounding order (the
@@ -487,7 +487,9 @@ def _normalize_bwd(g_out: Tensor, exp_int: Tensor, factor: Tensor, clamped: Tens
         g_factor = g_factor.sum(dim=-1, keepdim=True)
     # factor = I * (1 / clamped): d/dclamped = -I / clamped^2; clamp_max passes where <= I
     g_sum = g_factor.mul_(-INT32_MAX).div_(clamped).div_(clamped)
-    g_sum = g_sum.masked_fill_(exp_sum > INT32_MAX, 0)
+    # torch's clamp_max backward compares in double: a float32 sum of 2^31 (the float32
+    # value of INT32_MAX itself) is above INT32_MAX and gets no gradient
+    g_sum = g_sum.masked_fill_(exp_sum >= 2.0**31, 0)
     return gu.mul_(factor), g_sum
 
 
@@ -531,3 +533,46 @@ def int_softmax(x: Tensor, scale: Tensor, x0_int: Tensor, n: int, output_bit: in
         b = a - a.max(dim=-1, keepdim=True).values
         exp_int, _ = _exp_shift_slope(b, x0_int, n, False)
         return _normalize_fwd(exp_int, exp_int.sum(dim=-1, keepdim=True), output_bit)[0]
+
+
+class _IntGELUFn(Function):
+    @staticmethod
+    def forward(ctx, x, scale, x0, n, output_bit):
+        pre = x / scale
+        mx = pre.max(dim=-1, keepdim=True)
+        exp_int, slope = _exp_shift_slope(pre - mx.values, x0, n, True)
+        exp_max, slope_max = _exp_shift_slope(-mx.values, x0, n, True)
+        exp_sum = exp_int + exp_max
+        sig, factor, clamped = _normalize_fwd(exp_int, exp_sum, output_bit)
+        ctx.save_for_backward(scale, pre, sig, exp_int, factor, clamped, exp_sum, mx.indices)
+        ctx.slopes = slope, slope_max
+        ctx.output_bit = output_bit
+        return pre * sig
+
+    @staticmethod
+    def backward(ctx, g_out):
+        scale, pre, sig, exp_int, factor, clamped, exp_sum, idx = ctx.saved_tensors
+        slope, slope_max = ctx.slopes
+        g_pre = g_out * sig
+        g_exp, g_sum = _normalize_bwd(g_out * pre, exp_int, factor, clamped, exp_sum,
+                                      ctx.output_bit, False)
+        g_b = _exp_shift_grad(g_exp.add_(g_sum), slope)  # into exp(pre - max)
+        g_pre += g_b
+        g_max = -g_b.sum(dim=-1, keepdim=True) - _exp_shift_grad(
+            g_sum.sum(dim=-1, keepdim=True), slope_max)  # and into exp(-max)
+        g_pre = _scatter_max(g_pre, idx, g_max)
+        return g_pre.div_(scale), None, None, None, None
+
+
+def int_gelu(x: Tensor, scale: Tensor, x0_int: Tensor, n: int, output_bit: int) -> Tensor:
+    """ShiftGELU values pre * sigmoid_int of ``x`` at ``scale`` (``x0_int`` of the sigmoid's
+    scale 1.702 * scale), fused: one autograd node. The caller multiplies by the output
+    scale."""
+    if torch.is_grad_enabled() and x.requires_grad and not scale.requires_grad:
+        return _IntGELUFn.apply(x, scale, x0_int, n, output_bit)
+    with torch.no_grad():
+        pre = x / scale
+        xm = pre.max(dim=-1, keepdim=True).values
+        exp_int, _ = _exp_shift_slope(pre - xm, x0_int, n, False)
+        exp_max, _ = _exp_shift_slope(-xm, x0_int, n, False)
+        return pre * _normalize_fwd(exp_int, exp_int + exp_max, output_bit)[0]

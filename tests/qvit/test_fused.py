@@ -6,7 +6,7 @@ import torch
 
 from qvit import primitives as P
 from qvit.flags import Flags
-from qvit.modules import IntSoftmax
+from qvit.modules import IntGELU, IntSoftmax
 
 
 def _ints(shape, lo, hi, seed):
@@ -107,3 +107,23 @@ def test_fused_softmax_forward_exact_gradient_within_bound(bits, masked):
     with torch.no_grad():  # the no-grad (eval) path gives the same values
         assert torch.equal(P.int_softmax(x, s, P.exp_x0_int(s), IntSoftmax.exp_bits,
                                          bits), res[1][0] / IntSoftmax(bits).out_unit)
+
+
+def test_fused_gelu_forward_exact_gradient_within_bound():
+    # 8-bit inputs at a small scale: sums reach 2^31 (the float32 INT32_MAX), where torch's
+    # clamp_max passes no gradient; the closed form must agree
+    g = torch.Generator().manual_seed(7)
+    x = torch.round(torch.randn(8, 64, 64, generator=g) * 30).clamp(-128, 127) * 0.0037
+    s = torch.tensor([0.0037])
+    legacy = Flags.preset("legacy")
+    res = []
+    for flags in (legacy, legacy.replace(fused_int_gelu=True)):
+        m = IntGELU()
+        m.flags = flags
+        xi = x.clone().requires_grad_(True)
+        y, _ = m(xi, s)
+        y.backward(torch.randn(y.shape, generator=torch.Generator().manual_seed(8)))
+        res.append((y, xi.grad))
+    assert torch.equal(res[0][0], res[1][0])
+    rel = (res[1][1] - res[0][1]).norm() / res[0][1].norm()
+    assert rel < Flags.spec("fused_int_gelu").bound["grad_rel_diff"], rel
