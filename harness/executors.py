@@ -434,6 +434,10 @@ def run_block(spec_dicts: list[dict], out_dir: str) -> dict:
             _record_dead_child(s, out, rc, _base_row(s, prov))
     summary.update(state="stopped" if stop else "done", current=None, ended=time.time())
     _write_json(status_path, summary)
+    if stop:  # the job's outcome says so too (submitit records the error, not a success)
+        raise RuntimeError(f"block {block}: job {summary['job_id']} stopped by signal "
+                           f"{stop[0]} (scancel or time limit); its unfinished runs are "
+                           f"left to redo")
     return summary
 
 
