@@ -60,11 +60,12 @@ _variant("swin_small_patch4_window7_224", "swin", img_size=224, patch_size=4, wi
 _variant("swin_base_patch4_window7_224", "swin", img_size=224, patch_size=4, window_size=7,
          embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32))
 # CPU-sized variants for 32x32 inputs: a training step at batch 64 well under a second on
-# two cores, deep enough to learn (4 blocks; Swin: two stages, shifted windows, merging).
+# two cores, deep enough to learn (4 blocks; Swin: two stages, shifted 4x4 windows on the
+# 8x8 stage-1 grid with their mask, patch merging to 4x4).
 _variant("ivit_micro", "vit", img_size=32, patch_size=4, embed_dim=64, depth=4, num_heads=2,
          mlp_ratio=2.0)
-_variant("swin_micro", "swin", img_size=32, patch_size=2, window_size=4, embed_dim=32,
-         depths=(2, 2), num_heads=(2, 4), mlp_ratio=2.0, drop_path_rate=0.0)
+_variant("swin_micro", "swin", img_size=32, patch_size=4, window_size=4, embed_dim=48,
+         depths=(2, 2), num_heads=(3, 6), mlp_ratio=2.0, drop_path_rate=0.0)
 
 _FAMILIES: dict[str, Callable[..., QuantModel]] = {"vit": QuantViT, "swin": QuantSwin}
 

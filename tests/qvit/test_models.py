@@ -164,7 +164,7 @@ def test_original_swin_checkpoint_format_is_converted():
 @pytest.mark.parametrize("kwargs, match", [
     (dict(name="ivit_mikro", num_classes=10), "did you mean 'ivit_micro'"),
     (dict(name="ivit_micro", num_classes=0), "num_classes"),
-    (dict(name="swin_micro", num_classes=10, img_size=36), "divisible by 16"),
+    (dict(name="swin_micro", num_classes=10, img_size=36), "divisible by 32"),
     (dict(name="ivit_micro", num_classes=10, flags="seed,use_frexp=maybe"), "true/false"),
 ])
 def test_bad_model_arguments(kwargs, match):
