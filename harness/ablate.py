@@ -450,7 +450,7 @@ def fractional(spec: AblationSpec) -> list[Config]:
     if k < 2:
         raise ValueError("a fractional design needs at least 2 flags")
     if spec.method == "plackett_burman":
-        matrix = pyDOE3.pbdesign(k)
+        matrix = _plackett_burman(pyDOE3, k)
     else:
         matrix = pyDOE3.fracfact_by_res(k, 4)
     prefix = "pb" if spec.method == "plackett_burman" else "r4_"
@@ -461,6 +461,18 @@ def fractional(spec: AblationSpec) -> list[Config]:
         configs.insert(0, Config("base", low, levels={n: -1 for n in levels},
                                  in_design=False, note="all flags low; baseline only"))
     return configs
+
+
+def _plackett_burman(pyDOE3, k: int):
+    """pyDOE3 builds PB matrices only for some run counts (e.g. none with 28 runs): take the
+    smallest one it can build with at least k columns and keep k of them (columns of a PB
+    matrix are balanced and mutually orthogonal, so any k of them are too)."""
+    for width in range(k, 4 * k + 4):
+        try:
+            return pyDOE3.pbdesign(width)[:, :k]
+        except AssertionError:
+            continue
+    raise ValueError(f"pyDOE3 cannot build a Plackett-Burman design for {k} flags")
 
 
 def explicit(spec: AblationSpec) -> list[Config]:
