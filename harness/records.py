@@ -84,9 +84,9 @@ def normalize(df: pd.DataFrame) -> pd.DataFrame:
             s = pd.Series([np.nan] * len(df), index=df.index)
         if dtype == "string":
             s = s.fillna("").astype(str)
-        elif dtype == "int64" and s.isna().any():
-            s = s.astype("float64")  # an absent int (e.g. steps of a failed epoch) is NaN
-            dtype = "float64"
+        elif dtype == "int64":
+            dtype = "Int64"  # nullable: an absent int (steps of a failed epoch) is <NA>,
+            # and the column keeps one dtype whether or not the table holds such a row
         out[c] = s.astype(dtype)
     for c in extra:
         out[c] = df[c]

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from harness import records
@@ -98,6 +99,6 @@ def test_resume_after_sigkill_of_a_child(tmp_path):
     for c in ("a", "c"):  # finished rows untouched (not rerun: same wall times)
         old = t1[t1["run_id"] == ids[c]].sort_values(key).reset_index(drop=True)
         new = t2[t2["run_id"] == ids[c]].sort_values(key).reset_index(drop=True)
-        assert old.equals(new)
+        pd.testing.assert_frame_equal(old, new)
     b2 = t2[t2["run_id"] == ids["b"]].sort_values("epoch")
     assert list(b2["status"]) == ["ok", "ok"] and list(b2["epoch"]) == [1, 2]
