@@ -31,6 +31,12 @@ FIG_DPI = 110
 
 # --- inputs -----------------------------------------------------------------------------------
 
+
+# the parity columns a report shows (parity.csv keeps them all)
+PARITY_SHOWN = ("model", "flag", "from_value", "to_value", "expected_class", "measured_class",
+                "match", "forward_max_steps", "forward_frac_differ", "grad_rel_diff",
+                "params_equal_after_k", "deployment_frac_differ")
+
 def load_table(folder: str | Path) -> pd.DataFrame:
     """The runner's long table in ``folder`` (parquet preferred, csv otherwise)."""
     folder = Path(folder)
@@ -417,7 +423,8 @@ def build_report(folder: str | Path, *, seed: int = 0) -> Path:
             f"blocks. `(!)` marks an epoch-time IQR/median above {iqr_warn:.0%}.\n\n"
             + md_table(speed))
     if parity is not None and per_flag.empty:
-        text += "\n### Parity (harness.parity)\n\n" + md_table(parity)
+        keep = [c for c in PARITY_SHOWN if c in parity]
+        text += "\n### Parity (harness.parity)\n\n" + md_table(parity[keep])
     sections.append(text)
 
     if "float_multiple" in summary and summary["float_multiple"].notna().any():
@@ -442,10 +449,11 @@ def build_report(folder: str | Path, *, seed: int = 0) -> Path:
                 "d top-1 pts [95% CI]", "syncs_per_step"]
         show = show[keep]
         if parity is not None and "flag" in parity:
-            pcols = [c for c in ("flag", "to_value", "expected_class", "measured_class")
+            on = ["model", "flag"] if "model" in parity else ["flag"]
+            pcols = [c for c in (*on, "to_value", "expected_class", "measured_class")
                      if c in parity]
-            pt = parity[pcols].drop_duplicates("flag")
-            show = show.merge(pt, on="flag", how="left")
+            pt = parity[pcols].drop_duplicates(on)
+            show = show.merge(pt, on=on, how="left")
         what = ("each flag moved alone from the base to its on-value" if kind ==
                 "one_at_a_time" else "each flag moved alone back to legacy from the base; "
                 "the speedup shown is what the flag is worth (config / baseline)")
