@@ -1,6 +1,6 @@
 """Interleaved training-step times of presets and the float reference, in one process.
 
-    PYTHONPATH=. python results/best/step_ratio.py ivit_micro seed best float
+    PYTHONPATH=. python scripts/step_ratio.py ivit_micro seed best float
 Each repeat runs one step of every config in turn (AdamW, batch 64, 32x32, 10 classes);
 medians over repeats after 2 warm-up steps; ratios to the first config. torch intra-op
 threads: $NT (default 1; this 2-core host is shared, and 2 threads spin under contention).

@@ -1,4 +1,4 @@
-"""Top ops of 3 training steps (batch 64, AdamW, 1 thread): python results/best/profile_step.py ivit_micro best 12"""
+"""Top ops of 3 training steps (batch 64, AdamW, 1 thread): python scripts/profile_step.py ivit_micro best 12"""
 import sys, time, torch
 import qvit
 from qvit import Flags
