@@ -557,7 +557,7 @@ def run_blocks(specs: list, out_dir: str | os.PathLike,
     the table, and return it. Finished runs are skipped; blocks whose job died are
     resubmitted up to ``options.retries`` times (not after a cancel). Blocks still
     unfinished at the end are named on stderr and are redone by the next call."""
-    from .runner import validate_spec
+    from .runner import check_specs
 
     if isinstance(options, str):
         options = ExecutorOptions(kind=options)
@@ -567,17 +567,7 @@ def run_blocks(specs: list, out_dir: str | os.PathLike,
         raise ValueError(f"run_blocks runs cluster executors {CLUSTER_EXECUTORS}; for "
                          f"{options.kind!r} use harness.runner.run_sweep")
     out = Path(out_dir).resolve()
-    ids = [s.run_id for s in specs]
-    dup = sorted({i for i in ids if ids.count(i) > 1})
-    if dup:
-        raise ValueError(f"specs share run ids {dup}: give repeats distinct `repeat` values")
-    if validate:
-        checked: set = set()
-        for s in specs:
-            key = (s.model, s.dataset, s.data_dir, s.img_size, s.num_classes, s.float_reference)
-            if key not in checked:
-                validate_spec(s)
-                checked.add(key)
+    check_specs(specs, validate=validate)
     out.mkdir(parents=True, exist_ok=True)
     _check_no_active_jobs(out, options.kind)
     epochs = {s.run_id: s.epochs for s in specs}

@@ -23,7 +23,6 @@ import collections
 import contextlib
 import inspect
 import math
-import sys
 import time
 from dataclasses import dataclass
 

@@ -22,8 +22,8 @@ import threading
 import time
 import warnings
 import weakref
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import torch
 from torch.overrides import TorchFunctionMode
@@ -264,8 +264,8 @@ class StepTimer:
         """Seconds per step; call after `phase_boundary` (reads the events)."""
         m = self.marks
         if self.cuda:
-            return [a.elapsed_time(b) / 1e3 for a, b in zip(m, m[1:])]
-        return [b - a for a, b in zip(m, m[1:])]
+            return [a.elapsed_time(b) / 1e3 for a, b in zip(m, m[1:], strict=False)]
+        return [b - a for a, b in zip(m, m[1:], strict=False)]
 
     def median(self) -> float:
         t = self.step_times()

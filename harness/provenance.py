@@ -38,7 +38,7 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _static(device_type: str, device_index: int | None, exclude: str | None) -> dict:
     import timm
 

@@ -16,8 +16,8 @@ import contextlib
 import fcntl
 import os
 import tempfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -153,8 +153,8 @@ def append_rows(out_dir: str | os.PathLike, rows: Iterable[dict]) -> pd.DataFram
     with _locked(out_dir):
         df = _read(out_dir / TABLE)
         if len(new):
-            keys = set(zip(new["run_id"], new["epoch"]))
-            keep = [k not in keys for k in zip(df["run_id"], df["epoch"])]
+            keys = set(zip(new["run_id"], new["epoch"], strict=False))
+            keep = [k not in keys for k in zip(df["run_id"], df["epoch"], strict=False)]
             df = _concat(df[keep], new)
         _write(out_dir, df)
     return df

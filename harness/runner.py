@@ -227,6 +227,22 @@ def validate_spec(spec: RunSpec, *, load_data: bool = True):
 
 # --- one run ---------------------------------------------------------------------------------
 
+def check_specs(specs: list[RunSpec], *, validate: bool = True) -> None:
+    """Refuse a sweep before any work: duplicate run ids, or (``validate``) any spec whose
+    model, data or sizes would fail (checked once per distinct model/data combination)."""
+    ids = [s.run_id for s in specs]
+    dup = sorted({i for i in ids if ids.count(i) > 1})
+    if dup:
+        raise ValueError(f"specs share run ids {dup}: give repeats distinct `repeat` values")
+    if validate:
+        checked: set = set()
+        for s in specs:
+            key = (s.model, s.dataset, s.data_dir, s.img_size, s.num_classes, s.float_reference)
+            if key not in checked:
+                validate_spec(s)
+                checked.add(key)
+
+
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -405,8 +421,8 @@ def _run_epoch(spec: RunSpec, st: _State, epoch: int, out_dir: Path, history: li
                              device=st.device, mean_std=st.mean_std, mixup=st.mixup,
                              ema=st.eval_ema, scaler=st.scaler, clip_grad=spec.clip_grad,
                              count_syncs=count,
-                             count_steps=spec.sync_count_steps, updates_done=st.updates, progress=bar,
-                             fault=st.fault)
+                             count_steps=spec.sync_count_steps, updates_done=st.updates,
+                             progress=bar, fault=st.fault)
     finally:
         if bar is not None:
             bar.close()
@@ -509,17 +525,7 @@ def run_sweep(specs: list[RunSpec], out_dir: str | os.PathLike, *, executor: Any
             return run_blocks(specs, out_dir, opts, progress=progress, validate=validate)
         executor = opts.kind
     out_dir = Path(out_dir)
-    ids = [s.run_id for s in specs]
-    dup = sorted({i for i in ids if ids.count(i) > 1})
-    if dup:
-        raise ValueError(f"specs share run ids {dup}: give repeats distinct `repeat` values")
-    if validate:
-        checked: set = set()
-        for s in specs:
-            key = (s.model, s.dataset, s.data_dir, s.img_size, s.num_classes, s.float_reference)
-            if key not in checked:
-                validate_spec(s)
-                checked.add(key)
+    check_specs(specs, validate=validate)
     out_dir.mkdir(parents=True, exist_ok=True)
     done = records.finished_run_ids(records.read_table(out_dir),
                                     {s.run_id: s.epochs for s in specs})

@@ -181,7 +181,7 @@ class QuantSwin(QuantModel):
         dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
         grid = self.patch_embed.grid_size
         stages, dim = [], embed_dim
-        for i, (depth, heads) in enumerate(zip(depths, num_heads)):
+        for i, (depth, heads) in enumerate(zip(depths, num_heads, strict=True)):
             out_dim = embed_dim * 2**i
             res = (grid[0] // 2 ** max(i - 1, 0), grid[1] // 2 ** max(i - 1, 0))
             stages.append(SwinStage(dim, out_dim, res, depth, heads, window_size, i > 0,

@@ -35,49 +35,25 @@ def float32_eps(constant: bool) -> float:
 
 # --- straight-through estimators --------------------------------------------------------
 
-class _FloorSTE(Function):
-    """Legacy STE: an autograd.Function (Python dispatch on every call, seed change 4)."""
+def _ste_function(op, name: str, copy_grad: bool) -> type[Function]:
+    """An STE as an autograd.Function: ``op`` forward, identity backward. The legacy ones
+    (Python dispatch on every call, seed change 4) return ``grad_output.clone()``; the lean
+    ones (flag ste_lean) hand the same values on without the full-size copy."""
 
-    @staticmethod
     def forward(ctx, x):
-        return torch.floor(x)
+        return op(x)
 
-    @staticmethod
     def backward(ctx, grad_output):
-        return grad_output.clone()
+        return grad_output.clone() if copy_grad else grad_output
+
+    return type(name, (Function,), {"forward": staticmethod(forward),
+                                    "backward": staticmethod(backward)})
 
 
-class _RoundSTE(Function):
-    @staticmethod
-    def forward(ctx, x):
-        return torch.round(x)
-
-    @staticmethod
-    def backward(ctx, grad_output):
-        return grad_output.clone()
-
-
-class _FloorSTELean(Function):
-    """The legacy Function without the copy: backward hands the incoming gradient on as is
-    (the same values as ``clone()``, one full-size pass less per STE; flag ste_lean)."""
-
-    @staticmethod
-    def forward(ctx, x):
-        return torch.floor(x)
-
-    @staticmethod
-    def backward(ctx, grad_output):
-        return grad_output
-
-
-class _RoundSTELean(Function):
-    @staticmethod
-    def forward(ctx, x):
-        return torch.round(x)
-
-    @staticmethod
-    def backward(ctx, grad_output):
-        return grad_output
+_FloorSTE = _ste_function(torch.floor, "_FloorSTE", copy_grad=True)
+_RoundSTE = _ste_function(torch.round, "_RoundSTE", copy_grad=True)
+_FloorSTELean = _ste_function(torch.floor, "_FloorSTELean", copy_grad=False)
+_RoundSTELean = _ste_function(torch.round, "_RoundSTELean", copy_grad=False)
 
 
 def _straight_through(value: Tensor, x: Tensor) -> Tensor:

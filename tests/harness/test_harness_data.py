@@ -135,6 +135,6 @@ def test_preload_and_dataloader_give_the_same_batches(workers):
     for epoch in (1, 2):
         pa, pb = list(a.epoch(epoch)), list(b.epoch(epoch))
         assert len(pa) == 5
-        for (xa, ya), (xb, yb) in zip(pa, pb):
+        for (xa, ya), (xb, yb) in zip(pa, pb, strict=False):
             assert torch.equal(xa, xb) and torch.equal(ya, yb)
     assert not torch.equal(a.indices(1), a.indices(2))

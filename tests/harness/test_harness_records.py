@@ -71,6 +71,7 @@ def test_shards_merge_into_the_table(tmp_path):
     records.write_shard(tmp_path, "b", [_row("b", 1, top1=2.0), _row("b", 2, top1=3.0)])
     records.write_shard(tmp_path, "c", [_row("c", 1)])
     t = records.merge_shards(tmp_path)
-    assert sorted(zip(t["run_id"], t["epoch"])) == [("a", 1), ("b", 1), ("b", 2), ("c", 1)]
+    pairs = sorted(zip(t["run_id"], t["epoch"], strict=True))
+    assert pairs == [("a", 1), ("b", 1), ("b", 2), ("c", 1)]
     assert list(t[t["run_id"] == "b"]["top1"]) == [2.0, 3.0]
     assert not list((tmp_path / "shards").glob("*.parquet"))

@@ -15,7 +15,7 @@ def batch(seed: int, n: int = 4):
     return torch.randn(n, 3, 32, 32, generator=g), torch.randint(0, 10, (n,), generator=g)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def calibrated_state(name: str) -> dict:
     """A legacy-built model after 3 SGD steps in training mode (ranges calibrated)."""
     torch.manual_seed(0)

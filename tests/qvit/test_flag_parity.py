@@ -6,7 +6,7 @@ import torch
 
 from qvit import Flags
 
-from ._util import MICRO, grads_rel_diff, model_from, rel_l2, trajectory, batch
+from ._util import MICRO, batch, grads_rel_diff, model_from, rel_l2, trajectory
 
 LEGACY = Flags.preset("legacy")
 CASES = [(s.name, v) for s in Flags.specs("module") for v in s.values() if v != s.legacy]

@@ -10,8 +10,15 @@ import qvit.models
 import qvit.modules
 import qvit.primitives
 from qvit import Flags
-from qvit.modules import (IntGELU, IntLayerNorm, IntSoftmax, QuantAct, QuantConv2d,
-                          QuantLinear, TerLinear)
+from qvit.modules import (
+    IntGELU,
+    IntLayerNorm,
+    IntSoftmax,
+    QuantAct,
+    QuantConv2d,
+    QuantLinear,
+    TerLinear,
+)
 
 
 def test_no_device_hardcoding_in_ops():
