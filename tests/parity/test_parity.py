@@ -3,7 +3,7 @@ int64 deployment reference, the classification rules, accuracy parity (exact / T
 proof that the checks bite: naive versions of the seed's caches 10 and 12 and a
 requantization that drops a rounding step are all caught.
 
-Models run at img_size 16 with batch 2 and one torch thread: the same code paths as the
+Models run at their smallest img_size (16 for ivit_micro, 32 for swin_micro) with batch 2 and one torch thread: the same code paths as the
 reference reports at a fraction of the time."""
 
 import math
@@ -23,6 +23,10 @@ LEGACY = Flags.preset("legacy")
 MODULE_CASES = [(s.name, v) for s in Flags.specs("module") for v in s.values() if v != s.legacy]
 
 
+
+# the smallest input each micro model takes (Swin: patches of 4, 4x4 windows, one merge)
+SMALLEST = {"ivit_micro": 16, "swin_micro": 32}
+
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
     previous = torch.get_num_threads()
@@ -33,7 +37,8 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def baselines(one_thread):
-    return {m: H.prepare_baseline(H.ParityConfig(model=m, img_size=16, batch=2, steps=3))
+    return {m: H.prepare_baseline(H.ParityConfig(model=m, img_size=SMALLEST[m], batch=2,
+                                                 steps=3))
             for m in MICRO}
 
 
