@@ -3,8 +3,9 @@ int64 deployment reference, the classification rules, accuracy parity (exact / T
 proof that the checks bite: naive versions of the seed's caches 10 and 12 and a
 requantization that drops a rounding step are all caught.
 
-Models run at their smallest img_size (16 for ivit_micro, 32 for swin_micro) with batch 2 and one torch thread: the same code paths as the
-reference reports at a fraction of the time."""
+Models run at their smallest img_size (16 for ivit_micro, 32 for swin_micro) with batch 2
+and one torch thread: the same code paths as the reference reports at a fraction of the
+time."""
 
 import math
 
