@@ -235,34 +235,30 @@ def _requantize_int(z_int: Tensor, in_scale: Tensor, out_scale: Tensor, *, fp64:
     return torch.round(z_int.to(dtype) * m.to(dtype) / (2.0 ** e).to(dtype))
 
 
-class _FixedpointMul(Function):
-    @staticmethod
+def _fixedpoint_function(name: str, copy_grad: bool) -> type[Function]:
+    """The requantizer as an autograd.Function: forward runs ``run()``, backward is the STE
+    grad / z_scale to ``pre_act`` and ``identity``. The legacy one copies the gradient
+    first; the lean one (flag ste_lean) does not, with the same values."""
+
     def forward(ctx, pre_act, identity, run, z_scale):
         ctx.has_identity = identity is not None
         ctx.save_for_backward(z_scale)
         return run()
 
-    @staticmethod
     def backward(ctx, grad_output):
         (z_scale,) = ctx.saved_tensors
-        g = grad_output.clone() / z_scale
-        return g, (grad_output.clone() / z_scale if ctx.has_identity else None), None, None
+
+        def grad():
+            return (grad_output.clone() if copy_grad else grad_output) / z_scale
+
+        return grad(), (grad() if ctx.has_identity else None), None, None
+
+    return type(name, (Function,), {"forward": staticmethod(forward),
+                                    "backward": staticmethod(backward)})
 
 
-class _FixedpointMulLean(Function):
-    """`_FixedpointMul` without the gradient copies (flag ste_lean): the same values."""
-
-    @staticmethod
-    def forward(ctx, pre_act, identity, run, z_scale):
-        ctx.has_identity = identity is not None
-        ctx.save_for_backward(z_scale)
-        return run()
-
-    @staticmethod
-    def backward(ctx, grad_output):
-        (z_scale,) = ctx.saved_tensors
-        g = grad_output / z_scale
-        return g, (grad_output / z_scale if ctx.has_identity else None), None, None
+_FixedpointMul = _fixedpoint_function("_FixedpointMul", copy_grad=True)
+_FixedpointMulLean = _fixedpoint_function("_FixedpointMulLean", copy_grad=False)
 
 
 def fixedpoint_mul(pre_act: Tensor, pre_act_scale: Tensor, num_bits: int, z_scale: Tensor,
