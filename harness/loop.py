@@ -32,7 +32,8 @@ import torch.nn.functional as F
 
 from . import measure
 
-__all__ = ["NonFiniteLoss", "TrainResult", "EvalResult", "build_optimizer", "train_one_epoch",
+__all__ = ["NonFiniteLoss", "TrainResult", "EvalResult", "build_optimizer", "train_step",
+           "train_one_epoch",
            "evaluate", "compile_seconds", "FaultInjector"]
 
 
@@ -117,6 +118,34 @@ def compile_seconds() -> float:
     return total
 
 
+def train_step(model: nn.Module, x: torch.Tensor, target: torch.Tensor, *, optimizer=None,
+               loss_fn=F.cross_entropy, scaler=None, clip_grad: float | None = None,
+               on_loss=None) -> torch.Tensor:
+    """One training step, the only one in the harness: forward, loss, backward, optional
+    gradient clipping, optimizer step. ``scaler`` (timm ``NativeScaler``) takes over backward,
+    clipping and step; ``on_loss`` may replace the loss before backward (fault injection).
+    Gradients are zeroed before backward and left in ``.grad`` afterwards, so a caller can
+    read this step's gradients; without an optimizer nothing is stepped. Returns the loss,
+    detached (no host read)."""
+    loss = loss_fn(model(x), target)
+    if on_loss is not None:
+        loss = on_loss(loss)
+    if optimizer is not None:
+        optimizer.zero_grad(set_to_none=True)
+    else:
+        model.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler(loss, optimizer, clip_grad=clip_grad,
+               parameters=model.parameters() if clip_grad else None)
+        return loss.detach()
+    loss.backward()
+    if clip_grad:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+    if optimizer is not None:
+        optimizer.step()
+    return loss.detach()
+
+
 def train_one_epoch(model: nn.Module, batches, epoch: int, *, optimizer, scheduler,
                     loss_fn, flags, device: torch.device, mean_std, mixup=None, ema=None,
                     scaler=None, clip_grad: float | None = None, count_syncs: bool = False,
@@ -151,19 +180,11 @@ def train_one_epoch(model: nn.Module, batches, epoch: int, *, optimizer, schedul
             target = y
             if mixup is not None:
                 x, target = mixup(x, y)
-            out = model(x)
-            loss = loss_fn(out, target)
-            if fault is not None:
-                loss = fault.maybe(epoch, step, loss)
-            optimizer.zero_grad(set_to_none=True)
-            if flags.grad_scaler_without_autocast:
-                scaler(loss, optimizer, clip_grad=clip_grad,
-                       parameters=model.parameters() if clip_grad else None)
-            else:
-                loss.backward()
-                if clip_grad:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
-                optimizer.step()
+            loss = train_step(model, x, target, optimizer=optimizer, loss_fn=loss_fn,
+                              scaler=scaler if flags.grad_scaler_without_autocast else None,
+                              clip_grad=clip_grad,
+                              on_loss=None if fault is None else
+                              (lambda v, s=step: fault.maybe(epoch, s, v)))
             updates_done += 1
             if ema is not None:
                 ema.update(model, step=updates_done)
