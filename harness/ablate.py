@@ -13,8 +13,8 @@ config is a ``qvit.Flags`` generated from the one flag declaration:
 
 Running a design: every repeat is a block holding every (model, config) pair, in an order
 shuffled per block from the spec's seed, so that the machine's drift falls on all configs
-alike. The runs go through ``harness.runner.run_sweep`` (one process per run, resumable);
-afterwards ``harness.report`` writes ``report.md`` next to the table.
+alike. `harness.pipeline.run_spec` runs a spec (``harness.executors``: one process per
+block, resumable) and writes its report (``harness.report``).
 
     >>> spec = load_spec("ablations/seed_timeline.toml")          # doctest: +SKIP
     >>> [c.name for c in design_configs(spec)]                     # doctest: +SKIP
@@ -23,56 +23,97 @@ afterwards ``harness.report`` writes ``report.md`` next to the table.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import difflib
 import itertools
 import json
 import random
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import tomllib
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-import qvit
-from qvit import Flags
+from qvit.flags import Flags
+
+from .executor_options import parse_options
+from .options import one_line, unknown
+from .settings import RunSettings
 
 __all__ = [
     "AblationSpec", "Config", "DESIGNS", "SEED_STAGES", "SEED_STAGE_NAMES", "SEED_MINUTES",
     "load_spec", "parse_spec", "design_configs", "on_value", "block_orders", "plan",
-    "run_design", "write_design", "read_design", "main",
+    "write_design", "read_design", "to_runspecs", "sessions_of", "AA_CONTROL",
 ]
 
 DESIGNS = ("timeline", "one_at_a_time", "leave_one_out", "factorial", "fractional", "configs")
 FRACTIONAL_METHODS = ("plackett_burman", "resolution_iv")
-DATASETS = ("digits", "cifar10", "cifar100", "imagefolder", "synthetic")
+AA_CONTROL = "A/A"  # the null control's config name: the baseline a second time
 
 # The seed's published table (FLAGS.md): which changes each stage adds, and its epoch minutes.
 SEED_STAGES = ((2, 3), (4, 5, 6), (7, 8, 9), (10, 11, 12, 13), (14, 15, 16))
 SEED_STAGE_NAMES = ("stage1", "stage2", "stage3", "stage4", "seed")
 SEED_MINUTES = (38.0, 20.0, 15.0, 12.0, 10.5, 10.0)
 
-# Models known without importing the model registry (used only if qvit has none yet).
-_FALLBACK_MODELS = ("ivit_micro", "swin_micro", "deit_tiny_patch16_224",
-                    "deit_small_patch16_224", "deit_base_patch16_224",
-                    "swin_tiny_patch4_window7_224", "swin_small_patch4_window7_224")
 
-_TOP_KEYS = {"name": str, "description": str, "run": dict, "design": dict, "report": dict,
-             "executor": dict}  # [executor]: harness.executors (local, slurm, ...)
-_RUN_KEYS = {
-    "models": list, "dataset": str, "data_dir": str, "img_size": int, "num_classes": int,
-    "epochs": int, "warmup_epochs": int, "steps_per_epoch": int, "eval_steps": int,
-    "batch_size": int, "lr": float, "repeats": int, "device": str, "seed": int,
-}
-_DESIGN_KEYS = {
-    "kind": str, "base": str, "baseline": str, "flags": list, "values": dict, "levels": dict,
-    "stages": list, "stage_names": list, "method": str, "configs": list,
-}
-_REPORT_KEYS = {"reference_minutes": list, "reference_label": str, "iqr_warn": float,
-                "title": str}
-_CONFIG_KEYS = {"name": str, "flags": str, "float_reference": bool, "note": str}
+class _Table(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ConfigEntry(_Table):
+    name: str = Field(min_length=1)
+    flags: str = "best"
+    float_reference: bool = False
+    note: str = ""
+
+
+class DesignTable(_Table):
+    """``[design]``: which configs to compare."""
+
+    kind: Literal["timeline", "one_at_a_time", "leave_one_out", "factorial", "fractional",
+                  "configs"]
+    base: str | None = None
+    baseline: str | None = None
+    flags: list[str] | None = None
+    values: dict[str, bool | int | str] = {}
+    levels: dict[str, tuple[bool | int | str, bool | int | str]] = {}
+    stages: list[list[int]] = [list(s) for s in SEED_STAGES]
+    stage_names: list[str] = list(SEED_STAGE_NAMES)
+    method: Literal["plackett_burman", "resolution_iv"] = "plackett_burman"
+    configs: list[ConfigEntry] = []
+    aa_control: bool = Field(True, description="add the baseline a second time (A/A)")
+
+
+class ReportTable(_Table):
+    """``[report]``: what to print beside the measurements."""
+
+    title: str | None = None
+    reference_minutes: list[float] | None = None
+    reference_label: str = "seed (RTX 3060, CIFAR-10)"
+    iqr_warn: float = 0.10
+    margin_pp: float = Field(1.0, gt=0, description="equivalence margin, top-1 points")
+    compare_with: str | None = Field(None, description="a committed results folder shown "
+                                     "beside the fresh figures")
+
+
+class SweepTable(_Table):
+    """The keys of ``[run]`` that are about the sweep, not a run."""
+
+    models: list[str] = Field(min_length=1)
+    repeats: int = Field(5, ge=1, description="repeat blocks (>= 2 for intervals)")
+    methods: list[Literal["epochs", "steps"]] = Field(
+        ["epochs"], min_length=1, description="epochs: whole epochs per run (what a user "
+        "waits for); steps: step-interleaved in one process (model arithmetic, precise)")
+    rounds: int = Field(30, ge=2, description="rounds of the step-interleaved method")
+
+
+class SpecFile(_Table):
+    name: str
+    description: str = ""
+    run: dict[str, Any]
+    design: DesignTable
+    report: ReportTable = ReportTable()
+    executor: dict[str, Any] = {}
 
 
 # --- the spec -------------------------------------------------------------------------------
@@ -117,20 +158,11 @@ class AblationSpec:
     name: str
     models: tuple[str, ...]
     kind: str
+    settings: RunSettings  # the run settings of [run] (its model: the first of models)
+    repeats: int = 5
+    methods: tuple[str, ...] = ("epochs",)
+    rounds: int = 30
     description: str = ""
-    dataset: str = "digits"
-    data_dir: str | None = None
-    img_size: int | None = None
-    num_classes: int = 10
-    epochs: int = 3
-    warmup_epochs: int = 1
-    steps_per_epoch: int | None = None
-    eval_steps: int | None = None
-    batch_size: int = 32
-    lr: float = 1e-3
-    repeats: int = 3
-    device: str = "cpu"
-    seed: int = 0
     base: str | None = None
     baseline: str | None = None
     flags: tuple[str, ...] | None = None
@@ -140,58 +172,23 @@ class AblationSpec:
     stage_names: tuple[str, ...] = SEED_STAGE_NAMES
     method: str = "plackett_burman"
     configs: tuple[dict[str, Any], ...] = ()
-    reference_minutes: tuple[float, ...] | None = None
-    reference_label: str = "seed (RTX 3060, CIFAR-10)"
-    iqr_warn: float = 0.10
-    title: str | None = None
+    aa_control: bool = True
+    report: ReportTable = field(default_factory=ReportTable)
     source: str | None = None  # the TOML text it came from, copied into the results folder
     executor: dict[str, Any] = field(default_factory=dict)  # [executor] (harness.executors)
 
     def replace(self, **kw: Any) -> AblationSpec:
-        """A copy with run settings overridden (e.g. from the command line), re-validated."""
-        out = dataclasses.replace(self, **{k: v for k, v in kw.items() if v is not None})
+        """A copy with sweep keys (models, repeats) or run settings overridden (e.g. from
+        the command line), re-validated."""
+        sweep = {k: kw.pop(k) for k in ("models", "repeats", "methods") if kw.get(k) is not None}
+        settings = self.settings.replace(**kw) if kw else self.settings
+        out = dataclasses.replace(self, settings=settings, **sweep)
         _validate_run(out)
         return out
 
     def base_flags(self) -> Flags:
         default = "seed" if self.kind == "leave_one_out" else "legacy"
         return Flags.parse(self.base or default)
-
-
-def _closest(name: str, options) -> str:
-    match = difflib.get_close_matches(str(name), [str(o) for o in options], n=1)
-    return f" (did you mean {match[0]!r}?)" if match else ""
-
-
-def _refuse(where: str, name: str, valid) -> ValueError:
-    valid = list(valid)
-    return ValueError(f"unknown {where} {name!r}{_closest(name, valid)}; "
-                      f"valid: {', '.join(map(str, valid))}")
-
-
-def _check_keys(table: dict, allowed: dict, where: str) -> None:
-    for key, value in table.items():
-        if key not in allowed:
-            raise _refuse(f"key in {where}", key, allowed)
-        want = allowed[key]
-        ok = isinstance(value, want) or (want is float and isinstance(value, int))
-        if isinstance(value, bool) and want in (int, float):
-            ok = False
-        if not ok:
-            raise ValueError(f"{where}.{key} must be a {want.__name__}, got {value!r}")
-
-
-def known_models() -> tuple[str, ...]:
-    """Model names a spec may use: qvit's registry when it has one."""
-    lister = getattr(qvit, "list_models", None)
-    if lister is not None:
-        try:
-            names = tuple(lister())
-            if names:
-                return names
-        except Exception:  # noqa: BLE001 - a broken registry should not hide the fallback
-            pass
-    return _FALLBACK_MODELS
 
 
 def load_spec(path: str | Path) -> AblationSpec:
@@ -211,83 +208,49 @@ def load_spec(path: str | Path) -> AblationSpec:
         raise ValueError(f"{path}: {e}") from None
 
 
+def _validated(model: type[BaseModel], data: Any, where: str) -> Any:
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        raise ValueError(one_line(e, where, known=model.model_fields)) from None
+
+
 def parse_spec(data: dict[str, Any], source: str | None = None) -> AblationSpec:
     """Validate a spec given as a dict (the parsed TOML) and build an `AblationSpec`."""
-    _check_keys(data, _TOP_KEYS, "spec")
-    for section in ("run", "design"):
-        if section not in data:
-            raise ValueError(f"spec needs a [{section}] table")
-    run, design, report = data["run"], data["design"], data.get("report", {})
-    _check_keys(run, _RUN_KEYS, "[run]")
-    _check_keys(design, _DESIGN_KEYS, "[design]")
-    _check_keys(report, _REPORT_KEYS, "[report]")
-    if "name" not in data:
-        raise ValueError("spec needs a name")
-    if "models" not in run or not run["models"]:
-        raise ValueError("[run].models must list at least one model")
-    kind = design.get("kind")
-    if kind is None:
-        raise ValueError(f"[design].kind is required; valid: {', '.join(DESIGNS)}")
-    if kind not in DESIGNS:
-        raise _refuse("design", kind, DESIGNS)
-
-    kw: dict[str, Any] = {k: v for k, v in run.items() if k != "models"}
-    kw["models"] = tuple(run["models"])
-    if "flags" in design:
-        kw["flags"] = tuple(design["flags"])
-    if "levels" in design:
-        kw["levels"] = {k: tuple(v) if isinstance(v, list) else v
-                        for k, v in design["levels"].items()}
-    if "stages" in design:
-        kw["stages"] = tuple(tuple(s) for s in design["stages"])
-    if "stage_names" in design:
-        kw["stage_names"] = tuple(design["stage_names"])
-    if "configs" in design:
-        kw["configs"] = tuple(design["configs"])
-    for key in ("base", "baseline", "values", "method"):
-        if key in design:
-            kw[key] = design[key]
-    if "reference_minutes" in report:
-        kw["reference_minutes"] = tuple(float(m) for m in report["reference_minutes"])
-    for key in ("reference_label", "iqr_warn", "title"):
-        if key in report:
-            kw[key] = report[key]
-    if "executor" in data:
-        from harness.executors import parse_options
-
-        parse_options(data["executor"])  # ValueError naming what would be right
-        kw["executor"] = dict(data["executor"])
-    spec = AblationSpec(name=data["name"], kind=kind,
-                        description=data.get("description", ""), source=source, **kw)
+    if not isinstance(data, dict):
+        raise ValueError("a spec is a TOML table")
+    top = _validated(SpecFile, data, "spec")
+    run = dict(top.run)
+    sweep = _validated(SweepTable, {k: run.pop(k) for k in SweepTable.model_fields if k in run},
+                       "[run]")
+    run_keys = set(RunSettings.model_fields) - {"model"}
+    for key in run:
+        if key not in run_keys:
+            raise unknown("key in [run]", key, sorted(run_keys | set(SweepTable.model_fields)))
+    settings = _validated(RunSettings, {**run, "model": sweep.models[0]}, "[run]")
+    if top.executor:
+        parse_options(top.executor)  # ValueError naming what would be right
+    d = top.design
+    spec = AblationSpec(
+        name=top.name, models=tuple(sweep.models), kind=d.kind, settings=settings,
+        repeats=sweep.repeats, methods=tuple(sweep.methods), rounds=sweep.rounds,
+        description=top.description, base=d.base, baseline=d.baseline,
+        flags=tuple(d.flags) if d.flags is not None else None, values=dict(d.values),
+        levels={k: tuple(v) for k, v in d.levels.items()},
+        stages=tuple(tuple(x) for x in d.stages), stage_names=tuple(d.stage_names),
+        method=d.method, configs=tuple(c.model_dump() for c in d.configs),
+        aa_control=d.aa_control, report=top.report, source=source,
+        executor=dict(top.executor))
     _validate_run(spec)
     _validate_design(spec)
     return spec
 
 
 def _validate_run(spec: AblationSpec) -> None:
-    models = known_models()
-    for m in spec.models:
-        if not isinstance(m, str) or m not in models:
-            raise _refuse("model", m, models)
     if len(set(spec.models)) != len(spec.models):
         raise ValueError(f"[run].models lists a model twice: {list(spec.models)}")
-    if spec.dataset not in DATASETS:
-        raise _refuse("dataset", spec.dataset, DATASETS)
-    if spec.dataset == "imagefolder" and not spec.data_dir:
-        raise ValueError("dataset 'imagefolder' needs [run].data_dir")
-    for key, low in (("epochs", 1), ("repeats", 1), ("batch_size", 1), ("num_classes", 2),
-                     ("warmup_epochs", 0)):
-        if getattr(spec, key) < low:
-            raise ValueError(f"[run].{key} must be >= {low}, got {getattr(spec, key)}")
-    for key in ("steps_per_epoch", "eval_steps", "img_size"):
-        value = getattr(spec, key)
-        if value is not None and value < 1:
-            raise ValueError(f"[run].{key} must be >= 1, got {value}")
-    if spec.warmup_epochs >= spec.epochs:
-        raise ValueError(f"[run].warmup_epochs ({spec.warmup_epochs}) must be smaller than "
-                         f"epochs ({spec.epochs}): warm-up epochs are excluded from statistics")
-    if not (spec.device in ("cpu", "cuda", "mps") or spec.device.startswith("cuda:")):
-        raise ValueError(f"[run].device must be cpu, cuda, cuda:N or mps, got {spec.device!r}")
+    for m in spec.models:
+        spec.settings.replace(model=m)
 
 
 def _validate_design(spec: AblationSpec) -> None:
@@ -298,52 +261,47 @@ def _validate_design(spec: AblationSpec) -> None:
         raise ValueError(f"[design].flags lists a flag twice: {list(spec.flags)}")
     for name, value in spec.values.items():
         if name not in names:
-            raise _refuse("flag in [design.values]", name, names)
+            raise unknown("flag in [design.values]", name, names)
         Flags().replace(**{name: Flags.coerce(name, value)})  # type / choices check
     for name, pair in spec.levels.items():
         if name not in names:
-            raise _refuse("flag in [design.levels]", name, names)
-        if not isinstance(pair, tuple) or len(pair) != 2 or pair[0] == pair[1]:
+            raise unknown("flag in [design.levels]", name, names)
+        if pair[0] == pair[1]:
             raise ValueError(f"[design.levels].{name} must be two different values "
-                             f"[low, high], got {pair!r}")
+                             f"[low, high], got {list(pair)!r}")
         for v in pair:
             Flags().replace(**{name: Flags.coerce(name, v)})
     if spec.base is not None:
         Flags.parse(spec.base)
-    if spec.method not in FRACTIONAL_METHODS:
-        raise _refuse("fractional method", spec.method, FRACTIONAL_METHODS)
     if spec.kind == "timeline":
-        if len(spec.stage_names) != len(spec.stages):
-            raise ValueError(f"[design]: {len(spec.stages)} stages but "
-                             f"{len(spec.stage_names)} stage_names")
-        changes = {s.change for s in Flags.specs() if s.change is not None}
-        listed = [c for stage in spec.stages for c in stage]
-        for c in listed:
-            if c not in changes:
-                raise ValueError(f"[design].stages: no flag comes from seed change {c}; "
-                                 f"changes with flags: {sorted(changes)}")
-        if len(set(listed)) != len(listed):
-            raise ValueError(f"[design].stages lists a change twice: {listed}")
+        _validate_stages(spec)
     if spec.kind in ("factorial", "fractional") and not spec.flags:
         raise ValueError(f"a {spec.kind} design needs [design].flags (the factors)")
     if spec.kind == "configs":
         if not spec.configs:
             raise ValueError("a 'configs' design needs [[design.configs]] entries")
-        for i, c in enumerate(spec.configs):
-            if not isinstance(c, dict):
-                raise ValueError(f"[[design.configs]] #{i} must be a table")
-            _check_keys(c, _CONFIG_KEYS, f"[[design.configs]] #{i}")
-            if "name" not in c:
-                raise ValueError(f"[[design.configs]] #{i} needs a name")
-            Flags.parse(c.get("flags", "best"))
+        for c in spec.configs:
+            Flags.parse(c["flags"])
     configs = design_configs(spec)  # generation errors surface here, before anything runs
     names_ = [c.name for c in configs]
     if len(set(names_)) != len(names_):
         raise ValueError(f"config names repeat: {names_}")
     if spec.baseline is not None and spec.baseline not in names_:
-        raise _refuse("baseline config", spec.baseline, names_)
-    if len(configs) < 1:
-        raise ValueError("the design has no configs")
+        raise unknown("baseline config", spec.baseline, names_)
+
+
+def _validate_stages(spec: AblationSpec) -> None:
+    if len(spec.stage_names) != len(spec.stages):
+        raise ValueError(f"[design]: {len(spec.stages)} stages but "
+                         f"{len(spec.stage_names)} stage_names")
+    changes = {s.change for s in Flags.specs() if s.change is not None}
+    listed = [c for stage in spec.stages for c in stage]
+    for c in listed:
+        if c not in changes:
+            raise ValueError(f"[design].stages: no flag comes from seed change {c}; "
+                             f"changes with flags: {sorted(changes)}")
+    if len(set(listed)) != len(listed):
+        raise ValueError(f"[design].stages lists a change twice: {listed}")
 
 
 # --- designs ----------------------------------------------------------------------------------
@@ -476,9 +434,8 @@ def _plackett_burman(pyDOE3, k: int):
 
 
 def explicit(spec: AblationSpec) -> list[Config]:
-    return [Config(c["name"], Flags.parse(c.get("flags", "best")),
-                   float_reference=bool(c.get("float_reference", False)),
-                   note=c.get("note", "")) for c in spec.configs]
+    return [Config(c["name"], Flags.parse(c["flags"]), float_reference=c["float_reference"],
+                   note=c["note"]) for c in spec.configs]
 
 
 _GENERATORS = {"timeline": timeline, "one_at_a_time": one_at_a_time,
@@ -487,10 +444,17 @@ _GENERATORS = {"timeline": timeline, "one_at_a_time": one_at_a_time,
 
 
 def design_configs(spec: AblationSpec) -> list[Config]:
-    """The configs of the spec's design, baseline first."""
+    """The configs of the spec's design, baseline first, and (by default) the null control:
+    the baseline a second time under another name (A/A), whose ratio shows what noise
+    looks like."""
     configs = _GENERATORS[spec.kind](spec)
     base = baseline_name(spec, configs)
-    return sorted(configs, key=lambda c: c.name != base)
+    configs = sorted(configs, key=lambda c: c.name != base)
+    if spec.aa_control:
+        b = configs[0]
+        configs.append(Config(AA_CONTROL, b.flags, float_reference=b.float_reference,
+                              in_design=False, note=f"null control: {b.name} again"))
+    return configs
 
 
 def baseline_name(spec: AblationSpec, configs: list[Config]) -> str:
@@ -521,23 +485,12 @@ def block_orders(n: int, repeats: int, seed: int) -> list[list[int]]:
 
 @dataclass(frozen=True)
 class PlannedRun:
-    """One run of the plan; `to_runspec` turns it into the runner's RunSpec."""
+    """One run of the plan; `to_runspecs` turns it into the runner's RunSpec."""
 
     config: Config
     model: str
     block: int
     order: int
-
-    def fields(self, spec: AblationSpec) -> dict[str, Any]:
-        return dict(config=self.config.name, flags=self.config.flags, model=self.model,
-                    dataset=spec.dataset, data_dir=spec.data_dir, img_size=spec.img_size,
-                    num_classes=spec.num_classes, epochs=spec.epochs,
-                    warmup_epochs=spec.warmup_epochs,
-                    steps_per_epoch=spec.steps_per_epoch, eval_steps=spec.eval_steps,
-                    batch_size=spec.batch_size, lr=spec.lr, repeat=self.block,
-                    # one training seed per block: configs within a block are paired
-                    seed=spec.seed + self.block, device=spec.device, block=self.block,
-                    order=self.order, float_reference=self.config.float_reference)
 
 
 def plan(spec: AblationSpec, configs: list[Config] | None = None) -> list[PlannedRun]:
@@ -545,7 +498,7 @@ def plan(spec: AblationSpec, configs: list[Config] | None = None) -> list[Planne
     configs = configs if configs is not None else design_configs(spec)
     pairs = [(m, c) for m in spec.models for c in configs]
     runs = []
-    for b, order in enumerate(block_orders(len(pairs), spec.repeats, spec.seed)):
+    for b, order in enumerate(block_orders(len(pairs), spec.repeats, spec.settings.seed)):
         for pos, i in enumerate(order):
             model, config = pairs[i]
             runs.append(PlannedRun(config, model, b, pos))
@@ -553,33 +506,49 @@ def plan(spec: AblationSpec, configs: list[Config] | None = None) -> list[Planne
 
 
 def to_runspecs(spec: AblationSpec, runs: list[PlannedRun]) -> list[Any]:
-    """The runner's RunSpec for each planned run (fields it lacks are left out)."""
-    from harness.runner import RunSpec
+    """The runner's RunSpec of each planned run: one training seed per block (configs in
+    a block are paired: same seed, same data order, neighbours in time)."""
+    from .runner import RunSpec
 
-    names = {f.name for f in dataclasses.fields(RunSpec)}
-    out = []
-    for r in runs:
-        kw = {k: v for k, v in r.fields(spec).items() if k in names and v is not None}
-        out.append(RunSpec(**kw))
-    return out
+    return [RunSpec(config=r.config.name, flags=r.config.flags,
+                    settings=spec.settings.replace(model=r.model,
+                                                   seed=spec.settings.seed + r.block),
+                    float_reference=r.config.float_reference, repeat=r.block, block=r.block,
+                    order=r.order) for r in runs]
 
 
-def write_design(spec: AblationSpec, configs: list[Config], out_dir: Path) -> None:
-    """Save what the report needs besides the table: the spec and the configs."""
+def sessions_of(spec: AblationSpec, configs: list[Config]) -> list[Any]:
+    """One step-interleaved session per model (`harness.interleave`)."""
+    from .interleave import Session
+    from .runner import RunSpec
+
+    return [Session(tuple(RunSpec(config=c.name, flags=c.flags,
+                                  settings=spec.settings.replace(model=m),
+                                  float_reference=c.float_reference) for c in configs),
+                    rounds=spec.rounds) for m in spec.models]
+
+
+def write_design(spec: AblationSpec, configs: list[Config], run_ids: list[str],
+                 out_dir: Path) -> None:
+    """What the report needs besides the table: the spec, the configs, and the run ids of
+    this plan (rows of other identities in the table are not this design's)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     meta = {"name": spec.name, "kind": spec.kind, "description": spec.description,
-            "title": spec.title, "baseline": baseline_name(spec, configs),
-            "models": list(spec.models), "dataset": spec.dataset, "epochs": spec.epochs,
-            "warmup_epochs": spec.warmup_epochs, "steps_per_epoch": spec.steps_per_epoch,
-            "eval_steps": spec.eval_steps, "batch_size": spec.batch_size,
-            "repeats": spec.repeats, "device": spec.device, "seed": spec.seed,
+            "baseline": baseline_name(spec, configs), "models": list(spec.models),
+            "repeats": spec.repeats, "methods": list(spec.methods), "rounds": spec.rounds,
+            "settings": spec.settings.model_dump(),
             "method": spec.method if spec.kind == "fractional" else None,
-            "reference_minutes": list(spec.reference_minutes or []) or None,
-            "reference_label": spec.reference_label, "iqr_warn": spec.iqr_warn,
-            "configs": [c.to_dict() for c in configs]}
-    (out_dir / "design.json").write_text(json.dumps(meta, indent=1, default=str) + "\n")
+            "report": spec.report.model_dump(), "configs": [c.to_dict() for c in configs],
+            "run_ids": run_ids}
+    _write_text(out_dir / "design.json", json.dumps(meta, indent=1, default=str) + "\n")
     if spec.source is not None:
-        (out_dir / "spec.toml").write_text(spec.source)
+        _write_text(out_dir / "spec.toml", spec.source)
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
 
 
 def read_design(out_dir: str | Path) -> dict[str, Any] | None:
@@ -591,31 +560,15 @@ def read_design(out_dir: str | Path) -> dict[str, Any] | None:
     return meta
 
 
-def run_design(spec: AblationSpec, out_dir: str | Path, *, executor: Any = "local",
-               progress: bool = True, report: bool = True):
-    """Run every block of the design through the runner (resuming finished runs), then
-    write the report. Returns the runs table."""
-    from harness.runner import run_sweep
-
-    out_dir = Path(out_dir)
-    configs = design_configs(spec)
-    write_design(spec, configs, out_dir)
-    specs = to_runspecs(spec, plan(spec, configs))
-    table = run_sweep(specs, out_dir, executor=executor, progress=progress)
-    if report:
-        from harness.report import build_report, write_index
-        build_report(out_dir)
-        write_index(out_dir.parent)
-    return table
-
-
 def format_plan(spec: AblationSpec, configs: list[Config], runs: list[PlannedRun]) -> str:
     base = baseline_name(spec, configs)
+    st = spec.settings
     lines = [f"spec {spec.name!r}: design {spec.kind}, {len(configs)} configs x "
              f"{len(spec.models)} models x {spec.repeats} blocks = {len(runs)} runs; "
-             f"{spec.epochs} epochs ({spec.warmup_epochs} warm-up), "
-             f"steps/epoch {spec.steps_per_epoch or 'all'}, batch {spec.batch_size}, "
-             f"{spec.dataset}, {spec.device}", "configs:"]
+             f"{st.epochs} epochs ({st.warmup_epochs} warm-up), "
+             f"steps/epoch {st.steps_per_epoch or 'all'}, batch {st.batch_size}, "
+             f"{st.dataset}, {st.device}, pretrained start {'on' if st.pretrained else 'off'}",
+             "configs:"]
     width = max(len(c.name) for c in configs)
     for c in configs:
         tag = " (baseline)" if c.name == base else ""
@@ -626,51 +579,3 @@ def format_plan(spec: AblationSpec, configs: list[Config], runs: list[PlannedRun
         row = [f"{r.model}/{r.config.name}" for r in runs if r.block == b]
         lines.append(f"  block {b}: " + ", ".join(row))
     return "\n".join(lines)
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m harness ablate",
-                                description="Run an ablation spec and write its report.")
-    p.add_argument("spec", help="ablation spec (TOML), e.g. ablations/seed_timeline.toml")
-    p.add_argument("--device", help="override [run].device (cpu, cuda, cuda:N)")
-    p.add_argument("--out", help="output folder (default results/<spec name>/)")
-    p.add_argument("--repeats", type=int, help="override [run].repeats (blocks)")
-    p.add_argument("--epochs", type=int, help="override [run].epochs")
-    p.add_argument("--steps-per-epoch", type=int, help="override [run].steps_per_epoch")
-    p.add_argument("--models", help="override [run].models (comma separated)")
-    p.add_argument("--dry-run", action="store_true", help="print configs and plan, run nothing")
-    p.add_argument("--no-report", action="store_true", help="do not write the report")
-    from harness.executors import add_arguments
-
-    add_arguments(p)  # --executor local|slurm|..., --partition, --gpus-per-job, ...
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    try:
-        spec = load_spec(args.spec)
-        models = tuple(m.strip() for m in args.models.split(",")) if args.models else None
-        spec = spec.replace(device=args.device, repeats=args.repeats, epochs=args.epochs,
-                            steps_per_epoch=args.steps_per_epoch, models=models)
-        from harness.executors import options_from
-
-        executor = options_from(spec.executor, args)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    configs = design_configs(spec)
-    runs = plan(spec, configs)
-    print(format_plan(spec, configs, runs))
-    if args.dry_run:
-        return 0
-    out = Path(args.out) if args.out else Path("results") / spec.name
-    run_design(spec, out, executor=executor, report=not args.no_report)
-    if not args.no_report:
-        print(f"report: {out / 'report.md'}")
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
-

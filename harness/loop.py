@@ -23,6 +23,7 @@ import collections
 import contextlib
 import inspect
 import math
+import statistics
 import time
 from dataclasses import dataclass
 
@@ -32,9 +33,25 @@ import torch.nn.functional as F
 
 from . import measure
 
-__all__ = ["NonFiniteLoss", "TrainResult", "EvalResult", "build_optimizer", "train_step",
-           "train_one_epoch",
-           "evaluate", "compile_seconds", "FaultInjector"]
+__all__ = ["why_no_effect", "NonFiniteLoss", "TrainResult", "EvalResult", "build_optimizer",
+           "train_step", "train_one_epoch", "evaluate", "compile_seconds", "FaultInjector"]
+
+
+def why_no_effect(base, other, device_type: str) -> str | None:
+    """Why moving from flags ``base`` to ``other`` cannot change anything on this device
+    type (so a report shows "no effect possible here", not a ratio of noise); None if it
+    can. Judged on the flags that differ."""
+    moved = set(base.diff(other))
+    if not moved:
+        return "no flag differs"
+    reasons = {}
+    if device_type != "cuda":
+        reasons["cuda_synchronize_per_step"] = "torch.cuda.synchronize acts on CUDA only"
+    if base.preload_to_device and other.preload_to_device:
+        reasons["num_workers"] = "no DataLoader: the data is preloaded on the device"
+    if moved <= set(reasons):
+        return "; ".join(reasons[m] for m in sorted(moved))
+    return None
 
 
 class NonFiniteLoss(RuntimeError):
@@ -45,12 +62,22 @@ class NonFiniteLoss(RuntimeError):
 class TrainResult:
     steps: int
     images: int
-    train_s: float
-    step_s_median: float
+    train_s: float  # the training phase, wall clock: what a user waits for
+    startup_s: float  # loader/iterator creation and the first batch (worker start-up)
+    data_s: float  # waiting for the later batches
+    step_times: list  # seconds of each timed step's compute (forward, backward, step)
     loss: float
     syncs_per_step: float  # NaN where syncs were not counted
     sync_kinds: dict  # counts by kind over the counted steps (and "...@epoch_end")
     counted_steps: int
+
+    @property
+    def compute_s(self) -> float:
+        return float(sum(self.step_times))
+
+    @property
+    def step_s_median(self) -> float:
+        return statistics.median(self.step_times) if self.step_times else math.nan
 
 
 @dataclass
@@ -59,6 +86,7 @@ class EvalResult:
     top1: float
     top5: float
     loss: float
+    images: int
 
 
 class FaultInjector:
@@ -158,24 +186,33 @@ def train_one_epoch(model: nn.Module, batches, epoch: int, *, optimizer, schedul
 
     model.train()
     timer = measure.StepTimer(device)
-    it = batches.epoch(epoch)  # draws the order on the host, outside the counted region
     n = len(batches)
     # Count a window of steps: from the second step (the first creates optimizer state and
-    # meets first-call paths) for ``count_steps`` steps, or every step with None.
+    # meets first-call paths) for ``count_steps`` steps, or every step with None. Counted
+    # steps run slower (the counter's hooks): their times are left out of ``step_times``.
     first = 1 if n > 1 else 0
     counted = 0 if not count_syncs else (n - first if count_steps is None
                                          else min(count_steps, n - first))
     window = _CountWindow(device, optimizer, first, counted)
     measure.phase_boundary(device)
     t0 = time.perf_counter()
-    timer.start()
+    it = iter(batches.epoch(epoch))  # loader and workers start here
     steps = images = 0
+    startup_s = data_s = 0.0
     host_loss = 0.0
     # float64 on the device: the same sum, in the same order, as the host path's floats
     dev_loss = torch.zeros((), device=device, dtype=torch.float64)
     try:
-        for step, (x, y) in enumerate(it):
+        for step in range(n):
+            t_fetch = time.perf_counter()
+            x, y = next(it)
+            waited = time.perf_counter() - t_fetch
+            if step == 0:
+                startup_s = time.perf_counter() - t0
+            else:
+                data_s += waited
             window.before(step)
+            timer.begin(timed=not window.active)
             x = normalize_batch(x, mean_std)
             target = y
             if mixup is not None:
@@ -199,9 +236,9 @@ def train_one_epoch(model: nn.Module, batches, epoch: int, *, optimizer, schedul
                 dev_loss += loss.detach().double()
             if flags.cuda_synchronize_per_step and device.type == "cuda":
                 torch.cuda.synchronize(device)
+            timer.end()
             steps += 1
             images += x.shape[0]
-            timer.step()
             window.after(step)
             if progress is not None:
                 progress.update(1)
@@ -220,8 +257,8 @@ def train_one_epoch(model: nn.Module, batches, epoch: int, *, optimizer, schedul
     if window.steps:
         per_step = sum(window.kinds.values()) / window.steps + end.count / steps
         syncs.update({f"{k}@epoch_end": v for k, v in end.by_kind.items()})
-    return TrainResult(steps, images, train_s, timer.median(), mean_loss, per_step,
-                       syncs, window.steps)
+    return TrainResult(steps, images, train_s, startup_s, data_s, timer.step_times(),
+                       mean_loss, per_step, syncs, window.steps)
 
 
 class _CountWindow:
@@ -232,6 +269,10 @@ class _CountWindow:
         self.kinds: collections.Counter = collections.Counter()
         self.steps = 0
         self._cm = self._counter = None
+
+    @property
+    def active(self) -> bool:
+        return self._cm is not None
 
     def before(self, step: int) -> None:
         if self.count and step == self.first:
@@ -290,5 +331,5 @@ def evaluate(model: nn.Module, batches, *, device: torch.device, mean_std, num_c
     loss, c1, c5, n = sums.tolist()
     measure.phase_boundary(device)
     eval_s = time.perf_counter() - t0
-    n = max(n, 1.0)
-    return EvalResult(eval_s, 100.0 * c1 / n, 100.0 * c5 / n, loss / n)
+    return EvalResult(eval_s, 100.0 * c1 / max(n, 1.0), 100.0 * c5 / max(n, 1.0),
+                      loss / max(n, 1.0), int(n))

@@ -15,9 +15,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import resource
-import statistics
-import sys
 import threading
 import time
 import warnings
@@ -240,18 +237,22 @@ def phase_boundary(device: torch.device) -> None:
 
 
 class StepTimer:
-    """Per-step times without syncs inside the phase: CUDA events recorded after each step
-    and read after the phase's final sync, or ``perf_counter`` on the CPU."""
+    """Compute time of each step (between `begin` and `end`, data loading outside) without
+    syncs inside the phase: CUDA events read after the phase's final sync, or
+    ``perf_counter`` on the CPU. A step begun with ``timed=False`` is not kept."""
 
     def __init__(self, device: torch.device):
         self.cuda = device.type == "cuda"
-        self.marks: list = []
+        self.pairs: list = []
+        self._open = None
 
-    def start(self) -> None:
-        self.marks = [self._mark()]
+    def begin(self, timed: bool = True) -> None:
+        self._open = self._mark() if timed else None
 
-    def step(self) -> None:
-        self.marks.append(self._mark())
+    def end(self) -> None:
+        if self._open is not None:
+            self.pairs.append((self._open, self._mark()))
+            self._open = None
 
     def _mark(self):
         if self.cuda:
@@ -261,27 +262,40 @@ class StepTimer:
         return time.perf_counter()
 
     def step_times(self) -> list[float]:
-        """Seconds per step; call after `phase_boundary` (reads the events)."""
-        m = self.marks
+        """Seconds per timed step; call after `phase_boundary` (reads the events)."""
         if self.cuda:
-            return [a.elapsed_time(b) / 1e3 for a, b in zip(m, m[1:], strict=False)]
-        return [b - a for a, b in zip(m, m[1:], strict=False)]
-
-    def median(self) -> float:
-        t = self.step_times()
-        return statistics.median(t) if t else float("nan")
+            return [a.elapsed_time(b) / 1e3 for a, b in self.pairs]
+        return [b - a for a, b in self.pairs]
 
 
 # --- memory ----------------------------------------------------------------------------------
 
+PEAK_MEMORY_KIND = {"cuda": "CUDA allocator peak (max_memory_allocated) within the epoch",
+                    "cpu": "process peak RSS within the epoch (VmHWM after resetting it)"}
+
+
 def reset_peak_memory(device: torch.device) -> None:
+    """Start a new peak: the CUDA allocator's, or on Linux the process's RSS high-water mark
+    (writing 5 to /proc/self/clear_refs resets VmHWM)."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
 
 
 def peak_memory_mb(device: torch.device) -> float:
-    """CUDA: max allocated since the last reset. CPU: the process's peak RSS so far."""
+    """The peak since `reset_peak_memory` (see PEAK_MEMORY_KIND); NaN where the platform
+    cannot reset it (the lifetime peak would mean nothing per epoch)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss / 2**20 if sys.platform == "darwin" else rss / 2**10
+    try:
+        for line in open("/proc/self/status").read().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2**10
+    except OSError:
+        pass
+    return float("nan")

@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
 __all__ = ["plot_learning_curves"]
 
 
-def plot_learning_curves(history: list[dict], path: str | os.PathLike, title: str) -> Path:
-    """Loss (train, eval) and top-1/top-5 against epoch, written atomically to ``path``."""
+def plot_learning_curves(history: list[dict], path: str | os.PathLike | None, title: str
+                         ) -> Path | None:
+    """Loss (train, eval) and top-1/top-5 against epoch, rendered to PNG: written atomically
+    to ``path``, or (None) rendered in memory only, the work the seed's loop did."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     ep = [h["epoch"] for h in history]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.4), constrained_layout=True)
     ax1.plot(ep, [h["train_loss"] for h in history], marker="o", label="train")
@@ -30,6 +31,12 @@ def plot_learning_curves(history: list[dict], path: str | os.PathLike, title: st
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
     fig.suptitle(title, fontsize=9)
+    if path is None:
+        fig.savefig(io.BytesIO(), format="png", dpi=90)
+        plt.close(fig)
+        return None
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp, dpi=90)
     plt.close(fig)

@@ -28,7 +28,8 @@ from .provenance import PROVENANCE_COLUMNS
 
 __all__ = ["STATUSES", "ID_COLUMNS", "METRIC_COLUMNS", "columns", "empty_table",
            "append_rows", "read_table", "drop_run", "write_shard", "merge_shards",
-           "normalize", "finished_run_ids", "TABLE", "CSV"]
+           "normalize", "finished_run_ids", "TABLE", "CSV", "run_rows", "append_shard_rows",
+           "drop_shard_rows_after", "resumable_epochs", "table_with_shards", "discard_run"]
 
 TABLE = "runs.parquet"
 CSV = "runs.csv"
@@ -40,14 +41,17 @@ FINAL_STATUSES = ("oom", "nan")
 ID_COLUMNS = {  # name -> dtype
     "run_id": "string", "config": "string", "model": "string", "dataset": "string",
     "float_reference": "bool", "repeat": "int64", "seed": "int64", "block": "int64",
-    "order": "int64", "epoch": "int64", "warmup": "bool",
+    "order": "int64", "method": "string", "code_digest": "string", "threads": "int64",
+    "epoch": "int64", "warmup": "bool", "resumed": "bool", "counted": "bool",
 }
 METRIC_COLUMNS = {
-    "steps": "int64", "train_s": "float64", "eval_s": "float64", "wall_s": "float64",
-    "compile_s": "float64", "step_s_median": "float64", "images_per_s": "float64",
-    "peak_mem_mb": "float64", "syncs_per_step": "float64", "top1": "float64",
-    "top5": "float64", "train_loss": "float64", "eval_loss": "float64",
-    "status": "string", "error": "string",
+    "steps": "int64", "epoch_s": "float64", "train_s": "float64", "startup_s": "float64",
+    "data_s": "float64", "compute_s": "float64", "eval_s": "float64", "plot_s": "float64",
+    "compile_s": "float64", "step_s_median": "float64", "step_times": "string",
+    "images_per_s": "float64", "peak_mem_mb": "float64", "syncs_per_step": "float64",
+    "sync_kinds": "string", "top1": "float64", "top5": "float64", "eval_images": "int64",
+    "train_loss": "float64", "eval_loss": "float64", "pretrained_top1": "float64",
+    "ended": "string", "status": "string", "error": "string",
 }
 _FLAG_DTYPES = {bool: "bool", int: "int64", str: "string"}
 
@@ -182,20 +186,79 @@ def write_shard(out_dir: str | os.PathLike, run_id: str, rows: list[dict]) -> Pa
     return path
 
 
-def merge_shards(out_dir: str | os.PathLike, *, remove: bool = True) -> pd.DataFrame:
-    """Fold every shard into the table: a shard's rows replace all rows of its run_id."""
+def _shards(out_dir: Path) -> list[Path]:
+    return sorted((out_dir / "shards").glob("*.parquet"))
+
+
+def table_with_shards(out_dir: str | os.PathLike) -> pd.DataFrame:
+    """What the table will hold once the shards are merged (reads only)."""
     out_dir = Path(out_dir)
-    shards = sorted((out_dir / "shards").glob("*.parquet"))
+    df = read_table(out_dir)
+    for path in _shards(out_dir):
+        part = normalize(pd.read_parquet(path))
+        df = _concat(df[~df["run_id"].isin(set(part["run_id"]))], part)
+    return df
+
+
+def merge_shards(out_dir: str | os.PathLike, *, remove: bool = True) -> pd.DataFrame:
+    """Fold every shard into the table (one atomic replace under the table's lock): a
+    shard holds every row of its run so far and replaces the table's rows of that run.
+    ``remove`` deletes the merged shards (only when no process writes them any more)."""
+    out_dir = Path(out_dir)
     with _locked(out_dir):
+        shards = _shards(out_dir)
         df = _read(out_dir / TABLE)
         for path in shards:
             part = normalize(pd.read_parquet(path))
             df = _concat(df[~df["run_id"].isin(set(part["run_id"]))], part)
-        _write(out_dir, df)
+        if shards or not (out_dir / TABLE).is_file():
+            _write(out_dir, df)
         if remove:
             for path in shards:
                 path.unlink()
     return df
+
+
+def discard_run(out_dir: str | os.PathLike, run_id: str) -> None:
+    """Forget a run that is to be redone whole: its rows, shard and checkpoint."""
+    out_dir = Path(out_dir)
+    (out_dir / "shards" / f"{run_id}.parquet").unlink(missing_ok=True)
+    (out_dir / "checkpoints" / f"{run_id}.pt").unlink(missing_ok=True)
+    drop_run(out_dir, run_id)
+
+
+def run_rows(out_dir: str | os.PathLike, run_id: str) -> pd.DataFrame:
+    """Every row of one run so far: its shard while it has one, else the table's rows."""
+    path = Path(out_dir) / "shards" / f"{run_id}.parquet"
+    if path.is_file():
+        return normalize(pd.read_parquet(path))
+    table = read_table(out_dir)
+    return table[table["run_id"] == run_id].reset_index(drop=True)
+
+
+def append_shard_rows(out_dir: str | os.PathLike, run_id: str, rows: list[dict]) -> None:
+    """Add rows to the run's shard (a row replaces the one of the same epoch)."""
+    old = run_rows(out_dir, run_id)
+    new = normalize(pd.DataFrame(rows))
+    old = old[~old["epoch"].isin(set(new["epoch"]))]
+    write_shard(out_dir, run_id, _concat(old, new).to_dict("records"))
+
+
+def drop_shard_rows_after(out_dir: str | os.PathLike, run_id: str, epoch: int) -> None:
+    """Keep the run's rows of epochs <= ``epoch`` only (what its checkpoint holds)."""
+    rows = run_rows(out_dir, run_id)
+    if len(rows) and (rows["epoch"] > epoch).any():
+        write_shard(out_dir, run_id, rows[rows["epoch"] <= epoch].to_dict("records"))
+
+
+def resumable_epochs(rows: pd.DataFrame, run_id: str) -> int:
+    """How many epochs of the run, from epoch 1 on, finished "ok" without a gap."""
+    rows = rows[(rows["run_id"] == run_id) & (rows["status"] == "ok")]
+    have = set(rows["epoch"].astype(int))
+    n = 0
+    while n + 1 in have:
+        n += 1
+    return n
 
 
 def finished_run_ids(table: pd.DataFrame, epochs: dict[str, int]) -> set[str]:

@@ -1,15 +1,19 @@
 """Statistics of an ablation table: per config against the design's baseline, and flag effects.
 
-Input is the runner's long table (one row per run x epoch). Warm-up epochs and failed runs
-are dropped; each run is reduced to the median of its measured epochs; configs are compared
-with the baseline *within blocks* (the same repeat, the same training seed, neighbouring in
-time), and intervals come from a seeded bootstrap over blocks.
+Input is the runner's long table (one row per run x epoch). Failed runs, warm-up epochs and
+the first epoch after a resume are dropped; each run is reduced to medians of its measured
+epochs (step time: the median of every measured step, pooled); configs are compared with the
+baseline *within blocks* (the same repeat, the same training seed, neighbours in time).
 
-- `run_level(table)`: one row per run (medians over measured epochs, final accuracy).
-- `summarize(table, baseline)`: per (model, config): median train / eval / epoch seconds,
-  speedup vs the baseline (geometric mean of paired ratios, bootstrap 95% interval), top-1
-  mean / spread and its paired difference from the baseline with an interval, syncs per
-  step, timing spread IQR/median and a warning where it is too wide.
+Intervals: a ratio is the geometric mean over blocks of baseline / config, with a t interval
+on the log ratios (n - 1 degrees of freedom; exact for log-normal noise, and it keeps its
+coverage at small n where a percentile bootstrap does not). One block gives no interval
+("n/a"). Accuracy differences get a paired t interval and a TOST equivalence verdict at a
+stated margin (`harness.equivalence`).
+
+- `run_level(table)`: one row per run.
+- `summarize(table, baseline)`: per (model, config): epoch / train / step / data+loop
+  times, speedups with intervals, top-1 and its difference from the baseline, syncs.
 - `effects(table, levels)`: main effects (and two-flag interactions where the design
   resolves them) of coded two-level flags, by least squares on log time with block terms.
 """
@@ -17,6 +21,7 @@ time), and intervals come from a seeded bootstrap over blocks.
 from __future__ import annotations
 
 import itertools
+import json
 import math
 from collections.abc import Iterable
 from typing import Any
@@ -25,72 +30,84 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-__all__ = ["TIME_COLUMNS", "measured", "run_level", "bootstrap_ci", "paired",
-           "summarize", "effects", "synthetic_runs", "IQR_WARN"]
+__all__ = ["TIME_COLUMNS", "measured", "run_level", "ratio_interval", "paired", "summarize",
+           "effects", "IQR_WARN", "INTERVAL_METHOD"]
 
-TIME_COLUMNS = ("epoch_s", "train_s", "eval_s")
+# epoch_s: train + eval + plots (what the seed timed); train_s: the training phase;
+# step_s: compute of one step (model arithmetic); other_s: train_s minus step compute
+# (data loading, loader start-up, loop bookkeeping)
+TIME_COLUMNS = ("epoch_s", "train_s", "eval_s", "step_s", "other_s")
 IQR_WARN = 0.10  # torch.utils.benchmark warns above 10% IQR/median
-N_BOOT = 4000
+INTERVAL_METHOD = "t on log ratios over blocks"
 
 
-def measured(table: pd.DataFrame, warmup_epochs: int | None = None) -> pd.DataFrame:
-    """Rows that count: status ok and not a warm-up epoch (the table's ``warmup`` column,
-    else ``epoch < warmup_epochs``)."""
-    t = table
-    if "status" in t:
-        t = t[t["status"].fillna("ok") == "ok"]
-    if "warmup" in t:
-        t = t[~t["warmup"].astype(bool)]
-    elif warmup_epochs:  # epochs may count from 0 or from 1
-        t = t[t["epoch"] - t["epoch"].min() >= warmup_epochs]
-    t = t.copy()
-    t["epoch_s"] = t["train_s"] + t["eval_s"].fillna(0.0)
-    return t
+def measured(table: pd.DataFrame) -> pd.DataFrame:
+    """Rows that count for timing: status ok, not warm-up, not the first after a resume."""
+    t = table[table["status"].fillna("ok") == "ok"]
+    for col in ("warmup", "resumed"):
+        if col in t:
+            t = t[~t[col].fillna(False).astype(bool)]
+    return t.copy()
 
 
-def _last(s: pd.Series):
-    s = s.dropna()
-    return s.iloc[-1] if len(s) else np.nan
+def _pooled_steps(rows: pd.DataFrame) -> float:
+    times: list[float] = []
+    for text in rows.get("step_times", pd.Series(dtype=str)).dropna():
+        if text:
+            times += json.loads(text)
+    if times:
+        return float(np.median(times))
+    return float(rows["step_s_median"].median()) if "step_s_median" in rows else np.nan
 
 
-def run_level(table: pd.DataFrame, warmup_epochs: int | None = None) -> pd.DataFrame:
-    """One row per run: medians of the measured epochs' times, the last epoch's accuracy."""
-    t = measured(table, warmup_epochs).sort_values(["run_id", "epoch"])
-    agg: dict[str, Any] = {"epoch_s": "median", "train_s": "median", "eval_s": "median",
-                           "epoch": "count"}
-    optional = {"step_s_median": "median", "syncs_per_step": "median",
-                "images_per_s": "median", "peak_mem_mb": "max", "top1": _last,
-                "top5": _last, "train_loss": _last, "eval_loss": _last}
-    agg.update({k: v for k, v in optional.items() if k in t})
-    keys = ["run_id", "model", "config", "block"]
-    extra = [c for c in ("float_reference",) if c in t]
-    out = t.groupby(keys + extra, dropna=False).agg(agg).reset_index()
-    if "syncs_per_step" in table:
-        # the runner counts syncs in warm-up epochs only (counting costs time): use every
-        # ok epoch that has a count
-        ok = table if "status" not in table else table[table["status"].fillna("ok") == "ok"]
-        syncs = ok.groupby("run_id")["syncs_per_step"].median()
-        out["syncs_per_step"] = out["run_id"].map(syncs)
-    return out.rename(columns={"epoch": "n_epochs"})
+def run_level(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per run: medians of the measured epochs' times, the pooled median step time,
+    the last epoch's accuracy, syncs per step (counted epochs, warm-up or not)."""
+    t = measured(table).sort_values(["run_id", "epoch"])
+    ok = table[table["status"].fillna("ok") == "ok"]
+    rows = []
+    for run_id, g in t.groupby("run_id", sort=False):
+        first = g.iloc[0]
+        last = ok[ok["run_id"] == run_id].sort_values("epoch").iloc[-1]
+        row = {k: first[k] for k in ("run_id", "model", "config", "block") if k in g}
+        row["float_reference"] = bool(first.get("float_reference", False))
+        row["n_epochs"] = len(g)
+        for col in ("epoch_s", "train_s", "eval_s", "startup_s", "data_s", "plot_s"):
+            if col in g:
+                row[col] = float(g[col].median())
+        row["step_s"] = _pooled_steps(g)
+        row["n_steps_timed"] = int(sum(len(json.loads(x)) for x in g.get(
+            "step_times", pd.Series(dtype=str)).dropna() if x))
+        steps = float(g["steps"].median()) if "steps" in g else np.nan
+        row["other_s"] = row.get("train_s", np.nan) - steps * row["step_s"]
+        for col in ("top1", "top5", "eval_loss", "train_loss", "eval_images",
+                    "pretrained_top1"):
+            if col in last:
+                row[col] = last[col]
+        mine = ok[ok["run_id"] == run_id]
+        if "syncs_per_step" in mine:
+            row["syncs_per_step"] = float(mine["syncs_per_step"].median())
+        if "peak_mem_mb" in g:
+            row["peak_mem_mb"] = float(g["peak_mem_mb"].max())
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
-def bootstrap_ci(values: np.ndarray, stat=np.mean, *, n_boot: int = N_BOOT, level: float = 0.95,
-                 seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap interval of ``stat`` over the first axis (resampling blocks)."""
-    values = np.asarray(values, dtype=float)
-    n = len(values)
+def ratio_interval(base: np.ndarray, other: np.ndarray, level: float = 0.95
+                   ) -> tuple[float, float, float, int]:
+    """Geometric mean of base / other over paired blocks, its t interval on the log scale
+    (NaN bounds for fewer than 2 pairs), and n."""
+    base, other = np.asarray(base, float), np.asarray(other, float)
+    ok = np.isfinite(base) & np.isfinite(other) & (base > 0) & (other > 0)
+    logs = np.log(base[ok] / other[ok])
+    n = len(logs)
     if n == 0:
-        return (np.nan, np.nan)
-    if n == 1:
-        v = float(stat(values))
-        return (v, v)
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, n, size=(n_boot, n))
-    boots = np.apply_along_axis(stat, 1, values[idx]) if stat not in (np.mean, np.median) \
-        else stat(values[idx], axis=1)
-    a = (1 - level) / 2
-    lo, hi = np.quantile(boots, [a, 1 - a])
-    return (float(lo), float(hi))
+        return (np.nan, np.nan, np.nan, 0)
+    mean = float(logs.mean())
+    if n < 2:
+        return (math.exp(mean), np.nan, np.nan, n)
+    half = float(sps.t.ppf(0.5 + level / 2, n - 1) * logs.std(ddof=1) / math.sqrt(n))
+    return (math.exp(mean), math.exp(mean - half), math.exp(mean + half), n)
 
 
 def paired(runs: pd.DataFrame, model: str, config: str, baseline: str, column: str
@@ -102,15 +119,6 @@ def paired(runs: pd.DataFrame, model: str, config: str, baseline: str, column: s
     return a.merge(b, on="block", suffixes=("", "_base")).dropna()
 
 
-def _ratio(pairs: pd.DataFrame, column: str, seed: int) -> tuple[float, float, float]:
-    """Geometric mean of baseline / config over blocks, with its bootstrap interval."""
-    if pairs.empty:
-        return (np.nan, np.nan, np.nan)
-    logs = np.log(pairs[f"{column}_base"].to_numpy() / pairs[column].to_numpy())
-    lo, hi = bootstrap_ci(logs, np.mean, seed=seed)
-    return (float(np.exp(logs.mean())), float(np.exp(lo)), float(np.exp(hi)))
-
-
 def _iqr_rel(values: Iterable[float]) -> float:
     v = np.asarray(list(values), dtype=float)
     v = v[~np.isnan(v)]
@@ -120,54 +128,77 @@ def _iqr_rel(values: Iterable[float]) -> float:
     return float((q3 - q1) / med) if med > 0 else np.nan
 
 
-def summarize(table: pd.DataFrame, baseline: str, *, warmup_epochs: int | None = None,
-              iqr_warn: float = IQR_WARN, seed: int = 0, float_config: str | None = None
-              ) -> pd.DataFrame:
+def _speedups(runs: pd.DataFrame, model: str, config: str, baseline: str) -> dict:
+    row: dict[str, Any] = {}
+    for col in TIME_COLUMNS:
+        if col not in runs:
+            continue
+        name = "speedup" if col == "epoch_s" else f"speedup_{col[:-2]}"
+        pairs = paired(runs, model, config, baseline, col)
+        r, lo, hi, n = ratio_interval(pairs[f"{col}_base"], pairs[col])
+        row.update({name: r, f"{name}_lo": lo, f"{name}_hi": hi})
+        if col == "epoch_s":
+            row["n_pairs"] = n
+    return row
+
+
+def _accuracy(runs: pd.DataFrame, model: str, config: str, baseline: str, g: pd.DataFrame,
+              margin: float) -> dict:
+    from .equivalence import tost_paired
+
+    row: dict[str, Any] = {"top1_mean": float(g["top1"].mean()),
+                           "top1_std": float(g["top1"].std(ddof=1)) if len(g) > 1 else np.nan}
+    pairs = paired(runs, model, config, baseline, "top1")
+    diffs = (pairs["top1"] - pairs["top1_base"]).to_numpy(float)
+    row["top1_diff"] = float(diffs.mean()) if len(diffs) else np.nan
+    row["top1_diff_lo"] = row["top1_diff_hi"] = np.nan
+    if len(diffs) >= 2:
+        sd = diffs.std(ddof=1)
+        half = float(sps.t.ppf(0.975, len(diffs) - 1) * sd / math.sqrt(len(diffs)))
+        row["top1_diff_lo"], row["top1_diff_hi"] = row["top1_diff"] - half, \
+            row["top1_diff"] + half
+        row["equivalent"] = bool(tost_paired(diffs, margin).equivalent)
+    return row
+
+
+def _float_multiple(runs: pd.DataFrame, model: str, config: str, float_config: str) -> dict:
+    pairs = paired(runs, model, config, float_config, "step_s")
+    r, lo, hi, _ = ratio_interval(pairs["step_s"], pairs["step_s_base"])  # config / float
+    return {"float_multiple": r, "float_multiple_lo": lo, "float_multiple_hi": hi}
+
+
+def summarize(table: pd.DataFrame, baseline: str, *, iqr_warn: float = IQR_WARN,
+              float_config: str | None = None, margin: float = 1.0) -> pd.DataFrame:
     """Per (model, config) statistics against ``baseline`` (see the module docstring).
 
-    Speedups are baseline time / config time (> 1: the config is faster). With
-    ``float_config`` (a float-reference config), ``float_multiple`` is config step time /
-    float step time, paired within blocks.
+    Speedups are baseline time / config time (> 1: the config is faster); ``float_multiple``
+    is config step time / float step time, paired within blocks. ``margin`` is the top-1
+    equivalence margin in points.
     """
-    epochs = measured(table, warmup_epochs)
-    runs = run_level(table, warmup_epochs)
-    if float_config is None and "float_reference" in runs:
-        floats = runs.loc[runs["float_reference"].fillna(False).astype(bool), "config"]
+    epochs = measured(table)
+    runs = run_level(table)
+    if float_config is None and "float_reference" in runs and len(runs):
+        floats = runs.loc[runs["float_reference"].astype(bool), "config"]
         float_config = floats.iloc[0] if len(floats) else None
-    step_col = "step_s_median" if "step_s_median" in runs and \
-        runs["step_s_median"].notna().any() else "train_s"
     rows = []
     for (model, config), g in runs.groupby(["model", "config"], sort=False):
         e = epochs[(epochs["model"] == model) & (epochs["config"] == config)]
         row: dict[str, Any] = {"model": model, "config": config, "n_runs": len(g),
-                               "n_epochs": int(g["n_epochs"].sum())}
-        for col in TIME_COLUMNS:
-            row[f"{col}_median"] = float(e[col].median())
-        row["step_s_median"] = float(g[step_col].median())
-        row["iqr_rel"] = _iqr_rel(e["epoch_s"])
-        row["iqr_rel_train"] = _iqr_rel(e["train_s"])
-        for col in TIME_COLUMNS:
-            name = "speedup" if col == "epoch_s" else f"speedup_{col[:-2]}"
-            pairs = paired(runs, model, config, baseline, col)
-            row[name], row[f"{name}_lo"], row[f"{name}_hi"] = _ratio(pairs, col, seed)
-        row["n_pairs"] = len(paired(runs, model, config, baseline, "epoch_s"))
+                               "n_epochs": int(g["n_epochs"].sum()),
+                               "n_steps_timed": int(g["n_steps_timed"].sum())}
+        for col in TIME_COLUMNS + ("startup_s", "data_s"):
+            if col in g:
+                row[f"{col}_median"] = float(g[col].median())
+        row["iqr_rel"] = _iqr_rel(e["epoch_s"]) if "epoch_s" in e else np.nan
+        row.update(_speedups(runs, model, config, baseline))
         if "top1" in g:
-            row["top1_mean"] = float(g["top1"].mean())
-            row["top1_std"] = float(g["top1"].std(ddof=1)) if len(g) > 1 else np.nan
-            pairs = paired(runs, model, config, baseline, "top1")
-            diffs = (pairs["top1"] - pairs["top1_base"]).to_numpy()
-            row["top1_diff"] = float(diffs.mean()) if len(diffs) else np.nan
-            row["top1_diff_lo"], row["top1_diff_hi"] = bootstrap_ci(diffs, np.mean, seed=seed)
-        if "syncs_per_step" in g:
-            row["syncs_per_step"] = float(g["syncs_per_step"].median())
-        if "peak_mem_mb" in g:
-            row["peak_mem_mb"] = float(g["peak_mem_mb"].max())
+            row.update(_accuracy(runs, model, config, baseline, g, margin))
+        for col, how in (("syncs_per_step", "median"), ("peak_mem_mb", "max"),
+                         ("eval_images", "median"), ("pretrained_top1", "median")):
+            if col in g:
+                row[col] = float(getattr(g[col], how)())
         if float_config is not None:
-            pairs = paired(runs, model, config, float_config, step_col)
-            inv = _ratio(pairs, step_col, seed)  # float / config; invert to config / float
-            row["float_multiple"] = 1 / inv[0] if inv[0] else np.nan
-            row["float_multiple_lo"] = 1 / inv[2] if inv[2] else np.nan
-            row["float_multiple_hi"] = 1 / inv[1] if inv[1] else np.nan
+            row.update(_float_multiple(runs, model, config, float_config))
         row["wide_spread"] = bool(row["iqr_rel"] > iqr_warn) if not math.isnan(
             row["iqr_rel"]) else False
         rows.append(row)
@@ -198,7 +229,7 @@ def interactions_resolved(levels: dict[str, dict[str, int]], flags: list[str]) -
 
 def effects(table: pd.DataFrame, levels: dict[str, dict[str, int]], *,
             responses: tuple[str, ...] = ("epoch_s", "train_s", "eval_s", "top1"),
-            warmup_epochs: int | None = None, interactions: bool | None = None,
+            interactions: bool | None = None,
             level: float = 0.95) -> pd.DataFrame:
     """Effects of coded two-level flags, per model and response.
 
@@ -213,7 +244,7 @@ def effects(table: pd.DataFrame, levels: dict[str, dict[str, int]], *,
     flags = list(next(iter(levels.values())))
     if interactions is None:
         interactions = interactions_resolved(levels, flags)
-    runs = run_level(table, warmup_epochs)
+    runs = run_level(table)
     runs = runs[runs["config"].isin(levels)]
     codes = pd.DataFrame([{"config": c, **v} for c, v in levels.items()])
     runs = runs.merge(codes, on="config")
@@ -253,52 +284,3 @@ def effects(table: pd.DataFrame, levels: dict[str, dict[str, int]], *,
                                factor_hi=float(np.exp(-lo)))
                 out.append(row)
     return pd.DataFrame(out)
-
-
-def synthetic_runs(configs: dict[str, dict[str, Any]], *, models=("ivit_micro",),
-                   repeats: int = 4, epochs: int = 3, warmup_epochs: int = 1,
-                   base_time: float = 2.0, noise: float = 0.02, drift: float = 0.0,
-                   seed: int = 0, eval_share: float = 0.25) -> pd.DataFrame:
-    """A runner-shaped table with known effects, for tests and for developing reports.
-
-    ``configs`` maps name -> {"time": multiplier of base_time, "top1": accuracy (percent),
-    "flags": qvit.Flags (optional), "syncs": syncs per step, "float_reference": bool}.
-    Times get lognormal noise (sd ``noise``), a per-block factor and a linear ``drift`` over
-    run order; warm-up epochs are 3x slower.
-    """
-    rng = np.random.default_rng(seed)
-    names = list(configs)
-    rows = []
-    order_global = 0
-    for block in range(repeats):
-        block_factor = math.exp(rng.normal(0, noise))
-        order = rng.permutation(len(names) * len(models))
-        for pos, i in enumerate(order):
-            model, name = models[i // len(names)], names[i % len(names)]
-            c = configs[name]
-            flags = c.get("flags")
-            run_id = f"{model}-{name}-r{block}"
-            for epoch in range(epochs):
-                warm = epoch < warmup_epochs
-                t = base_time * c.get("time", 1.0) * block_factor * (1 + drift * order_global)
-                t *= math.exp(rng.normal(0, noise)) * (3.0 if warm else 1.0)
-                row = {"config": name, "model": model, "dataset": "digits", "repeat": block,
-                       "block": block, "order": pos, "seed": block, "epoch": epoch,
-                       "warmup": warm, "train_s": t * (1 - eval_share),
-                       "eval_s": t * eval_share, "images_per_s": 1000 / t,
-                       "step_s_median": t / 20, "peak_mem_mb": 100.0,
-                       "syncs_per_step": c.get("syncs", 1.0),
-                       "top1": c.get("top1", 80.0) + rng.normal(0, c.get("top1_sd", 0.5)),
-                       "top5": 0.99, "train_loss": 0.5, "eval_loss": 0.6, "status": "ok",
-                       "error": None, "run_id": run_id,
-                       "float_reference": bool(c.get("float_reference", False)),
-                       "compile_s": 0.0, "wall_s": t, "git_commit": "synthetic",
-                       "git_dirty": False, "torch_version": "synthetic",
-                       "timm_version": "", "cuda_version": None,
-                       "device_name": "cpu", "cpu_model": "synthetic CPU",
-                       "hostname": "synthetic"}
-                if flags is not None:
-                    row.update(flags.to_dict())
-                rows.append(row)
-            order_global += 1
-    return pd.DataFrame(rows)

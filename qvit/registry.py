@@ -204,3 +204,9 @@ def _float_shadow(model: QuantModel) -> nn.Module:
                                   **{k: v for k, v in model.arch.items()
                                      if k not in _VARIANTS[model.variant][1]
                                      or k == "img_size"})
+
+
+def check_model_args(name: str, num_classes: int, img_size: int | None) -> None:
+    """Refuse (ValueError) what `create_model` would refuse for these arguments, without
+    building the model."""
+    _check_common(name, num_classes, img_size)

@@ -1,0 +1,142 @@
+"""Step-interleaved measurement: the most precise method for what flags do to the arithmetic.
+
+In one process, every config of a design gets its own model (the same starting weights, the
+same pretrained start and calibration), its own optimizer, and the same batches. Then, round
+after round, each config takes one training step in turn, in an order shuffled per round
+(seeded); each step is timed alone (synced at both ends on CUDA). A round is a block: the
+statistics pair every config with the baseline within a round, so the machine's drift falls
+on all configs alike, and with dozens of rounds the intervals are narrow. Loop-level costs
+(data loading, workers, host reads, plots) are outside the step by construction: this
+method measures model arithmetic and the optimizer step only, and the report says so.
+
+Rows go to the runs table with ``method = "steps"``, one per (config, round).
+
+    python -m harness.interleave PAYLOAD.json OUT      # the child process (executors.spawn)
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import measure, records
+from .data import MEAN_STD, normalize_batch
+from .loop import build_optimizer, train_step
+from .runner import RunSpec, base_row, build_model, resolve_device, validate_spec
+from .settings import digest
+
+__all__ = ["Session", "session_run_ids", "measure_session", "main"]
+
+
+@dataclass(frozen=True)
+class Session:
+    """One interleaved measurement: the configs (RunSpecs, block/order ignored) of one model,
+    ``rounds`` timed rounds after ``warmup`` untimed ones."""
+
+    specs: tuple[RunSpec, ...]
+    rounds: int = 30
+    warmup: int = 3
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"specs": [s.to_dict() for s in self.specs], "rounds": self.rounds,
+                "warmup": self.warmup}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Session:
+        return cls(tuple(RunSpec.from_dict(s) for s in d["specs"]), d["rounds"], d["warmup"])
+
+    def run_id(self, spec: RunSpec, rnd: int) -> str:
+        key = digest({"run": spec.run_id, "rounds": self.rounds, "warmup": self.warmup,
+                      "configs": sorted(s.run_id for s in self.specs)})
+        return f"{spec.run_id}-steps-{key}-b{rnd}"
+
+
+def session_run_ids(session: Session) -> list[str]:
+    return [session.run_id(s, r) for s in session.specs for r in range(session.rounds)]
+
+
+def _models(session: Session, device: torch.device) -> tuple[list[tuple], Any]:
+    from .pretrained import start_from_pretrained
+
+    first = session.specs[0].settings
+    bundle = validate_spec(first)
+    out = []
+    for spec in session.specs:
+        torch.manual_seed(first.seed)  # every config starts from the same weights
+        model = build_model(spec).to(device)
+        if first.pretrained:
+            start_from_pretrained(model, spec, bundle, device)
+        model.train()
+        opt = build_optimizer(model, opt=first.opt, lr=first.lr,
+                              weight_decay=first.weight_decay,
+                              fused=spec.flags.fused_optimizer, device=device)
+        out.append((model, opt))
+    return out, bundle
+
+
+def _batches(bundle, settings, device: torch.device, n: int) -> list[tuple]:
+    g = torch.Generator().manual_seed(settings.seed)
+    x_all, y_all = bundle.train.all()
+    out = []
+    for _ in range(n):
+        idx = torch.randint(0, len(y_all), (settings.batch_size,), generator=g)
+        x = normalize_batch(x_all[idx].to(device), MEAN_STD[settings.dataset])
+        out.append((x, y_all[idx].to(device)))
+    return out
+
+
+def _timed_step(model, opt, x, y, device: torch.device) -> float:
+    measure.phase_boundary(device)
+    t0 = time.perf_counter()
+    train_step(model, x, y, optimizer=opt)
+    measure.phase_boundary(device)
+    return time.perf_counter() - t0
+
+
+def measure_session(session: Session, out_dir: str | Path) -> None:
+    """Run the session here; write one row per (config, round) to a shard per config."""
+    from .provenance import provenance
+
+    first = session.specs[0].settings
+    device = resolve_device(first.device)
+    if first.threads is not None:
+        torch.set_num_threads(first.threads)
+    pairs, bundle = _models(session, device)
+    batches = _batches(bundle, first, device, 8)
+    for r in range(session.warmup):
+        for model, opt in pairs:
+            _timed_step(model, opt, *batches[r % len(batches)], device)
+    times: dict[int, list[float]] = {i: [] for i in range(len(pairs))}
+    rng = random.Random(f"qvit-interleave:{first.seed}")
+    for r in range(session.rounds):
+        order = list(range(len(pairs)))
+        rng.shuffle(order)
+        for i in order:
+            times[i].append(_timed_step(*pairs[i], *batches[r % len(batches)], device))
+    prov = provenance(device, out_dir)
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    for i, spec in enumerate(session.specs):
+        rows = [{**base_row(spec, prov), "run_id": session.run_id(spec, r), "block": r,
+                 "repeat": r, "order": 0, "method": "steps", "epoch": 1, "warmup": False,
+                 "steps": 1, "train_s": t, "compute_s": t, "step_s_median": t,
+                 "step_times": json.dumps([t]), "ended": stamp, "status": "ok", "error": ""}
+                for r, t in enumerate(times[i])]
+        records.write_shard(out_dir, f"{spec.run_id}-steps", rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    payload, out = argv[0], argv[1]
+    measure_session(Session.from_dict(json.loads(Path(payload).read_text())), out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,106 @@
+"""Command-line options generated from a pydantic settings model, and one-line errors.
+
+A settings model (`harness.settings.RunSettings`, the parity config, ...) is the one
+declaration of its options: `add_options` gives every field a ``--kebab-case`` option with
+the field's description as help, `values_from_args` returns the options actually given (so a
+spec's values stay where the command line is silent), and the model validates them. No
+option has a default of its own: the model's default is the only one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import types
+import typing
+from typing import Any, Literal
+
+from pydantic import BaseModel, ValidationError
+
+__all__ = ["add_options", "values_from_args", "one_line", "closest", "unknown"]
+
+
+def closest(name: str, options) -> str:
+    """`` (did you mean 'x'?)`` for the option closest to ``name``, else ``""``."""
+    match = difflib.get_close_matches(str(name), [str(o) for o in options], n=1)
+    return f" (did you mean {match[0]!r}?)" if match else ""
+
+
+def unknown(what: str, name: Any, valid) -> ValueError:
+    """The one shape of an "unknown X" error: the closest match and the valid choices."""
+    valid = [str(v) for v in valid]
+    return ValueError(f"unknown {what} {name!r}{closest(name, valid)}; valid: "
+                      f"{', '.join(valid)}")
+
+
+def one_line(err: ValidationError, where: str = "", known=()) -> str:
+    """A pydantic error as one line per problem, joined: ``[run].epochs: must be >= 1 (got
+    0)``, with "did you mean" for unknown keys."""
+    parts = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"])
+        key = f"{where}.{loc}" if where and loc else (where or loc)
+        if e["type"] == "extra_forbidden":
+            parts.append(f"unknown key {key!r}{closest(str(e['loc'][-1]), known)}")
+        else:
+            parts.append(f"{key}: {e['msg'].lower()} (got {e.get('input')!r})")
+    return "; ".join(parts)
+
+
+def _strip_optional(tp):
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return tp
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def add_options(parser: argparse.ArgumentParser, model: type[BaseModel], *,
+                exclude: tuple[str, ...] = ()) -> None:
+    """One option per field of ``model`` (except ``exclude``): booleans as
+    ``--x/--no-x``, Literals as choices, ``None``-able fields accept ``none``."""
+    group = parser.add_argument_group(f"{model.__name__} (defaults: the model's)")
+    for name, field in model.model_fields.items():
+        if name in exclude:
+            continue
+        tp = _strip_optional(field.annotation)
+        nullable = tp is not field.annotation
+        default = field.default if field.default is not None else "none"
+        help_ = f"{field.description or ''} (default: {default})"
+        kw: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS, "help": help_}
+        if tp is bool:
+            group.add_argument(_flag(name), action=argparse.BooleanOptionalAction, **kw)
+            continue
+        if typing.get_origin(tp) is Literal:
+            choices = [str(c) for c in typing.get_args(tp)]
+            kw["choices"] = choices + (["none"] if nullable else [])
+            kw["type"] = str
+        elif tp in (int, float, str):
+            kw["type"] = _nullable(tp) if nullable else tp
+            kw["metavar"] = tp.__name__.upper()
+        else:
+            kw["type"] = str
+        group.add_argument(_flag(name), **kw)
+
+
+def _nullable(tp):
+    def convert(text: str):
+        return None if text.lower() == "none" else tp(text)
+
+    convert.__name__ = tp.__name__  # argparse names the type in its errors
+    return convert
+
+
+def values_from_args(model: type[BaseModel], args: argparse.Namespace) -> dict[str, Any]:
+    """The fields of ``model`` given on the command line (``none`` becomes None)."""
+    out = {}
+    for name in model.model_fields:
+        if hasattr(args, name):
+            value = getattr(args, name)
+            out[name] = None if isinstance(value, str) and value == "none" else value
+    return out

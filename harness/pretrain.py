@@ -1,0 +1,64 @@
+"""Making the float-pretrained start of a run (`harness.pretrained` loads it).
+
+    python -m harness pretrain --model ivit_micro [--dataset digits]   # make or find it
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from qvit import Flags
+
+from .pretrained import pretrain_settings, pretrained_path
+from .runner import RunSpec, train_in_memory
+from .settings import RunSettings
+
+__all__ = ["ensure_pretrained"]
+
+
+def ensure_pretrained(s: RunSettings, *, progress: bool = True) -> Path:
+    """The float checkpoint for ``s``: found in the cache, or made now (seconds to minutes,
+    with a progress bar); concurrent callers wait for one another."""
+    path = pretrained_path(s)
+    if path.is_file():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if path.is_file():  # made by another process while this one waited
+            return path
+        print(f"making the float-pretrained start of {s.model} on {s.dataset} "
+              f"({s.pretrain_epochs} epochs; cached in {path})", file=sys.stderr, flush=True)
+        spec = RunSpec("float-pretrain", Flags.preset("best"), pretrain_settings(s),
+                       float_reference=True)
+        model, rows = train_in_memory(spec, progress=progress)
+        state = {"model": model.state_dict(), "top1": float(rows[-1]["top1"]),
+                 "epochs": len(rows)}
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+        print(f"float {s.model} on {s.dataset}: held-out top-1 {state['top1']:.1f}%",
+              file=sys.stderr, flush=True)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m harness pretrain --model M [--dataset D] [--pretrain-epochs N] ...``"""
+    import argparse
+
+    from .options import add_options, values_from_args
+    from .safety import friendly_errors
+
+    p = argparse.ArgumentParser(prog="python -m harness pretrain", description=(
+        "Make (or find) the float-pretrained start of a model on a dataset: its float twin "
+        "trained on the training split, cached under $QVIT_CACHE (default ~/.cache/qvit)."))
+    add_options(p, RunSettings)
+    with friendly_errors():
+        settings = RunSettings(**values_from_args(RunSettings, p.parse_args(argv)))
+        print(ensure_pretrained(settings))
+    return 0

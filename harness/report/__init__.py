@@ -1,0 +1,137 @@
+"""Reports of ablation runs: ``<folder>/report.md`` with tables and seaborn figures.
+
+`build_report(folder)` reads the design the ablation saved (``design.json``: configs, run
+settings, and the run ids of this design) and the runs table, keeps the rows of this design's
+runs (rows of other identities are counted and named, never used), computes the statistics
+(`harness.stats`) and writes ``summary.csv``, the figures, ``report.md`` and ``report.json``,
+section by section (`sections.SECTIONS`). It writes only inside ``folder``. `write_index(root)`
+writes ``root/README.md`` listing the reports below a results root the user names:
+``python -m harness report --index results``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from .. import records, stats
+from ..ablate import read_design
+from . import sections
+from .fmt import md_table
+
+__all__ = ["build_report", "write_index", "load_design_table", "main", "md_table"]
+
+
+def load_design_table(folder: Path) -> tuple[dict[str, Any], pd.DataFrame, int]:
+    """(design, this design's rows, number of rows of other identities) of a folder."""
+    meta = read_design(folder)
+    if meta is None:
+        raise ValueError(f"{folder} has no design.json: `harness report` reads folders "
+                         f"written by `harness ablate` or `harness run`")
+    table = records.read_table(folder)
+    ids = set(meta.get("run_ids") or table["run_id"])
+    mine = table[table["run_id"].isin(ids)].reset_index(drop=True)
+    return meta, mine, len(table) - len(mine)
+
+
+def _device_type(table: pd.DataFrame) -> str:
+    names = [str(n) for n in table.get("device_name", pd.Series(dtype=str)).unique()]
+    return "cuda" if any(n and not n.startswith(("cpu", "Apple")) for n in names) else "cpu"
+
+
+def build_report(folder: str | Path) -> Path:
+    """Compute the statistics of ``folder``'s design and write its report (inside
+    ``folder`` only); returns the path of report.md."""
+    folder = Path(folder)
+    meta, table, ignored = load_design_table(folder)
+    order = [c.name for c in meta["configs"] if c.name in set(table["config"])]
+    rep = meta.get("report") or {}
+    ok = table[table["status"].fillna("ok") == "ok"]
+    summary = stats.summarize(ok if len(ok) else table, meta["baseline"],
+                              iqr_warn=rep.get("iqr_warn", stats.IQR_WARN),
+                              margin=rep.get("margin_pp", 1.0)) if len(ok) else pd.DataFrame()
+    title = rep.get("title") or f"Ablation: {meta['name']}"
+    lines = [f"# {title}\n", (meta.get("description") or "") + "\n"]
+    if summary.empty:  # every run failed: say so instead of a report of nothing
+        ctx = sections.Context(folder, meta, table, ignored, summary, order, None, "cpu")
+        body, _ = sections.warnings(ctx)
+        lines += ["No run finished an epoch; nothing to compare.\n", body]
+        return _write(folder, lines, sections.findings_json(meta["name"], title, ctx, []))
+    rank = {c: i for i, c in enumerate(order)}
+    summary = summary.sort_values(["model", "config"], key=lambda s: s.map(rank)
+                                  if s.name == "config" else s).reset_index(drop=True)
+    summary.to_csv(folder / "summary.csv", index=False)
+    parity = pd.read_csv(folder / "parity.csv") if (folder / "parity.csv").is_file() else None
+    ctx = sections.Context(folder, meta, table, ignored, summary, order, parity,
+                           _device_type(table))
+    findings: list[str] = []
+    body: list[str] = []
+    for section in sections.SECTIONS:
+        text, found = section(ctx)
+        findings += found
+        if text:
+            body.append(text)
+    lines += ["## Key findings\n", *[f"- {f}" for f in findings], "",
+              "## Setup\n", sections.setup(ctx), *body,
+              "## Raw tables\n\n- [runs.parquet](runs.parquet), [runs.csv](runs.csv) (every "
+              "epoch of every run)\n- [summary.csv](summary.csv) (per model x config)\n"
+              "- [design.json](design.json)\n"]
+    return _write(folder, lines, sections.findings_json(meta["name"], title, ctx, findings))
+
+
+def _write(folder: Path, lines: list[str], findings_json: str) -> Path:
+    path = folder / "report.md"
+    path.write_text("\n".join(lines))
+    (folder / "report.json").write_text(findings_json)
+    return path
+
+
+def write_index(root: str | Path) -> Path:
+    """``root/README.md``: one entry per report folder directly below ``root``."""
+    import json
+
+    root = Path(root)
+    entries = [(rj.parent.name, json.loads(rj.read_text()))
+               for rj in sorted(root.glob("*/report.json"))]
+    lines = ["# Results\n", "Reports written by `harness ablate` (one folder per spec in "
+             "`ablations/`); each says where its figures came from. Rebuild them from their "
+             "tables with `nox -s report`.\n"]
+    if entries:
+        lines += ["| report | design | models | machine | dates | commit |",
+                  "|---|---|---|---|---|---|"]
+        for name, info in entries:
+            lines.append(f"| [{info.get('title') or name}]({name}/report.md) | "
+                         f"{info.get('kind', '')} | {', '.join(info.get('models', []))} | "
+                         f"{info.get('machine') or ''} | {info.get('dates') or ''} | "
+                         f"{(info.get('commit') or '')[:10]} |")
+        lines.append("")
+        for name, info in entries:
+            if info.get("findings"):
+                lines.append(f"**{name}**: " + "; ".join(info["findings"]) + "\n")
+    else:
+        lines.append("_No reports yet._\n")
+    path = root / "README.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    from ..safety import friendly_errors
+
+    p = argparse.ArgumentParser(prog="python -m harness report",
+                                description="Rebuild reports from recorded tables.")
+    p.add_argument("dirs", nargs="+", help="report folders (written by harness ablate/run)")
+    p.add_argument("--index", metavar="ROOT", help="also write ROOT/README.md listing the "
+                   "reports in ROOT's subfolders (a results root you name)")
+    args = p.parse_args(argv)
+    with friendly_errors():
+        for d in map(Path, args.dirs):
+            if not d.is_dir():
+                raise ValueError(f"no folder {str(d)!r}")
+            print(f"report: {build_report(d)}")
+        if args.index:
+            print(f"index: {write_index(args.index)}")
+    return 0
