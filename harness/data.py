@@ -2,14 +2,20 @@
 normalizes on the device.
 
 * ``digits`` (default, embedded): scikit-learn's bundled handwritten digits (1797 8x8
-  images, 10 classes), upscaled to 32x32 RGB; a fixed, stratified train/val split. Works
-  offline with nothing but the installed packages.
+  images, 10 classes), upscaled to 32x32 RGB; a fixed, stratified split: every 5th image
+  of each class (in a fixed shuffle) is validation, 364 images (35-37 per class), the other
+  1433 train. Works offline with nothing but the installed packages.
 * ``cifar10`` / ``cifar100``: the CIFAR python archive layout (``cifar-10-batches-py``,
   ``cifar-100-python``) under ``--data-dir``; downloaded through torchvision where the
   network allows. Read by our own reader (torchvision's insists on the archive's md5).
 * ``imagefolder``: an ImageNet-layout tree, ``<data-dir>/train/<class>/*.jpg`` and
-  ``<data-dir>/val/<class>/*.jpg``; resized and center-cropped to the model's size.
+  ``<data-dir>/val/<class>/*.jpg``; resized and center-cropped to the model's size. Every
+  image of a split of at most 20000 files is checked up front (``safety.check_images``); an
+  unreadable one is named in one line before training.
 * ``synthetic``: random images at any resolution, for pure speed runs.
+
+`check_dataset` (from `harness.safety`, which imports no torch) validates a dataset's name,
+folder and layout without loading it.
 
 Batches come in the same order from the DataLoader (``num_workers`` processes) and from the
 device-preloaded path (``preload_to_device``): one permutation per epoch from the run's seed.
@@ -29,12 +35,21 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from .safety import CIFAR as _CIFAR
+from .safety import (
+    DATASETS,
+    IMG_EXTENSIONS,
+    check_dataset,
+    check_images,
+    imagefolder_layout,
+    unreadable_image,
+)
+from .safety import cifar_files as _cifar_files
+
 __all__ = ["DATASETS", "DataBundle", "load_dataset", "dataset_num_classes",
            "native_img_size", "check_labels", "Batches", "MEAN_STD", "normalize_batch",
-           "IMG_EXTENSIONS"]
+           "IMG_EXTENSIONS", "check_dataset", "DIGITS_TRAIN", "DIGITS_VAL"]
 
-DATASETS = ("digits", "cifar10", "cifar100", "imagefolder", "synthetic")
-IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 MEAN_STD = {
     "digits": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
@@ -42,12 +57,8 @@ MEAN_STD = {
     "imagefolder": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
     "synthetic": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
 }
-_CIFAR = {
-    "cifar10": dict(folder="cifar-10-batches-py", train=[f"data_batch_{i}" for i in range(1, 6)],
-                    test=["test_batch"], key="labels", classes=10),
-    "cifar100": dict(folder="cifar-100-python", train=["train"], test=["test"],
-                     key="fine_labels", classes=100),
-}
+DIGITS_TRAIN = 1433  # every 5th image of each class held out: 1433 train, 364 val
+DIGITS_VAL = 364
 SYNTHETIC_TRAIN = 8192
 SYNTHETIC_VAL = 1024
 _SYNTHETIC_POOL = 256  # distinct random images, indexed modulo (keeps memory small at 224)
@@ -94,8 +105,11 @@ class FolderImages(Dataset):
         from PIL import Image
 
         path, y = self.samples[i]
-        with Image.open(path) as im:
-            x = self.tf(im.convert("RGB"))
+        try:
+            with Image.open(path) as im:
+                x = self.tf(im.convert("RGB"))
+        except (OSError, ValueError, SyntaxError) as e:  # what PIL raises for a bad file
+            raise unreadable_image(path, e) from None
         return x, self.labels[i]
 
     def all(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -123,13 +137,14 @@ def _digits() -> DataBundle:
     x = F.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False)
     x = (x.clamp(0, 1) * 255).round().to(torch.uint8).expand(-1, 3, -1, -1).contiguous()
     y = torch.tensor(d.target, dtype=torch.long)
-    # stratified split: every 6th image of each class (in a fixed shuffle) is validation
+    # stratified split: every 5th image of each class (in a fixed shuffle) is validation,
+    # DIGITS_VAL = 364 images (35-37 per class), DIGITS_TRAIN = 1433
     rng = np.random.RandomState(0)
     val = np.zeros(len(y), dtype=bool)
     for c in range(10):
         idx = np.flatnonzero(d.target == c)
         rng.shuffle(idx)
-        val[idx[::6]] = True
+        val[idx[::5]] = True
     tr, va = torch.from_numpy(~val), torch.from_numpy(val)
     return DataBundle("digits", TensorImages(x[tr], y[tr]), TensorImages(x[va], y[va]),
                       10, 32, 0, 9)
@@ -160,9 +175,7 @@ def _read_cifar_file(path: Path, key: str) -> tuple[np.ndarray, np.ndarray]:
 def _cifar(name: str, data_dir: str | None, download: bool = True) -> DataBundle:
     meta = _CIFAR[name]
     root = Path(data_dir or "data")
-    folder = root / meta["folder"]
-    files = meta["train"] + meta["test"]
-    missing = [f for f in files if not (folder / f).is_file()]
+    folder, missing = _cifar_files(name, data_dir)
     if missing and download:
         try:
             import torchvision
@@ -175,10 +188,7 @@ def _cifar(name: str, data_dir: str | None, download: bool = True) -> DataBundle
                 f"{name} is not under {folder} (missing {', '.join(missing)}) and the download "
                 f"failed ({type(e).__name__}: {e}); pass --data-dir pointing at the folder "
                 f"that holds {meta['folder']}/ (the extracted python archive)") from None
-        missing = [f for f in files if not (folder / f).is_file()]
-    if missing:
-        raise ValueError(f"{name} is not under {folder}: missing {', '.join(missing)}; pass "
-                         f"--data-dir pointing at the folder that holds {meta['folder']}/")
+    check_dataset(name, data_dir, download=False)  # every file there, each a pickle
     parts = {}
     for split in ("train", "test"):
         arrays = [_read_cifar_file(folder / f, meta["key"]) for f in meta[split]]
@@ -192,41 +202,12 @@ def _cifar(name: str, data_dir: str | None, download: bool = True) -> DataBundle
 
 # --- ImageFolder ----------------------------------------------------------------------------
 
-def _folder_samples(root: Path, split: str) -> tuple[list[str], list[tuple[str, int]]]:
-    d = root / split
-    if not d.is_dir():
-        raise ValueError(f"imagefolder: {d} is missing; expected the ImageNet layout "
-                         f"{root}/train/<class>/<image> and {root}/val/<class>/<image>")
-    classes = sorted(p.name for p in d.iterdir() if p.is_dir())
-    if not classes:
-        raise ValueError(f"imagefolder: {d} has no class folders; expected "
-                         f"{d}/<class>/<image> ({', '.join(IMG_EXTENSIONS)})")
-    samples = []
-    for i, c in enumerate(classes):
-        for p in sorted((d / c).rglob("*")):
-            if p.is_file() and p.suffix.lower() in IMG_EXTENSIONS:
-                samples.append((str(p), i))
-    if not samples:
-        raise ValueError(f"imagefolder: no images under {d}/<class>/ (looked for "
-                         f"{', '.join(IMG_EXTENSIONS)})")
-    return classes, samples
-
-
 def _imagefolder(data_dir: str | None, img_size: int) -> DataBundle:
-    if not data_dir:
-        raise ValueError("--dataset imagefolder needs --data-dir (a folder with train/ and "
-                         "val/, each holding one sub-folder per class)")
-    root = Path(data_dir)
-    if not root.is_dir():
-        raise ValueError(f"imagefolder: data directory {root} does not exist")
-    train_classes, train = _folder_samples(root, "train")
-    val_classes, val = _folder_samples(root, "val")
-    if train_classes != val_classes:
-        only = sorted(set(train_classes) ^ set(val_classes))
-        raise ValueError(f"imagefolder: train/ and val/ must hold the same class folders; "
-                         f"these are in only one of them: {only[:10]}")
+    classes, train, val = imagefolder_layout(data_dir)
+    check_images(train)  # every file opened up front (a split of <= 20000; larger: lazily)
+    check_images(val)
     return DataBundle("imagefolder", FolderImages(train, img_size), FolderImages(val, img_size),
-                      len(train_classes), img_size, 0, len(train_classes) - 1)
+                      len(classes), img_size, 0, len(classes) - 1)
 
 
 # --- synthetic --------------------------------------------------------------------------------
@@ -256,9 +237,7 @@ def dataset_num_classes(dataset: str, data_dir: str | None = None) -> int:
     if dataset == "cifar100":
         return 100
     if dataset == "imagefolder":
-        if not data_dir or not (Path(data_dir) / "train").is_dir():
-            _imagefolder(data_dir, 32)  # raises the clear error
-        return len(_folder_samples(Path(data_dir), "train")[0])
+        return len(imagefolder_layout(data_dir)[0])
     raise ValueError(f"unknown dataset {dataset!r}; valid: {', '.join(DATASETS)}")
 
 

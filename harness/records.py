@@ -1,13 +1,24 @@
-"""The runs table: one row per (run, epoch), as pandas, in ``<out>/runs.parquet`` (the
-source of truth) and ``<out>/runs.csv``.
+"""The runs table: one row per (run, epoch), as pandas, in ``<out>/runs.parquet`` and
+``<out>/runs.csv`` (two copies of one table; each recovers the other).
 
 Every write is a read-modify-atomic-replace under a lock file, so a crash loses at most the
-epoch in flight and concurrent writers on one machine do not interleave. A cluster executor
-that cannot share one file writes one shard per run, ``<out>/shards/<run_id>.parquet``
-(`write_shard`), and `merge_shards` folds them into the table.
+epoch in flight and concurrent writers on one machine do not interleave. Tables are written
+with mode ``0o666 & ~umask`` (0644 under the usual umask), like every other output.
+
+Reading takes ``runs.parquet``; when it is missing, truncated or otherwise unreadable and
+``runs.csv`` is intact, the csv is read instead, one line says so, and the parquet is
+rewritten from it (and the other way round). A surviving copy is never replaced by one with
+fewer rows; when neither copy can be read, a ValueError names both files.
+
+A cluster executor that cannot share one file writes one shard per run,
+``<out>/shards/<run_id>.parquet`` (`write_shard`), and `merge_shards` folds them into the
+table (the one shard merge: a shard replaces its run's rows, a finished run is never replaced
+by an unfinished redo, merging twice changes nothing).
 
 The columns come from `columns()`: the run's identity, one column per flag (named exactly as
-the flag, from `qvit.Flags.specs()`), the measurements, the status and the provenance.
+the flag, from `qvit.Flags.specs()`), the measurements, the status and the provenance. A new
+column is one entry in `ID_COLUMNS` or `METRIC_COLUMNS`; tables written before it existed
+stay readable (`normalize` fills it: "" / False / NaN).
 """
 
 from __future__ import annotations
@@ -15,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import sys
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -26,10 +38,11 @@ from qvit import Flags
 
 from .provenance import PROVENANCE_COLUMNS
 
-__all__ = ["STATUSES", "ID_COLUMNS", "METRIC_COLUMNS", "columns", "empty_table",
-           "append_rows", "read_table", "drop_run", "write_shard", "merge_shards",
-           "normalize", "finished_run_ids", "TABLE", "CSV", "run_rows", "append_shard_rows",
-           "drop_shard_rows_after", "resumable_epochs", "table_with_shards", "discard_run"]
+__all__ = ["STATUSES", "FINAL_STATUSES", "ID_COLUMNS", "METRIC_COLUMNS", "columns",
+           "empty_table", "append_rows", "read_table", "drop_run", "drop_epochs_after",
+           "write_shard", "read_shard", "merge_shards", "current_rows", "normalize",
+           "run_finished", "finished_run_ids", "resumable_epochs", "TABLE", "CSV", "run_rows",
+           "append_shard_rows", "drop_shard_rows_after", "discard_run"]
 
 TABLE = "runs.parquet"
 CSV = "runs.csv"
@@ -70,32 +83,32 @@ def empty_table() -> pd.DataFrame:
     return pd.DataFrame({c: pd.Series(dtype=d) for c, d in columns().items()})
 
 
+def _filler(dtype: str, n: int, index) -> pd.Series:
+    value = {"string": "", "bool": False}.get(dtype, np.nan)
+    return pd.Series([value] * n, index=index)
+
+
 def normalize(df: pd.DataFrame) -> pd.DataFrame:
     """The table's columns in order with their dtypes; missing ones are filled (NaN, "" or
-    False: rows from a code version that lacked a flag), unknown ones (a flag added by a
+    False: rows from a code version that lacked a column), unknown ones (a flag added by a
     newer version, in a table shared across commits) are kept after the known ones."""
     cols = columns()
-    extra = [c for c in df.columns if c not in cols]
     out = {}
     for c, dtype in cols.items():
-        if c in df.columns:
-            s = df[c]
-        elif dtype == "string":
-            s = pd.Series([""] * len(df), index=df.index)
-        elif dtype == "bool":
-            s = pd.Series([False] * len(df), index=df.index)
-        else:
-            s = pd.Series([np.nan] * len(df), index=df.index)
+        s = df[c] if c in df.columns else _filler(dtype, len(df), df.index)
         if dtype == "string":
             s = s.fillna("").astype(str)
         elif dtype == "int64":
             dtype = "Int64"  # nullable: an absent int (steps of a failed epoch) is <NA>,
             # and the column keeps one dtype whether or not the table holds such a row
         out[c] = s.astype(dtype)
-    for c in extra:
-        out[c] = df[c]
+    for c in df.columns:
+        if c not in cols:
+            out[c] = df[c]
     return pd.DataFrame(out, index=df.index).reset_index(drop=True)
 
+
+# --- files: lock, atomic write with the umask's mode, reading with recovery -------------------
 
 @contextlib.contextmanager
 def _locked(out_dir: Path) -> Iterator[None]:
@@ -108,10 +121,24 @@ def _locked(out_dir: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+def _umask() -> int:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # no /proc: read it by setting it (and put it back at once)
+    os.umask(mask)
+    return mask
+
+
 def _atomic_write(df: pd.DataFrame, path: Path, fmt: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; tables are shared like the rest
+        os.close(fd)
+        fd = -1
         if fmt == "parquet":
             df.to_parquet(tmp, index=False)
         else:
@@ -120,15 +147,79 @@ def _atomic_write(df: pd.DataFrame, path: Path, fmt: str) -> None:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
+        if fd >= 0:
+            os.close(fd)
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
 
 
+def _read_csv(path: Path) -> pd.DataFrame:
+    text_end = b""
+    with open(path, "rb") as fh:
+        if fh.seek(0, os.SEEK_END):
+            fh.seek(-1, os.SEEK_END)
+            text_end = fh.read(1)
+    if text_end != b"\n":  # to_csv ends every line: a file without one was cut short
+        raise ValueError("truncated: the last line is incomplete")
+    cols = columns()
+    strings = {c: str for c, d in cols.items() if d == "string"}
+    na = {c: [""] for c, d in cols.items() if d != "string"}  # "" is NA except in text
+    df = pd.read_csv(path, dtype=strings, keep_default_na=False, na_values=na)
+    if "run_id" not in df.columns or "epoch" not in df.columns:
+        raise ValueError("no run_id/epoch columns: not a runs table")
+    return df
+
+
+def _try_read(path: Path, fmt: str) -> tuple[pd.DataFrame | None, str | None]:
+    """(table, None), (None, None) when the file is absent, or (None, why unreadable)."""
+    if not path.exists():
+        return None, None
+    try:
+        df = pd.read_parquet(path) if fmt == "parquet" else _read_csv(path)
+        return normalize(df), None
+    except Exception as e:  # noqa: BLE001 - pyarrow and pandas raise many kinds for a bad file
+        return None, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:200]
+
+
+_warned: set[str] = set()
+
+
+def _say_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        print(f"[records] {message}", file=sys.stderr)
+
+
+def _load(out_dir: Path) -> tuple[pd.DataFrame, bool]:
+    """The table, and whether one copy must be rewritten from the other (the copy read is
+    the readable one with the most rows; the parquet on a tie)."""
+    pq, pq_err = _try_read(out_dir / TABLE, "parquet")
+    csv, csv_err = _try_read(out_dir / CSV, "csv")
+    if pq is None and csv is None:
+        if pq_err is None and csv_err is None:
+            return empty_table(), False
+        raise ValueError(
+            f"{out_dir / TABLE}: {pq_err or 'missing'}; {out_dir / CSV}: {csv_err or 'missing'}"
+            f"; neither copy of the runs table can be read: restore one of them (from a backup"
+            f" or git), or move both away to start a new table (finished runs are then redone)")
+    if csv is not None and (pq is None or len(csv) > len(pq)):
+        why = pq_err or ("missing" if pq is None else f"{len(pq)} rows only")
+        _say_once(f"{TABLE} unreadable ({why}); recovered {len(csv)} rows from {CSV} in "
+                  f"{out_dir}")
+        return csv, True
+    if csv is None or len(csv) < len(pq):
+        why = csv_err or ("missing" if csv is None else f"{len(csv)} rows only")
+        _say_once(f"{CSV} unreadable ({why}); rewriting it from {TABLE} ({len(pq)} rows) in "
+                  f"{out_dir}")
+        return pq, True
+    return pq, False
+
+
 def _read(path: Path) -> pd.DataFrame:
-    if not path.is_file():
-        return empty_table()
-    return normalize(pd.read_parquet(path))
+    """Deprecated (executors.merge until it uses `merge_shards`): the table of ``path``'s
+    folder, recovered as `read_table` does, without rewriting."""
+    return _load(path.parent)[0]
 
 
 def _write(out_dir: Path, df: pd.DataFrame) -> None:
@@ -145,8 +236,29 @@ def _concat(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
 
 
 def read_table(out_dir: str | os.PathLike) -> pd.DataFrame:
-    """The table in ``out_dir`` (empty, with every column, if there is none yet)."""
-    return _read(Path(out_dir) / TABLE)
+    """The table in ``out_dir`` (empty, with every column, if there is none yet). A copy
+    that is missing or unreadable is recovered from the other and rewritten (where the
+    folder can be written; reading never needs that)."""
+    out_dir = Path(out_dir)
+    df, repair = _load(out_dir)
+    if repair:
+        with contextlib.suppress(OSError), _locked(out_dir):
+            df, repair = _load(out_dir)  # again under the lock: a writer may have finished
+            if repair:
+                _write(out_dir, df)
+    return df
+
+
+@contextlib.contextmanager
+def _update(out_dir: Path) -> Iterator[list[pd.DataFrame]]:
+    """Under the lock: yields [table]; what the body leaves in the list is written (always
+    when a copy needed recovery or there is no table yet, else only when it changed)."""
+    with _locked(out_dir):
+        df, repair = _load(out_dir)
+        box = [df]
+        yield box
+        if repair or box[0] is not df or not (out_dir / TABLE).exists():
+            _write(out_dir, box[0])
 
 
 def append_rows(out_dir: str | os.PathLike, rows: Iterable[dict]) -> pd.DataFrame:
@@ -154,28 +266,69 @@ def append_rows(out_dir: str | os.PathLike, rows: Iterable[dict]) -> pd.DataFram
     (run_id, epoch). Atomic: readers see the old table or the new one, never half."""
     out_dir = Path(out_dir)
     new = normalize(pd.DataFrame(list(rows)))
-    with _locked(out_dir):
-        df = _read(out_dir / TABLE)
-        if len(new):
-            keys = set(zip(new["run_id"], new["epoch"], strict=False))
-            keep = [k not in keys for k in zip(df["run_id"], df["epoch"], strict=False)]
-            df = _concat(df[keep], new)
-        _write(out_dir, df)
-    return df
+    with _update(out_dir) as box:
+        df = box[0]
+        keys = set(zip(new["run_id"], new["epoch"], strict=True))
+        keep = [k not in keys for k in zip(df["run_id"], df["epoch"], strict=True)]
+        box[0] = _concat(df[keep], new)
+    return box[0]
+
+
+def _drop(out_dir: Path, mask_of) -> int:
+    if not (out_dir / TABLE).exists() and not (out_dir / CSV).exists():
+        return 0
+    with _update(out_dir) as box:
+        mask = mask_of(box[0])
+        if mask.any():
+            box[0] = box[0][~mask].reset_index(drop=True)
+    return int(mask.sum())
 
 
 def drop_run(out_dir: str | os.PathLike, run_id: str) -> int:
     """Remove every row of ``run_id`` (before it is redone); returns how many went."""
-    out_dir = Path(out_dir)
-    if not (out_dir / TABLE).is_file():
-        return 0
-    with _locked(out_dir):
-        df = _read(out_dir / TABLE)
-        mask = df["run_id"] == run_id
-        if mask.any():
-            _write(out_dir, df[~mask])
-        return int(mask.sum())
+    return _drop(Path(out_dir), lambda df: df["run_id"] == run_id)
 
+
+def drop_epochs_after(out_dir: str | os.PathLike, run_id: str, epoch: int) -> int:
+    """Remove the rows of ``run_id`` after ``epoch`` (a run resumed from the checkpoint of
+    ``epoch`` redoes the later ones); returns how many went."""
+    return _drop(Path(out_dir), lambda df: (df["run_id"] == run_id) &
+                 (df["epoch"].astype("float64") > epoch))
+
+
+# --- resume -------------------------------------------------------------------------------------
+
+def run_finished(rows: pd.DataFrame, epochs: int | None = None) -> bool:
+    """Whether the rows of one run need no redo: every epoch 1..epochs recorded "ok", or it
+    ended in oom/nan. ``epochs`` None: as many as the rows reach."""
+    if not len(rows):
+        return False
+    if rows["status"].isin(FINAL_STATUSES).any():
+        return True
+    n = int(rows["epoch"].max()) if epochs is None else epochs
+    return bool((rows["status"] == "ok").all()) and \
+        set(rows["epoch"].astype(int)) >= set(range(1, n + 1))
+
+
+def finished_run_ids(table: pd.DataFrame, epochs: dict[str, int]) -> set[str]:
+    """Runs that need no redo (`run_finished`). ``epochs`` maps run_id to its number of
+    epochs; runs not in it are left out."""
+    return {run_id for run_id, rows in table.groupby("run_id")
+            if run_id in epochs and run_finished(rows, epochs[run_id])}
+
+
+def resumable_epochs(table: pd.DataFrame, run_id: str) -> int:
+    """How many epochs of ``run_id``, counted from epoch 1 without a gap, finished "ok": a
+    run resumed from the checkpoint of that epoch continues with the next one."""
+    rows = table[table["run_id"] == run_id]
+    ok = set(rows.loc[rows["status"] == "ok", "epoch"].astype(int))
+    k = 0
+    while k + 1 in ok:
+        k += 1
+    return k
+
+
+# --- shards -------------------------------------------------------------------------------------
 
 def write_shard(out_dir: str | os.PathLike, run_id: str, rows: list[dict]) -> Path:
     """Write all rows so far of one run to ``<out>/shards/<run_id>.parquet`` (atomic)."""
@@ -186,54 +339,78 @@ def write_shard(out_dir: str | os.PathLike, run_id: str, rows: list[dict]) -> Pa
     return path
 
 
-def _shards(out_dir: Path) -> list[Path]:
+def read_shard(path: str | os.PathLike) -> pd.DataFrame | None:
+    """A shard's rows, or None (said in one line) when the file cannot be read."""
+    df, err = _try_read(Path(path), "parquet")
+    if err is not None:
+        _say_once(f"skipping unreadable shard {path}: {err}")
+    return df
+
+
+def _overlay(table: pd.DataFrame, shards: Iterable[Path], epochs: dict[str, int],
+             only_finished: bool) -> tuple[pd.DataFrame, list[Path]]:
+    used = []
+    for path in shards:
+        part = read_shard(path)
+        if part is None:
+            continue
+        runs = list(part.groupby("run_id", sort=False))
+        if only_finished and not all(run_finished(new, epochs.get(r)) for r, new in runs):
+            continue
+        used.append(path)
+        for run_id, new in runs:
+            old = table[table["run_id"] == run_id]
+            n = epochs.get(run_id)
+            if run_finished(old, n) and not run_finished(new, n):
+                continue  # a redo that died does not replace the finished run
+            table = _concat(table[table["run_id"] != run_id], new)
+    return table, used
+
+
+def _shard_paths(out_dir: Path) -> list[Path]:
     return sorted((out_dir / "shards").glob("*.parquet"))
 
 
-def table_with_shards(out_dir: str | os.PathLike) -> pd.DataFrame:
+def current_rows(out_dir: str | os.PathLike, epochs: dict[str, int] | None = None
+                 ) -> pd.DataFrame:
     """What the table will hold once the shards are merged (reads only)."""
     out_dir = Path(out_dir)
-    df = read_table(out_dir)
-    for path in _shards(out_dir):
-        part = normalize(pd.read_parquet(path))
-        df = _concat(df[~df["run_id"].isin(set(part["run_id"]))], part)
-    return df
+    return _overlay(read_table(out_dir), _shard_paths(out_dir), epochs or {}, False)[0]
 
 
-def merge_shards(out_dir: str | os.PathLike, *, remove: bool = True) -> pd.DataFrame:
-    """Fold every shard into the table (one atomic replace under the table's lock): a
-    shard holds every row of its run so far and replaces the table's rows of that run.
-    ``remove`` deletes the merged shards (only when no process writes them any more)."""
+def merge_shards(out_dir: str | os.PathLike, epochs: dict[str, int] | None = None, *,
+                 only_finished: bool = False, remove: bool = False) -> pd.DataFrame:
+    """Fold the shards into the table (one atomic replace under the table's lock) and
+    return it. A shard holds all rows of its run so far and replaces the table's rows of
+    that run, except that a run the table holds finished is kept against an unfinished shard
+    (a redo that died). ``epochs`` (run_id -> epochs) says when a run is finished (default:
+    as far as its rows reach). ``only_finished``: merge only shards whose runs are finished
+    (the others stay, for a job still writing them). ``remove``: delete the merged shards
+    (only when no job writes them any more: a job replaces its shard each epoch). Unreadable
+    shards are left in place and said. Merging again changes nothing."""
     out_dir = Path(out_dir)
-    with _locked(out_dir):
-        shards = _shards(out_dir)
-        df = _read(out_dir / TABLE)
-        for path in shards:
-            part = normalize(pd.read_parquet(path))
-            df = _concat(df[~df["run_id"].isin(set(part["run_id"]))], part)
-        if shards or not (out_dir / TABLE).is_file():
-            _write(out_dir, df)
-        if remove:
-            for path in shards:
-                path.unlink()
-    return df
+    with _update(out_dir) as box:
+        shards = _shard_paths(out_dir)
+        if shards:
+            box[0], used = _overlay(box[0], shards, epochs or {}, only_finished)
+        else:
+            used = []
+    if remove:
+        for path in used:
+            path.unlink(missing_ok=True)
+    return box[0]
 
 
-def discard_run(out_dir: str | os.PathLike, run_id: str) -> None:
-    """Forget a run that is to be redone whole: its rows, shard and checkpoint."""
-    out_dir = Path(out_dir)
-    (out_dir / "shards" / f"{run_id}.parquet").unlink(missing_ok=True)
-    (out_dir / "checkpoints" / f"{run_id}.pt").unlink(missing_ok=True)
-    drop_run(out_dir, run_id)
-
+# --- one run's rows while it runs (its shard) --------------------------------------------------
 
 def run_rows(out_dir: str | os.PathLike, run_id: str) -> pd.DataFrame:
     """Every row of one run so far: its shard while it has one, else the table's rows."""
     path = Path(out_dir) / "shards" / f"{run_id}.parquet"
-    if path.is_file():
-        return normalize(pd.read_parquet(path))
-    table = read_table(out_dir)
-    return table[table["run_id"] == run_id].reset_index(drop=True)
+    rows = read_shard(path) if path.is_file() else None
+    if rows is None:
+        table = read_table(out_dir)
+        rows = table[table["run_id"] == run_id]
+    return rows.reset_index(drop=True)
 
 
 def append_shard_rows(out_dir: str | os.PathLike, run_id: str, rows: list[dict]) -> None:
@@ -251,26 +428,9 @@ def drop_shard_rows_after(out_dir: str | os.PathLike, run_id: str, epoch: int) -
         write_shard(out_dir, run_id, rows[rows["epoch"] <= epoch].to_dict("records"))
 
 
-def resumable_epochs(rows: pd.DataFrame, run_id: str) -> int:
-    """How many epochs of the run, from epoch 1 on, finished "ok" without a gap."""
-    rows = rows[(rows["run_id"] == run_id) & (rows["status"] == "ok")]
-    have = set(rows["epoch"].astype(int))
-    n = 0
-    while n + 1 in have:
-        n += 1
-    return n
-
-
-def finished_run_ids(table: pd.DataFrame, epochs: dict[str, int]) -> set[str]:
-    """Runs that need no redo: every epoch recorded "ok", or ended in oom/nan.
-    ``epochs`` maps run_id to its number of epochs."""
-    done = set()
-    for run_id, rows in table.groupby("run_id"):
-        if run_id not in epochs:
-            continue
-        if rows["status"].isin(FINAL_STATUSES).any():
-            done.add(run_id)
-        elif (rows["status"] == "ok").all() and \
-                set(rows["epoch"].astype(int)) >= set(range(1, epochs[run_id] + 1)):
-            done.add(run_id)
-    return done
+def discard_run(out_dir: str | os.PathLike, run_id: str) -> None:
+    """Forget a run that is to be redone whole: its rows, shard and checkpoint."""
+    out_dir = Path(out_dir)
+    (out_dir / "shards" / f"{run_id}.parquet").unlink(missing_ok=True)
+    (out_dir / "checkpoints" / f"{run_id}.pt").unlink(missing_ok=True)
+    drop_run(out_dir, run_id)

@@ -93,11 +93,46 @@ def test_imagefolder_bad_trees(tmp_path):
     with pytest.raises(ValueError, match="same class folders"):
         data.load_dataset("imagefolder", data_dir=str(tmp_path / "b"), img_size=24,
                           num_classes=2)
+    with pytest.raises(ValueError, match="same class folders"):
+        data.check_dataset("imagefolder", str(tmp_path / "b"))  # the same, without loading
+    with pytest.raises(ValueError, match="unknown dataset 'mnist'"):
+        data.check_dataset("mnist")
+
+
+def test_unreadable_images_named_up_front_and_lazily(tmp_path):
+    _write_folder(tmp_path)
+    bad = tmp_path / "val" / "bee" / "0.jpg"
+    bad.write_bytes(bad.read_bytes()[:200])  # a JPEG cut short: PIL's verify() passes it
+    with pytest.raises(ValueError, match=rf"^unreadable image {bad} \(.*\): remove or replace"):
+        data.load_dataset("imagefolder", data_dir=str(tmp_path), img_size=24, num_classes=2)
+    from harness import safety
+
+    assert safety.check_images([(str(bad), 0)], limit=0) is False  # too many: left to loading
+    _, train, val = safety.imagefolder_layout(tmp_path)
+    ds = data.FolderImages(val, 24)
+    i = [p for p, _ in val].index(str(bad))
+    with pytest.raises(ValueError, match=f"unreadable image {bad}"):
+        ds[i]
+
+
+def test_cifar_checked_without_loading(tmp_path):
+    from harness import safety
+
+    with pytest.raises(ValueError, match="pass --data-dir"):
+        safety.check_dataset("cifar10", tmp_path)
+    safety.check_dataset("cifar10", tmp_path, download=True)  # missing: loading downloads
+    _write_cifar(tmp_path)
+    safety.check_dataset("cifar10", tmp_path)
+    (tmp_path / "cifar-10-batches-py" / "test_batch").write_bytes(b"<html>oops</html>")
+    with pytest.raises(ValueError, match="test_batch is not a CIFAR python batch"):
+        safety.check_dataset("cifar10", tmp_path)
 
 
 def test_digits_and_synthetic():
     b = data.load_dataset("digits", img_size=32, num_classes=10)
-    assert len(b.train) + len(b.val) == 1797 and len(b.val) > 250
+    assert (len(b.train), len(b.val)) == (data.DIGITS_TRAIN, data.DIGITS_VAL) == (1433, 364)
+    counts = torch.bincount(b.val.labels, minlength=10)
+    assert int(counts.min()) >= 35 and int(counts.max()) <= 37  # every 5th of each class
     assert b.train.images.shape[1:] == (3, 32, 32)
     b2 = data.load_dataset("digits", img_size=32, num_classes=10)
     assert torch.equal(b.val.images, b2.val.images)  # deterministic split

@@ -70,8 +70,56 @@ def test_shards_merge_into_the_table(tmp_path):
     records.append_rows(tmp_path, [_row("a", 1), _row("b", 1, top1=1.0)])
     records.write_shard(tmp_path, "b", [_row("b", 1, top1=2.0), _row("b", 2, top1=3.0)])
     records.write_shard(tmp_path, "c", [_row("c", 1)])
+    assert len(records.current_rows(tmp_path)) == 4  # reads only
+    assert len(records.read_table(tmp_path)) == 2
     t = records.merge_shards(tmp_path)
     pairs = sorted(zip(t["run_id"], t["epoch"], strict=True))
     assert pairs == [("a", 1), ("b", 1), ("b", 2), ("c", 1)]
     assert list(t[t["run_id"] == "b"]["top1"]) == [2.0, 3.0]
+    assert len(list((tmp_path / "shards").glob("*.parquet"))) == 2  # kept: jobs may write
+    again = records.merge_shards(tmp_path, remove=True)  # idempotent
+    assert again.equals(t) and records.read_table(tmp_path).equals(t)
     assert not list((tmp_path / "shards").glob("*.parquet"))
+
+
+def test_merge_keeps_a_finished_run_and_merges_only_finished_when_asked(tmp_path):
+    records.append_rows(tmp_path, [_row("a", 1), _row("a", 2)])
+    records.write_shard(tmp_path, "a", [_row("a", 1, top1=7.0)])  # a redo that died
+    records.write_shard(tmp_path, "b", [_row("b", 1)])  # still running (2 epochs)
+    records.write_shard(tmp_path, "c", [_row("c", 1), _row("c", 2)])
+    (tmp_path / "shards" / "d.parquet").write_bytes(b"garbage")
+    t = records.merge_shards(tmp_path, {"a": 2, "b": 2, "c": 2}, only_finished=True,
+                             remove=True)
+    assert sorted(set(t["run_id"])) == ["a", "c"]
+    assert list(t[t["run_id"] == "a"]["top1"]) == [50.0, 50.0]
+    left = sorted(p.name for p in (tmp_path / "shards").glob("*.parquet"))
+    assert left == ["a.parquet", "b.parquet", "d.parquet"]  # a: unfinished; d: unreadable
+    t = records.merge_shards(tmp_path, {"a": 2, "b": 2})
+    assert sorted(set(t["run_id"])) == ["a", "b", "c"]
+
+
+def test_resumable_epochs_and_drop_epochs_after(tmp_path):
+    records.append_rows(tmp_path, [_row("a", 1), _row("a", 2), _row("a", 3, status="error"),
+                                   _row("a", 4), _row("b", 2), _row("c", 1)])
+    t = records.read_table(tmp_path)
+    assert records.resumable_epochs(t, "a") == 2  # epoch 3 failed: resume after 2
+    assert records.resumable_epochs(t, "b") == 0  # no epoch 1
+    assert records.resumable_epochs(t, "zz") == 0
+    assert records.drop_epochs_after(tmp_path, "a", 2) == 2
+    t = records.read_table(tmp_path)
+    assert sorted(zip(t["run_id"], t["epoch"], strict=True)) == [
+        ("a", 1), ("a", 2), ("b", 2), ("c", 1)]
+    assert records.drop_epochs_after(tmp_path, "a", 2) == 0
+    assert records.drop_epochs_after(tmp_path / "none", "a", 0) == 0
+
+
+def test_a_new_column_is_one_entry_and_old_tables_stay_readable(tmp_path, monkeypatch):
+    records.append_rows(tmp_path, [_row("old")])
+    monkeypatch.setitem(records.ID_COLUMNS, "identity", "string")
+    assert "identity" in records.columns()
+    t = records.read_table(tmp_path)
+    assert list(t.columns) == list(records.columns()) and list(t["identity"]) == [""]
+    t = records.append_rows(tmp_path, [_row("new", identity="abc123")])
+    assert list(t["identity"]) == ["", "abc123"]
+    csv = pd.read_csv(tmp_path / "runs.csv", keep_default_na=False)
+    assert list(csv["identity"]) == ["", "abc123"]

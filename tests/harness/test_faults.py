@@ -1,0 +1,332 @@
+"""Fault injection: what the harness's files and entry points do when the disk, the folder,
+another process or the data misbehaves (issue 11). Small tables, no training.
+
+Covered here: each copy of the runs table recovers the other (missing, truncated, garbage,
+stale); tables honour the umask; two processes contending for one output folder; disk full
+during a write; a read-only or forbidden output folder; a corrupt image in an ImageFolder.
+"""
+
+import errno
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from harness import records, safety
+from qvit import Flags
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _row(run_id="r1", epoch=1, **kw):
+    row = dict(run_id=run_id, config="seed", model="m", dataset="digits", repeat=0, seed=0,
+               block=0, order=0, epoch=epoch, warmup=epoch == 1, steps=3, train_s=2.71,
+               eval_s=0.5, top1=50.0, status="ok", git_commit="1234e567", error="")
+    row.update(Flags.preset("seed").to_dict())
+    row.update(kw)
+    return row
+
+
+def _table(tmp_path, n=3):
+    return records.append_rows(tmp_path, [_row(f"r{i}", 1, train_s=1.0 + i) for i in range(n)])
+
+
+# --- each table recovers from the other ----------------------------------------------------
+
+def _break(path: Path, how: str) -> None:
+    if how == "missing":
+        path.unlink()
+    elif how == "truncated":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    else:
+        path.write_bytes(b"\x00garbage, not a table\x00")
+
+
+@pytest.mark.parametrize("how", ["missing", "truncated", "garbage"])
+def test_parquet_recovered_from_csv(tmp_path, capsys, how):
+    before = _table(tmp_path)
+    csv_bytes = (tmp_path / records.CSV).read_bytes()
+    _break(tmp_path / records.TABLE, how)
+    t = records.read_table(tmp_path)
+    pd.testing.assert_frame_equal(t, before)  # dtypes too (the commit stays a string)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "runs.parquet unreadable (" in err[0]
+    assert "); recovered 3 rows from runs.csv" in err[0]
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / records.TABLE).pipe(
+        records.normalize), before)  # rewritten from the csv
+    assert (tmp_path / records.CSV).read_bytes() == csv_bytes  # the survivor is untouched
+    records.read_table(tmp_path)
+    assert capsys.readouterr().err == ""  # said once: nothing left to recover
+
+
+def test_a_run_after_a_lost_parquet_keeps_the_csv_rows(tmp_path):
+    """The issue's case: parquet gone, the next write must not replace runs.csv with fewer
+    rows (train_s 2.71 became 9.85)."""
+    _table(tmp_path)
+    (tmp_path / records.TABLE).unlink()
+    t = records.append_rows(tmp_path, [_row("new", 1, train_s=9.85)])
+    assert sorted(t["run_id"]) == ["new", "r0", "r1", "r2"]
+    csv = pd.read_csv(tmp_path / records.CSV)
+    assert sorted(csv["run_id"]) == ["new", "r0", "r1", "r2"]
+    assert list(csv.sort_values("run_id")["train_s"]) == [9.85, 1.0, 2.0, 3.0]
+
+
+def test_a_stale_copy_never_replaces_the_one_with_more_rows(tmp_path):
+    records.append_rows(tmp_path, [_row("a")])
+    old = (tmp_path / records.TABLE).read_bytes()
+    records.append_rows(tmp_path, [_row("b")])
+    (tmp_path / records.TABLE).write_bytes(old)  # e.g. restored from an older copy
+    assert sorted(records.read_table(tmp_path)["run_id"]) == ["a", "b"]
+    assert len(pd.read_parquet(tmp_path / records.TABLE)) == 2
+
+
+@pytest.mark.parametrize("how", ["missing", "truncated", "garbage"])
+def test_csv_recovered_from_parquet(tmp_path, capsys, how):
+    before = _table(tmp_path)
+    _break(tmp_path / records.CSV, how)
+    pd.testing.assert_frame_equal(records.read_table(tmp_path), before)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "runs.csv unreadable (" in err[0] and "3 rows" in err[0]
+    assert len(pd.read_csv(tmp_path / records.CSV)) == 3
+
+
+def test_both_copies_unreadable_is_one_clear_error(tmp_path):
+    _table(tmp_path)
+    _break(tmp_path / records.TABLE, "truncated")
+    _break(tmp_path / records.CSV, "garbage")
+    with pytest.raises(ValueError) as info:
+        records.read_table(tmp_path)
+    msg = str(info.value)
+    assert str(tmp_path / "runs.parquet") in msg and str(tmp_path / "runs.csv") in msg
+    assert "restore one of them" in msg and "\n" not in msg
+    with pytest.raises(ValueError):
+        records.append_rows(tmp_path, [_row("x")])  # nothing is written over them either
+    assert (tmp_path / records.CSV).read_bytes().startswith(b"\x00garbage")
+
+
+# --- permissions -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o027, 0o640)])
+def test_tables_are_written_with_the_umask(tmp_path, umask, mode):
+    old = os.umask(umask)
+    try:
+        _table(tmp_path, 1)
+        records.write_shard(tmp_path, "s", [_row("s")])
+    finally:
+        os.umask(old)
+    for path in (tmp_path / records.TABLE, tmp_path / records.CSV,
+                 tmp_path / "shards" / "s.parquet"):
+        assert path.stat().st_mode & 0o777 == mode, path
+
+
+# --- one sweep per output folder -------------------------------------------------------------
+
+def _python(code: str, *args: str, **kw) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code), *args], env=env,
+                            text=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, **kw)
+
+
+_HOLD = """
+    import sys
+    from harness.safety import owned_dir_lock
+    with owned_dir_lock(sys.argv[1]):
+        print("held", flush=True)
+        sys.stdin.read()
+"""
+
+
+def test_second_process_is_refused_while_the_first_holds_the_folder(tmp_path):
+    holder = _python(_HOLD, str(tmp_path))
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(safety.OutDirBusy) as info:
+            with safety.owned_dir_lock(tmp_path):
+                pytest.fail("a second holder got in")
+        msg = str(info.value)
+        assert f"is in use by pid {holder.pid} on " in msg and "(command " in msg
+        assert msg.endswith("wait for it to finish or use another --out") and "\n" not in msg
+        assert f"pid={holder.pid}" in (tmp_path / safety.LOCK_NAME).read_text()  # unaffected
+    finally:
+        holder.communicate("", timeout=60)
+    assert holder.returncode == 0  # the first one finished normally
+    with safety.owned_dir_lock(tmp_path):  # and the folder is free again
+        assert f"pid={os.getpid()}" in (tmp_path / safety.LOCK_NAME).read_text()
+        with safety.owned_dir_lock(tmp_path):  # re-entrant within one process
+            pass
+
+
+def test_a_lock_left_by_a_killed_process_is_taken_over(tmp_path):
+    holder = _python(_HOLD, str(tmp_path))
+    assert holder.stdout.readline().strip() == "held"
+    holder.kill()  # SIGKILL: no cleanup, the lock file stays with its pid in it
+    holder.communicate(timeout=60)
+    assert f"pid={holder.pid}" in (tmp_path / safety.LOCK_NAME).read_text()
+    with safety.owned_dir_lock(tmp_path):
+        assert f"pid={os.getpid()}" in (tmp_path / safety.LOCK_NAME).read_text()
+
+
+def test_the_refused_cli_says_one_line_and_leaves_the_holder_alone(tmp_path):
+    cli = """
+        import sys
+        from harness.safety import friendly_errors, owned_dir_lock
+
+        @friendly_errors
+        def main(argv):
+            with owned_dir_lock(argv[0]):
+                print("ran", flush=True)
+            return 0
+
+        sys.exit(main(sys.argv[1:]))
+    """
+    with safety.owned_dir_lock(tmp_path):
+        out, err = _python(cli, str(tmp_path)).communicate("", timeout=60)
+        assert out == "" and err.count("\n") == 1 and "Traceback" not in err
+        assert f"is in use by pid {os.getpid()}" in err
+        assert f"pid={os.getpid()}" in (tmp_path / safety.LOCK_NAME).read_text()
+
+
+def test_safety_imports_nothing_heavy():
+    code = """
+        import sys
+        import harness.safety
+        print(sorted({"torch", "timm", "pandas", "numpy"} & set(sys.modules)))
+    """
+    out, err = _python(code).communicate("", timeout=60)
+    assert out.strip() == "[]", err
+
+
+# --- disk full ------------------------------------------------------------------------------
+
+def _disk_full(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+@pytest.mark.parametrize("writer", ["to_parquet", "to_csv"])
+def test_disk_full_keeps_the_table(tmp_path, monkeypatch, capsys, writer):
+    _table(tmp_path)
+    before = {p: p.read_bytes() for p in (tmp_path / records.TABLE, tmp_path / records.CSV)}
+    monkeypatch.setattr(pd.DataFrame, writer, _disk_full)
+
+    @safety.friendly_errors(tmp_path)
+    def main(argv):
+        records.append_rows(tmp_path, [_row("new")])
+        return 0
+
+    assert main([]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("disk full while writing ")
+    assert "the table keeps every finished epoch; free space and rerun the same command" in err
+    assert not list(tmp_path.glob(".*.tmp"))  # no half-written file left behind
+    monkeypatch.undo()
+    if writer == "to_parquet":  # nothing was replaced
+        assert {p: p.read_bytes() for p in before} == before
+    t = records.read_table(tmp_path)  # csv behind the parquet: brought level, nothing lost
+    assert {"r0", "r1", "r2"} <= set(t["run_id"])
+    assert len(pd.read_csv(tmp_path / records.CSV)) == len(t)
+
+
+def test_friendly_errors_codes_and_what_propagates(tmp_path, capsys):
+    def fails(exc):
+        @safety.friendly_errors(tmp_path)
+        def main(argv):
+            raise exc
+        return main([])
+
+    assert fails(KeyboardInterrupt()) == 130
+    assert capsys.readouterr().err == (f"interrupted; finished runs are kept in {tmp_path}; "
+                                       f"rerun the same command to resume\n")
+    assert fails(ValueError("stages = [2, 3] is not a list of stage names")) == 2
+    assert capsys.readouterr().err == "error: stages = [2, 3] is not a list of stage names\n"
+    wrapped = RuntimeError("writer died")
+    wrapped.__cause__ = OSError(errno.ENOSPC, "No space left on device", "/x/runs.csv")
+    assert fails(wrapped) == 1  # the disk-full cause is found behind a wrapper
+    assert capsys.readouterr().err.startswith("disk full while writing /x/runs.csv;")
+    assert fails(OSError(errno.EROFS, "Read-only file system", "/ro/runs.csv")) == 1
+    assert capsys.readouterr().err.startswith("cannot write /ro/runs.csv (Read-only file")
+    with pytest.raises(RuntimeError, match="a bug"):
+        fails(RuntimeError("a bug"))  # not the user's to fix: the traceback stays
+    with pytest.raises(FileNotFoundError):
+        fails(FileNotFoundError(errno.ENOENT, "gone"))
+    with pytest.raises(SystemExit) as info, safety.friendly_errors() as fe:
+        fe.what = tmp_path / "later"
+        raise KeyboardInterrupt
+    assert info.value.code == 130 and "kept in " + str(tmp_path / "later") in \
+        capsys.readouterr().err
+
+
+# --- the output folder -----------------------------------------------------------------------
+
+def test_out_naming_a_file_is_refused(tmp_path):
+    f = tmp_path / "results.txt"
+    f.write_text("keep me")
+    with pytest.raises(ValueError, match=r"^--out .*results.txt is an existing file, not a"):
+        safety.check_out_dir(f)
+    assert f.read_text() == "keep me"
+    assert safety.check_out_dir(tmp_path / "a" / "b") == tmp_path / "a" / "b"
+    assert (tmp_path / "a" / "b").is_dir() and not list((tmp_path / "a" / "b").iterdir())
+
+
+def test_unwritable_out_refused_simulated(tmp_path, monkeypatch):
+    """Simulated (tests run as root, who ignores permission bits): creating the probe file
+    fails as on a read-only file system. Checks the message, not the kernel."""
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(safety.tempfile, "mkstemp", read_only)
+    with pytest.raises(ValueError, match=r"^--out .* is not writable \(Read-only file system\)"):
+        safety.check_out_dir(tmp_path)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores permission bits")
+def test_unwritable_out_refused_by_permissions(tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir(mode=0o555)
+    try:
+        with pytest.raises(ValueError, match="is not writable"):
+            safety.check_out_dir(ro)
+        with pytest.raises(ValueError, match="cannot be created"):
+            safety.check_out_dir(ro / "sub")
+    finally:
+        ro.chmod(0o755)
+
+
+@pytest.mark.skipif(not Path("/sys/kernel").is_dir(), reason="no sysfs")
+def test_unwritable_out_refused_by_the_kernel():
+    """Real refusals, even for root: sysfs takes no new files or folders."""
+    with pytest.raises(ValueError, match=r"^--out /sys/kernel is not writable \("):
+        safety.check_out_dir("/sys/kernel")
+    with pytest.raises(ValueError, match=r"^--out /sys/harness-out cannot be created \("):
+        safety.check_out_dir("/sys/harness-out")
+
+
+# --- a corrupt image -----------------------------------------------------------------------------
+
+def test_corrupt_image_named_before_anything_loads(tmp_path):
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for c in ("ant", "bee"):
+            (tmp_path / split / c).mkdir(parents=True)
+            for i in range(2):
+                Image.new("RGB", (8, 8), (i * 50, 0, 0)).save(tmp_path / split / c / f"{i}.png")
+    good = tmp_path / "train" / "bee" / "1.png"
+    shutil.copy(good, tmp_path / "train" / "bee" / "2.png")
+    safety.check_dataset("imagefolder", tmp_path)
+    bad = tmp_path / "train" / "bee" / "3.jpg"
+    bad.write_bytes(b"this is not an image")
+    with pytest.raises(ValueError) as info:
+        safety.check_dataset("imagefolder", tmp_path)
+    assert str(info.value).startswith(f"unreadable image {bad} (")
+    assert str(info.value).endswith("): remove or replace it") and "\n" not in str(info.value)
+    bad.unlink()
+    cut = tmp_path / "val" / "ant" / "0.png"
+    cut.write_bytes(cut.read_bytes()[:-20])  # a PNG cut short
+    with pytest.raises(ValueError, match=f"^unreadable image {cut} "):
+        safety.check_dataset("imagefolder", tmp_path)
