@@ -22,8 +22,9 @@ def tests(session):
 
 @nox.session
 def ablate(session):
-    """Run an ablation spec (default: the seed timeline on the micro models) and write its
-    report to results/<spec name>/. Arguments after `--` go to the harness, e.g.
+    """Run an ablation spec (default: the seed timeline on the micro models) on this machine
+    and write its report to runs/<spec name>/ (the committed reference results stay in
+    results/ and are shown beside). Arguments after `--` go to the harness, e.g.
     `nox -s ablate -- ablations/one_at_a_time.toml --device cuda`."""
     _install(session)
     args = list(session.posargs)
@@ -34,9 +35,15 @@ def ablate(session):
 
 @nox.session
 def report(session):
-    """Rebuild reports from the recorded tables (all of results/, or the folders given)."""
+    """Rebuild reports from the recorded tables (every report folder in results/ and its
+    index, or the folders given)."""
     _install(session)
-    session.run("python", "-m", "harness", "report", *(session.posargs or ["results"]))
+    import glob
+
+    folders = session.posargs or sorted(p.rsplit("/", 1)[0]
+                                        for p in glob.glob("results/*/design.json"))
+    index = [] if session.posargs else ["--index", "results"]
+    session.run("python", "-m", "harness", "report", *folders, *index)
 
 
 @nox.session

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .options import add_options, values_from_args
+from .safety import friendly_errors
 from .settings import RunSettings
 
 __all__ = ["main", "run_parser", "ablate_parser", "spec_from_args", "prepare_ablate"]
@@ -84,25 +85,21 @@ def spec_from_args(args):
                                   "aa_control": args.aa_control}})
 
 
+@friendly_errors
 def cmd_run(argv: list[str]) -> int:
+    from . import records
     from .executor_options import options_from
     from .pipeline import run_spec
-    from .safety import friendly_errors
 
-    with friendly_errors():
-        args = run_parser().parse_args(argv)
-        spec = spec_from_args(args)
-        path = run_spec(spec, Path(args.out), options_from(None, args))
-        print(f"report: {path}")
-        from . import records
-
-        table = records.read_table(args.out)
-        bad = table[table["status"] != "ok"]
-        for _, r in bad.iterrows():
-            last = str(r["error"]).splitlines()[-1] if r["error"] else ""
-            print(f"run {r['run_id']} epoch {r['epoch']}: {r['status']}: {last}",
-                  file=sys.stderr)
-        return 1 if len(bad) else 0
+    args = run_parser().parse_args(argv)
+    spec = spec_from_args(args)
+    print(f"report: {run_spec(spec, Path(args.out), options_from(None, args))}")
+    table = records.read_table(args.out)
+    bad = table[table["status"] != "ok"]
+    for _, r in bad.iterrows():
+        last = str(r["error"]).splitlines()[-1] if r["error"] else ""
+        print(f"run {r['run_id']} epoch {r['epoch']}: {r['status']}: {last}", file=sys.stderr)
+    return 1 if len(bad) else 0
 
 
 def ablate_parser() -> argparse.ArgumentParser:
@@ -125,34 +122,31 @@ def ablate_parser() -> argparse.ArgumentParser:
 def prepare_ablate(argv: list[str] | None) -> tuple[Any, Any, Path, argparse.Namespace]:
     """Parse and validate everything (no torch yet): the spec, the executor, the folder."""
     from .ablate import load_spec
+    from .executor_options import options_from
 
     args = ablate_parser().parse_args(argv)
     spec = load_spec(args.spec)
     models = tuple(m.strip() for m in args.models.split(",")) if args.models else None
     spec = spec.replace(models=models, repeats=args.repeats,
                         **values_from_args(RunSettings, args))
-    from .executor_options import options_from
-
     executor = options_from(spec.executor, args)
     out = Path(args.out) if args.out else Path("runs") / spec.name
     return spec, executor, out, args
 
 
+@friendly_errors
 def cmd_ablate(argv: list[str]) -> int:
     from .ablate import design_configs, format_plan, plan
-    from .safety import friendly_errors
+    from .pipeline import run_spec
 
-    with friendly_errors():
-        spec, executor, out, args = prepare_ablate(argv)
-        configs = design_configs(spec)
-        print(format_plan(spec, configs, plan(spec, configs)))
-        if args.dry_run:
-            return 0
-        from .pipeline import run_spec
-
-        path = run_spec(spec, out, executor, report=not args.no_report)
-        if path is not None:
-            print(f"report: {path}")
+    spec, executor, out, args = prepare_ablate(argv)
+    configs = design_configs(spec)
+    print(format_plan(spec, configs, plan(spec, configs)))
+    if args.dry_run:
+        return 0
+    path = run_spec(spec, out, executor, report=not args.no_report)
+    if path is not None:
+        print(f"report: {path}")
     return 0
 
 

@@ -185,7 +185,7 @@ def run_block(spec_dicts: list[dict], out_dir: str, progress: bool = False) -> d
     block = blocks.pop()
     prov = provenance(specs[0].settings.device.replace("auto", "cpu"), out)
     me = (prov["hostname"], prov["device_name"])
-    state = records.table_with_shards(out)
+    state = records.current_rows(out)
     done = _finished_ids(state, specs)
     others = _identity(state[state["run_id"].isin(done)]) - {me}
     todo = specs if others else [s for s in specs if s.run_id not in done]
@@ -371,7 +371,7 @@ def run_sweep(specs: list, out_dir: str | os.PathLike,
     say = _log if progress else (lambda msg: None)
     if options.kind in CLUSTER_EXECUTORS:
         _check_no_active_jobs(out, options.kind)
-    table = records.merge_shards(out)  # what an earlier, killed sweep left in shards
+    table = records.merge_shards(out, remove=True)  # what a killed earlier sweep left
     todo = blocks_needing_work(table, specs)
     blocks = _by_block(specs)
     say(f"{len(blocks)} blocks, {len(blocks) - len(todo)} finished already; "
@@ -382,9 +382,9 @@ def run_sweep(specs: list, out_dir: str | os.PathLike,
         else:
             for b in todo:
                 run_block([s.to_dict() for s in blocks[b]], str(out), progress=progress)
-                records.merge_shards(out)
+                records.merge_shards(out, remove=True)
     finally:
-        records.merge_shards(out)
+        records.merge_shards(out, remove=True)
     table = records.read_table(out)
     left = blocks_needing_work(table, specs)
     if left:
@@ -400,7 +400,7 @@ def run_interleaved(sessions: list, out_dir: str | os.PathLike, *, progress: boo
     from .interleave import session_run_ids
 
     out = Path(out_dir).resolve()
-    have = set(records.merge_shards(out)["run_id"])
+    have = set(records.merge_shards(out, remove=True)["run_id"])
     for i, session in enumerate(sessions):
         if set(session_run_ids(session)) <= have:
             continue
@@ -409,7 +409,7 @@ def run_interleaved(sessions: list, out_dir: str | os.PathLike, *, progress: boo
              f"{session.rounds} rounds") if progress else None
         rc = spawn("harness.interleave", session.to_dict(), out,
                    out / JOBS_DIR / f"steps{i}", progress=False)
-        records.merge_shards(out)
+        records.merge_shards(out, remove=True)
         if rc != 0:
             _log(f"step-interleaved session {i} ({model}) failed (exit {rc}); its rows are "
                  f"missing from the report; rerun to retry")

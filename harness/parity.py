@@ -57,6 +57,11 @@ from qvit import Flags
 from qvit import primitives as P
 from qvit.modules import QuantAct
 
+# the parity columns a report shows (parity.csv keeps them all)
+SHOWN_COLUMNS = ("model", "flag", "from_value", "to_value", "expected_class", "measured_class",
+                 "match", "forward_max_steps", "forward_frac_differ", "grad_rel_diff",
+                 "params_equal_after_k", "deployment_frac_differ")
+
 __all__ = [
     "PARITY_COLUMNS", "DEFAULT_BOUND", "ParityConfig", "Baseline", "measure_flag",
     "prepare_baseline", "parity_table", "loop_parity_rows", "optimizer_step_parity",

@@ -6,7 +6,7 @@ import io
 import os
 from pathlib import Path
 
-__all__ = ["plot_learning_curves"]
+__all__ = ["plot_learning_curves", "warm_up"]
 
 
 def plot_learning_curves(history: list[dict], path: str | os.PathLike | None, title: str
@@ -42,3 +42,11 @@ def plot_learning_curves(history: list[dict], path: str | os.PathLike | None, ti
     plt.close(fig)
     os.replace(tmp, path)
     return path
+
+
+def warm_up() -> None:
+    """Import matplotlib and render one figure, so that its one-time costs (imports, font
+    cache) fall on no run: a process runs a whole block, and the first run to plot would
+    pay them otherwise."""
+    plot_learning_curves([{"epoch": 1, "train_loss": 1.0, "eval_loss": 1.0, "top1": 0.0,
+                           "top5": 0.0}], None, "warm-up")

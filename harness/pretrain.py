@@ -16,6 +16,7 @@ from qvit import Flags
 
 from .pretrained import pretrain_settings, pretrained_path
 from .runner import RunSpec, train_in_memory
+from .safety import friendly_errors
 from .settings import RunSettings
 
 __all__ = ["ensure_pretrained"]
@@ -47,18 +48,17 @@ def ensure_pretrained(s: RunSettings, *, progress: bool = True) -> Path:
     return path
 
 
+@friendly_errors
 def main(argv: list[str] | None = None) -> int:
     """``python -m harness pretrain --model M [--dataset D] [--pretrain-epochs N] ...``"""
     import argparse
 
     from .options import add_options, values_from_args
-    from .safety import friendly_errors
 
     p = argparse.ArgumentParser(prog="python -m harness pretrain", description=(
         "Make (or find) the float-pretrained start of a model on a dataset: its float twin "
         "trained on the training split, cached under $QVIT_CACHE (default ~/.cache/qvit)."))
     add_options(p, RunSettings)
-    with friendly_errors():
-        settings = RunSettings(**values_from_args(RunSettings, p.parse_args(argv)))
-        print(ensure_pretrained(settings))
+    settings = RunSettings(**values_from_args(RunSettings, p.parse_args(argv)))
+    print(ensure_pretrained(settings))
     return 0

@@ -476,6 +476,9 @@ def execute_block(specs: list[RunSpec], out_dir: str | os.PathLike, *,
                   inflight: Path | None = None, progress: bool = False) -> None:
     """The runs of one block, in their order, in this process; ``inflight`` names the run
     under way (for the parent to blame if this process dies)."""
+    from .plots import warm_up
+
+    warm_up()
     for spec in sorted(specs, key=lambda s: s.order):
         if inflight is not None:
             inflight.write_text(json.dumps({"run_id": spec.run_id, "pid": os.getpid()}))

@@ -151,13 +151,14 @@ def _accuracy(runs: pd.DataFrame, model: str, config: str, baseline: str, g: pd.
     pairs = paired(runs, model, config, baseline, "top1")
     diffs = (pairs["top1"] - pairs["top1_base"]).to_numpy(float)
     row["top1_diff"] = float(diffs.mean()) if len(diffs) else np.nan
-    row["top1_diff_lo"] = row["top1_diff_hi"] = np.nan
+    row["top1_diff_lo"] = row["top1_diff_hi"] = row["equivalent"] = np.nan
     if len(diffs) >= 2:
         sd = diffs.std(ddof=1)
         half = float(sps.t.ppf(0.975, len(diffs) - 1) * sd / math.sqrt(len(diffs)))
         row["top1_diff_lo"], row["top1_diff_hi"] = row["top1_diff"] - half, \
             row["top1_diff"] + half
-        row["equivalent"] = bool(tost_paired(diffs, margin).equivalent)
+        p, _ = tost_paired(diffs, margin)
+        row["equivalent"] = bool(p < 0.05)
     return row
 
 

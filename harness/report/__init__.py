@@ -19,6 +19,7 @@ import pandas as pd
 
 from .. import records, stats
 from ..ablate import read_design
+from ..safety import friendly_errors
 from . import sections
 from .fmt import md_table
 
@@ -118,20 +119,18 @@ def write_index(root: str | Path) -> Path:
     return path
 
 
+@friendly_errors
 def main(argv: list[str] | None = None) -> int:
-    from ..safety import friendly_errors
-
     p = argparse.ArgumentParser(prog="python -m harness report",
                                 description="Rebuild reports from recorded tables.")
     p.add_argument("dirs", nargs="+", help="report folders (written by harness ablate/run)")
     p.add_argument("--index", metavar="ROOT", help="also write ROOT/README.md listing the "
                    "reports in ROOT's subfolders (a results root you name)")
     args = p.parse_args(argv)
-    with friendly_errors():
-        for d in map(Path, args.dirs):
-            if not d.is_dir():
-                raise ValueError(f"no folder {str(d)!r}")
-            print(f"report: {build_report(d)}")
-        if args.index:
-            print(f"index: {write_index(args.index)}")
+    for d in map(Path, args.dirs):
+        if not d.is_dir():
+            raise ValueError(f"no folder {str(d)!r}")
+        print(f"report: {build_report(d)}")
+    if args.index:
+        print(f"index: {write_index(args.index)}")
     return 0
