@@ -57,7 +57,7 @@ SEED_MINUTES = (38.0, 20.0, 15.0, 12.0, 10.5, 10.0)
 
 
 class _Table(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class ConfigEntry(_Table):
@@ -76,7 +76,7 @@ class DesignTable(_Table):
     baseline: str | None = None
     flags: list[str] | None = None
     values: dict[str, bool | int | str] = {}
-    levels: dict[str, tuple[bool | int | str, bool | int | str]] = {}
+    levels: dict[str, list[bool | int | str]] = {}
     stages: list[list[int]] = [list(s) for s in SEED_STAGES]
     stage_names: list[str] = list(SEED_STAGE_NAMES)
     method: Literal["plackett_burman", "resolution_iv"] = "plackett_burman"
@@ -100,7 +100,7 @@ class SweepTable(_Table):
     """The keys of ``[run]`` that are about the sweep, not a run."""
 
     models: list[str] = Field(min_length=1)
-    repeats: int = Field(5, ge=1, description="repeat blocks (>= 2 for intervals)")
+    repeats: int = Field(5, ge=1, description="repeat blocks (>= 2: intervals need two)")
     methods: list[Literal["epochs", "steps"]] = Field(
         ["epochs"], min_length=1, description="epochs: whole epochs per run (what a user "
         "waits for); steps: step-interleaved in one process (model arithmetic, precise)")
@@ -215,8 +215,11 @@ def _validated(model: type[BaseModel], data: Any, where: str) -> Any:
         raise ValueError(one_line(e, where, known=model.model_fields)) from None
 
 
-def parse_spec(data: dict[str, Any], source: str | None = None) -> AblationSpec:
-    """Validate a spec given as a dict (the parsed TOML) and build an `AblationSpec`."""
+def parse_spec(data: dict[str, Any], source: str | None = None, *, min_repeats: int = 2
+               ) -> AblationSpec:
+    """Validate a spec given as a dict (the parsed TOML) and build an `AblationSpec`. A
+    design compares with intervals, which need ``min_repeats`` >= 2 blocks (`harness run`
+    asks for 1: a quick look, reported without intervals)."""
     if not isinstance(data, dict):
         raise ValueError("a spec is a TOML table")
     top = _validated(SpecFile, data, "spec")
@@ -227,6 +230,9 @@ def parse_spec(data: dict[str, Any], source: str | None = None) -> AblationSpec:
     for key in run:
         if key not in run_keys:
             raise unknown("key in [run]", key, sorted(run_keys | set(SweepTable.model_fields)))
+    if sweep.repeats < min_repeats:
+        raise ValueError(f"[run].repeats = {sweep.repeats} gives no intervals: a design "
+                         f"needs >= {min_repeats} blocks (5 for reference results)")
     settings = _validated(RunSettings, {**run, "model": sweep.models[0]}, "[run]")
     if top.executor:
         parse_options(top.executor)  # ValueError naming what would be right
@@ -247,9 +253,13 @@ def parse_spec(data: dict[str, Any], source: str | None = None) -> AblationSpec:
 
 
 def _validate_run(spec: AblationSpec) -> None:
+    from qvit.variants import model_names
+
     if len(set(spec.models)) != len(spec.models):
         raise ValueError(f"[run].models lists a model twice: {list(spec.models)}")
     for m in spec.models:
+        if ":" not in m and m not in model_names():
+            raise unknown("model", m, model_names())
         spec.settings.replace(model=m)
 
 
@@ -266,7 +276,7 @@ def _validate_design(spec: AblationSpec) -> None:
     for name, pair in spec.levels.items():
         if name not in names:
             raise unknown("flag in [design.levels]", name, names)
-        if pair[0] == pair[1]:
+        if len(pair) != 2 or pair[0] == pair[1]:
             raise ValueError(f"[design.levels].{name} must be two different values "
                              f"[low, high], got {list(pair)!r}")
         for v in pair:

@@ -82,7 +82,7 @@ def spec_from_args(args):
                        "description": "harness run " + " ".join(sys.argv[2:]),
                        "run": {**settings, "models": [model], "repeats": args.repeats},
                        "design": {"kind": "configs", "configs": _configs(args),
-                                  "aa_control": args.aa_control}})
+                                  "aa_control": args.aa_control}}, min_repeats=1)
 
 
 @friendly_errors

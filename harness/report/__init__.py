@@ -132,5 +132,8 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"no folder {str(d)!r}")
         print(f"report: {build_report(d)}")
     if args.index:
+        if not Path(args.index).is_dir():
+            raise ValueError(f"--index {args.index}: no such folder; name an existing "
+                             f"results root (the parent of report folders)")
         print(f"index: {write_index(args.index)}")
     return 0

@@ -6,13 +6,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness import ablate
+from harness import ablate, cli
 from qvit import Flags
 
 ROOT = Path(__file__).resolve().parents[2]
 SPECS = sorted((ROOT / "ablations").glob("*.toml"))
 
 RUN = {"models": ["ivit_micro"], "epochs": 2, "repeats": 3}
+AA = ablate.AA_CONTROL
 
 
 def spec(design, run=None, **top):
@@ -25,14 +26,17 @@ def test_shipped_specs_load_and_plan(path):
     s = ablate.load_spec(path)
     configs = ablate.design_configs(s)
     assert configs[0].name == ablate.baseline_name(s, configs)
-    assert s.repeats >= 3 and s.epochs > s.warmup_epochs >= 1
+    assert s.repeats >= 5 and s.settings.epochs > s.settings.warmup_epochs >= 1
+    assert configs[-1].name == AA and configs[-1].flags == configs[0].flags  # null control
     assert len(ablate.plan(s, configs)) == len(configs) * len(s.models) * s.repeats
 
 
 def test_timeline_stages_end_at_the_seed_preset():
     s = ablate.load_spec(ROOT / "ablations" / "seed_timeline.toml")
     configs = ablate.design_configs(s)
-    assert [c.name for c in configs] == ["legacy", "stage1", "stage2", "stage3", "stage4", "seed"]
+    assert [c.name for c in configs] == ["legacy", "stage1", "stage2", "stage3", "stage4", "seed",
+                                         AA]
+    configs = configs[:-1]
     assert configs[0].flags == Flags.preset("legacy")
     assert configs[-1].flags == Flags.preset("seed")
     # cumulative: each stage moves exactly the flags of its seed changes, to their seed value
@@ -53,7 +57,7 @@ def test_timeline_stages_end_at_the_seed_preset():
 def test_cuda_timeline_uses_the_seed_models():
     s = ablate.load_spec(ROOT / "ablations" / "seed_timeline_cuda.toml")
     assert s.models == ("deit_tiny_patch16_224", "swin_tiny_patch4_window7_224")
-    assert s.device == "cuda" and s.img_size == 224
+    assert s.settings.device == "cuda" and s.settings.img_size == 224
 
 
 def test_one_at_a_time_moves_each_flag_alone():
@@ -135,7 +139,7 @@ def test_explicit_configs_with_float_reference():
         {"name": "seed", "flags": "seed"}, {"name": "best", "flags": "best"},
         {"name": "float", "flags": "best", "float_reference": True}]})
     configs = ablate.design_configs(s)
-    assert [c.name for c in configs] == ["seed", "best", "float"]
+    assert [c.name for c in configs] == ["seed", "best", "float", AA]
     assert configs[2].float_reference and configs[1].flags == Flags.preset("best")
 
 
@@ -148,8 +152,13 @@ def test_explicit_configs_with_float_reference():
     (lambda d: d["design"].update(values={"plot_every": "x"}), "integer"),
     (lambda d: d["design"].update(values={"layernorm_newton": "sqrt"}), "must be one of"),
     (lambda d: d["run"].update(epochs=1), "warmup_epochs"),
-    (lambda d: d["run"].update(dataset="imagenet"), "valid: digits"),
-    (lambda d: d["run"].update(repeats="3"), "must be a int"),
+    (lambda d: d["run"].update(dataset="imagenet"), "'digits'"),
+    (lambda d: d["run"].update(repeats="3"), "valid integer"),
+    (lambda d: d["run"].update(repeats=1), "needs >= 2 blocks"),
+    (lambda d: d["run"].update(lr="fast"), "valid number"),
+    (lambda d: d["design"].update(kind="timeline", stages=[2, 3]), r"stages\.0: input should"),
+    (lambda d: d["design"].update(kind="factorial", flags=[1, 2]), r"flags\.0: input should"),
+    (lambda d: d["design"].update(configs=[{"name": "a", "flag": "seed"}]), "'flag'"),
     (lambda d: d["design"].update(baseline="nope"), "baseline config"),
     (lambda d: d["design"].update(kind="timeline", stages=[[2, 3], [1]],
                                   stage_names=["a", "b"]), "seed change 1"),
@@ -167,12 +176,33 @@ def test_factorial_flag_with_one_level_is_refused():
         spec({"kind": "factorial", "base": "legacy", "flags": ["compile_model", "use_frexp"]})
 
 
+def test_errors_are_one_line_each():
+    data = {"name": "t", "run": {**RUN, "epoch": 3}, "design": {"kind": "timeline",
+                                                              "stages": [2, 3]}}
+    with pytest.raises(ValueError) as e:
+        ablate.parse_spec(data)
+    assert "\n" not in str(e.value)
+
+
 def test_cli_overrides_and_dry_run(tmp_path, capsys):
     path = ROOT / "ablations" / "seed_timeline.toml"
-    rc = ablate.main([str(path), "--dry-run", "--repeats", "4", "--models", "ivit_micro",
-                      "--epochs", "3", "--device", "cpu"])
+    rc = cli.main(["ablate", str(path), "--dry-run", "--repeats", "4", "--models", "ivit_micro",
+                   "--epochs", "3", "--device", "cpu", "--no-pretrained"])
     out = capsys.readouterr().out
-    assert rc == 0 and "6 configs x 1 models x 4 blocks = 24 runs" in out
+    assert rc == 0 and "7 configs x 1 models x 4 blocks = 28 runs" in out
+    assert "pretrained start off" in out
     assert out.count("block ") == 4
-    rc = ablate.main([str(path), "--dry-run", "--models", "nope"])
+    rc = cli.main(["ablate", str(path), "--dry-run", "--models", "nope"])
     assert rc == 2 and "unknown model 'nope'" in capsys.readouterr().err
+    rc = cli.main(["ablate", str(path), "--dry-run", "--epochs", "0"])
+    assert rc == 2 and "epochs" in capsys.readouterr().err
+
+
+def test_every_run_setting_is_an_option_of_both_commands():
+    from harness.settings import RunSettings
+
+    run_opts = {a.dest for a in cli.run_parser()._actions}
+    ablate_opts = {a.dest for a in cli.ablate_parser()._actions}
+    for name in RunSettings.model_fields:
+        assert name in run_opts
+        assert name in ablate_opts or name == "model"

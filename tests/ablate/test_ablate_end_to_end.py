@@ -1,18 +1,16 @@
-"""A tiny spec runs end to end through nox's code path (harness.ablate.main, what
-`python -m harness ablate` calls) into a report, then resumes without rerunning."""
+"""A tiny spec runs end to end through nox's code path (`python -m harness ablate`) into a
+report from a float-pretrained, calibrated start, then resumes without rerunning; a changed
+setting or source file makes new runs instead of reusing old ones."""
 
 import pytest
 
-pytest.importorskip("harness.runner")
-
-from harness import ablate  # noqa: E402
+from harness import cli, records, settings
 
 TINY = """
 name = "tiny"
-description = "two configs, two blocks, micro models"
+description = "two configs (and the A/A control), two blocks, micro model"
 [run]
 models = ["ivit_micro"]
-dataset = "digits"
 epochs = 2
 warmup_epochs = 1
 steps_per_epoch = 2
@@ -20,6 +18,8 @@ eval_steps = 1
 batch_size = 16
 repeats = 2
 device = "cpu"
+pretrain_epochs = 1
+calibration_steps = 1
 [design]
 kind = "configs"
 baseline = "legacy"
@@ -29,24 +29,65 @@ configs = [{name = "legacy", flags = "legacy,num_workers=0"},
 
 
 @pytest.mark.slow
-def test_tiny_spec_end_to_end(tmp_path, capsys):
+def test_tiny_spec_end_to_end(tmp_path, monkeypatch):
+    monkeypatch.setenv("QVIT_CACHE", str(tmp_path / "cache"))
     spec = tmp_path / "tiny.toml"
     spec.write_text(TINY)
     out = tmp_path / "results" / "tiny"
-    # inline executor: same runner code path, without one process per run (CI time)
-    args = [str(spec), "--out", str(out), "--executor", "inline"]
-    assert ablate.main(args) == 0
-    from harness.report import load_table
-
-    table = load_table(out)
-    assert len(table) == 2 * 1 * 2 * 2  # configs x models x blocks x epochs
+    args = ["ablate", str(spec), "--out", str(out)]
+    assert cli.main(args) == 0
+    table = records.read_table(out)
+    assert len(table) == 3 * 1 * 2 * 2  # configs (with A/A) x models x blocks x epochs
     assert set(table["status"]) == {"ok"}
-    # each block holds every (model, config) once, in the planned (shuffled) order
+    assert table["pretrained_top1"].notna().all()  # every run started from the float twin
+    assert len(list((tmp_path / "cache" / "pretrained").glob("*.pt"))) == 1
     runs = table.drop_duplicates("run_id")
-    assert sorted(runs.groupby("block").size()) == [2, 2]
+    assert sorted(runs.groupby("block").size()) == [3, 3]
     text = (out / "report.md").read_text()
-    assert "## Speed and accuracy per config" in text and "fig_epoch_times.png" in text
-    assert (out / "summary.csv").is_file() and (out.parent / "README.md").is_file()
+    assert "## Speed per config" in text and "A/A" in text and "float-pretrained" in text
+    assert not (out.parent / "README.md").exists()  # nothing outside the folder it owns
+    assert not any((out / "checkpoints").iterdir()) and not any((out / "shards").iterdir())
     # resume: nothing left to run, the table is unchanged
-    assert ablate.main(args) == 0
-    assert len(load_table(out)) == len(table)
+    assert cli.main(args) == 0
+    assert records.read_table(out).equals(table)
+    # another setting is another identity: new runs, the old rows kept but not used
+    assert cli.main([*args, "--steps-per-epoch", "3"]) == 0
+    again = records.read_table(out)
+    assert len(again) == 2 * len(table)
+    assert set(again["run_id"]) - set(table["run_id"]) and "12 rows in this folder" in \
+        (out / "report.md").read_text()
+
+
+def test_identity_covers_code_settings_and_versions(tmp_path, monkeypatch):
+    from harness.runner import RunSpec
+    from qvit.flags import Flags
+
+    spec = RunSpec("a", Flags.preset("seed"), settings.RunSettings(model="ivit_micro"))
+    base = spec.run_id
+    assert RunSpec("a", Flags.preset("seed"), settings.RunSettings(model="ivit_micro")
+                   ).run_id == base  # deterministic
+    assert RunSpec("a", Flags.preset("seed"), settings.RunSettings(
+        model="ivit_micro", batch_size=32)).run_id != base
+    assert RunSpec("a", Flags.preset("best"), spec.settings).run_id != base
+    # a library version
+    monkeypatch.setattr(settings, "library_versions", lambda: {"torch": "0.0-other"})
+    assert spec.run_id != base
+    monkeypatch.undo()
+    # a source file of qvit/ or harness/ (committed or not): a copy of the tree, one edit
+    import shutil
+
+    for pkg in ("qvit", "harness"):
+        shutil.copytree(settings._ROOT / pkg, tmp_path / pkg,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(settings, "_ROOT", tmp_path)
+    settings.code_digest.cache_clear()
+    try:
+        same = settings.code_digest()
+        (tmp_path / "qvit" / "primitives.py").write_text(
+            (tmp_path / "qvit" / "primitives.py").read_text() + "\n# edited\n")
+        settings.code_digest.cache_clear()
+        assert settings.code_digest() != same
+    finally:
+        monkeypatch.undo()
+        settings.code_digest.cache_clear()
+    assert spec.run_id == base

@@ -37,7 +37,22 @@ def test_more_repeats_keep_the_earlier_blocks():
 
 def test_runs_in_a_block_share_the_training_seed():
     s = make()
-    for r in ablate.plan(s):
-        f = r.fields(s)
-        assert f["seed"] == s.seed + r.block and f["repeat"] == f["block"] == r.block
-        assert f["flags"] == r.config.flags and f["warmup_epochs"] == s.warmup_epochs
+    runs = ablate.plan(s)
+    for r, spec in zip(runs, ablate.to_runspecs(s, runs), strict=True):
+        assert spec.settings.seed == s.settings.seed + r.block
+        assert spec.repeat == spec.block == r.block and spec.order == r.order
+        assert spec.flags == r.config.flags
+        assert spec.settings.warmup_epochs == s.settings.warmup_epochs
+
+
+def test_the_aa_control_is_the_baseline_again_and_can_be_left_out():
+    s = make()
+    configs = ablate.design_configs(s)
+    aa = [c for c in configs if c.name == ablate.AA_CONTROL]
+    assert len(aa) == 1 and aa[0].flags == configs[0].flags and not aa[0].in_design
+    specs = ablate.to_runspecs(s, ablate.plan(s, configs))
+    ids = {(x.config, x.model, x.block): x.run_id for x in specs}
+    assert ids[(ablate.AA_CONTROL, "ivit_micro", 0)] != ids[("legacy", "ivit_micro", 0)]
+    off = ablate.parse_spec({"name": "t", "run": RUN, "design": {"kind": "timeline",
+                                                                 "aa_control": False}})
+    assert ablate.AA_CONTROL not in [c.name for c in ablate.design_configs(off)]

@@ -1,4 +1,6 @@
-"""Reports build from tables alone (nox -s report) for every design, with figures."""
+"""Reports build from tables alone (nox -s report) for every design: the A/A control, time
+attribution, intervals labelled with their n, flags that cannot act here, rows of other
+identities left out, and nothing written outside the report's folder."""
 
 from pathlib import Path
 
@@ -6,29 +8,36 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from harness import ablate, report, stats
+from harness import ablate, report
+from harness.ablate import AA_CONTROL
+
+from .synthetic import synthetic_runs
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def fake_results(folder, spec_name, *, parity=False):
-    spec = ablate.load_spec(ROOT / "ablations" / f"{spec_name}.toml")
-    spec = spec.replace(repeats=3)
+def fake_results(folder, spec_name, *, parity=False, repeats=5, times=None, noise=0.02):
+    spec = ablate.load_spec(ROOT / "ablations" / f"{spec_name}.toml").replace(repeats=repeats)
     configs = ablate.design_configs(spec)
     rng = np.random.default_rng(0)
-    cfg = {c.name: {"time": 1.0 if i == 0 else float(np.exp(-rng.uniform(0, 0.6))),
-                    "top1": 80.0, "flags": c.flags, "syncs": float(i % 3),
+    times = times or {}
+    cfg = {c.name: {"time": times.get(c.name, 1.0 if i == 0 or c.name == AA_CONTROL else
+                                      float(np.exp(-rng.uniform(0, 0.6)))),
+                    "top1": 95.0, "flags": c.flags, "syncs": float(i % 3),
                     "float_reference": c.float_reference} for i, c in enumerate(configs)}
-    t = stats.synthetic_runs(cfg, models=spec.models, repeats=3, epochs=spec.epochs,
-                             warmup_epochs=spec.warmup_epochs)
-    ablate.write_design(spec, configs, folder)
+    st = spec.settings
+    t = synthetic_runs(cfg, models=spec.models, repeats=repeats, epochs=st.epochs,
+                       warmup_epochs=st.warmup_epochs, noise=noise)
+    folder.mkdir(parents=True, exist_ok=True)
+    ablate.write_design(spec, configs, sorted(set(t["run_id"])), folder)
     t.to_csv(folder / "runs.csv", index=False)
     if parity:
-        pd.DataFrame({"flag": ["use_frexp", "inline_ste"], "from_value": [True, False],
-                      "to_value": [False, True], "measured_class": ["near-exact", "exact"],
+        pd.DataFrame({"model": ["ivit_micro"] * 2, "flag": ["use_frexp", "inline_ste"],
+                      "from_value": [True, False], "to_value": [False, True],
+                      "measured_class": ["near-exact", "exact"],
                       "expected_class": ["near-exact", "exact"]}).to_csv(
             folder / "parity.csv", index=False)
-    return spec, configs
+    return spec, configs, t
 
 
 @pytest.mark.parametrize("name,figs", [
@@ -39,34 +48,84 @@ def fake_results(folder, spec_name, *, parity=False):
 def test_report_per_design(tmp_path, name, figs):
     folder = tmp_path / name
     fake_results(folder, name, parity=name == "one_at_a_time")
-    path = report.build_report(folder)
-    text = path.read_text()
-    for fig in figs + ["fig_epoch_times.png", "fig_syncs.png", "fig_accuracy_vs_speed.png"]:
+    text = report.build_report(folder).read_text()
+    for fig in figs + ["fig_times.png", "fig_accuracy_vs_speed.png"]:
         assert (folder / fig).stat().st_size > 1000 and f"({fig})" in text
-    assert "## Key findings" in text and "## Speed and accuracy per config" in text
+    for section in ("## Key findings", "## Reliability: the A/A null control",
+                    "## Speed per config: where the time goes", "## Accuracy", "## Method"):
+        assert section in text
+    assert "95% t-CI over 5 blocks" in text and "chance 10%" in text and "364 images" in text
     summary = pd.read_csv(folder / "summary.csv")
-    assert {"speedup", "speedup_lo", "speedup_hi", "top1_diff", "iqr_rel"} <= set(summary)
+    assert {"speedup", "speedup_lo", "speedup_hi", "speedup_step", "speedup_other",
+            "top1_diff", "equivalent", "iqr_rel"} <= set(summary)
+    assert AA_CONTROL in set(summary["config"])
     if name == "seed_timeline":
         assert "| stage1 | 2,3 | 20 | 1.90 |" in text
-        assert "timeline ratios 1.00 ->" in text
+        assert "timeline epoch ratios 1.00 ->" in text
     if name == "one_at_a_time":
-        assert "measured_class" in text and "flags with the largest effect" in text
+        assert "measured_class" in text and "largest epoch effect" in text
+        # a CPU cannot show an effect of torch.cuda.synchronize: no ratio for it
+        row = [ln for ln in text.splitlines() if "| cuda_synchronize_per_step |" in ln][0]
+        assert "no effect possible here" in row
     if name == "factorial_caches":
         assert "interaction" in pd.read_csv(folder / "effects.csv")["kind"].tolist()
+    assert len(list(folder.iterdir())) <= 40
 
 
-def test_report_main_rebuilds_all_and_writes_the_index(tmp_path):
+def test_an_aa_interval_excluding_one_marks_the_report_unreliable(tmp_path):
+    folder = tmp_path / "t"
+    fake_results(folder, "seed_timeline", times={AA_CONTROL: 0.8}, noise=0.01)
+    text = report.build_report(folder).read_text()
+    assert "**UNRELIABLE**" in text and "UNRELIABLE: A/A interval excludes 1" in text
+    ok = tmp_path / "ok"
+    fake_results(ok, "seed_timeline", noise=0.01)
+    assert "UNRELIABLE" not in report.build_report(ok).read_text()
+
+
+def test_one_block_is_reported_without_an_interval(tmp_path):
+    folder = tmp_path / "t"
+    spec, configs, t = fake_results(folder, "seed_timeline", repeats=2)
+    t = t[t["block"] == 0]
+    t.to_csv(folder / "runs.csv", index=False)
+    text = report.build_report(folder).read_text()
+    assert "[n/a]" in text and "no interval: 1 block" in text and "one block only" in text
+
+
+def test_rows_of_other_identities_are_never_pooled(tmp_path):
+    folder = tmp_path / "t"
+    spec, configs, t = fake_results(folder, "seed_timeline", noise=0.0)
+    stale = t.copy()
+    stale["run_id"] = stale["run_id"] + "-older-code"
+    stale["epoch_s"] *= 10
+    pd.concat([t, stale]).to_csv(folder / "runs.csv", index=False)
+    text = report.build_report(folder).read_text()
+    summary = pd.read_csv(folder / "summary.csv")
+    assert (summary["n_runs"] == 5).all()  # 5 blocks, not 10: the stale rows are not used
+    assert f"{len(stale)} rows in this folder's table belong to runs of other" in text
+
+
+def test_report_writes_only_inside_its_folder(tmp_path):
+    (tmp_path / "README.md").write_text("the user's own readme\n")
+    fake_results(tmp_path / "mine", "seed_timeline")
+    assert report.main([str(tmp_path / "mine")]) == 0
+    assert (tmp_path / "README.md").read_text() == "the user's own readme\n"
+    assert report.main([str(tmp_path / "mine"), "--index", str(tmp_path / "idx")]) == 2
+
+
+def test_index_of_a_named_results_root(tmp_path):
     fake_results(tmp_path / "seed_timeline", "seed_timeline")
     fake_results(tmp_path / "screen", "screen")
-    assert report.main([str(tmp_path)]) == 0
+    args = [str(tmp_path / "seed_timeline"), str(tmp_path / "screen"), "--index", str(tmp_path)]
+    assert report.main(args) == 0
     index = (tmp_path / "README.md").read_text()
     assert "(seed_timeline/report.md)" in index and "(screen/report.md)" in index
     assert "main effects only" in (tmp_path / "screen" / "report.md").read_text()
 
 
-def test_report_of_a_folder_without_a_table_fails_clearly(tmp_path):
-    with pytest.raises(ValueError, match="no runs.parquet or runs.csv"):
-        report.build_report(tmp_path)
+def test_report_of_a_folder_without_a_design_says_what_it_needs(tmp_path, capsys):
+    assert report.main([str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "has no design.json" in err and "Traceback" not in err and err.count("\n") == 1
 
 
 def test_md_table_escapes_pipes():
