@@ -1,7 +1,7 @@
 """harness.parity: every flag against its declared parity class on the micro models, the
-int64 deployment reference, the classification rules, accuracy parity (exact / TOST), and
-proof that the checks bite: naive versions of the seed's caches 10 and 12 and a
-requantization that drops a rounding step are all caught.
+int64 deployment reference, the classification rules, accuracy parity (harness.equivalence:
+exact / TOST over harness runs), and proof that the checks bite: naive versions of the seed's
+caches 10 and 12 and a requantization that drops a rounding step are all caught.
 
 Models run at their smallest img_size (16 for ivit_micro, 32 for swin_micro) with batch 2
 and one torch thread: the same code paths as the reference reports at a fraction of the
@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 import torch
 
+from harness import equivalence as E
 from harness import parity as H
 from qvit import Flags
 from qvit import modules as M
@@ -278,10 +279,10 @@ def test_toggles_from_best_satisfy_declarations():
 
 def test_preset_pair_toggles_only_differing_flags():
     legacy, seed = Flags.preset("legacy"), Flags.preset("seed")
-    got = dict(H._toggles(legacy, "module", None, seed))
+    got = dict(H.toggles(legacy, "module", None, seed))
     assert got == {n: v[1] for n, v in legacy.diff(seed).items()
                    if Flags.spec(n).scope == "module"}
-    assert ("layernorm_newton", "no_grad_sqrt_grad") in H._toggles(legacy, "module", None, None)
+    assert ("layernorm_newton", "no_grad_sqrt_grad") in H.toggles(legacy, "module", None, None)
 
 
 # --- accuracy parity ---------------------------------------------------------------------------
@@ -301,20 +302,20 @@ def _table(values: dict[str, list[float]], **flags_per_config) -> pd.DataFrame:
 def test_tost_equivalence_and_exactness():
     t = _table({"a": [0.80, 0.82, 0.79, 0.81, 0.80], "b": [0.805, 0.815, 0.795, 0.80, 0.81],
                 "c": [0.70, 0.73, 0.69, 0.72, 0.70], "d": [0.80, 0.82, 0.79, 0.81, 0.80]})
-    r = H.assert_accuracy_parity(t, "a", "b", margin=0.02, exact=False)
+    r = E.assert_accuracy_parity(t, "a", "b", margin=0.02, exact=False)
     assert r.method == "tost-paired" and r.p_value < 0.05 and r.ci[0] > -0.02
     with pytest.raises(AssertionError, match="not shown equivalent"):
-        H.assert_accuracy_parity(t, "a", "c", margin=0.02, exact=False)
+        E.assert_accuracy_parity(t, "a", "c", margin=0.02, exact=False)
     # too few seeds to show equivalence is a failure, not a pass
     few = _table({"a": [0.8, 0.9], "b": [0.85, 0.8]})
-    assert not H.accuracy_parity(few, "a", "b", margin=0.02, exact=False).equivalent
-    assert H.assert_accuracy_parity(t, "a", "d", exact=True).method == "exact"
+    assert not E.accuracy_parity(few, "a", "b", margin=0.02, exact=False).equivalent
+    assert E.assert_accuracy_parity(t, "a", "d", exact=True).method == "exact"
     with pytest.raises(AssertionError, match="not identical"):
-        H.assert_accuracy_parity(t, "a", "b", exact=True)
+        E.assert_accuracy_parity(t, "a", "b", exact=True)
     with pytest.raises(ValueError, match="margin"):
-        H.accuracy_parity(t, "a", "b", exact=False)
+        E.accuracy_parity(t, "a", "b", exact=False)
     with pytest.raises(ValueError, match="no runs"):
-        H.accuracy_parity(t, "a", "zzz", margin=0.1)
+        E.accuracy_parity(t, "a", "zzz", margin=0.1)
 
 
 def test_tost_unpaired_and_auto_exact():
@@ -322,39 +323,42 @@ def test_tost_unpaired_and_auto_exact():
                a={"inline_ste": False, "use_frexp": True},
                b={"inline_ste": True, "use_frexp": True})
     with pytest.raises(AssertionError, match="not identical"):  # inline_ste is declared exact
-        H.assert_accuracy_parity(t, "a", "b")
+        E.assert_accuracy_parity(t, "a", "b")
     t2 = t.copy()
     t2.loc[t2["config"] == "b", "seed"] += 10  # no shared seeds: Welch
     t2.loc[t2["config"] == "b", "use_frexp"] = False
-    r = H.accuracy_parity(t2, "a", "b", margin=0.05)
+    r = E.accuracy_parity(t2, "a", "b", margin=0.05)
     assert r.method == "tost-unpaired" and r.equivalent
-    p, (lo, hi) = H.tost_paired(np.array([0.0, 0.0, 0.0]), 0.01)
+    p, (lo, hi) = E.tost_paired(np.array([0.0, 0.0, 0.0]), 0.01)
     assert p == 0.0 and lo == hi == 0.0
 
 
-def test_accuracy_parity_every_module_flag(one_thread):
-    """Every module flag of ivit_micro (digits, a few AdamW steps, 5 seeds where training is
-    not bit-identical): exact identity where the declared class is exact, TOST otherwise."""
-    data = H._digits(16)
-    exact = {f"{n}={v}": LEGACY.replace(**{n: v}) for n, v in MODULE_CASES
+def test_accuracy_parity_every_module_flag(one_thread, tmp_path):
+    """Every module flag of ivit_micro (harness runs on digits, a few AdamW steps, 5 seeds
+    where training is not bit-identical): exact identity where the declared class is exact,
+    TOST otherwise. No DataLoader workers: every config shares the loop flags, and worker
+    processes would only cost time."""
+    base = LEGACY.replace(num_workers=0)
+    exact = {f"{n}={v}": base.replace(**{n: v}) for n, v in MODULE_CASES
              if Flags.spec(n).expected_parity(v) == "exact"}
-    inexact = {f"{n}={v}": LEGACY.replace(**{n: v}) for n, v in MODULE_CASES
+    inexact = {f"{n}={v}": base.replace(**{n: v}) for n, v in MODULE_CASES
                if f"{n}={v}" not in exact}
-    kw = dict(steps=3, batch=16, eval_images=96, img_size=16, data=data)
-    t1 = H.accuracy_runs("ivit_micro", {"legacy": LEGACY, **exact}, [0], **kw)
-    t3 = H.accuracy_runs("ivit_micro", {"legacy": LEGACY, **inexact}, range(5), **kw)
+    kw = dict(img_size=32, steps=3, batch=16, eval_steps=6)  # 96 eval images
+    t1 = H.run_harness("ivit_micro", {"legacy": base, **exact}, tmp_path / "exact", **kw)
+    t3 = H.run_harness("ivit_micro", {"legacy": base, **inexact}, tmp_path / "tost",
+                       seeds=range(5), **kw)
     for cfg in exact:
-        r = H.assert_accuracy_parity(t1, cfg, "legacy")  # auto: exact
+        r = E.assert_accuracy_parity(t1, cfg, "legacy")  # auto: exact
         assert r.method == "exact"
     for cfg in inexact:
-        r = H.assert_accuracy_parity(t3, cfg, "legacy", margin=0.1, exact=False)
+        r = E.assert_accuracy_parity(t3, cfg, "legacy", margin=0.1, exact=False)
         assert r.method == "tost-paired"
 
 
 # --- loop flags through the harness runner, and the CLI -----------------------------------------
 
 def test_loop_flags_and_their_accuracy_parity(tmp_path, one_thread):
-    toggles = [(n, v) for n, v in H._toggles(LEGACY, "loop", None, None)
+    toggles = [(n, v) for n, v in H.toggles(LEGACY, "loop", None, None)
                if n != "compile_model"]
     rows = H.loop_parity_rows("ivit_micro", LEGACY, toggles, img_size=16, steps=2, batch=8,
                               out_dir=tmp_path, log=None)
@@ -368,9 +372,9 @@ def test_loop_flags_and_their_accuracy_parity(tmp_path, one_thread):
     for n, v in toggles:
         exact = by[n]["measured_class"] == "exact"
         if exact:
-            H.assert_accuracy_parity(table, f"{n}={v}", "base", exact=True)
+            E.assert_accuracy_parity(table, f"{n}={v}", "base", exact=True)
             if n != "loss_item_per_step":  # flag 9 changes how the epoch mean is summed
-                H.assert_accuracy_parity(table, f"{n}={v}", "base", exact=True,
+                E.assert_accuracy_parity(table, f"{n}={v}", "base", exact=True,
                                          losses=("eval_loss", "train_loss"))
         assert by[n]["measured_class"] in ("exact", "near-exact", "statistical")
 

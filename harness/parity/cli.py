@@ -1,0 +1,117 @@
+"""``python -m harness parity``: the parity table of one or more models, written to
+``parity.csv`` and printed; exit 1 when a measured class breaks its flag's declaration.
+
+The options are generated from `ParityConfig` (one ``--kebab-case`` option per field, its
+description as help), plus ``--model`` (repeat or comma-separate for several models) and
+``--out``."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from pydantic import BaseModel, ValidationError
+
+from .config import SHOWN_COLUMNS, ParityConfig
+from .table import run_parity
+
+__all__ = ["format_table", "main"]
+
+
+# --- options from a settings model -----------------------------------------------------------
+# Stand-in for `harness.options` (being written on main, same signatures and behaviour):
+# at merge, delete these two functions and import them from `..options`.
+
+def add_options(parser: argparse.ArgumentParser, model_cls: type[BaseModel], *,
+                exclude: tuple[str, ...] = ()) -> None:
+    """One ``--kebab-case`` option per field of ``model_cls`` with its description as help;
+    booleans as ``--x/--no-x``; no option has a default of its own (the model's is used)."""
+    for name, field in model_cls.model_fields.items():
+        if name in exclude:
+            continue
+        tp = field.annotation
+        if typing.get_origin(tp) in (typing.Union, types.UnionType):
+            tp = next(a for a in typing.get_args(tp) if a is not type(None))
+        kw: dict[str, Any] = dict(dest=name, default=argparse.SUPPRESS,
+                                  help=f"{field.description} (default: {field.default})")
+        if tp is bool:
+            kw["action"] = argparse.BooleanOptionalAction
+        else:
+            kw["type"] = tp if tp in (int, float) else str
+        parser.add_argument("--" + name.replace("_", "-"), **kw)
+
+
+def values_from_args(model_cls: type[BaseModel], args: argparse.Namespace) -> dict[str, Any]:
+    """The fields of ``model_cls`` given on the command line."""
+    return {name: getattr(args, name) for name in model_cls.model_fields if hasattr(args, name)}
+
+
+# --- the command -----------------------------------------------------------------------------
+
+def format_table(df: pd.DataFrame) -> str:
+    """A readable fixed-width table of the shown columns (`SHOWN_COLUMNS`)."""
+    show = df[[c for c in SHOWN_COLUMNS if c in df]].copy()
+
+    def fmt(v):
+        if isinstance(v, float):
+            if math.isnan(v):
+                return "-"
+            return "0" if v == 0 else f"{v:.3g}"
+        return str(v)
+
+    show = show.map(fmt) if hasattr(show, "map") else show.applymap(fmt)
+    return show.to_string(index=False)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m harness parity",
+        description="Toggle each flag alone on the same weights, ranges and inputs; measure "
+                    "forward, backward, training and deployment parity; compare the class "
+                    "with the flag's declaration (exit 1 on a mismatch).")
+    p.add_argument("--model", action="append", default=None,
+                   help="model name (repeat or comma-separate for several; default ivit_micro)")
+    p.add_argument("--out", required=True, help="folder for parity.csv (one per model: "
+                   "DIR/parity.csv for one model, DIR/<model>/parity.csv for several)")
+    add_options(p, ParityConfig, exclude=("model",))
+    return p
+
+
+def _configs(p: argparse.ArgumentParser, args: argparse.Namespace) -> list[ParityConfig]:
+    models = [m for spec in (args.model or ["ivit_micro"]) for m in spec.split(",") if m]
+    values = values_from_args(ParityConfig, args)
+    try:
+        return [ParityConfig(model=m, **values) for m in models]
+    except ValidationError as e:
+        p.error(str(e))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = _parser()
+    args = p.parse_args(argv)
+    mismatches = []
+    configs = _configs(p, args)
+    for cfg in configs:
+        df = run_parity(cfg, log=lambda s: print(s, file=sys.stderr, flush=True))
+        out = Path(args.out) / cfg.model if len(configs) > 1 else Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        df.to_csv(out / "parity.csv", index=False)
+        print(f"\n== parity of {cfg.model} (base {cfg.base}"
+              + (f" -> {cfg.to}" if cfg.to else "") + f"): {out / 'parity.csv'}")
+        print(format_table(df))
+        bad = df[df["match"] == "MISMATCH"]
+        mismatches.extend(f"{cfg.model} {r.flag}={r.to_value}: measured {r.measured_class}, "
+                          f"declared {r.expected_class} ({r.note})" for r in bad.itertuples())
+    if mismatches:
+        print("\n" + "!" * 78 + "\nPARITY MISMATCH against the flag declarations "
+              "(qvit/flags.py):\n  " + "\n  ".join(mismatches) + "\n" + "!" * 78,
+              file=sys.stderr)
+        return 1
+    print("\nevery measured flag satisfies its declared parity class")
+    return 0

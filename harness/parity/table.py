@@ -1,0 +1,96 @@
+"""The parity table of a model: every flag (or a preset pair's differing flags) toggled alone
+from the base, module flags measured on the model, loop flags from short harness runs."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from qvit import Flags
+
+from .config import PARITY_COLUMNS, ParityConfig
+from .loop_flags import loop_parity_rows
+from .module_flags import measure_flag, prepare_baseline
+
+__all__ = ["toggles", "parity_table", "run_parity"]
+
+
+def toggles(base: Flags, scope: str, flags: Iterable[str] | None, to: Flags | None
+            ) -> list[tuple[str, Any]]:
+    """(flag, value) pairs of ``scope`` to move alone from ``base``: to every other value of
+    each flag (both sides of a switch), or with ``to`` to its value where it differs."""
+    names = list(flags) if flags else list(Flags.names(scope))
+    for n in names:
+        Flags.spec(n)
+    out = []
+    for n in names:
+        spec = Flags.spec(n)
+        if spec.scope != scope:
+            continue
+        if to is not None:
+            if getattr(to, n) != getattr(base, n):
+                out.append((n, getattr(to, n)))
+            continue
+        values = list(spec.values())
+        if spec.type is bool:  # both sides of a switch, even where every preset is off
+            values += [v for v in (False, True) if v not in values]
+        out.extend((n, v) for v in values if v != getattr(base, n))
+    return out
+
+
+def parity_table(model: str = "ivit_micro", *, log: Callable[[str], None] | None = print,
+                 **settings) -> pd.DataFrame:
+    """One row per (flag, value) toggled alone from preset ``base`` (to every other value of
+    the flag, or, with preset ``to``, to that preset's value for each flag the two differ
+    in): module flags measured on the model, loop flags from short harness runs.
+    ``settings``: the fields of `ParityConfig` (base, to, flags, steps, batch, seed,
+    img_size, loop, loop_steps, loop_epochs, threads, ...)."""
+    return run_parity(ParityConfig(model=model, **settings), log=log)
+
+
+def run_parity(cfg: ParityConfig, *, log: Callable[[str], None] | None = print
+               ) -> pd.DataFrame:
+    """`parity_table` for a config; torch runs on ``cfg.threads`` intra-op threads while
+    measuring (restored after)."""
+    previous = torch.get_num_threads()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    try:
+        return _table(cfg, log)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _table(cfg: ParityConfig, log: Callable[[str], None] | None) -> pd.DataFrame:
+    base_flags = Flags.preset(cfg.base)
+    to_flags = Flags.preset(cfg.to) if cfg.to else None
+    rows = []
+    module = toggles(base_flags, "module", cfg.flags, to_flags)
+    if module:
+        t0 = time.perf_counter()
+        baseline = prepare_baseline(cfg, base_flags)
+        if log:
+            log(f"[parity] {cfg.model}: base {cfg.base} calibrated and run in "
+                f"{time.perf_counter() - t0:.1f}s")
+        for name, value in module:
+            row = measure_flag(baseline, name, value)
+            rows.append(row)
+            if log:
+                log(f"[parity] {cfg.model} {name}={value}: {row['measured_class']} "
+                    f"(expected {row['expected_class']}) {row['match']} [{row['seconds']}s]")
+    loop_t = toggles(base_flags, "loop", cfg.flags, to_flags) if cfg.loop else []
+    if loop_t:
+        rows.extend(loop_parity_rows(cfg.model, base_flags, loop_t, seed=cfg.seed,
+                                     img_size=cfg.img_size, steps=cfg.loop_steps,
+                                     epochs=cfg.loop_epochs, batch=max(cfg.batch, 8),
+                                     log=log))
+    df = pd.DataFrame(rows)
+    for c in PARITY_COLUMNS:
+        if c not in df:
+            df[c] = np.nan
+    return df[PARITY_COLUMNS]
