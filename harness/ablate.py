@@ -180,7 +180,8 @@ class AblationSpec:
     def replace(self, **kw: Any) -> AblationSpec:
         """A copy with sweep keys (models, repeats) or run settings overridden (e.g. from
         the command line), re-validated."""
-        sweep = {k: kw.pop(k) for k in ("models", "repeats", "methods") if kw.get(k) is not None}
+        sweep = {k: kw.pop(k) for k in ("models", "repeats", "methods") if k in kw}
+        sweep = {k: v for k, v in sweep.items() if v is not None}
         settings = self.settings.replace(**kw) if kw else self.settings
         out = dataclasses.replace(self, settings=settings, **sweep)
         _validate_run(out)
@@ -212,7 +213,7 @@ def _validated(model: type[BaseModel], data: Any, where: str) -> Any:
     try:
         return model.model_validate(data)
     except ValidationError as e:
-        raise ValueError(one_line(e, where, known=model.model_fields)) from None
+        raise ValueError(one_line(e, where, model)) from None
 
 
 def parse_spec(data: dict[str, Any], source: str | None = None, *, min_repeats: int = 2

@@ -94,8 +94,11 @@ def cmd_run(argv: list[str]) -> int:
     args = run_parser().parse_args(argv)
     spec = spec_from_args(args)
     print(f"report: {run_spec(spec, Path(args.out), options_from(None, args))}")
+    from .ablate import read_design
+
     table = records.read_table(args.out)
-    bad = table[table["status"] != "ok"]
+    ids = set((read_design(args.out) or {}).get("run_ids") or table["run_id"])
+    bad = table[(table["status"] != "ok") & table["run_id"].isin(ids)]  # this design's runs
     for _, r in bad.iterrows():
         last = str(r["error"]).splitlines()[-1] if r["error"] else ""
         print(f"run {r['run_id']} epoch {r['epoch']}: {r['status']}: {last}", file=sys.stderr)

@@ -63,7 +63,7 @@ from .executor_options import (
     parse_options,
     parse_time_limit,
 )
-from .runner import INFLIGHT, RunSpec, base_row
+from .runner import INFLIGHT, RunSpec, base_row, resolve_device
 
 __all__ = ["EXECUTORS", "ExecutorOptions", "parse_options", "add_arguments", "options_from",
            "run_sweep", "run_block", "run_interleaved", "spawn", "BlockRunner",
@@ -154,16 +154,14 @@ def spawn(module: str, payload: dict, out: Path, work: Path, progress: bool = Fa
         raise
 
 
-def _record_dead_run(spec, out: Path, rc: int) -> None:
+def _record_dead_run(spec, out: Path, rc: int, prov: dict) -> None:
     """The child died inside ``spec``'s run without recording its end: say so in its shard
     (its finished epochs and checkpoint stay; the next sweep resumes it)."""
-    from .provenance import provenance
-
     why = (f"run process killed by {signal.Signals(-rc).name} (the OOM killer, a time limit "
            f"or a user)" if rc < 0 else f"run process exited with code {rc}")
     done = records.resumable_epochs(records.run_rows(out, spec.run_id), spec.run_id)
     epoch = done + 1
-    row = {**base_row(spec, provenance("cpu", out)), "epoch": epoch,
+    row = {**base_row(spec, prov), "epoch": epoch,
            "warmup": epoch <= spec.settings.warmup_epochs, "status": "error",
            "error": f"{why}; job {_job_id()} on {socket.gethostname()}"}
     records.append_shard_rows(out, spec.run_id, [row])
@@ -183,7 +181,8 @@ def run_block(spec_dicts: list[dict], out_dir: str, progress: bool = False) -> d
     if len(blocks) != 1:
         raise ValueError(f"a job runs one block, got blocks {sorted(blocks)}")
     block = blocks.pop()
-    prov = provenance(specs[0].settings.device.replace("auto", "cpu"), out)
+    # the device the runs resolve to (auto: cuda where there is one), as their rows name it
+    prov = provenance(resolve_device(specs[0].settings.device), out)
     me = (prov["hostname"], prov["device_name"])
     state = records.current_rows(out)
     done = _finished_ids(state, specs)
@@ -215,7 +214,7 @@ def run_block(spec_dicts: list[dict], out_dir: str, progress: bool = False) -> d
         inflight = _read_inflight(work / INFLIGHT)
         dead = next((s for s in todo if s.run_id == inflight), todo[0])
         if not stop:
-            _record_dead_run(dead, out, rc)
+            _record_dead_run(dead, out, rc, prov)
         todo = todo[todo.index(dead) + 1:]
     summary.update(state="stopped" if stop else "done", ended=time.time())
     _write_json(work.with_suffix(".json"), summary)

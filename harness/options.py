@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import re
 import types
 import typing
 from typing import Any, Literal
@@ -33,15 +34,48 @@ def unknown(what: str, name: Any, valid) -> ValueError:
                       f"{', '.join(valid)}")
 
 
-def one_line(err: ValidationError, where: str = "", known=()) -> str:
-    """A pydantic error as one line per problem, joined: ``[run].epochs: must be >= 1 (got
-    0)``, with "did you mean" for unknown keys."""
+def _fields_at(model: type[BaseModel] | None, loc: tuple) -> list[str]:
+    """The field names of the (nested) model that ``loc`` points into."""
+    for part in loc:
+        if model is None:
+            return []
+        if isinstance(part, str):
+            field = model.model_fields.get(part)
+            if field is None:
+                return []
+            model = _model_in(field.annotation)
+    return list(model.model_fields) if model is not None else []
+
+
+def _model_in(tp) -> type[BaseModel] | None:
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        return tp
+    for arg in typing.get_args(tp):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def one_line(err: ValidationError, where: str = "", model: type[BaseModel] | None = None
+             ) -> str:
+    """A pydantic error as one line per problem, joined: ``[run].epochs: input should be
+    greater than or equal to 1 (got 0)``, with "did you mean" for unknown keys and choices
+    (``model``: the validated model, to name the keys it knows)."""
     parts = []
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"])
-        key = f"{where}.{loc}" if where and loc else (where or loc)
+        loc = tuple(e["loc"])
+        inner = ".".join(str(p) for p in loc[:-1])
+        where_ = ".".join(x for x in (where, inner) if x)
+        key = ".".join(x for x in (where, ".".join(str(p) for p in loc)) if x)
         if e["type"] == "extra_forbidden":
-            parts.append(f"unknown key {key!r}{closest(str(e['loc'][-1]), known)}")
+            name = str(loc[-1])
+            parts.append(f"unknown key {name!r} in {where_ or 'the spec'}"
+                         f"{closest(name, _fields_at(model, loc[:-1]))}")
+        elif e["type"] == "literal_error":
+            choices = re.findall(r"'([^']*)'", str(e.get("ctx", {}).get("expected", "")))
+            parts.append(f"{key}: {e['input']!r} is not one of {', '.join(choices)}"
+                         f"{closest(str(e['input']), choices)}")
         else:
             parts.append(f"{key}: {e['msg'].lower()} (got {e.get('input')!r})")
     return "; ".join(parts)

@@ -216,12 +216,6 @@ def _load(out_dir: Path) -> tuple[pd.DataFrame, bool]:
     return pq, False
 
 
-def _read(path: Path) -> pd.DataFrame:
-    """Deprecated (executors.merge until it uses `merge_shards`): the table of ``path``'s
-    folder, recovered as `read_table` does, without rewriting."""
-    return _load(path.parent)[0]
-
-
 def _write(out_dir: Path, df: pd.DataFrame) -> None:
     df = normalize(df)
     _atomic_write(df, out_dir / TABLE, "parquet")

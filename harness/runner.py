@@ -178,8 +178,9 @@ def validate_spec(settings: RunSettings, *, load_data: bool = True):
     if native is not None and native != size:
         raise ValueError(
             f"model {settings.model} is built for {size}x{size} inputs but {settings.dataset} "
-            f"images are {native}x{native}: set img_size = {native} to build the model for "
-            f"them, or use dataset synthetic/imagefolder (which take the model's size)")
+            f"images are {native}x{native}: pass --img-size {native} (img_size = {native} in "
+            f"a spec's [run]) to build the model for them, or use dataset "
+            f"synthetic/imagefolder (which take the model's size)")
     if not load_data:
         return None
     bundle = load_dataset(settings.dataset, data_dir=settings.data_dir, img_size=size,

@@ -9,7 +9,6 @@ weights with strict key checking. Every variant is also registered with timm as
 
 from __future__ import annotations
 
-import difflib
 import fnmatch
 import os
 from collections.abc import Callable
@@ -22,12 +21,12 @@ from torch import nn
 
 from .flags import Flags
 from .models import QuantModel, QuantSwin, QuantViT
+from .variants import VARIANTS, check_name
 
 __all__ = ["create_model", "list_models", "create_float_reference", "load_float_weights",
            "model_config"]
 
-# name -> (family, architecture kwargs); img_size is the default input size.
-_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {}
+_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {}  # filled from variants.VARIANTS
 
 
 def _variant(name: str, family: str, **arch: Any) -> None:
@@ -47,25 +46,8 @@ def _variant(name: str, family: str, **arch: Any) -> None:
     timm.models.register_model(_timm_entry)
 
 
-_variant("deit_tiny_patch16_224", "vit", img_size=224, patch_size=16, embed_dim=192, depth=12,
-         num_heads=3)
-_variant("deit_small_patch16_224", "vit", img_size=224, patch_size=16, embed_dim=384, depth=12,
-         num_heads=6)
-_variant("deit_base_patch16_224", "vit", img_size=224, patch_size=16, embed_dim=768, depth=12,
-         num_heads=12)
-_variant("swin_tiny_patch4_window7_224", "swin", img_size=224, patch_size=4, window_size=7,
-         embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24))
-_variant("swin_small_patch4_window7_224", "swin", img_size=224, patch_size=4, window_size=7,
-         embed_dim=96, depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24))
-_variant("swin_base_patch4_window7_224", "swin", img_size=224, patch_size=4, window_size=7,
-         embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32))
-# CPU-sized variants for 32x32 inputs: a training step at batch 64 well under a second on
-# two cores, deep enough to learn (4 blocks; Swin: two stages, shifted 4x4 windows on the
-# 8x8 stage-1 grid with their mask, patch merging to 4x4).
-_variant("ivit_micro", "vit", img_size=32, patch_size=4, embed_dim=64, depth=4, num_heads=2,
-         mlp_ratio=2.0)
-_variant("swin_micro", "swin", img_size=32, patch_size=4, window_size=4, embed_dim=48,
-         depths=(2, 2), num_heads=(3, 6), mlp_ratio=2.0, drop_path_rate=0.0)
+for _name, (_family, _arch) in VARIANTS.items():
+    _variant(_name, _family, **_arch)
 
 _FAMILIES: dict[str, Callable[..., QuantModel]] = {"vit": QuantViT, "swin": QuantSwin}
 
@@ -77,10 +59,7 @@ def list_models(pattern: str = "*") -> list[str]:
 
 def model_config(name: str) -> tuple[str, dict[str, Any]]:
     """(family, architecture kwargs) of a registered model; unknown names raise."""
-    if name not in _VARIANTS:
-        match = difflib.get_close_matches(name, list(_VARIANTS), n=1)
-        hint = f" (did you mean {match[0]!r}?)" if match else ""
-        raise ValueError(f"unknown model {name!r}{hint}; available: {', '.join(list_models())}")
+    check_name(name)
     family, arch = _VARIANTS[name]
     return family, dict(arch)
 

@@ -19,8 +19,9 @@ import torch
 import qvit
 from qvit import Flags
 
-from .. import runner
+from .. import records, runner
 from ..loop import build_optimizer, train_step
+from ..settings import RunSettings
 from .classify import match_label, pair_expectation
 from .config import ParityConfig, build_model, fixed_batches
 from .trajectory import rel_l2
@@ -40,12 +41,13 @@ def run_harness(model: str, configs: dict[str, Flags], out_dir: str | Path, *,
     The one place parity builds harness runs."""
     native = qvit.model_config(model)[1]["img_size"]
     dataset = "digits" if (img_size or native) == 32 else "synthetic"
-    specs = [runner.RunSpec(config=name, flags=flags, model=model, dataset=dataset,
-                            img_size=img_size, epochs=epochs, steps_per_epoch=steps,
-                            eval_steps=eval_steps, batch_size=batch, seed=seed, device="cpu",
-                            warmup_epochs=0, count_syncs="off", sched="none")
+    specs = [runner.RunSpec(config=name, flags=flags, settings=RunSettings(
+        model=model, dataset=dataset, img_size=img_size, epochs=epochs, steps_per_epoch=steps,
+        eval_steps=eval_steps, batch_size=batch, seed=seed, device="cpu", warmup_epochs=0,
+        count_syncs="off", sched="none", pretrained=False, deterministic=True))
              for seed in seeds for name, flags in configs.items()]
-    return runner.run_sweep(specs, out_dir, executor="inline", progress=False)
+    runner.execute_block(specs, out_dir)
+    return records.merge_shards(out_dir, remove=True)
 
 
 def _loop_skip_reason(name: str, value: Any) -> str | None:

@@ -43,9 +43,9 @@ def _device_type(table: pd.DataFrame) -> str:
     return "cuda" if any(n and not n.startswith(("cpu", "Apple")) for n in names) else "cpu"
 
 
-def build_report(folder: str | Path) -> Path:
+def build_report(folder: str | Path, *, figures: bool = True) -> Path:
     """Compute the statistics of ``folder``'s design and write its report (inside
-    ``folder`` only); returns the path of report.md."""
+    ``folder`` only; ``figures=False``: tables only); returns the path of report.md."""
     folder = Path(folder)
     meta, table, ignored = load_design_table(folder)
     order = [c.name for c in meta["configs"] if c.name in set(table["config"])]
@@ -67,7 +67,7 @@ def build_report(folder: str | Path) -> Path:
     summary.to_csv(folder / "summary.csv", index=False)
     parity = pd.read_csv(folder / "parity.csv") if (folder / "parity.csv").is_file() else None
     ctx = sections.Context(folder, meta, table, ignored, summary, order, parity,
-                           _device_type(table))
+                           _device_type(table), figures)
     findings: list[str] = []
     body: list[str] = []
     for section in sections.SECTIONS:
@@ -124,13 +124,14 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m harness report",
                                 description="Rebuild reports from recorded tables.")
     p.add_argument("dirs", nargs="+", help="report folders (written by harness ablate/run)")
+    p.add_argument("--no-figures", action="store_true", help="tables only (quicker)")
     p.add_argument("--index", metavar="ROOT", help="also write ROOT/README.md listing the "
                    "reports in ROOT's subfolders (a results root you name)")
     args = p.parse_args(argv)
     for d in map(Path, args.dirs):
         if not d.is_dir():
             raise ValueError(f"no folder {str(d)!r}")
-        print(f"report: {build_report(d)}")
+        print(f"report: {build_report(d, figures=not args.no_figures)}")
     if args.index:
         if not Path(args.index).is_dir():
             raise ValueError(f"--index {args.index}: no such folder; name an existing "

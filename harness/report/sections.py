@@ -40,6 +40,7 @@ class Context:
     order: list[str]  # config names, design order
     parity: pd.DataFrame | None
     device_type: str
+    figures: bool = True  # draw the figures (False: tables only, quicker)
     figs: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -122,9 +123,10 @@ def timeline(ctx: Context) -> tuple[str, list[str]]:
     rep = ctx.report
     reference = rep.get("reference_minutes") or (list(SEED_MINUTES) if len(order) == len(
         SEED_MINUTES) else None)
-    ctx.figs["timeline"] = figures.timeline(
-        ctx.summary, order, reference, rep.get("reference_label") or "seed",
-        ctx.folder / "fig_timeline.png")
+    if ctx.figures:
+        ctx.figs["timeline"] = figures.timeline(
+            ctx.summary, order, reference, rep.get("reference_label") or "seed",
+            ctx.folder / "fig_timeline.png")
     notes = {c.name: c.note for c in ctx.meta["configs"]}
     rows, findings = [], []
     for i, name in enumerate(order):
@@ -153,7 +155,7 @@ def timeline(ctx: Context) -> tuple[str, list[str]]:
             f"training step (model arithmetic alone). {ctx.interval_label()}; the seed's "
             "ratios are its published minutes on an RTX 3060 (GPU: host round trips cost "
             "far more there).\n\n" + md_table(pd.DataFrame(rows))
-            + f"\n![timeline]({ctx.figs['timeline']})\n")
+            + (f"\n![timeline]({ctx.figs['timeline']})\n" if "timeline" in ctx.figs else ""))
     return text, findings
 
 
@@ -283,7 +285,7 @@ def per_flag(ctx: Context) -> tuple[str, list[str]]:
         return "", []
     pf.to_csv(ctx.folder / "per_flag.csv", index=False)
     live = pf[pf["no_effect"] == ""]
-    if len(live):
+    if len(live) and ctx.figures:
         ctx.figs["flags"] = figures.flag_speedup(
             live, ctx.folder / "fig_flag_speedup.png", "epoch speedup of the flag (x)")
     show = pd.DataFrame({
@@ -318,7 +320,8 @@ def effects(ctx: Context) -> tuple[str, list[str]]:
     if eff.empty:
         return "", []
     eff.to_csv(ctx.folder / "effects.csv", index=False)
-    ctx.figs["effects"] = figures.effects(eff, ctx.folder / "fig_effects.png")
+    if ctx.figures:
+        ctx.figs["effects"] = figures.effects(eff, ctx.folder / "fig_effects.png")
     e = eff[eff["response"].isin(["epoch_s", "top1"])].copy()
     e["estimate [95% CI]"] = [
         ci(r.factor, r.factor_lo, r.factor_hi, suffix="x") if r.response != "top1"
@@ -331,7 +334,8 @@ def effects(ctx: Context) -> tuple[str, list[str]]:
             "difference in points. " + ("Two-flag interactions are resolved and estimated."
                                         if inter else "Main effects only (this design "
                                         "aliases two-flag interactions).")
-            + "\n\n" + md_table(e) + f"\n![effects]({ctx.figs['effects']})\n")
+            + "\n\n" + md_table(e)
+            + (f"\n![effects]({ctx.figs['effects']})\n" if "effects" in ctx.figs else ""))
     top = (eff[eff["response"] == "epoch_s"].groupby("term")["effect"]
            .apply(lambda v: float(np.mean(v))).sort_values(key=lambda v: -v.abs()))
     return text, ["largest effects on epoch time: " + ", ".join(
@@ -347,7 +351,7 @@ def parity(ctx: Context) -> tuple[str, list[str]]:
 
 def distributions(ctx: Context) -> tuple[str, list[str]]:
     epochs = stats.measured(ctx.table)
-    if epochs.empty:
+    if epochs.empty or not ctx.figures:
         return "", []
     ctx.figs["times"] = figures.epoch_times(epochs, ctx.order, ctx.folder / "fig_times.png")
     text = ("## Time distributions\n\nEvery measured epoch of every run.\n\n"

@@ -17,8 +17,9 @@ AA = ablate.AA_CONTROL
 
 
 def spec(design, run=None, **top):
-    return ablate.parse_spec({"name": "t", "run": {**RUN, **(run or {})}, "design": design,
-                              **top})
+    """A spec without the A/A control (these tests look at the design's own configs)."""
+    return ablate.parse_spec({"name": "t", "run": {**RUN, **(run or {})},
+                              "design": {"aa_control": False, **design}, **top})
 
 
 @pytest.mark.parametrize("path", SPECS, ids=[p.stem for p in SPECS])
@@ -139,7 +140,7 @@ def test_explicit_configs_with_float_reference():
         {"name": "seed", "flags": "seed"}, {"name": "best", "flags": "best"},
         {"name": "float", "flags": "best", "float_reference": True}]})
     configs = ablate.design_configs(s)
-    assert [c.name for c in configs] == ["seed", "best", "float", AA]
+    assert [c.name for c in configs] == ["seed", "best", "float"]
     assert configs[2].float_reference and configs[1].flags == Flags.preset("best")
 
 
@@ -152,13 +153,14 @@ def test_explicit_configs_with_float_reference():
     (lambda d: d["design"].update(values={"plot_every": "x"}), "integer"),
     (lambda d: d["design"].update(values={"layernorm_newton": "sqrt"}), "must be one of"),
     (lambda d: d["run"].update(epochs=1), "warmup_epochs"),
-    (lambda d: d["run"].update(dataset="imagenet"), "'digits'"),
+    (lambda d: d["run"].update(dataset="imagenet"), "not one of digits, cifar10"),
     (lambda d: d["run"].update(repeats="3"), "valid integer"),
     (lambda d: d["run"].update(repeats=1), "needs >= 2 blocks"),
     (lambda d: d["run"].update(lr="fast"), "valid number"),
     (lambda d: d["design"].update(kind="timeline", stages=[2, 3]), r"stages\.0: input should"),
     (lambda d: d["design"].update(kind="factorial", flags=[1, 2]), r"flags\.0: input should"),
-    (lambda d: d["design"].update(configs=[{"name": "a", "flag": "seed"}]), "'flag'"),
+    (lambda d: d["design"].update(kind="configs", configs=[{"name": "a", "flag": "seed"}]),
+     "unknown key 'flag' in spec.design.configs.0 \\(did you mean 'flags'\\?\\)"),
     (lambda d: d["design"].update(baseline="nope"), "baseline config"),
     (lambda d: d["design"].update(kind="timeline", stages=[[2, 3], [1]],
                                   stage_names=["a", "b"]), "seed change 1"),

@@ -75,11 +75,11 @@ def test_report_per_design(tmp_path, name, figs):
 def test_an_aa_interval_excluding_one_marks_the_report_unreliable(tmp_path):
     folder = tmp_path / "t"
     fake_results(folder, "seed_timeline", times={AA_CONTROL: 0.8}, noise=0.01)
-    text = report.build_report(folder).read_text()
+    text = report.build_report(folder, figures=False).read_text()
     assert "**UNRELIABLE**" in text and "UNRELIABLE: A/A interval excludes 1" in text
     ok = tmp_path / "ok"
     fake_results(ok, "seed_timeline", noise=0.01)
-    assert "UNRELIABLE" not in report.build_report(ok).read_text()
+    assert "UNRELIABLE" not in report.build_report(ok, figures=False).read_text()
 
 
 def test_one_block_is_reported_without_an_interval(tmp_path):
@@ -87,7 +87,7 @@ def test_one_block_is_reported_without_an_interval(tmp_path):
     spec, configs, t = fake_results(folder, "seed_timeline", repeats=2)
     t = t[t["block"] == 0]
     t.to_csv(folder / "runs.csv", index=False)
-    text = report.build_report(folder).read_text()
+    text = report.build_report(folder, figures=False).read_text()
     assert "[n/a]" in text and "no interval: 1 block" in text and "one block only" in text
 
 
@@ -98,7 +98,7 @@ def test_rows_of_other_identities_are_never_pooled(tmp_path):
     stale["run_id"] = stale["run_id"] + "-older-code"
     stale["epoch_s"] *= 10
     pd.concat([t, stale]).to_csv(folder / "runs.csv", index=False)
-    text = report.build_report(folder).read_text()
+    text = report.build_report(folder, figures=False).read_text()
     summary = pd.read_csv(folder / "summary.csv")
     assert (summary["n_runs"] == 5).all()  # 5 blocks, not 10: the stale rows are not used
     assert f"{len(stale)} rows in this folder's table belong to runs of other" in text
@@ -107,7 +107,7 @@ def test_rows_of_other_identities_are_never_pooled(tmp_path):
 def test_report_writes_only_inside_its_folder(tmp_path):
     (tmp_path / "README.md").write_text("the user's own readme\n")
     fake_results(tmp_path / "mine", "seed_timeline")
-    assert report.main([str(tmp_path / "mine")]) == 0
+    assert report.main([str(tmp_path / "mine"), "--no-figures"]) == 0
     assert (tmp_path / "README.md").read_text() == "the user's own readme\n"
     assert report.main([str(tmp_path / "mine"), "--index", str(tmp_path / "idx")]) == 2
 
@@ -115,11 +115,12 @@ def test_report_writes_only_inside_its_folder(tmp_path):
 def test_index_of_a_named_results_root(tmp_path):
     fake_results(tmp_path / "seed_timeline", "seed_timeline")
     fake_results(tmp_path / "screen", "screen")
-    args = [str(tmp_path / "seed_timeline"), str(tmp_path / "screen"), "--index", str(tmp_path)]
+    args = [str(tmp_path / "seed_timeline"), str(tmp_path / "screen"), "--index",
+            str(tmp_path), "--no-figures"]
     assert report.main(args) == 0
     index = (tmp_path / "README.md").read_text()
     assert "(seed_timeline/report.md)" in index and "(screen/report.md)" in index
-    assert "main effects only" in (tmp_path / "screen" / "report.md").read_text()
+    assert "Main effects only" in (tmp_path / "screen" / "report.md").read_text()
 
 
 def test_report_of_a_folder_without_a_design_says_what_it_needs(tmp_path, capsys):
