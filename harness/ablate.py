@@ -256,12 +256,15 @@ def parse_spec(data: dict[str, Any], source: str | None = None, *, min_repeats: 
 def _validate_run(spec: AblationSpec) -> None:
     from qvit.variants import model_names
 
+    from .safety import check_dataset
+
     if len(set(spec.models)) != len(spec.models):
         raise ValueError(f"[run].models lists a model twice: {list(spec.models)}")
     for m in spec.models:
         if ":" not in m and m not in model_names():
             raise unknown("model", m, model_names())
         spec.settings.replace(model=m)
+    check_dataset(spec.settings.dataset, spec.settings.data_dir)  # layout, files readable
 
 
 def _validate_design(spec: AblationSpec) -> None:

@@ -187,21 +187,13 @@ def train_one_epoch(model: nn.Module, batches, epoch: int, *, optimizer, schedul
     model.train()
     timer = measure.StepTimer(device)
     n = len(batches)
-    # Count a window of steps: from the second step (the first creates optimizer state and
-    # meets first-call paths) for ``count_steps`` steps, or every step with None. Counted
-    # steps run slower (the counter's hooks): their times are left out of ``step_times``.
-    first = 1 if n > 1 else 0
-    counted = 0 if not count_syncs else (n - first if count_steps is None
-                                         else min(count_steps, n - first))
-    window = _CountWindow(device, optimizer, first, counted)
+    window = _CountWindow.for_epoch(device, optimizer, n, count_syncs, count_steps)
+    losses = _LossSum(device, per_step=flags.loss_item_per_step)
     measure.phase_boundary(device)
     t0 = time.perf_counter()
     it = iter(batches.epoch(epoch))  # loader and workers start here
     steps = images = 0
     startup_s = data_s = 0.0
-    host_loss = 0.0
-    # float64 on the device: the same sum, in the same order, as the host path's floats
-    dev_loss = torch.zeros((), device=device, dtype=torch.float64)
     try:
         for step in range(n):
             t_fetch = time.perf_counter()
@@ -227,13 +219,7 @@ def train_one_epoch(model: nn.Module, batches, epoch: int, *, optimizer, schedul
                 ema.update(model, step=updates_done)
             if scheduler is not None:
                 scheduler.step_update(num_updates=updates_done)
-            if flags.loss_item_per_step:
-                value = loss.item()
-                if not math.isfinite(value):
-                    raise NonFiniteLoss(f"loss is {value} at epoch {epoch}, step {step}")
-                host_loss += value
-            else:
-                dev_loss += loss.detach().double()
+            losses.add(loss, epoch, step)
             if flags.cuda_synchronize_per_step and device.type == "cuda":
                 torch.cuda.synchronize(device)
             timer.end()
@@ -245,9 +231,9 @@ def train_one_epoch(model: nn.Module, batches, epoch: int, *, optimizer, schedul
     finally:
         window.close()
     # the seed path's one read per epoch: counted apart, and spread over all steps
-    with (measure.count_host_syncs(device) if counted else contextlib.nullcontext()) as end:
-        mean_loss = host_loss / max(steps, 1) if flags.loss_item_per_step else \
-            (dev_loss / max(steps, 1)).item()
+    with (measure.count_host_syncs(device) if window.count else contextlib.nullcontext()
+          ) as end:
+        mean_loss = losses.mean(steps)
     measure.phase_boundary(device)
     train_s = time.perf_counter() - t0
     if not math.isfinite(mean_loss):
@@ -261,8 +247,42 @@ def train_one_epoch(model: nn.Module, batches, epoch: int, *, optimizer, schedul
                        mean_loss, per_step, syncs, window.steps)
 
 
+class _LossSum:
+    """The epoch's training loss: read every step (``per_step``, the seed's legacy path:
+    a host read, and NaN caught at once), or summed on the device and read once."""
+
+    def __init__(self, device: torch.device, per_step: bool):
+        self.per_step, self.host = per_step, 0.0
+        # float64 on the device: the same sum, in the same order, as the host path's floats
+        self.dev = torch.zeros((), device=device, dtype=torch.float64)
+
+    def add(self, loss: torch.Tensor, epoch: int, step: int) -> None:
+        if self.per_step:
+            value = loss.item()
+            if not math.isfinite(value):
+                raise NonFiniteLoss(f"loss is {value} at epoch {epoch}, step {step}")
+            self.host += value
+        else:
+            self.dev += loss.detach().double()
+
+    def mean(self, steps: int) -> float:
+        return self.host / max(steps, 1) if self.per_step else \
+            (self.dev / max(steps, 1)).item()
+
+
 class _CountWindow:
     """Counts host syncs over steps ``first .. first+count-1`` only."""
+
+    @classmethod
+    def for_epoch(cls, device, optimizer, n: int, count_syncs: bool,
+                  count_steps: int | None) -> _CountWindow:
+        """From the second step (the first creates optimizer state and meets first-call
+        paths) for ``count_steps`` steps, or every step with None. Counted steps run slower
+        (the counter's hooks): their times are left out of the step times."""
+        first = 1 if n > 1 else 0
+        count = 0 if not count_syncs else (n - first if count_steps is None
+                                           else min(count_steps, n - first))
+        return cls(device, optimizer, first, count)
 
     def __init__(self, device, optimizer, first: int, count: int):
         self.device, self.optimizer, self.first, self.count = device, optimizer, first, count
