@@ -75,11 +75,14 @@ def run_level(table: pd.DataFrame) -> pd.DataFrame:
         for col in ("epoch_s", "train_s", "eval_s", "startup_s", "data_s", "plot_s"):
             if col in g:
                 row[col] = float(g[col].median())
+        if "compute_s" in g and g["compute_s"].notna().any():
+            row["other_s"] = float((g["train_s"] - g["compute_s"]).median())
         row["step_s"] = _pooled_steps(g)
         row["n_steps_timed"] = int(sum(len(json.loads(x)) for x in g.get(
             "step_times", pd.Series(dtype=str)).dropna() if x))
-        steps = float(g["steps"].median()) if "steps" in g else np.nan
-        row["other_s"] = row.get("train_s", np.nan) - steps * row["step_s"]
+        if "other_s" not in row:  # tables without compute_s: the median step for each step
+            steps = float(g["steps"].median()) if "steps" in g else np.nan
+            row["other_s"] = row.get("train_s", np.nan) - steps * row["step_s"]
         for col in ("top1", "top5", "eval_loss", "train_loss", "eval_images",
                     "pretrained_top1"):
             if col in last:

@@ -21,7 +21,7 @@ def _cell(v: Any, digits: int = 3) -> str:
     if isinstance(v, (bool, np.bool_)):
         return "yes" if v else ""
     if isinstance(v, (float, np.floating)):
-        return f"{v:.{digits}g}" if abs(v) < 1e4 else f"{v:.0f}"
+        return f"{v:.{digits}g}" if abs(v) < 10 ** digits else f"{v:.0f}"
     return str(v).replace("|", "\\|")
 
 

@@ -160,12 +160,13 @@ def timeline(ctx: Context) -> tuple[str, list[str]]:
 
 
 def _speed_row(ctx: Context, r: pd.Series) -> dict[str, Any]:
-    why = ctx.no_effect(r["config"])
+    why = "baseline" if r["config"] == ctx.baseline else ctx.no_effect(r["config"])
     row = {"model": r["model"], "config": r["config"],
            "epoch s": r["epoch_s_median"], "step ms": 1e3 * r["step_s_median"],
            "data+loop s": r["other_s_median"]}
     if why:
-        row.update({"epoch x": NO_EFFECT, "step x": NO_EFFECT, "data+loop x": ""})
+        shown = "(baseline)" if why == "baseline" else NO_EFFECT
+        row.update({"epoch x": shown, "step x": shown, "data+loop x": ""})
     else:
         row["epoch x"] = ci(r["speedup"], r["speedup_lo"], r["speedup_hi"])
         row["step x"] = ci(r["speedup_step"], r["speedup_step_lo"], r["speedup_step_hi"])
@@ -439,8 +440,9 @@ def setup(ctx: Context) -> str:
     st = ctx.meta.get("settings") or {}
     prov = provenance(ctx.table)
     rows = [("spec", "[spec.toml](spec.toml)"),
-            ("design", f"{ctx.meta['kind']}, {len(ctx.order)} configs (incl. the A/A control)"
-             f", baseline `{ctx.baseline}`"),
+            ("design", f"{ctx.meta['kind']}, {len(ctx.order)} configs"
+             + (" (incl. the A/A control)" if AA_CONTROL in ctx.order else "")
+             + f", baseline `{ctx.baseline}`"),
             ("models", ", ".join(ctx.models)),
             ("data", f"{st.get('dataset')}, batch {st.get('batch_size')}, "
                      f"{st.get('steps_per_epoch') or 'all'} steps/epoch, eval on "
