@@ -70,8 +70,9 @@ def _configs(args) -> list[dict]:
     return out
 
 
-def spec_from_args(args):
-    """The `AblationSpec` of a parsed ``run`` command (validated like a spec file)."""
+def spec_from_args(args, argv: list[str] | None = None):
+    """The `AblationSpec` of a parsed ``run`` command (validated like a spec file);
+    ``argv`` (default: this process's) is the command line its description quotes."""
     from .ablate import parse_spec
 
     settings = values_from_args(RunSettings, args)
@@ -79,7 +80,8 @@ def spec_from_args(args):
     if "warmup_epochs" not in settings and settings.get("epochs") == 1:
         settings["warmup_epochs"] = 0  # one epoch: nothing to warm up with
     return parse_spec({"name": Path(args.out).name or "run",
-                       "description": "harness run " + " ".join(sys.argv[2:]),
+                       "description": "harness run " + " ".join(
+                           sys.argv[2:] if argv is None else argv),
                        "run": {**settings, "models": [model], "repeats": args.repeats},
                        "design": {"kind": "configs", "configs": _configs(args),
                                   "aa_control": args.aa_control}}, min_repeats=1)
@@ -92,7 +94,7 @@ def cmd_run(argv: list[str]) -> int:
     from .pipeline import run_spec
 
     args = run_parser().parse_args(argv)
-    spec = spec_from_args(args)
+    spec = spec_from_args(args, argv)
     print(f"report: {run_spec(spec, Path(args.out), options_from(None, args))}")
     from .ablate import read_design
 

@@ -19,7 +19,11 @@ pytest::
 
     def test_best_keeps_accuracy():
         table = read_table("runs/cmp")  # e.g. python -m harness run ... --out runs/cmp
-        assert_accuracy_parity(table, "best", "legacy", margin=0.01)  # within one point
+        assert_accuracy_parity(table, "best", "legacy", margin=1.0)  # within one point
+
+Top-1 and top-5 are in percent. The default margin, `DEFAULT_MARGIN_PP` = 1.0 point, is
+about 3.6 images of the default held-out split (364 digits): small enough to catch a real
+loss, large enough that one flipped image is not one.
 """
 
 from __future__ import annotations
@@ -36,7 +40,9 @@ from qvit import Flags
 from .parity.classify import pair_expectation
 
 __all__ = ["AccuracyParity", "accuracy_parity", "assert_accuracy_parity", "tost_paired",
-           "tost_unpaired"]
+           "tost_unpaired", "DEFAULT_MARGIN_PP"]
+
+DEFAULT_MARGIN_PP = 1.0  # top-1/top-5 points
 
 
 @dataclass(frozen=True)
@@ -186,6 +192,8 @@ def accuracy_parity(table: pd.DataFrame, config_a: str, config_b: str, *,
     when every flag the two configs differ in is declared ``exact``.
     """
     fa, fb = _finals(table, config_a, model), _finals(table, config_b, model)
+    if margin is None and metric in ("top1", "top5"):
+        margin = DEFAULT_MARGIN_PP
     if exact is None:
         diff = _differing_flags(table, config_a, config_b)
         exact = bool(diff) and all(pair_expectation(n, *v) == "exact" for n, v in diff.items())
@@ -206,8 +214,9 @@ def assert_accuracy_parity(table: pd.DataFrame, config_a: str, config_b: str, *,
 
     ``table``: a harness results table (`harness.records.read_table(folder)`), several seeds
     per config for a TOST. ``margin``: the largest difference of ``metric`` you accept as
-    equivalent, in the metric's units (top-1 is a fraction: 0.01 is one point); required
-    unless the check is exact. ``exact``: True demands identical final results run for run,
+    equivalent, in the metric's units (top-1 is in percent: 1.0 is one point, the default
+    for top-1/top-5, `DEFAULT_MARGIN_PP`); required for other metrics unless the check is
+    exact. ``exact``: True demands identical final results run for run,
     False a TOST at level ``alpha``, None (default) exact where every flag the two configs
     differ in is declared ``exact`` (`qvit.flags`). ``model``: restrict to one model of the
     table. See `accuracy_parity` for ``losses``.
@@ -218,8 +227,8 @@ def assert_accuracy_parity(table: pd.DataFrame, config_a: str, config_b: str, *,
     margin for a TOST, fewer than two seeds). Example::
 
         table = harness.records.read_table("runs/cmp")
-        r = assert_accuracy_parity(table, "best", "legacy", margin=0.01)
-        print(r.method, r.p_value, r.ci)  # tost-paired 0.003 (-0.004, 0.006)
+        r = assert_accuracy_parity(table, "best", "legacy")  # +-1 top-1 point
+        print(r.method, r.p_value, r.ci)  # e.g. tost-paired 0.003 (-0.4, 0.6)
     """
     r = accuracy_parity(table, config_a, config_b, metric=metric, margin=margin, alpha=alpha,
                         exact=exact, model=model, losses=losses)
@@ -229,5 +238,5 @@ def assert_accuracy_parity(table: pd.DataFrame, config_a: str, config_b: str, *,
         raise AssertionError(f"{config_a} vs {config_b}: final results not identical over "
                              f"{r.n} paired runs ({r.detail})")
     raise AssertionError(f"{config_a} vs {config_b}: {metric} not shown equivalent within "
-                         f"+-{margin:g} (TOST p={r.p_value:.3g} >= alpha {alpha}, n={r.n}, "
+                         f"+-{r.margin:g} (TOST p={r.p_value:.3g} >= alpha {alpha}, n={r.n}, "
                          f"mean diff {r.mean_diff:.4g}; {r.detail})")

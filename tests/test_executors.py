@@ -1,6 +1,7 @@
-"""harness.executors: options, the shard merge, and a tiny spec end to end through submitit's
-local executor (the code path of the Slurm executor: one job per repeat block), with a job
-killed mid-block and a resume. The real Slurm cluster test is tests/test_slurm_real.py."""
+"""harness.executors: options, the shard merge, the local executor (block after block, each
+in one child process), and a tiny spec end to end through submitit's local executor (the code
+path of the Slurm executor: one job per repeat block), with a job killed mid-block and a
+resume. The real Slurm cluster test is tests/test_slurm_real.py."""
 
 from __future__ import annotations
 
@@ -17,8 +18,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from harness import ablate, executors, records
+from harness import ablate, cli, executors, records
 from harness.executors import ExecutorOptions, options_from, parse_options, parse_time_limit
+from harness.runner import INFLIGHT
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -36,9 +38,11 @@ batch_size = 16
 repeats = 2
 device = "cpu"
 seed = 0
+pretrained = false
 [design]
 kind = "configs"
 baseline = "legacy"
+aa_control = false
 configs = [{name = "legacy", flags = "legacy,num_workers=0"},
            {name = "seed", flags = "seed,num_workers=0"}]
 [executor]
@@ -74,19 +78,26 @@ def child_env() -> dict:
     return env
 
 
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def wait_mid_block(out: Path, block: int, proc, timeout: float = 300) -> dict:
     """Wait until the job of ``block`` has finished the block's first run and started the
-    second; returns the block record the job wrote (jobs/blocks/block<b>.json)."""
+    second; returns the block record the job wrote (jobs/blocks/block<b>.json) with
+    ``current`` (the run in flight) and ``child`` (the pid of the block's child process)
+    from its inflight.json."""
     path = out / executors.JOBS_DIR / "blocks" / f"block{block}.json"
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout:
-        if path.is_file():
-            try:
-                rec = json.loads(path.read_text())
-            except ValueError:
-                rec = None
-            if rec and len(rec["todo"]) >= 2 and rec["current"] == rec["todo"][1]:
-                return rec
+        rec = _read_json(path) if path.is_file() else None
+        if rec and len(rec["todo"]) >= 2:
+            now = _read_json(path.with_suffix("") / INFLIGHT) or {}
+            if now.get("run_id") == rec["todo"][1]:
+                return {**rec, "current": now["run_id"], "child": int(now["pid"])}
             if rec and rec["state"] == "done":
                 raise AssertionError(f"block {block} ended before it could be killed: {rec}")
         alive = proc.is_alive() if hasattr(proc, "is_alive") else proc.poll() is None
@@ -150,7 +161,7 @@ def test_options_from_spec_and_cli():
     opts = parse_options(table)
     assert opts.kind == "slurm" and opts.time_limit_min() == 60 and opts.setup == (
         "module load cuda",)
-    p = ablate._parser()
+    p = cli.ablate_parser()
     args = p.parse_args(["x.toml", "--partition", "debug", "--time-limit", "5",
                          "--slurm-option", "qos=high", "--slurm-option", "exclusive",
                          "--retries", "0"])
@@ -180,7 +191,7 @@ def test_spec_executor_table(tmp_path):
 def _row(run_id, epoch, status="ok", host="a", block=0, wall=1.0):
     return {"run_id": run_id, "config": run_id, "model": "m", "dataset": "digits",
             "block": block, "epoch": epoch, "status": status, "hostname": host,
-            "device_name": "cpu", "wall_s": wall}
+            "device_name": "cpu", "epoch_s": wall}
 
 
 def test_merge_keeps_finished_rows_and_never_duplicates(tmp_path):
@@ -191,15 +202,15 @@ def test_merge_keeps_finished_rows_and_never_duplicates(tmp_path):
     # r2: the redo finished; r3: a new run, one epoch so far
     records.write_shard(tmp_path, "r2", [_row("r2", 1, wall=2.0), _row("r2", 2, wall=2.0)])
     records.write_shard(tmp_path, "r3", [_row("r3", 1)])
-    t = executors.merge(tmp_path, epochs)
+    t = records.merge_shards(tmp_path, epochs)
     assert not t.duplicated(["run_id", "epoch"]).any()
-    assert t.set_index(["run_id", "epoch"])["wall_s"].to_dict() == {
+    assert t.set_index(["run_id", "epoch"])["epoch_s"].to_dict() == {
         ("r1", 1): 1.0, ("r1", 2): 1.0, ("r2", 1): 2.0, ("r2", 2): 2.0, ("r3", 1): 1.0}
     # merging again (shards kept while jobs may still write) changes nothing
-    t2 = executors.merge(tmp_path, epochs)
+    t2 = records.merge_shards(tmp_path, epochs)
     pd.testing.assert_frame_equal(t, t2)
     assert len(list((tmp_path / "shards").glob("*.parquet"))) == 3
-    executors.merge(tmp_path, epochs, remove=True)
+    records.merge_shards(tmp_path, epochs, remove=True)
     assert not list((tmp_path / "shards").glob("*.parquet"))
     pd.testing.assert_frame_equal(records.read_table(tmp_path), t)
     assert (tmp_path / "runs.csv").is_file()
@@ -219,16 +230,37 @@ def test_blocks_needing_work(tmp_path):
     assert executors.blocks_needing_work(mixed, specs) == [0]
 
 
-def test_local_executor_unchanged(tmp_path):
-    """`executor="local"` (also as options) still goes through the runner's own loop."""
-    with pytest.raises(ValueError, match="run_sweep"):
-        executors.run_blocks([], tmp_path, ExecutorOptions(kind="local"))
+@pytest.mark.parametrize("opts", ["local", ExecutorOptions(kind="local")])
+def test_local_executor_runs_blocks_here(tmp_path, monkeypatch, opts):
+    """`executor="local"` (also as options) runs each unfinished block with `run_block`
+    here, block after block in the plan's order (never through submitit)."""
+    specs = tiny_specs(write_tiny(tmp_path))
+    calls = []
+
+    def fake_run_block(spec_dicts, out_dir, progress=False):
+        calls.append([(d["block"], d["order"], d["config"]) for d in spec_dicts])
+        for d in spec_dicts:  # finish the block's runs, as its child would
+            spec = next(s for s in specs if s.block == d["block"] and s.order == d["order"])
+            records.append_shard_rows(out_dir, spec.run_id, [
+                {**_row(spec.run_id, 1, block=spec.block), "config": spec.config}])
+        return {}
+
+    monkeypatch.setattr(executors, "run_block", fake_run_block)
+    monkeypatch.setattr(executors, "_make_executor", lambda *a, **k: pytest.fail("submitit"))
+    out = tmp_path / "out"
+    table = executors.run_sweep(specs, out, opts, progress=False, validate=False)
+    want = [[(s.block, s.order, s.config) for s in sorted(specs, key=lambda s: s.order)
+             if s.block == b] for b in (0, 1)]
+    assert calls == want
+    check_table(table, specs, finished_blocks=[0, 1])
+    executors.run_sweep(specs, out, opts, progress=False, validate=False)
+    assert len(calls) == 2  # nothing left to run
 
 
 # --- end to end through submitit's local executor ----------------------------------------------
 
 class _Submitter(threading.Thread):
-    """`run_blocks` in a thread (the test watches and kills jobs meanwhile)."""
+    """`run_sweep` in a thread (the test watches and kills jobs meanwhile)."""
 
     def __init__(self, specs, out, opts):
         super().__init__(daemon=True)
@@ -236,7 +268,7 @@ class _Submitter(threading.Thread):
 
     def run(self):
         try:
-            self.table = executors.run_blocks(*self.args)
+            self.table = executors.run_sweep(*self.args)
         except BaseException as e:  # noqa: BLE001 - re-raised by the test
             self.error = e
 
@@ -246,7 +278,7 @@ def test_submitit_local_kill_and_resume(tmp_path, capfd):
     """Blocks as jobs (submitit LocalExecutor, the Slurm executor's code path): block 0's
     job is killed after its first run (the job process and its run, as a node failure
     would); the block is left unfinished, the finished run kept; the resume redoes only the
-    unfinished run; the table then matches an inline run of the same spec in schema and
+    unfinished run; the table then matches a local run of the same spec in schema and
     numbers."""
     spec_path = write_tiny(tmp_path)
     specs = tiny_specs(spec_path)
@@ -256,17 +288,9 @@ def test_submitit_local_kill_and_resume(tmp_path, capfd):
     sub.start()
     rec = wait_mid_block(out, 0, sub)
     first, second = rec["todo"]
-    pid_file = out / "specs" / f"{second}.pid"
-    t0 = time.monotonic()
-    text = ""
-    while not text.strip().isdigit() and time.monotonic() - t0 < 60:
-        time.sleep(0.02)  # the job has named its second run; its process is starting
-        with contextlib.suppress(OSError):
-            text = pid_file.read_text()
-    child = int(text)
     os.kill(rec["pid"], signal.SIGKILL)  # the job ...
-    with contextlib.suppress(OSError):  # ... and the run it had started
-        os.kill(child, signal.SIGKILL)
+    with contextlib.suppress(OSError):  # ... and its block's child, in the second run
+        os.kill(rec["child"], signal.SIGKILL)
     sub.join(timeout=300)
     assert not sub.is_alive() and sub.error is None, sub.error
     assert "blocks [0] are unfinished" in capfd.readouterr().err
@@ -277,8 +301,8 @@ def test_submitit_local_kill_and_resume(tmp_path, capfd):
     assert not (out / executors.JOBS_DIR / "active.json").exists()
 
     # resume: only block 0's second run is redone; the first keeps its row
-    t2 = executors.run_blocks(specs, out, opts)
-    assert "2 blocks, 1 finished already; submitting 1" in capfd.readouterr().err
+    t2 = executors.run_sweep(specs, out, opts)
+    assert "2 blocks, 1 finished already; 1 to run" in capfd.readouterr().err
     rec = json.loads((out / executors.JOBS_DIR / "blocks" / "block0.json").read_text())
     assert rec["todo"] == [second] and rec["state"] == "done"
     check_table(t2, specs, finished_blocks=[0, 1])
@@ -288,14 +312,14 @@ def test_submitit_local_kill_and_resume(tmp_path, capfd):
     assert not list((out / "shards").glob("*.parquet"))
 
     # a second resume has nothing to do
-    t3 = executors.run_blocks(specs, out, opts)
-    assert "2 finished already; submitting 0" in capfd.readouterr().err
+    t3 = executors.run_sweep(specs, out, opts)
+    assert "2 finished already; 0 to run" in capfd.readouterr().err
     pd.testing.assert_frame_equal(t3, t2)
 
-    # the same spec run here (inline: same runs, same seeds) gives the same numbers
-    local = tmp_path / "inline"
-    assert ablate.main([str(spec_path), "--out", str(local), "--no-report",
-                        "--executor", "inline"]) == 0
+    # the same spec run with the local executor (same runs, same seeds): the same numbers
+    local = tmp_path / "local"
+    assert cli.main(["ablate", str(spec_path), "--out", str(local), "--no-report",
+                     "--executor", "local"]) == 0
     side = compare_to_local(t2, records.read_table(local), specs)
     assert len(side) == 4
 
@@ -326,7 +350,7 @@ class _FakeExecutor:
         self.out, self.plan, self.submitted = out, plan, []
 
     def map_array(self, fn, payload, outs):
-        from harness.runner import RunSpec, _base_row
+        from harness.runner import RunSpec, base_row
 
         states = self.plan[len(self.submitted)]
         self.submitted.append([d[0]["block"] for d in payload])
@@ -336,7 +360,7 @@ class _FakeExecutor:
             state = states.get(specs[0].block, "FINISHED")
             for s in specs[:1] if state != "FINISHED" else specs:
                 prov = {"hostname": "node1", "device_name": "cpu"}
-                row = {**_base_row(s, prov), "epoch": 1, "status": "ok", "top1": 1.0}
+                row = {**base_row(s, prov), "epoch": 1, "status": "ok", "top1": 1.0}
                 records.write_shard(self.out, s.run_id, [row])
             jobs.append(_FakeJob(self.out, f"{len(self.submitted)}_{specs[0].block}", state))
         return jobs
@@ -350,7 +374,7 @@ def test_retries_resubmit_dead_blocks_not_cancelled_ones(tmp_path, monkeypatch, 
     fake = _FakeExecutor(out, [{0: died}, {}])
     monkeypatch.setattr(executors, "_make_executor", lambda *a, **k: fake)
     opts = ExecutorOptions(kind="submitit-local", retries=1, poll_s=0.01)
-    table = executors.run_blocks(specs, out, opts, progress=False, validate=False)
+    table = executors.run_sweep(specs, out, opts, progress=False, validate=False)
     assert fake.submitted == ([[0, 1], [0]] if resubmitted else [[0, 1]])
     check_table(table, specs, finished_blocks=[0, 1] if resubmitted else [1])
     assert len(table) == (4 if resubmitted else 3)

@@ -68,7 +68,7 @@ def _run_logged(cmd, log: Path, timeout: float) -> int:
 
 
 def _squeue_state(job_id: str) -> str | None:
-    return (executors._squeue_states() or {}).get(job_id)
+    return (executors.squeue_states() or {}).get(job_id)
 
 
 def test_slurm_cancel_resume_and_local_parity(cluster, tmp_path):
@@ -115,7 +115,7 @@ def test_slurm_cancel_resume_and_local_parity(cluster, tmp_path):
     _say("resuming")
     assert _run_logged(harness_cmd(spec_path, out, "--executor", "slurm", "--time-limit", "10"),
                        log2, timeout=240) == 0
-    assert "1 finished already; submitting 1" in log2.read_text()
+    assert "1 finished already; 1 to run" in log2.read_text()
     rec2 = json.loads((out / executors.JOBS_DIR / "blocks" / "block0.json").read_text())
     assert rec2["todo"] == [second] and rec2["state"] == "done"
     assert rec2["job_id"] != rec["job_id"]

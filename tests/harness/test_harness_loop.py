@@ -1,5 +1,5 @@
 """One run in this process: the loop flags' paths, sync counts legacy vs seed, statuses of
-failed runs, determinism."""
+failed runs, determinism, the device refused before any run."""
 
 import json
 import sys
@@ -7,21 +7,24 @@ from pathlib import Path
 
 import pytest
 
+from harness import runner
 from harness.loop import FaultInjector
-from harness.runner import FAULT_ENV, RunSpec, execute_run
+from harness.runner import FAULT_ENV, RunSpec, check_specs, execute_run
+from harness.settings import RunSettings
 from qvit import Flags
 
 TINY = "harness_tiny:tiny_cnn"  # tests/harness/harness_tiny.py
 sys.path.insert(0, str(Path(__file__).parent))
-BASE = dict(epochs=2, steps_per_epoch=3, eval_steps=2, batch_size=8, device="cpu")
+BASE = dict(epochs=2, steps_per_epoch=3, eval_steps=2, batch_size=8, device="cpu",
+            pretrained=False)
 
 
 def _spec(flags="best", model=TINY, **kw):
-    args = {**BASE, **kw}
+    config = kw.pop("config", "c")
     f = Flags.parse(flags) if isinstance(flags, str) else flags
-    return RunSpec(config=kw.pop("config", "c"), flags=f.replace(num_workers=0)
-                   if "num_workers" not in str(flags) else f, model=model,
-                   **{k: v for k, v in args.items() if k != "config"})
+    return RunSpec(config=config, flags=f.replace(num_workers=0)
+                   if "num_workers" not in str(flags) else f,
+                   settings=RunSettings(model=model, **{**BASE, **kw}))
 
 
 def test_rows_per_epoch_and_warmup(tmp_path):
@@ -29,8 +32,9 @@ def test_rows_per_epoch_and_warmup(tmp_path):
     assert (df["status"] == "ok").all(), df["error"].tolist()
     assert list(df["epoch"]) == [1, 2, 3] and list(df["warmup"]) == [True, False, False]
     assert (df["status"] == "ok").all() and (df["steps"] == 3).all()
-    assert df["syncs_per_step"].notna().tolist() == [True, False, False]
-    for col in ("train_s", "eval_s", "wall_s", "images_per_s", "peak_mem_mb", "top5"):
+    assert df["syncs_per_step"].notna().tolist() == [True, False, False]  # count_syncs first
+    assert not df["resumed"].any()
+    for col in ("train_s", "eval_s", "epoch_s", "images_per_s", "peak_mem_mb", "top5"):
         assert (df[col] > 0).all(), col
     assert df["git_commit"].iloc[0] and df["hostname"].iloc[0]
 
@@ -56,12 +60,17 @@ def test_exact_loop_flags_keep_the_numbers(tmp_path, flag):
     assert a.equals(b)
 
 
-def test_other_loop_paths_run(tmp_path):
+def test_other_loop_paths_run(tmp_path, monkeypatch):
+    plotted = []  # learning curves are drawn inside the timed epoch, rendered, not kept
+    real = runner.plot_learning_curves
+    monkeypatch.setattr(runner, "plot_learning_curves",
+                        lambda history, *a: plotted.append(len(history)) or real(history, *a))
     flags = Flags.preset("best").replace(num_workers=0, fused_optimizer=False, plot_every=2)
     df = execute_run(_spec(flags, epochs=3, mixup=0.8, cutmix=1.0, smoothing=0.1,
                            ema_decay=0.9, clip_grad=1.0, sched="none", opt="sgd"), tmp_path)
     assert (df["status"] == "ok").all(), df["error"].tolist()
-    assert len(list((tmp_path / "plots").glob("*.png"))) == 1
+    assert plotted == [2, 3]  # every plot_every epochs, and after the last
+    assert not (tmp_path / "plots").exists()
 
 
 def test_compile_path_records_compile_time(tmp_path):
@@ -77,8 +86,8 @@ def _syncs(tmp_path, flags, config):
                  sync_count_steps=None)
     df = execute_run(spec, tmp_path / config)
     assert (df["status"] == "ok").all(), df["error"].tolist()
-    kinds = json.loads((tmp_path / config / "syncs" / f"{spec.run_id}.json").read_text())
-    return df["syncs_per_step"].iloc[0], kinds["1"]["by_kind"]
+    assert bool(df["counted"].iloc[0])
+    return df["syncs_per_step"].iloc[0], json.loads(df["sync_kinds"].iloc[0])
 
 
 def test_syncs_per_step_legacy_vs_seed_on_cpu(tmp_path):
@@ -113,13 +122,19 @@ def test_failures_are_recorded_not_raised(tmp_path, monkeypatch, fault, status, 
     assert df["error"].iloc[1]
 
 
-def test_bad_device_is_an_error_row(tmp_path):
+def test_bad_device_is_refused_before_any_run(tmp_path):
+    """The device is checked up front (`check_specs`, before a sweep starts), not recorded as
+    an error row of every run."""
     import torch
 
     if torch.cuda.is_available():
         pytest.skip("CUDA present")
-    df = execute_run(_spec(device="cuda"), tmp_path)
-    assert df["status"].tolist() == ["error"] and "CUDA is not available" in df["error"][0]
+    spec = _spec(device="cuda")
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        check_specs([spec])
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        execute_run(spec, tmp_path)
+    assert not list(tmp_path.iterdir())  # nothing recorded
 
 
 def test_fault_injector_validates():

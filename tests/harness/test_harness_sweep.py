@@ -1,5 +1,7 @@
-"""Sweeps: one child process per run; failures recorded while the sweep goes on; resume
-after a real SIGKILL of a child loses no finished row and duplicates none."""
+"""Sweeps through ``harness run``: every repeat block in one child process; failures recorded
+while the block goes on; a real SIGKILL of the child mid-epoch, then the same command again
+resumes after the last finished epoch, losing and duplicating nothing; a second ``harness
+run`` into a folder in use is refused and runs nothing."""
 
 import json
 import os
@@ -13,19 +15,20 @@ import pandas as pd
 import pytest
 
 from harness import records
-from harness.cli import build_run_parser, specs_from_args
-from harness.runner import FAULT_ENV
+from harness.ablate import plan, to_runspecs
+from harness.cli import run_parser, spec_from_args
+from harness.executors import JOBS_DIR
+from harness.runner import CHECKPOINTS, FAULT_ENV, INFLIGHT
 
 HERE = Path(__file__).parent
 ROOT = HERE.parent.parent
-ARGS = ["--model", "harness_tiny:tiny_cnn", "--epochs", "2", "--steps-per-epoch", "2",
-        "--eval-steps", "1", "--batch-size", "8", "--device", "cpu", "--set", "num_workers=0",
-        "--no-progress"]
+ARGS = ["--model", "harness_tiny:tiny_cnn", "--steps-per-epoch", "2", "--eval-steps", "1",
+        "--batch-size", "8", "--device", "cpu", "--no-pretrained"]
 
 
-def _cmd(out, configs):
-    flags = [a for c in configs for a in ("--flags", f"{c}=best")]
-    return [*ARGS, *flags, "--out", str(out)]
+def _cmd(out, configs, epochs=2):
+    flags = [a for c in configs for a in ("--flags", f"{c}=best,num_workers=0")]
+    return [*ARGS, "--epochs", str(epochs), *flags, "--out", str(out)]
 
 
 def _env(fault=None):
@@ -36,13 +39,18 @@ def _env(fault=None):
     return env
 
 
-def _run_ids(out, configs):
-    specs = specs_from_args(build_run_parser().parse_args(_cmd(out, configs)))
-    return {s.config: s.run_id for s in specs}
+def _specs(out, configs, epochs=2):
+    spec = spec_from_args(run_parser().parse_args(_cmd(out, configs, epochs)))
+    return to_runspecs(spec, plan(spec))
 
 
-def _sweep(out, configs, fault=None, **kw):
-    return subprocess.Popen([sys.executable, "-m", "harness", "run", *_cmd(out, configs)],
+def _run_ids(out, configs, epochs=2):
+    return {s.config: s.run_id for s in _specs(out, configs, epochs)}
+
+
+def _sweep(out, configs, fault=None, epochs=2, **kw):
+    return subprocess.Popen([sys.executable, "-m", "harness", "run",
+                             *_cmd(out, configs, epochs)],
                             cwd=ROOT, env=_env(fault), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, **kw)
 
@@ -55,6 +63,7 @@ def test_failures_are_recorded_and_the_sweep_goes_on(tmp_path):
     proc = _sweep(tmp_path, configs, fault)
     log, _ = proc.communicate(timeout=900)
     assert proc.returncode == 1, log  # some runs failed: a non-zero exit, all recorded
+    assert "Traceback" not in log, log
     t = records.read_table(tmp_path)
     ids = _run_ids(tmp_path, configs)
     last = {c: t[t["run_id"] == ids[c]].sort_values("epoch").iloc[-1] for c in configs}
@@ -62,43 +71,88 @@ def test_failures_are_recorded_and_the_sweep_goes_on(tmp_path):
         {"ok": "ok", "oom": "oom", "nan": "nan", "boom": "error"}
     assert last["ok"]["epoch"] == 2 and last["nan"]["epoch"] == 2
     assert "injected error" in last["boom"]["error"]
-    assert list(t["order"].unique()) == [0, 1, 2, 3]
+    # one block: the four runs in its order, in one process that went on after each failure
+    assert sorted(t["order"].unique()) == [0, 1, 2, 3]
+    assert set(t["block"]) == {0}
+    for c in configs:  # each failure said in one line on stderr
+        if c != "ok":
+            assert f"run {ids[c]} epoch" in log, log
+    assert (tmp_path / "report.md").is_file()
+
+
+def _wait_in_epoch2(out: Path, run_id: str, proc, timeout: float = 600) -> int:
+    """Wait until ``run_id`` has recorded epoch 1 (its shard) and hangs in epoch 2; returns
+    the pid of the block's child process (the one in flight)."""
+    inflight = out / JOBS_DIR / "blocks" / "block0" / INFLIGHT
+    shard = out / "shards" / f"{run_id}.parquet"
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"the sweep ended before the kill: {proc.communicate()[0]}")
+        try:
+            info = json.loads(inflight.read_text())
+        except (OSError, ValueError):
+            info = {}
+        if info.get("run_id") == run_id and shard.is_file():
+            rows = records.read_shard(shard)
+            if rows is not None and (rows["epoch"] == 1).any():
+                return int(info["pid"])
+        time.sleep(0.2)
+    proc.kill()
+    pytest.fail(f"run {run_id} never reached epoch 2: {proc.communicate()[0]}")
 
 
 @pytest.mark.slow
-def test_resume_after_sigkill_of_a_child(tmp_path):
+def test_kill_mid_epoch_then_resume_and_a_second_sweep_is_refused(tmp_path):
+    """kill -9 of the block's child in epoch 2 of run b (3 epochs): the dead run is recorded
+    (SIGKILL) and the block goes on in a new child; meanwhile a second ``harness run`` into
+    the same folder is refused in one line naming the holder. The same command again resumes
+    b after its last finished epoch (epoch 1 kept as it was, epoch 2 marked ``resumed``);
+    the other runs are not run again."""
     configs = ["a", "b", "c"]
-    ids = _run_ids(tmp_path, configs)
-    proc = _sweep(tmp_path, configs, {"b": {"fault": "hang", "epoch": 2, "step": 0}})
-    pid_file = tmp_path / "specs" / f"{ids['b']}.pid"
-    deadline = time.time() + 600
-    while time.time() < deadline:  # b has recorded epoch 1 and hangs in epoch 2
-        t = records.read_table(tmp_path) if (tmp_path / "runs.parquet").exists() else None
-        if t is not None and ((t["run_id"] == ids["b"]) & (t["epoch"] == 1)).any() \
-                and pid_file.exists():
-            break
-        time.sleep(0.2)
-    else:
-        proc.kill()
-        pytest.fail(f"run b never reached epoch 2: {proc.communicate()[0]}")
-    os.kill(int(pid_file.read_text()), signal.SIGKILL)  # a real SIGKILL of the child
+    ids = _run_ids(tmp_path, configs, epochs=3)
+    proc = _sweep(tmp_path, configs, {"b": {"fault": "hang", "epoch": 2, "step": 0}},
+                  epochs=3)
+    child = _wait_in_epoch2(tmp_path, ids["b"], proc)
+
+    # a second sweep into the folder in use: refused, one line naming the holder
+    design = (tmp_path / "design.json").stat().st_mtime_ns
+    second = subprocess.run([sys.executable, "-m", "harness", "run",
+                             *_cmd(tmp_path, configs, 3)], cwd=ROOT, env=_env(),
+                            capture_output=True, text=True, timeout=600)
+    assert second.returncode == 1, second.stderr
+    lines = second.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"in use by pid {proc.pid}" in lines[0], second.stderr
+    assert "Traceback" not in second.stderr
+    assert (tmp_path / "design.json").stat().st_mtime_ns == design  # it touched nothing
+
+    os.kill(child, signal.SIGKILL)  # a real SIGKILL of the child, mid-epoch
     log, _ = proc.communicate(timeout=900)
+    assert proc.returncode == 1, log  # b failed (killed)
     t1 = records.read_table(tmp_path)
     b = t1[t1["run_id"] == ids["b"]].sort_values("epoch")
-    assert list(b["status"]) == ["ok", "error"] and "SIGKILL" in b["error"].iloc[1], log
-    for c in ("a", "c"):  # the sweep went on after the killed run
-        assert list(t1[t1["run_id"] == ids[c]]["status"]) == ["ok", "ok"]
+    assert list(b["epoch"]) == [1, 2] and list(b["status"]) == ["ok", "error"], log
+    assert "SIGKILL" in b["error"].iloc[1], log
+    assert (tmp_path / CHECKPOINTS / f"{ids['b']}.pt").is_file()  # epoch 1's, kept to resume
+    for c in ("a", "c"):  # the block went on after the killed run, in a new child
+        assert list(t1[t1["run_id"] == ids[c]]["status"]) == ["ok"] * 3, log
+    assert not t1.duplicated(["run_id", "epoch"]).any()
 
-    proc = _sweep(tmp_path, configs)  # the same command again: redo b only
+    proc = _sweep(tmp_path, configs, epochs=3)  # the same command again: resume b only
     log, _ = proc.communicate(timeout=900)
     assert proc.returncode == 0, log
     t2 = records.read_table(tmp_path)
     assert not t2.duplicated(["run_id", "epoch"]).any()
-    assert len(t2) == 6
+    assert len(t2) == 9
     key = ["run_id", "epoch"]
-    for c in ("a", "c"):  # finished rows untouched (not rerun: same wall times)
+    for c in ("a", "c"):  # finished rows untouched (not run again: same times)
         old = t1[t1["run_id"] == ids[c]].sort_values(key).reset_index(drop=True)
         new = t2[t2["run_id"] == ids[c]].sort_values(key).reset_index(drop=True)
         pd.testing.assert_frame_equal(old, new)
-    b2 = t2[t2["run_id"] == ids["b"]].sort_values("epoch")
-    assert list(b2["status"]) == ["ok", "ok"] and list(b2["epoch"]) == [1, 2]
+    b2 = t2[t2["run_id"] == ids["b"]].sort_values("epoch").reset_index(drop=True)
+    assert list(b2["status"]) == ["ok"] * 3 and list(b2["epoch"]) == [1, 2, 3]
+    assert list(b2["resumed"]) == [False, True, False]  # the first epoch after the resume
+    # epoch 1 (before the kill) is the same row: resumed after it, not redone
+    pd.testing.assert_frame_equal(b2.iloc[:1], b.iloc[:1].reset_index(drop=True))
+    assert not (tmp_path / CHECKPOINTS / f"{ids['b']}.pt").exists()  # finished: removed
+    assert not list((tmp_path / "shards").glob("*.parquet"))

@@ -79,8 +79,9 @@ def test_exact_failure_names_the_differing_values():
 
 def test_what_cannot_be_judged_is_a_value_error():
     t = _table({"a": [0.8, 0.9], "b": [0.8, 0.85]})
-    with pytest.raises(ValueError, match="margin > 0"):
-        accuracy_parity(t, "a", "b", exact=False)
+    with pytest.raises(ValueError, match="margin > 0"):  # no default margin for a loss
+        accuracy_parity(t, "a", "b", metric="eval_loss", exact=False)
+    assert accuracy_parity(t, "a", "b", exact=False).margin == 1.0  # top-1: one point
     with pytest.raises(ValueError, match="no runs of config 'c'"):
         accuracy_parity(t, "a", "c", margin=0.1)
     one = _table({"a": [0.8], "b": [0.8]})

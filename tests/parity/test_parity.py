@@ -350,8 +350,8 @@ def test_accuracy_parity_every_module_flag(one_thread, tmp_path):
     for cfg in exact:
         r = E.assert_accuracy_parity(t1, cfg, "legacy")  # auto: exact
         assert r.method == "exact"
-    for cfg in inexact:
-        r = E.assert_accuracy_parity(t3, cfg, "legacy", margin=0.1, exact=False)
+    for cfg in inexact:  # margin: two of the 96 eval images (0.1 points was below one image)
+        r = E.assert_accuracy_parity(t3, cfg, "legacy", margin=2.1, exact=False)
         assert r.method == "tost-paired"
 
 
