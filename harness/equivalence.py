@@ -19,7 +19,7 @@ pytest::
 
     def test_best_keeps_accuracy():
         table = read_table("runs/cmp")  # e.g. python -m harness run ... --out runs/cmp
-        assert_accuracy_parity(table, "best", "legacy", margin=0.01)  # within one point
+        assert_accuracy_parity(table, "best", "legacy", margin=1.0)  # top-1 within one point
 """
 
 from __future__ import annotations
@@ -153,7 +153,8 @@ def _tost(fa: pd.DataFrame, fb: pd.DataFrame, config_a: str, config_b: str, metr
           margin: float | None, alpha: float) -> AccuracyParity:
     if margin is None or not margin > 0:
         raise ValueError("an equivalence test needs margin > 0 (the largest difference in "
-                         f"{metric} you accept as equivalent, e.g. 0.01 for one point)")
+                         f"{metric} you accept as equivalent, e.g. 1.0 for one point of top-1 in "
+                         "percent)")
     common = fa.index.intersection(fb.index)
     if len(common) >= 2:
         d = fa.loc[common, metric].to_numpy(float) - fb.loc[common, metric].to_numpy(float)
@@ -206,11 +207,11 @@ def assert_accuracy_parity(table: pd.DataFrame, config_a: str, config_b: str, *,
 
     ``table``: a harness results table (`harness.records.read_table(folder)`), several seeds
     per config for a TOST. ``margin``: the largest difference of ``metric`` you accept as
-    equivalent, in the metric's units (top-1 is a fraction: 0.01 is one point); required
-    unless the check is exact. ``exact``: True demands identical final results run for run,
-    False a TOST at level ``alpha``, None (default) exact where every flag the two configs
-    differ in is declared ``exact`` (`qvit.flags`). ``model``: restrict to one model of the
-    table. See `accuracy_parity` for ``losses``.
+    equivalent, in the metric's units (harness tables record top-1 in percent: 1.0 is one
+    point); required unless the check is exact. ``exact``: True demands identical final
+    results run for run, False a TOST at level ``alpha``, None (default) exact where every
+    flag the two configs differ in is declared ``exact`` (`qvit.flags`). ``model``: restrict
+    to one model of the table. See `accuracy_parity` for ``losses``.
 
     Raises AssertionError when not equivalent, with the numbers: the differing values for the
     exact check; p, n, the mean difference and the confidence interval against the margin for
@@ -218,8 +219,8 @@ def assert_accuracy_parity(table: pd.DataFrame, config_a: str, config_b: str, *,
     margin for a TOST, fewer than two seeds). Example::
 
         table = harness.records.read_table("runs/cmp")
-        r = assert_accuracy_parity(table, "best", "legacy", margin=0.01)
-        print(r.method, r.p_value, r.ci)  # tost-paired 0.003 (-0.004, 0.006)
+        r = assert_accuracy_parity(table, "best", "legacy", margin=1.0)  # one point
+        print(r.method, r.p_value, r.ci)  # e.g. tost-paired 0.003 (-0.41, 0.62)
     """
     r = accuracy_parity(table, config_a, config_b, metric=metric, margin=margin, alpha=alpha,
                         exact=exact, model=model, losses=losses)
