@@ -75,7 +75,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Toggle each flag alone on the same weights, ranges and inputs; measure "
                     "forward, backward, training and deployment parity; compare the class "
                     "with the flag's declaration (exit 1 on a mismatch).")
-    p.add_argument("--model", action="append", default=None,
+    p.add_argument("--model", action="append", dest="models", metavar="MODEL",
                    help="model name (repeat or comma-separate for several; default ivit_micro)")
     p.add_argument("--out", required=True, help="folder for parity.csv (one per model: "
                    "DIR/parity.csv for one model, DIR/<model>/parity.csv for several)")
@@ -84,7 +84,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _configs(p: argparse.ArgumentParser, args: argparse.Namespace) -> list[ParityConfig]:
-    models = [m for spec in (args.model or ["ivit_micro"]) for m in spec.split(",") if m]
+    models = [m for spec in (args.models or ["ivit_micro"]) for m in spec.split(",") if m]
     values = values_from_args(ParityConfig, args)
     try:
         return [ParityConfig(model=m, **values) for m in models]

@@ -44,10 +44,10 @@ class ParityConfig(BaseModel):
     to: str | None = Field(None, description="toggle only the flags where this preset "
                            "differs from the base, to its value (a preset pair)")
     flags: tuple[str, ...] | None = Field(None, description="flags to measure, "
-                                          "comma-separated (default: all)")
+                                          "comma-separated; none: every flag")
     num_classes: int = Field(10, ge=1, description="classes of the model head")
-    img_size: int | None = Field(None, ge=1, description="input size the model is built for "
-                                 "(default: the model's)")
+    img_size: int | None = Field(None, ge=1, description="input size the model is built for; "
+                                 "none: the model's")
     batch: int = Field(4, ge=1, description="training batch, and each of the two eval batches")
     steps: int = Field(3, description="optimizer steps k (train -> eval cycles) measured per "
                        "flag, >= 2")
