@@ -10,49 +10,17 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-import types
-import typing
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
+from ..options import add_options, one_line, values_from_args
 from .config import SHOWN_COLUMNS, ParityConfig
 from .table import run_parity
 
 __all__ = ["format_table", "main"]
 
-
-# --- options from a settings model -----------------------------------------------------------
-# Stand-in for `harness.options` (being written on main, same signatures and behaviour):
-# at merge, delete these two functions and import them from `..options`.
-
-def add_options(parser: argparse.ArgumentParser, model_cls: type[BaseModel], *,
-                exclude: tuple[str, ...] = ()) -> None:
-    """One ``--kebab-case`` option per field of ``model_cls`` with its description as help;
-    booleans as ``--x/--no-x``; no option has a default of its own (the model's is used)."""
-    for name, field in model_cls.model_fields.items():
-        if name in exclude:
-            continue
-        tp = field.annotation
-        if typing.get_origin(tp) in (typing.Union, types.UnionType):
-            tp = next(a for a in typing.get_args(tp) if a is not type(None))
-        kw: dict[str, Any] = dict(dest=name, default=argparse.SUPPRESS,
-                                  help=f"{field.description} (default: {field.default})")
-        if tp is bool:
-            kw["action"] = argparse.BooleanOptionalAction
-        else:
-            kw["type"] = tp if tp in (int, float) else str
-        parser.add_argument("--" + name.replace("_", "-"), **kw)
-
-
-def values_from_args(model_cls: type[BaseModel], args: argparse.Namespace) -> dict[str, Any]:
-    """The fields of ``model_cls`` given on the command line."""
-    return {name: getattr(args, name) for name in model_cls.model_fields if hasattr(args, name)}
-
-
-# --- the command -----------------------------------------------------------------------------
 
 def format_table(df: pd.DataFrame) -> str:
     """A readable fixed-width table of the shown columns (`SHOWN_COLUMNS`)."""
@@ -89,7 +57,7 @@ def _configs(p: argparse.ArgumentParser, args: argparse.Namespace) -> list[Parit
     try:
         return [ParityConfig(model=m, **values) for m in models]
     except ValidationError as e:
-        p.error(str(e))
+        p.error(one_line(e, model=ParityConfig))
 
 
 def main(argv: list[str] | None = None) -> int:
