@@ -293,7 +293,8 @@ def test_submitit_local_kill_and_resume(tmp_path, capfd):
         os.kill(rec["child"], signal.SIGKILL)
     sub.join(timeout=300)
     assert not sub.is_alive() and sub.error is None, sub.error
-    assert "blocks [0] are unfinished" in capfd.readouterr().err
+    err = capfd.readouterr().err
+    assert "blocks [0] are unfinished" in err, err
     t1 = records.read_table(out)
     check_table(t1, specs, finished_blocks=[1])
     kept = t1[t1["run_id"] == first]

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from harness import records
-from harness.ablate import plan, to_runspecs
+from harness.ablate import plan, read_design, to_runspecs
 from harness.cli import main, run_parser, spec_from_args
 from harness.runner import FAULT_ENV
 
@@ -114,10 +114,10 @@ def test_every_run_failed_ends_with_a_report_of_the_failures(tmp_path, capsys, m
     assert main(argv) == 1
     err = capsys.readouterr().err
     assert "Traceback" not in err
-    ids = _run_ids(argv[1:])
+    ids = read_design(tmp_path)["run_ids"]
     text = (tmp_path / "report.md").read_text()
-    assert "No run finished" in text
-    for run_id in ids.values():
+    assert "No run finished" in text and len(ids) == 2
+    for run_id in ids:
         assert f"run {run_id}: error" in text and f"run {run_id} epoch 1: error" in err
     assert "injected error" in text
 
@@ -132,12 +132,15 @@ def test_one_epoch_counts_syncs_and_a_changed_setting_is_another_run(tmp_path):
     assert len(t1) == 1 and not t1["warmup"].iloc[0]
     assert t1["syncs_per_step"].notna().all() and t1["counted"].all()  # one epoch: counted
     # another batch size: another identity; the finished run is not reused, nor pooled
-    first = _run_ids([*base[1:], "--batch-size", "8"])["c"]
-    second = _run_ids([*base[1:], "--batch-size", "4"])["c"]
-    assert first != second and set(t1["run_id"]) == {first}
+    assert _run_ids([*base[1:], "--batch-size", "8"]) != \
+        _run_ids([*base[1:], "--batch-size", "4"])
+    [first] = read_design(tmp_path)["run_ids"]
+    assert set(t1["run_id"]) == {first}
     assert main([*base, "--batch-size", "4"]) == 0
+    [second] = read_design(tmp_path)["run_ids"]
     t2 = records.read_table(tmp_path)
-    assert sorted(t2["run_id"]) == sorted([first, second])  # run, not reused
+    assert second != first and sorted(t2["run_id"]) == sorted([first, second])  # run anew
+    assert (t2["status"] == "ok").all()
     report = (tmp_path / "report.md").read_text()
     assert "1 rows in this folder's table belong to runs of other identities" in report
 

@@ -15,8 +15,7 @@ import pandas as pd
 import pytest
 
 from harness import records
-from harness.ablate import plan, to_runspecs
-from harness.cli import run_parser, spec_from_args
+from harness.ablate import read_design
 from harness.executors import JOBS_DIR
 from harness.runner import CHECKPOINTS, FAULT_ENV, INFLIGHT
 
@@ -39,13 +38,11 @@ def _env(fault=None):
     return env
 
 
-def _specs(out, configs, epochs=2):
-    spec = spec_from_args(run_parser().parse_args(_cmd(out, configs, epochs)))
-    return to_runspecs(spec, plan(spec))
-
-
-def _run_ids(out, configs, epochs=2):
-    return {s.config: s.run_id for s in _specs(out, configs, epochs)}
+def _design_ids(out) -> dict[str, str]:
+    """config -> run id of the design the sweep wrote (the ids its children record under;
+    computed from the code as it was then, so an edit of the tree meanwhile does not
+    matter). A run id starts with ``<config>-<model>``."""
+    return {rid.split("-", 1)[0]: rid for rid in read_design(out)["run_ids"]}
 
 
 def _sweep(out, configs, fault=None, epochs=2, **kw):
@@ -65,7 +62,8 @@ def test_failures_are_recorded_and_the_sweep_goes_on(tmp_path):
     assert proc.returncode == 1, log  # some runs failed: a non-zero exit, all recorded
     assert "Traceback" not in log, log
     t = records.read_table(tmp_path)
-    ids = _run_ids(tmp_path, configs)
+    ids = _design_ids(tmp_path)
+    assert set(ids) == set(configs) and set(t["run_id"]) == set(ids.values())
     last = {c: t[t["run_id"] == ids[c]].sort_values("epoch").iloc[-1] for c in configs}
     assert {c: r["status"] for c, r in last.items()} == \
         {"ok": "ok", "oom": "oom", "nan": "nan", "boom": "error"}
@@ -80,11 +78,10 @@ def test_failures_are_recorded_and_the_sweep_goes_on(tmp_path):
     assert (tmp_path / "report.md").is_file()
 
 
-def _wait_in_epoch2(out: Path, run_id: str, proc, timeout: float = 600) -> int:
-    """Wait until ``run_id`` has recorded epoch 1 (its shard) and hangs in epoch 2; returns
-    the pid of the block's child process (the one in flight)."""
+def _wait_in_epoch2(out: Path, config: str, proc, timeout: float = 600) -> tuple[str, int]:
+    """Wait until the run of ``config`` has recorded epoch 1 (its shard) and hangs in epoch
+    2; returns its run id and the pid of the block's child process (the one in flight)."""
     inflight = out / JOBS_DIR / "blocks" / "block0" / INFLIGHT
-    shard = out / "shards" / f"{run_id}.parquet"
     deadline = time.time() + timeout
     while time.time() < deadline:
         if proc.poll() is not None:
@@ -93,13 +90,15 @@ def _wait_in_epoch2(out: Path, run_id: str, proc, timeout: float = 600) -> int:
             info = json.loads(inflight.read_text())
         except (OSError, ValueError):
             info = {}
-        if info.get("run_id") == run_id and shard.is_file():
+        run_id = info.get("run_id", "")
+        shard = out / "shards" / f"{run_id}.parquet"
+        if run_id.startswith(f"{config}-") and shard.is_file():
             rows = records.read_shard(shard)
             if rows is not None and (rows["epoch"] == 1).any():
-                return int(info["pid"])
+                return run_id, int(info["pid"])
         time.sleep(0.2)
     proc.kill()
-    pytest.fail(f"run {run_id} never reached epoch 2: {proc.communicate()[0]}")
+    pytest.fail(f"run {config} never reached epoch 2: {proc.communicate()[0]}")
 
 
 @pytest.mark.slow
@@ -110,10 +109,10 @@ def test_kill_mid_epoch_then_resume_and_a_second_sweep_is_refused(tmp_path):
     b after its last finished epoch (epoch 1 kept as it was, epoch 2 marked ``resumed``);
     the other runs are not run again."""
     configs = ["a", "b", "c"]
-    ids = _run_ids(tmp_path, configs, epochs=3)
     proc = _sweep(tmp_path, configs, {"b": {"fault": "hang", "epoch": 2, "step": 0}},
                   epochs=3)
-    child = _wait_in_epoch2(tmp_path, ids["b"], proc)
+    _, child = _wait_in_epoch2(tmp_path, "b", proc)
+    ids = _design_ids(tmp_path)
 
     # a second sweep into the folder in use: refused, one line naming the holder
     design = (tmp_path / "design.json").stat().st_mtime_ns
@@ -141,6 +140,7 @@ def test_kill_mid_epoch_then_resume_and_a_second_sweep_is_refused(tmp_path):
     proc = _sweep(tmp_path, configs, epochs=3)  # the same command again: resume b only
     log, _ = proc.communicate(timeout=900)
     assert proc.returncode == 0, log
+    assert _design_ids(tmp_path) == ids, "the code changed between the two sweeps"
     t2 = records.read_table(tmp_path)
     assert not t2.duplicated(["run_id", "epoch"]).any()
     assert len(t2) == 9
