@@ -19,6 +19,20 @@ BASE = dict(epochs=2, steps_per_epoch=3, eval_steps=2, batch_size=8, device="cpu
             pretrained=False)
 
 
+@pytest.fixture(autouse=True)
+def _restore_torch_state():
+    """execute_run sets the process's torch state as a run asks (deterministic algorithms
+    off unless asked, threads): put back the test session's (tests/conftest.py)."""
+    import torch
+
+    det = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    threads = torch.get_num_threads()
+    yield
+    torch.use_deterministic_algorithms(det, warn_only=warn_only)
+    torch.set_num_threads(threads)
+
+
 def _spec(flags="best", model=TINY, **kw):
     config = kw.pop("config", "c")
     f = Flags.parse(flags) if isinstance(flags, str) else flags
@@ -39,6 +53,7 @@ def test_rows_per_epoch_and_warmup(tmp_path):
     assert df["git_commit"].iloc[0] and df["hostname"].iloc[0]
 
 
+@pytest.mark.slow
 def test_same_flags_seed_and_data_give_the_same_numbers(tmp_path):
     spec = _spec("legacy,num_workers=2", model="ivit_micro", epochs=2, steps_per_epoch=2,
                  eval_steps=1)
@@ -90,6 +105,7 @@ def _syncs(tmp_path, flags, config):
     return df["syncs_per_step"].iloc[0], json.loads(df["sync_kinds"].iloc[0])
 
 
+@pytest.mark.slow
 def test_syncs_per_step_legacy_vs_seed_on_cpu(tmp_path):
     """Changes 3 (frexp's host round trip per requantization), 9 (loss.item per step) and
     14 (GradScaler's found-inf read) show as counts on the CPU."""
