@@ -79,12 +79,12 @@ class QuantModel(nn.Module):
     num_classes: int
     num_features: int
     global_pool: str
-    pretrained_cfg: dict
     _pools: tuple[str, ...]
 
     def __init__(self, flags: Flags | None):
         super().__init__()
         self._flags = Flags() if flags is None else flags
+        self.pretrained_cfg: dict = {}  # timm's; filled by create_model
         self.grad_checkpointing = False
         self._check_calibration = False
         self._warned_uncalibrated = False

@@ -177,7 +177,7 @@ def create_model(name: str, *, num_classes: int | None = None, img_size: int | N
     return model
 
 
-def create_float_reference(name: str, *, num_classes: int, img_size: int | None = None,
+def create_float_reference(name: str, *, num_classes: int = 1000, img_size: int | None = None,
                            **overrides: Any) -> nn.Module:
     """timm's float model with the architecture of quantized ``name``: same depth, widths,
     patching and windows, and the same parameter names (its weights load into ours)."""
@@ -274,6 +274,8 @@ def load_float_weights(model: QuantModel, source: Any, *, exclude: tuple[str, ..
         sd["pos_embed"] = resample_abs_pos_embed(
             sd["pos_embed"].float(), new_size=list(model.patch_embed.grid_size),
             num_prefix_tokens=model.num_prefix_tokens)
+    if model.num_classes == 0:  # a feature extractor: the checkpoint's classifier has no place
+        sd = {k: v for k, v in sd.items() if not k.startswith("head.")}
     expected = _float_keys(model)
     keep = {k for k in expected if any(fnmatch.fnmatch(k, p) for p in exclude)}
     sd = {k: v for k, v in sd.items() if k not in keep}
