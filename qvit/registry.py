@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import pickle
+import zipfile
 from collections.abc import Callable
 from functools import partial
 from typing import Any
 
 import timm
 import torch
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
 from .flags import Flags
@@ -24,30 +27,65 @@ from .models import QuantModel, QuantSwin, QuantViT
 from .variants import VARIANTS, check_name
 
 __all__ = ["create_model", "list_models", "create_float_reference", "load_float_weights",
-           "model_config"]
+           "model_config", "default_cfgs"]
 
 _VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {}  # filled from variants.VARIANTS
+# timm's pretrained configs, keyed by the timm name (qvit_<name>); read by timm's
+# register_model. No weights: url is empty (pretrained=True is refused).
+default_cfgs: dict[str, dict[str, Any]] = {}
+# The statistics the harness normalizes the micro models' data with (harness/data.py,
+# MEAN_STD["digits"]; tests/qvit/test_timm.py keeps them equal).
+DIGITS_MEAN_STD = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 
 
-def _variant(name: str, family: str, **arch: Any) -> None:
+def _cfg(family: str, arch: dict[str, Any], **kw: Any) -> dict[str, Any]:
+    size = arch["img_size"]
+    cfg = dict(url="", num_classes=1000, input_size=(3, size, size), pool_size=None,
+               crop_pct=0.875, interpolation="bicubic", fixed_input_size=True,
+               mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD,
+               first_conv="patch_embed.proj", classifier="head")
+    if family == "swin":
+        cfg.update(crop_pct=0.9, classifier="head.fc", pool_size=_swin_pool_size(arch, size))
+    cfg.update(kw)
+    return cfg
+
+
+def _swin_pool_size(arch: dict[str, Any], img_size: int) -> tuple[int, int]:
+    side = img_size // arch["patch_size"] // 2 ** (len(arch["depths"]) - 1)
+    return (side, side)
+
+
+def _variant(name: str, family: str, cfg: dict[str, Any] | None = None, **arch: Any) -> None:
     _VARIANTS[name] = (family, arch)
+    default_cfgs[f"qvit_{name}"] = _cfg(family, arch, **(cfg or {}))
 
-    def _timm_entry(pretrained: bool = False, **kwargs):
+    def _timm_entry(pretrained: bool = False, pretrained_cfg=None, pretrained_cfg_overlay=None,
+                    **kwargs):
         if pretrained:
             raise ValueError("qvit models have no pretrained quantized weights; create the "
-                             "model, then qvit.load_float_weights(model, <timm checkpoint>)")
-        kwargs.pop("pretrained_cfg", None)
-        kwargs.pop("pretrained_cfg_overlay", None)
+                             "model, then qvit.load_float_weights(model, <timm checkpoint>) "
+                             "or qvit.load_ivit_checkpoint(model, <I-ViT checkpoint>)")
+        if kwargs.pop("features_only", False):
+            raise ValueError("qvit models do not support features_only; use num_classes=0 "
+                             "(pooled features) or model.forward_features(x) (unpooled)")
         kwargs.pop("cache_dir", None)
-        return create_model(name, **kwargs)
+        from timm.models import resolve_pretrained_cfg
+
+        cfg = resolve_pretrained_cfg(f"qvit_{name}", pretrained_cfg=pretrained_cfg,
+                                     pretrained_cfg_overlay=pretrained_cfg_overlay)
+        return create_model(name, pretrained_cfg=cfg.to_dict(), **kwargs)
 
     _timm_entry.__name__ = f"qvit_{name}"
     _timm_entry.__module__ = __name__
     timm.models.register_model(_timm_entry)
 
 
+_MICRO = dict(mean=DIGITS_MEAN_STD[0], std=DIGITS_MEAN_STD[1], crop_pct=1.0,
+              interpolation="bilinear")
+
 for _name, (_family, _arch) in VARIANTS.items():
-    _variant(_name, _family, **_arch)
+    _variant(_name, _family, cfg=_MICRO if _name in ("ivit_micro", "swin_micro") else None,
+             **_arch)
 
 _FAMILIES: dict[str, Callable[..., QuantModel]] = {"vit": QuantViT, "swin": QuantSwin}
 
@@ -64,13 +102,23 @@ def model_config(name: str) -> tuple[str, dict[str, Any]]:
     return family, dict(arch)
 
 
+def _img_size(img_size: Any) -> int | None:
+    if isinstance(img_size, (tuple, list)) and len(img_size) == 2 and img_size[0] == img_size[1]:
+        img_size = img_size[0]  # timm passes (H, W); the models are square
+    if img_size is not None and (isinstance(img_size, bool) or not isinstance(img_size, int)
+                                 or img_size < 1):
+        raise ValueError(f"img_size must be a positive int (or a square (H, W)), got "
+                         f"{img_size!r}")
+    return img_size
+
+
 def _check_common(name: str, num_classes: int, img_size: int | None) -> tuple[str, dict]:
     family, arch = model_config(name)
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
+        raise ValueError(f"num_classes must be an int >= 0 (0: no classifier), got "
+                         f"{num_classes!r}")
+    img_size = _img_size(img_size)
     if img_size is not None:
-        if isinstance(img_size, bool) or not isinstance(img_size, int) or img_size < 1:
-            raise ValueError(f"img_size must be a positive int, got {img_size!r}")
         multiple = arch["patch_size"] * (arch.get("window_size", 1)
                                          * 2 ** (len(arch.get("depths", (0,))) - 1)
                                          if family == "swin" else 1)
@@ -82,20 +130,34 @@ def _check_common(name: str, num_classes: int, img_size: int | None) -> tuple[st
     return family, arch
 
 
-def create_model(name: str, *, num_classes: int, img_size: int | None = None,
+def create_model(name: str, *, num_classes: int | None = None, img_size: int | None = None,
                  flags: Flags | str | None = None, ternary: bool = False,
-                 **overrides: Any) -> QuantModel:
+                 pretrained_cfg: dict[str, Any] | None = None, **overrides: Any) -> QuantModel:
     """Build quantized model ``name`` (see `list_models`) with ``flags`` (a `Flags`, a spec
-    string such as ``"seed,use_frexp=true"``, or None for the `best` preset)."""
+    string such as ``"seed,use_frexp=true"``, or None for the `best` preset).
+
+    ``num_classes`` defaults to the model's pretrained config's (1000, timm's); 0 builds a
+    feature extractor (forward returns pooled features). The model carries timm's
+    ``pretrained_cfg`` (input size, mean/std, crop, classifier), its input size the model's.
+    """
+    model_config(name)  # an unknown name raises, with a suggestion
+    cfg = dict(pretrained_cfg or default_cfgs[f"qvit_{name}"])
+    if num_classes is None:
+        num_classes = cfg.get("num_classes") or 1000
     family, arch = _check_common(name, num_classes, img_size)
     arch.update(overrides)
     model = _FAMILIES[family](num_classes=num_classes, flags=Flags.parse(flags),
                               ternary=ternary, **arch)
     model.variant, model.arch = name, arch
+    size, chans = arch["img_size"], arch.get("in_chans", 3)
+    cfg["input_size"] = (chans, size, size)
+    if family == "swin":
+        cfg["pool_size"] = _swin_pool_size(arch, size)
+    model.pretrained_cfg = cfg
     return model
 
 
-def create_float_reference(name: str, *, num_classes: int, img_size: int | None = None,
+def create_float_reference(name: str, *, num_classes: int = 1000, img_size: int | None = None,
                            **overrides: Any) -> nn.Module:
     """timm's float model with the architecture of quantized ``name``: same depth, widths,
     patching and windows, and the same parameter names (its weights load into ours)."""
@@ -119,13 +181,45 @@ def _float_keys(model: QuantModel) -> dict[str, torch.Size]:
     return {k: p.shape for k, p in model.named_parameters()}
 
 
-def _read_state_dict(source: Any) -> dict[str, torch.Tensor]:
+def _load_file(path: str | os.PathLike, what: str) -> Any:
+    """torch.load (weights only) or safetensors; anything else is a one-line ValueError."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ValueError(f"{what} {path!r} does not exist")
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(path)
+        except Exception as e:  # safetensors raises its own error types
+            raise ValueError(f"{what} {path!r} is not a readable safetensors file "
+                             f"({type(e).__name__})") from None
+    with open(path, "rb") as f:
+        head = f.read(2)
+    if not (zipfile.is_zipfile(path) or head[:1] == b"\x80"):
+        raise ValueError(f"{what} {path!r} is not a PyTorch checkpoint (torch.save zip or "
+                         "pickle) nor a .safetensors file")
+    import argparse
+
+    try:
+        # training scripts (timm's, I-ViT's) save their argparse.Namespace next to the weights
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if "weights only load failed" in reason.lower() or "weights_only" in reason:
+            raise ValueError(f"{what} {path!r} holds Python objects other than tensors; if you "
+                             "trust it, torch.load(path, weights_only=False) it yourself and "
+                             "pass the state dict") from None
+        raise ValueError(f"{what} {path!r} is not a readable PyTorch checkpoint "
+                         f"({type(e).__name__}: {reason[:120]})") from None
+
+
+def _read_state_dict(source: Any, what: str = "float checkpoint") -> dict[str, torch.Tensor]:
     if isinstance(source, nn.Module):
         return source.state_dict()
     if isinstance(source, (str, os.PathLike)):
-        if not os.path.isfile(source):
-            raise ValueError(f"float checkpoint {os.fspath(source)!r} does not exist")
-        source = torch.load(source, map_location="cpu", weights_only=True)
+        source = _load_file(source, what)
     if not isinstance(source, dict):
         raise ValueError(f"expected a state dict, a checkpoint path or a module, got "
                          f"{type(source).__name__}")
@@ -151,6 +245,17 @@ def load_float_weights(model: QuantModel, source: Any, *, exclude: tuple[str, ..
         sd = checkpoint_filter_fn(sd, _float_shadow(model))
     for k in [k for k in sd if k.endswith(("relative_position_index", "attn_mask"))]:
         del sd[k]  # derived buffers, rebuilt by the model itself
+    if (isinstance(model, QuantViT) and "pos_embed" not in exclude and "pos_embed" in sd
+            and sd["pos_embed"].ndim == 3 and sd["pos_embed"].shape[-1] == model.embed_dim
+            and sd["pos_embed"].shape != model.pos_embed.shape):
+        from timm.layers import resample_abs_pos_embed
+
+        # another img_size (or patch grid): interpolate the grid part, as timm does
+        sd["pos_embed"] = resample_abs_pos_embed(
+            sd["pos_embed"].float(), new_size=list(model.patch_embed.grid_size),
+            num_prefix_tokens=model.num_prefix_tokens)
+    if model.num_classes == 0:  # a feature extractor: the checkpoint's classifier has no place
+        sd = {k: v for k, v in sd.items() if not k.startswith("head.")}
     expected = _float_keys(model)
     keep = {k for k in expected if any(fnmatch.fnmatch(k, p) for p in exclude)}
     sd = {k: v for k, v in sd.items() if k not in keep}

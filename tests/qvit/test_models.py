@@ -30,6 +30,7 @@ def test_every_model_builds_with_its_float_twin_parameter_names(name):
     assert ours == theirs
 
 
+@pytest.mark.filterwarnings("ignore::qvit.UncalibratedWarning")  # shapes only
 @pytest.mark.parametrize("name", ["deit_tiny_patch16_224", "swin_tiny_patch4_window7_224"])
 def test_224_models_forward(name):
     model = qvit.create_model(name, num_classes=10).eval()
@@ -163,7 +164,7 @@ def test_original_swin_checkpoint_format_is_converted():
 
 @pytest.mark.parametrize("kwargs, match", [
     (dict(name="ivit_mikro", num_classes=10), "did you mean 'ivit_micro'"),
-    (dict(name="ivit_micro", num_classes=0), "num_classes"),
+    (dict(name="ivit_micro", num_classes=-1), "num_classes"),
     (dict(name="swin_micro", num_classes=10, img_size=36), "divisible by 32"),
     (dict(name="ivit_micro", num_classes=10, flags="seed,use_frexp=maybe"), "true/false"),
 ])
