@@ -89,14 +89,16 @@ def spec_from_args(args, argv: list[str] | None = None):
 
 @friendly_errors
 def cmd_run(argv: list[str]) -> int:
-    from . import records
+    from .ablate import read_design
     from .executor_options import options_from
-    from .pipeline import run_spec
 
     args = run_parser().parse_args(argv)
     spec = spec_from_args(args, argv)
-    print(f"report: {run_spec(spec, Path(args.out), options_from(None, args))}")
-    from .ablate import read_design
+    executor = options_from(None, args)
+    from . import records  # torch and timm load from here on, after every check
+    from .pipeline import run_spec
+
+    print(f"report: {run_spec(spec, Path(args.out), executor)}")
 
     table = records.read_table(args.out)
     ids = set((read_design(args.out) or {}).get("run_ids") or table["run_id"])
@@ -142,13 +144,14 @@ def prepare_ablate(argv: list[str] | None) -> tuple[Any, Any, Path, argparse.Nam
 @friendly_errors
 def cmd_ablate(argv: list[str]) -> int:
     from .ablate import design_configs, format_plan, plan
-    from .pipeline import run_spec
 
     spec, executor, out, args = prepare_ablate(argv)
     configs = design_configs(spec)
     print(format_plan(spec, configs, plan(spec, configs)))
     if args.dry_run:
         return 0
+    from .pipeline import run_spec  # torch and timm load here, after every check
+
     path = run_spec(spec, out, executor, report=not args.no_report)
     if path is not None:
         print(f"report: {path}")

@@ -26,7 +26,9 @@ import sys
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .options import one_line
 
 __all__ = ["RunSettings", "DATASETS", "DEVICES_HELP", "code_digest", "library_versions",
            "machine", "identity", "digest"]
@@ -108,7 +110,11 @@ class RunSettings(BaseModel):
         return self
 
     def replace(self, **kw: Any) -> RunSettings:
-        return type(self).model_validate({**self.model_dump(), **kw})
+        """A copy with ``kw`` changed, validated (ValueError in one line)."""
+        try:
+            return type(self).model_validate({**self.model_dump(), **kw})
+        except ValidationError as e:
+            raise ValueError(one_line(e, "[run]", type(self))) from None
 
 
 # --- identity ---------------------------------------------------------------------------------
