@@ -63,7 +63,7 @@ from .executor_options import (
     parse_options,
     parse_time_limit,
 )
-from .runner import INFLIGHT, RunSpec, base_row, resolve_device
+from .runner import CODE_CHANGED, CODE_CHANGED_MESSAGE, INFLIGHT, RunSpec, base_row, resolve_device
 
 __all__ = ["EXECUTORS", "ExecutorOptions", "parse_options", "add_arguments", "options_from",
            "run_sweep", "run_block", "run_interleaved", "spawn", "BlockRunner",
@@ -208,9 +208,12 @@ def run_block(spec_dicts: list[dict], out_dir: str, progress: bool = False) -> d
         signal.signal(signal.SIGTERM, _on_term)
     while todo and not stop:
         rc = spawn("harness.runner", {"specs": [s.to_dict() for s in todo],
+                                      "run_ids": [s.run_id for s in todo],
                                       "inflight": str(work / INFLIGHT)}, out, work, progress)
         if rc == 0:
             break
+        if rc == CODE_CHANGED:  # the child would record under other run ids: stop here
+            raise ValueError(f"block {block}: {CODE_CHANGED_MESSAGE}")
         inflight = _read_inflight(work / INFLIGHT)
         dead = next((s for s in todo if s.run_id == inflight), todo[0])
         if not stop:

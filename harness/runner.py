@@ -46,12 +46,18 @@ from .settings import RunSettings, digest, identity
 
 __all__ = ["RunSpec", "execute_run", "execute_block", "train_in_memory", "validate_spec",
            "check_specs", "resolve_device", "model_img_size", "build_model", "base_row",
-           "FAULT_ENV", "CHECKPOINTS", "INFLIGHT"]
+           "FAULT_ENV", "CHECKPOINTS", "INFLIGHT", "CODE_CHANGED", "CODE_CHANGED_MESSAGE"]
 
 # Test hook: JSON {config: {"fault": "oom|nan|error|hang", "epoch": 1, "step": 0}}.
 FAULT_ENV = "QVIT_HARNESS_FAULT"
 CHECKPOINTS = "checkpoints"  # <out>/checkpoints/<run_id>.pt while a run is unfinished
 INFLIGHT = "inflight.json"  # <out>/jobs/<block>/inflight.json: the run a child is in
+# A child whose run ids differ from its parent's (qvit/ or harness/ edited since the sweep
+# started: another identity) runs nothing and exits with this code.
+CODE_CHANGED = 3
+CODE_CHANGED_MESSAGE = ("the source of qvit/ or harness/ changed since this sweep started "
+                        "(the runs would have other identities); nothing more was run: rerun "
+                        "the same command to measure the code as it is now")
 
 
 @dataclass(frozen=True)
@@ -499,6 +505,9 @@ def _main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     payload = json.loads(Path(a.block).read_text())  # written by executors.spawn
     specs = [RunSpec.from_dict(d) for d in payload["specs"]]
+    if payload.get("run_ids", [s.run_id for s in specs]) != [s.run_id for s in specs]:
+        print(CODE_CHANGED_MESSAGE, file=sys.stderr, flush=True)
+        return CODE_CHANGED
     execute_block(specs, a.out, inflight=Path(payload["inflight"]), progress=a.progress)
     return 0
 

@@ -257,6 +257,21 @@ def test_local_executor_runs_blocks_here(tmp_path, monkeypatch, opts):
     assert len(calls) == 2  # nothing left to run
 
 
+def test_child_refuses_runs_of_another_identity(tmp_path, capsys):
+    """A block's child whose run ids differ from the ones its parent planned (qvit/ or
+    harness/ edited meanwhile) runs nothing and says why; the parent stops the sweep."""
+    from harness import runner
+
+    specs = tiny_specs(write_tiny(tmp_path))
+    payload = tmp_path / "payload.json"
+    payload.write_text(json.dumps({"specs": [s.to_dict() for s in specs[:1]],
+                                   "run_ids": ["planned-with-other-code"],
+                                   "inflight": str(tmp_path / INFLIGHT)}))
+    assert runner._main([str(payload), str(tmp_path / "out")]) == runner.CODE_CHANGED
+    assert "changed since this sweep started" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists() and not (tmp_path / INFLIGHT).exists()
+
+
 # --- end to end through submitit's local executor ----------------------------------------------
 
 class _Submitter(threading.Thread):

@@ -49,7 +49,15 @@ def _sweep(out, configs, fault=None, epochs=2, **kw):
     return subprocess.Popen([sys.executable, "-m", "harness", "run",
                              *_cmd(out, configs, epochs)],
                             cwd=ROOT, env=_env(fault), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, **kw)
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                            **kw)
+
+
+def _stop(proc) -> None:
+    """A sweep the test leaves running (a failed assertion): stop it and its children."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
 
 
 @pytest.mark.slow
@@ -111,6 +119,13 @@ def test_kill_mid_epoch_then_resume_and_a_second_sweep_is_refused(tmp_path):
     configs = ["a", "b", "c"]
     proc = _sweep(tmp_path, configs, {"b": {"fault": "hang", "epoch": 2, "step": 0}},
                   epochs=3)
+    try:
+        _kill_mid_epoch_then_resume(tmp_path, configs, proc)
+    finally:
+        _stop(proc)
+
+
+def _kill_mid_epoch_then_resume(tmp_path, configs, proc):
     _, child = _wait_in_epoch2(tmp_path, "b", proc)
     ids = _design_ids(tmp_path)
 
@@ -126,7 +141,7 @@ def test_kill_mid_epoch_then_resume_and_a_second_sweep_is_refused(tmp_path):
     assert (tmp_path / "design.json").stat().st_mtime_ns == design  # it touched nothing
 
     os.kill(child, signal.SIGKILL)  # a real SIGKILL of the child, mid-epoch
-    log, _ = proc.communicate(timeout=900)
+    log, _ = proc.communicate(timeout=600)
     assert proc.returncode == 1, log  # b failed (killed)
     t1 = records.read_table(tmp_path)
     b = t1[t1["run_id"] == ids["b"]].sort_values("epoch")
