@@ -27,6 +27,9 @@ _LAZY = {"calibrate": "calibration", "load_ivit_checkpoint": "ivit", "QuantModel
 
 
 def __getattr__(name: str) -> Any:
+    if name in ("blocks", "calibration", "ivit", "models", "modules", "primitives",
+                "reference", "registry", "variants"):  # qvit.registry etc. when deferred
+        return importlib.import_module(f".{name}", __name__)
     if name in _LAZY:
         value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
         globals()[name] = value
