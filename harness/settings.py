@@ -104,7 +104,7 @@ class RunSettings(BaseModel):
                 (self.device.startswith("cuda:") and self.device[5:].isdigit())):
             raise ValueError(f"device must be {DEVICES_HELP}, got {self.device!r}")
         if self.dataset in ("imagefolder",) and not self.data_dir:
-            raise ValueError("dataset 'imagefolder' needs data_dir")
+            raise ValueError("dataset 'imagefolder' needs data_dir (--data-dir DIR)")
         if (self.mixup or self.cutmix) and self.batch_size % 2:
             raise ValueError(f"mixup/cutmix need an even batch_size, got {self.batch_size}")
         return self

@@ -49,7 +49,8 @@ class Context:
 
     @property
     def models(self) -> list[str]:
-        return list(dict.fromkeys(self.summary["model"]))
+        source = self.summary if "model" in self.summary else self.table
+        return list(dict.fromkeys(source["model"]))
 
     @property
     def configs(self) -> dict:
@@ -403,12 +404,15 @@ def comparison(ctx: Context) -> tuple[str, list[str]]:
 
 def warnings(ctx: Context) -> tuple[str, list[str]]:
     out = []
-    for r in ctx.summary[ctx.summary["wide_spread"]].itertuples():
+    spread = ctx.summary[ctx.summary["wide_spread"]] if "wide_spread" in ctx.summary else \
+        ctx.summary
+    for r in spread.itertuples():
         out.append(f"{r.model}/{r.config}: epoch-time IQR/median {r.iqr_rel:.1%}; treat its "
                    f"ratio with care")
     failed = ctx.table[ctx.table["status"].fillna("ok") != "ok"]
     for rid, g in failed.groupby("run_id"):
-        out.append(f"run {rid}: {g['status'].iloc[0]}: {str(g['error'].iloc[0])[:160]}")
+        last = (str(g["error"].iloc[0]).strip().splitlines() or [""])[-1]  # the exception
+        out.append(f"run {rid}: {g['status'].iloc[0]}: {last[:200]}")
     if ctx.n_blocks < 2:
         out.append("one block only: no intervals; use repeats >= 2 (>= 5 for references)")
     if ctx.ignored:
@@ -439,7 +443,8 @@ def provenance(table: pd.DataFrame) -> dict[str, str]:
 def setup(ctx: Context) -> str:
     st = ctx.meta.get("settings") or {}
     prov = provenance(ctx.table)
-    rows = [("spec", "[spec.toml](spec.toml)"),
+    rows = [("spec", "[spec.toml](spec.toml)" if (ctx.folder / "spec.toml").is_file() else
+             "none: `harness run` (the command is in the description)"),
             ("design", f"{ctx.meta['kind']}, {len(ctx.order)} configs"
              + (" (incl. the A/A control)" if AA_CONTROL in ctx.order else "")
              + f", baseline `{ctx.baseline}`"),

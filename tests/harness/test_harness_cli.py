@@ -65,11 +65,7 @@ def test_run_two_configs_rerun_skips_and_report_rebuilds(tmp_path, capsys):
     assert "harness_tiny:tiny_cnn" in text and "legacy" in text and "fast" in text
     assert "ablations/" not in text and "| ," not in text and "digits, batch 8" in text
     assert "Traceback" not in capsys.readouterr().err
-    broken = _broken_links(tmp_path)
-    assert broken <= {"spec.toml"}, broken
-    if broken:  # everything else above holds; this one is for harness/report/sections.py
-        pytest.xfail("report.md links spec.toml, which a `harness run` folder does not have "
-                     "(issue 11): report.sections.setup should link it only where it exists")
+    assert not _broken_links(tmp_path)
 
 
 @pytest.mark.parametrize("extra,message", [
@@ -103,9 +99,6 @@ def test_cuda_without_cuda_is_refused_up_front(tmp_path, capsys):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, raises=KeyError, reason="harness/report/sections.warnings reads "
-                   "summary['wide_spread'] of the empty summary (KeyError) when every run "
-                   "failed: guard it there, then drop this mark")
 def test_every_run_failed_ends_with_a_report_of_the_failures(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv(FAULT_ENV, '{"x": {"fault": "error", "epoch": 1},'
                                   ' "y": {"fault": "error", "epoch": 1}}')
