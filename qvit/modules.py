@@ -17,8 +17,8 @@ from . import primitives as P
 from .flags import Flags
 
 __all__ = [
-    "source_key", "key_matches", "QuantModule", "QuantAct", "QuantLinear", "TerLinear", "QuantConv2d", "QuantMatMul",
-    "IntLayerNorm", "IntGELU", "IntSoftmax",
+    "source_key", "key_matches", "QuantModule", "QuantAct", "QuantLinear", "TerLinear",
+    "QuantConv2d", "QuantMatMul", "IntLayerNorm", "IntGELU", "IntSoftmax",
 ]
 
 
