@@ -84,8 +84,9 @@ MUTANTS = [
       "return out.clamp_(-n - 1, n) if num_bits", "return out.clamp_(-n - 1, n + 1) if num_bits",
       (REF,), "fused requantizer clamps one step too high"),
     M("quantize_clamp_symmetric", "qvit/primitives.py",
-      "return _quantize_ste(x, s, -n - 1, n, inline_ste", "return _quantize_ste(x, s, -n, n, inline_ste",
-      (REF,), "symmetric quantizer clamps to [-n, n]"),
+      "return _quantize_ste(x, s, -n - 1, n, inline_ste",
+      "return _quantize_ste(x, s, -n, n, inline_ste", (REF,),
+      "symmetric quantizer clamps to [-n, n]"),
     M("exp_shift_quotient_bits", "qvit/primitives.py",
       "x_int = x_int + floor_ste(x_int / 2, **ste) - floor_ste(x_int / 2**4, **ste)",
       "x_int = x_int + floor_ste(x_int / 2, **ste) - floor_ste(x_int / 2**3, **ste)",
@@ -233,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append((m, {"failed": "caught", "passed": "MISSED"}.get(status, status), secs))
             print(f"{m.name:30s} {rows[-1][1]:8s} {secs:6.1f}s", file=sys.stderr, flush=True)
     caught = sum(r[1] == "caught" for r in rows)
-    print(f"\n| mutant | file | what | result | seconds |\n|---|---|---|---|---|")
+    print("\n| mutant | file | what | result | seconds |\n|---|---|---|---|---|")
     for m, status, secs in rows:
         print(f"| `{m.name}` | {m.path} | {m.why} | {status} | {secs:.0f} |")
     print(f"\nmutation score: {caught}/{len(rows)} caught")

@@ -78,7 +78,8 @@ def test_flag_toggle_keeps_its_declared_parity(bases, model_name, base, flag, va
     elif expected == "near-exact":  # requantization rounding: a few steps of logits at most
         assert rel_l2(got["logits"][0], ref["logits"][0]) < 0.05
         assert grads_rel_diff(got["grads"][0], ref["grads"][0]) < 0.05
-        differs = any(not torch.equal(a, b) for a, b in zip(got["logits"], ref["logits"]))
+        differs = any(not torch.equal(a, b)
+                      for a, b in zip(got["logits"], ref["logits"], strict=True))
         assert differs, "declared near-exact but bit-identical: declare it exact"
     else:
         pytest.fail(f"no check for class {expected}")
