@@ -72,8 +72,8 @@ def test_load_set_flags_and_data_swap_in_eval_refresh_the_caches(model_name):
         cached.set_flags(CACHED.replace(eps_constant=False))
         assert torch.equal(cached(x), plain(x))
 
-        def swap(t):  # what .to()/.half() do: replace .data, no version bump
-            return t * 1.25 if t.is_floating_point() else t
+        def swap(t):  # what .to()/.half() do to parameters: replace .data, no version bump
+            return t * 1.25 if isinstance(t, torch.nn.Parameter) else t
 
         cached._apply(swap)
         plain._apply(swap)
