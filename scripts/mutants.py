@@ -197,8 +197,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-k", default="", help="only mutants whose name contains this")
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds per mutant")
     ap.add_argument("--list", action="store_true")
+    ap.add_argument("--quick", action="store_true",
+                    help="only mutants whose tests avoid the model trajectories (minutes)")
     args = ap.parse_args(argv)
-    chosen = [m for m in MUTANTS if args.k in m.name]
+    chosen = [m for m in MUTANTS if args.k in m.name and not (
+        args.quick and any(t in (CACHES, PARITY) for t in m.tests))]
     if args.list:
         for m in chosen:
             print(f"{m.name:30s} {m.path:20s} {m.why}")
