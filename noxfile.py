@@ -63,6 +63,17 @@ def bench(session):
 
 
 @nox.session
+def mutants(session):
+    """The curated mutation check: ~30 subtle mutations of qvit/ (rounding modes, bit widths
+    and clamps, cache keys, momentum order, scale shapes, gradient order), each applied in a
+    scratch copy with the tests that must catch it; fails if any survives. Not in `tests`
+    (it reruns test subsets per mutant). Arguments go to scripts/mutants.py (-k NAME)."""
+    _install(session)
+    session.run("python", "scripts/mutants.py", *session.posargs,
+                env={"OMP_NUM_THREADS": "1"})
+
+
+@nox.session
 def lint(session):
     """ruff over the code."""
     session.install("ruff")

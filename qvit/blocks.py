@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from timm.layers import DropPath, trunc_normal_
+from timm.layers import DropPath as TimmDropPath
+from timm.layers import trunc_normal_
 from torch import Tensor, nn
 
 from .modules import (
@@ -19,10 +20,47 @@ from .modules import (
     QuantLinear,
     QuantMatMul,
     QuantModule,
+    key_matches,
+    source_key,
 )
 
 __all__ = ["Attention", "Mlp", "TransformerBlock", "PatchEmbed", "PatchMerging",
-           "window_partition", "window_reverse"]
+           "IViTDropPath", "DROP_PATH_IMPLS", "drop_path_layer", "window_partition",
+           "window_reverse"]
+
+DROP_PATH_IMPLS = ("ivit", "timm")
+
+
+class IViTDropPath(nn.Module):
+    """Stochastic depth with I-ViT's arithmetic and sampling, so that a training run with
+    drop path reproduces I-ViT's: one uniform draw per sample (torch.rand in x's dtype),
+    kept where floor(keep + u) is 1; kept samples are x / keep (a division, where timm
+    multiplies by a mask holding 1 / keep, and draws with bernoulli_)."""
+
+    def __init__(self, drop_prob: float = 0.0):
+        super().__init__()
+        self.drop_prob = drop_prob
+
+    def extra_repr(self) -> str:
+        return f"drop_prob={self.drop_prob}"
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.drop_prob == 0.0 or not self.training:
+            return x
+        keep = 1 - self.drop_prob
+        u = torch.rand((x.shape[0],) + (1,) * (x.dim() - 1), dtype=x.dtype, device=x.device)
+        mask = u.add_(keep).floor_()  # 1 with probability keep, else 0
+        return x.div(keep) * mask
+
+
+def drop_path_layer(drop_prob: float, impl: str = "ivit") -> nn.Module:
+    """The stochastic-depth module of a block: I-ViT's (default) or timm's; Identity at 0.
+    A model option, not a flag: every preset samples and scales alike."""
+    if impl not in DROP_PATH_IMPLS:
+        raise ValueError(f"drop_path_impl must be one of {DROP_PATH_IMPLS}, got {impl!r}")
+    if drop_prob <= 0:
+        return nn.Identity()
+    return IViTDropPath(drop_prob) if impl == "ivit" else TimmDropPath(drop_prob)
 
 
 def _norm(dim: int) -> IntLayerNorm:
@@ -70,19 +108,28 @@ class Attention(QuantModule):
     def invalidate_cache(self) -> None:
         self._bias_cache = None
 
+    def _bias_sources(self) -> tuple[Tensor, ...]:
+        """What the quantized bias is derived from: the table, and the range and scale of
+        its quantizer (an EMA update or a load moves them without touching the table)."""
+        q = self.q_bias_table
+        return (self.relative_position_bias_table, q.min_val, q.max_val, q.act_scaling_factor)
+
     def relative_position_bias(self) -> tuple[Tensor, Tensor]:
-        """The quantized bias (heads, N, N) and its scale; cached in eval (flag 13)."""
+        """The quantized bias (heads, N, N) and its scale; cached in eval (flag 13), keyed
+        on its sources (`_bias_sources`)."""
         table = self.relative_position_bias_table
         cacheable = (self.flags.cache_rel_pos_bias and not self.training
                      and not (torch.is_grad_enabled() and table.requires_grad))
-        key = (table._version, table.data_ptr())
-        if cacheable and self._bias_cache is not None and self._bias_cache[0] == key:
+        if cacheable and self._bias_cache is not None and key_matches(self._bias_cache[0],
+                                                                      *self._bias_sources()):
             return self._bias_cache[1], self._bias_cache[2]
         table_q, scale = self.q_bias_table(table)
         n = self.window_size**2
         bias = table_q[self.relative_position_index.view(-1)].view(n, n, -1)
         bias = bias.permute(2, 0, 1).contiguous()
-        self._bias_cache = (key, bias, scale) if cacheable else None
+        # keyed after the quantizer ran: it may have refreshed its scale (flag 11)
+        self._bias_cache = ((source_key(*self._bias_sources()), bias, scale) if cacheable
+                            else None)
         return bias, scale
 
     def forward(self, x: Tensor, scale: Tensor, mask: Tensor | None = None
@@ -172,7 +219,7 @@ class TransformerBlock(nn.Module):
                  qkv_bias: bool = True, softmax_bits: int = 8, drop: float = 0.0,
                  attn_drop: float = 0.0, drop_path: float = 0.0, linear=QuantLinear,
                  input_resolution: tuple[int, int] | None = None, window_size: int | None = None,
-                 shift_size: int = 0):
+                 shift_size: int = 0, drop_path_impl: str = "ivit"):
         super().__init__()
         self.input_resolution = input_resolution
         if window_size is not None:
@@ -191,7 +238,7 @@ class TransformerBlock(nn.Module):
         self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, softmax_bits=softmax_bits,
                               window_size=window_size, attn_drop=attn_drop, proj_drop=drop,
                               linear=linear)
-        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.drop_path = drop_path_layer(drop_path, drop_path_impl)
         self.q_res1 = QuantAct(16)
         self.norm2 = _norm(dim)
         self.q_norm2 = QuantAct(8)

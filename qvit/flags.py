@@ -109,11 +109,11 @@ class Flags:
     layernorm_newton: str = _flag(
         change=5, scope="module", legacy="ste", seed="no_grad", best="no_grad_sqrt_grad",
         choices=("ste", "no_grad", "no_grad_sqrt_grad"),
-        parity={"no_grad": "forward-exact-gradient-differs", "no_grad_sqrt_grad": "near-exact"},
+        parity={"no_grad": "forward-exact-gradient-differs", "no_grad_sqrt_grad": "exact"},
         bound={"forward_frac_differ": 0.0, "forward_max_steps": 0.0, "grad_rel_diff": 1e-5},
         help="IntLayerNorm's integer Newton sqrt: under autograd with floor STE, under "
-             "no_grad (drops the std gradient), or under no_grad with the gradient of the "
-             "true sqrt attached")
+             "no_grad (drops the std gradient), or under no_grad in one autograd node whose "
+             "backward replays the STE chain's (same bits)")
     global_act_minmax: bool = _flag(
         change=6, scope="module", legacy=False, seed=True, best=True, parity="exact",
         help="QuantAct running range from x.min()/x.max() instead of per-channel "
@@ -154,17 +154,13 @@ class Flags:
         change=None, scope="module", legacy=False, seed=False, best=True, parity="exact",
         help="QuantAct's batch range by one torch.aminmax pass instead of min() then max()")
     fused_int_softmax: bool = _flag(
-        change=None, scope="module", legacy=False, seed=False, best=True, parity="near-exact",
-        bound={"forward_frac_differ": 0.0, "forward_max_steps": 0.0, "grad_rel_diff": 1e-5},
+        change=None, scope="module", legacy=False, seed=False, best=True, parity="exact",
         help="IntSoftmax as one autograd.Function: the same integer forward under no_grad, "
-             "backward the closed form of the legacy STE chain (forward bit-exact; gradient "
-             "equal up to float rounding order, ~1e-7 relative)")
+             "backward the legacy STE chain's operations in autograd's order (same bits)")
     fused_int_gelu: bool = _flag(
-        change=None, scope="module", legacy=False, seed=False, best=True, parity="near-exact",
-        bound={"forward_frac_differ": 0.0, "forward_max_steps": 0.0, "grad_rel_diff": 1e-5},
+        change=None, scope="module", legacy=False, seed=False, best=True, parity="exact",
         help="IntGELU as one autograd.Function: the same integer forward under no_grad, "
-             "backward the closed form of the legacy STE chain (forward bit-exact; gradient "
-             "equal up to float rounding order, ~1e-7 relative)")
+             "backward the legacy STE chain's operations in autograd's order (same bits)")
     # --- loop flags (harness) -----------------------------------------------------------
     cuda_synchronize_per_step: bool = _flag(
         change=8, scope="loop", legacy=True, seed=False, best=False, parity="exact",

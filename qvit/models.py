@@ -10,7 +10,14 @@ import torch.utils.checkpoint
 from timm.layers import trunc_normal_
 from torch import Tensor, nn
 
-from .blocks import PatchEmbed, PatchMerging, TransformerBlock, _norm, global_avg_tokens
+from .blocks import (
+    PatchEmbed,
+    PatchMerging,
+    TransformerBlock,
+    _norm,
+    drop_path_layer,
+    global_avg_tokens,
+)
 from .flags import Flags
 from .modules import QuantAct, QuantLinear, QuantModule, TerLinear
 
@@ -199,11 +206,6 @@ class QuantModel(nn.Module):
                 m.invalidate_cache()
         return self
 
-    def invalidate_caches(self) -> None:
-        for m in self.modules():
-            if isinstance(m, QuantModule):
-                m.invalidate_cache()
-
     def fix(self) -> QuantModel:
         """Freeze every activation range (QuantAct) for evaluation or export."""
         for m in self.modules():
@@ -243,8 +245,9 @@ class QuantViT(QuantModel):
                  num_heads: int = 12, mlp_ratio: float = 4.0, qkv_bias: bool = True,
                  softmax_bits: int = 16, drop_rate: float = 0.0, attn_drop_rate: float = 0.0,
                  drop_path_rate: float = 0.0, ternary: bool = False, global_pool: str = "token",
-                 flags: Flags | None = None):
+                 flags: Flags | None = None, drop_path_impl: str = "ivit"):
         super().__init__(flags)
+        drop_path_layer(0.0, drop_path_impl)  # validates the name
         self._pools = ("token", "avg", "")
         self.global_pool = self._validate_pool(global_pool)
         self.default_img_size = img_size
@@ -263,7 +266,7 @@ class QuantViT(QuantModel):
         self.blocks = nn.ModuleList(
             TransformerBlock(embed_dim, num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
                              softmax_bits=softmax_bits, drop=drop_rate, attn_drop=attn_drop_rate,
-                             drop_path=dpr[i], linear=linear)
+                             drop_path=dpr[i], linear=linear, drop_path_impl=drop_path_impl)
             for i in range(depth))
         self.norm = _norm(embed_dim)
         self.q_head = QuantAct(8)
@@ -317,7 +320,8 @@ class SwinStage(nn.Module):
 
     def __init__(self, dim: int, out_dim: int, input_resolution: tuple[int, int], depth: int,
                  num_heads: int, window_size: int, downsample: bool, mlp_ratio: float,
-                 qkv_bias: bool, drop: float, attn_drop: float, drop_path: list[float], linear):
+                 qkv_bias: bool, drop: float, attn_drop: float, drop_path: list[float], linear,
+                 drop_path_impl: str = "ivit"):
         super().__init__()
         if downsample:
             self.downsample = PatchMerging(dim, input_resolution, linear=linear)
@@ -329,7 +333,8 @@ class SwinStage(nn.Module):
                              softmax_bits=8, drop=drop, attn_drop=attn_drop,
                              drop_path=drop_path[i], linear=linear,
                              input_resolution=input_resolution, window_size=window_size,
-                             shift_size=0 if i % 2 == 0 else window_size // 2)
+                             shift_size=0 if i % 2 == 0 else window_size // 2,
+                             drop_path_impl=drop_path_impl)
             for i in range(depth))
         self.grad_checkpointing = False
 
@@ -363,8 +368,9 @@ class QuantSwin(QuantModel):
                  num_heads=(3, 6, 12, 24), window_size: int = 7, mlp_ratio: float = 4.0,
                  qkv_bias: bool = True, drop_rate: float = 0.0, attn_drop_rate: float = 0.0,
                  drop_path_rate: float = 0.1, ternary: bool = False, global_pool: str = "avg",
-                 flags: Flags | None = None):
+                 flags: Flags | None = None, drop_path_impl: str = "ivit", ape: bool = False):
         super().__init__(flags)
+        drop_path_layer(0.0, drop_path_impl)  # validates the name
         if len(depths) != len(num_heads):
             raise ValueError(f"depths {depths} and num_heads {num_heads} need the same length")
         self._pools = ("avg", "")
@@ -375,6 +381,14 @@ class QuantSwin(QuantModel):
         linear = TerLinear if ternary else QuantLinear
         self.q_input = QuantAct(8)
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim, norm=True)
+        if ape:  # absolute position embedding (the original Swin's option), quantized as
+            # I-ViT does: 16-bit, added through the embedding's requantizer (DeiT's pos_embed)
+            self.absolute_pos_embed = nn.Parameter(
+                torch.zeros(1, self.patch_embed.num_patches, embed_dim))
+            trunc_normal_(self.absolute_pos_embed, std=0.02)
+            self.q_pos = QuantAct(16)
+        else:
+            self.absolute_pos_embed = None
         self.q_embed = QuantAct(16)
         self.pos_drop = nn.Dropout(drop_rate)
         dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
@@ -385,7 +399,8 @@ class QuantSwin(QuantModel):
             res = (grid[0] // 2 ** max(i - 1, 0), grid[1] // 2 ** max(i - 1, 0))
             stages.append(SwinStage(dim, out_dim, res, depth, heads, window_size, i > 0,
                                     mlp_ratio, qkv_bias, drop_rate, attn_drop_rate,
-                                    dpr[sum(depths[:i]):sum(depths[:i + 1])], linear))
+                                    dpr[sum(depths[:i]):sum(depths[:i + 1])], linear,
+                                    drop_path_impl))
             dim = out_dim
         self.layers = nn.ModuleList(stages)
         self.num_features = self.head_hidden_size = dim
@@ -436,7 +451,11 @@ class QuantSwin(QuantModel):
     def forward_features_with_scale(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Features after the final norm, (B, H, W, C) as timm's Swin, and their scale."""
         x, scale = self.patch_embed(*self.q_input(x))
-        x, scale = self.q_embed(x, scale)
+        if self.absolute_pos_embed is not None:
+            pos, pos_scale = self.q_pos(self.absolute_pos_embed)
+            x, scale = self.q_embed(x, scale, pos, pos_scale)
+        else:
+            x, scale = self.q_embed(x, scale)
         x = self.pos_drop(x)
         for stage in self.layers:
             x, scale = stage(x, scale)

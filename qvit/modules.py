@@ -17,32 +17,49 @@ from . import primitives as P
 from .flags import Flags
 
 __all__ = [
-    "QuantModule", "QuantAct", "QuantLinear", "TerLinear", "QuantConv2d", "QuantMatMul",
-    "IntLayerNorm", "IntGELU", "IntSoftmax",
+    "source_key", "key_matches", "QuantModule", "QuantAct", "QuantLinear", "TerLinear",
+    "QuantConv2d", "QuantMatMul", "IntLayerNorm", "IntGELU", "IntSoftmax",
 ]
+
+
+def source_key(*sources: Tensor) -> tuple:
+    """The key of a cached value: each tensor it is derived from, with its version counter.
+
+    Holding the tensor itself (compared with ``is``) means its identity cannot be reused by
+    a new tensor while the key lives; the version counter moves with every in-place update
+    (an optimizer step, `load_state_dict`'s copy, timm ModelEmaV3's lerp of the EMA
+    model's parameters and buffers), in any mode. A replaced buffer (QuantAct assigns new
+    ranges and scales) is a different tensor. What this cannot see: writes through
+    ``.data`` (a tensor with its own version counter) and `.data` reassignment, which
+    `nn.Module._apply` (``.to()``, ``.half()``) does; `QuantModule._apply` drops the caches
+    for that one."""
+    return tuple((t, t._version) for t in sources)
+
+
+def key_matches(key: tuple | None, *sources: Tensor) -> bool:
+    """Whether a `source_key` still describes ``sources`` (same tensors, same versions)."""
+    return key is not None and all(
+        s is t and v == t._version for (s, v), t in zip(key, sources, strict=True))
 
 
 class QuantModule(nn.Module):
     """Base of modules with flag-selected paths and eval caches.
 
-    Caches (flags 10, 12, 13) are dropped on every train()/eval() switch, on load_state_dict
-    and on set_flags, and weight caches are keyed on the parameters' version counters, so an
-    optimizer step taken in any mode invalidates them (the seed's caches did neither).
+    Every cache (flags 10, 11, 12, 13) is keyed on the tensors it is derived from
+    (`source_key`): it is refilled by the first use after any change to them, in any mode,
+    whatever changed them (an optimizer step taken in eval, an EMA update, a load). Mode
+    switches play no part. `set_flags` (paths may change values) and device or dtype moves
+    (`_apply`, which swaps ``.data`` without a version bump) drop the caches explicitly.
     """
 
     flags: Flags = Flags()
 
-    def _load_from_state_dict(self, *args, **kwargs):
-        self.invalidate_cache()
-        super()._load_from_state_dict(*args, **kwargs)
-
     def invalidate_cache(self) -> None:
-        """Forget everything computed for eval. Subclasses with caches extend this."""
+        """Forget everything cached. Subclasses with caches extend this."""
 
-    def train(self, mode: bool = True):
-        if mode != self.training:
-            self.invalidate_cache()
-        return super().train(mode)
+    def _apply(self, fn, *args, **kwargs):
+        self.invalidate_cache()
+        return super()._apply(fn, *args, **kwargs)
 
     # fix()/unfix() are no-ops on modules without running statistics (I-ViT API).
     def fix(self) -> None:
@@ -71,6 +88,10 @@ class QuantAct(QuantModule):
         self.register_buffer("max_val", torch.zeros(1))
         # The scale of the empty range [0, 0]: what both scale paths compute before any data.
         self.register_buffer("act_scaling_factor", torch.full((1,), P.EPS_F32))
+        self._scale_key: tuple | None = None  # the range act_scaling_factor was derived from
+
+    def invalidate_cache(self) -> None:
+        self._scale_key = None
 
     def extra_repr(self) -> str:
         return f"activation_bit={self.activation_bit}, momentum={self.act_range_momentum}"
@@ -113,6 +134,12 @@ class QuantAct(QuantModule):
         self.act_scaling_factor = P.symmetric_scale(
             self.activation_bit, self.min_val, self.max_val,
             eps_constant=self.flags.eps_constant).reshape(1)
+        self._scale_key = source_key(self.min_val, self.max_val, self.act_scaling_factor)
+
+    def _scale_is_current(self) -> bool:
+        """Whether act_scaling_factor is still the scale of the running range (flag 11's
+        cache): neither the range nor the scale has been replaced or written since."""
+        return key_matches(self._scale_key, self.min_val, self.max_val, self.act_scaling_factor)
 
     def forward(self, x: Tensor, pre_act_scaling_factor: Tensor | None = None,
                 identity: Tensor | None = None, identity_scaling_factor: Tensor | None = None
@@ -121,9 +148,8 @@ class QuantAct(QuantModule):
         with torch.no_grad():
             if self.training and self.running_stat:
                 self._observe(x if identity is None else identity + x)
-                if f.cache_eval_act_scale:
-                    self._update_scale()
-            if not f.cache_eval_act_scale:
+                self._update_scale()
+            elif not f.cache_eval_act_scale or not self._scale_is_current():
                 self._update_scale()  # legacy: every call, in eval too (seed change 11)
         scale = self.act_scaling_factor
         if pre_act_scaling_factor is None:
@@ -144,9 +170,9 @@ class QuantAct(QuantModule):
 
 class _QuantWeightMixin:
     """Weight quantization with the eval cache of seed change 10, done right: the cache is
-    keyed on the weight's version counter, so it is refilled by the first eval forward after
-    any weight change (the seed's reused the last training forward's weights, one step
-    stale)."""
+    keyed on the weight tensor and its version counter (`source_key`), so it is refilled by
+    the first eval forward after any weight change (the seed's reused the last training
+    forward's weights, one step stale)."""
 
     weight_bit: int
     bias_bit: int | None
@@ -175,16 +201,16 @@ class _QuantWeightMixin:
 
     def quantized_weight(self) -> tuple[Tensor, Tensor]:
         """(integer weight, per-output-channel scale), from the cache where it is valid."""
+        w = self.weight
         cacheable = (self.flags.cache_eval_weights and not self.training
-                     and not (torch.is_grad_enabled() and self.weight.requires_grad))
-        key = (self.weight._version, self.weight.data_ptr(), self.weight.device)
-        if cacheable and self._weight_cache is not None and self._weight_cache[0] == key:
+                     and not (torch.is_grad_enabled() and w.requires_grad))
+        if cacheable and key_matches(self._weight_cache and self._weight_cache[0], w):
             return self._weight_cache[1], self._weight_cache[2]
         with torch.no_grad():
-            scale = self._weight_scale(self.weight)
-        w_int = self._quantize_weight(self.weight, scale)
+            scale = self._weight_scale(w)
+        w_int = self._quantize_weight(w, scale)
         self.weight_scaling_factor = scale
-        self._weight_cache = (key, w_int, scale) if cacheable else None
+        self._weight_cache = (source_key(w), w_int, scale) if cacheable else None
         return w_int, scale
 
     def quantized_bias(self, bias_scale: Tensor) -> Tensor | None:
@@ -293,7 +319,8 @@ class IntLayerNorm(QuantModule, nn.LayerNorm):
 
 class _IntExpModule(QuantModule):
     """Shared by IntGELU and IntSoftmax: the shift-based integer exp with its x0 eval cache
-    (seed change 12; dropped on train/eval switches and loads, unlike the seed's)."""
+    (seed change 12), keyed on the scale tensor it is derived from (the seed's was never
+    refreshed)."""
 
     exp_bits: int  # the shift bound n of int_exp_shift
 
@@ -302,7 +329,7 @@ class _IntExpModule(QuantModule):
         self.output_bit = output_bit
         self.register_buffer("out_unit", torch.tensor([1 / 2 ** (output_bit - 1)]),
                              persistent=False)
-        self._x0_cache: Tensor | None = None
+        self._x0_cache: tuple | None = None
 
     def extra_repr(self) -> str:
         return f"output_bit={self.output_bit}"
@@ -310,12 +337,18 @@ class _IntExpModule(QuantModule):
     def invalidate_cache(self) -> None:
         self._x0_cache = None
 
+    def _cache_x0(self) -> bool:
+        return self.flags.cache_exp_x0 and not self.training
+
     def _x0(self, scaling_factor: Tensor) -> Tensor:
-        if not (self.flags.cache_exp_x0 and not self.training):
+        """x0_int = floor(-1 / scaling_factor); in eval (flag 12) from a cache keyed on the
+        scale tensor (the QuantAct's buffer: the same tensor while its range holds)."""
+        if not self._cache_x0():
             return P.exp_x0_int(scaling_factor)
-        if self._x0_cache is None:
-            self._x0_cache = P.exp_x0_int(scaling_factor)
-        return self._x0_cache
+        c = self._x0_cache
+        if c is None or not key_matches(c[0], scaling_factor):
+            c = self._x0_cache = (source_key(scaling_factor), P.exp_x0_int(scaling_factor))
+        return c[1]
 
     def _out_unit(self, like: Tensor) -> Tensor:
         if self.flags.reuse_constant_tensors:
@@ -336,17 +369,32 @@ class IntGELU(_IntExpModule):
 
     def __init__(self, output_bit: int = 8):
         super().__init__(output_bit)
+        self._sig_cache: tuple | None = None
+
+    def invalidate_cache(self) -> None:
+        super().invalidate_cache()
+        self._sig_cache = None
+
+    def _sig_scale(self, scaling_factor: Tensor) -> Tensor:
+        """The sigmoid's scale 1.702 * scaling_factor; with the x0 cache, one tensor per
+        input scale tensor (keyed like x0), so that x0's cache, keyed on it, holds."""
+        if not self._cache_x0():
+            return scaling_factor * 1.702
+        c = self._sig_cache
+        if c is None or not key_matches(c[0], scaling_factor):
+            c = self._sig_cache = (source_key(scaling_factor), scaling_factor * 1.702)
+        return c[1]
 
     def forward(self, x: Tensor, scaling_factor: Tensor) -> tuple[Tensor, Tensor]:
         inline, lean = self.flags.inline_ste, self.flags.ste_lean
-        if self.flags.fused_int_gelu:  # same values, one autograd node
-            sig_scale = scaling_factor * 1.702
+        if self.flags.fused_int_gelu and not scaling_factor.requires_grad:  # one node
+            sig_scale = self._sig_scale(scaling_factor)
             y = P.int_gelu(x, scaling_factor, self._x0(sig_scale), self.exp_bits,
                            self.output_bit)
             out_scale = scaling_factor * self._out_unit(x)
             return y * out_scale, out_scale
         pre_x_int = x / scaling_factor
-        sig_scale = scaling_factor * 1.702
+        sig_scale = self._sig_scale(scaling_factor)
         x_int_max = pre_x_int.max(dim=-1, keepdim=True).values
         x0 = self._x0(sig_scale)
         exp_int, _ = P.int_exp_shift(pre_x_int - x_int_max, sig_scale, self.exp_bits,
@@ -367,7 +415,7 @@ class IntSoftmax(_IntExpModule):
         super().__init__(output_bit)
 
     def forward(self, x: Tensor, scaling_factor: Tensor) -> tuple[Tensor, Tensor]:
-        if self.flags.fused_int_softmax:  # same values, one autograd node
+        if self.flags.fused_int_softmax and not scaling_factor.requires_grad:  # one node
             out_scale = self._out_unit(x)
             return P.int_softmax(x, scaling_factor, self._x0(scaling_factor), self.exp_bits,
                                  self.output_bit) * out_scale, out_scale

@@ -189,12 +189,14 @@ def batch_frexp(inputs: Tensor, max_bit: int = FREXP_BITS) -> tuple[Tensor, Tens
 def frexp_device(inputs: Tensor, max_bit: int = FREXP_BITS) -> tuple[Tensor, Tensor]:
     """Same (m, e) as `batch_frexp`, bit for bit, computed on the input's own device.
 
-    torch.frexp gives the mantissa in [0.5, 1); scaling by 2^max_bit is exact in float64, and
-    so is adding 0.5 (the product has at most 53 significant bits below 2^31), so
-    floor(. + 0.5) is Decimal's ROUND_HALF_UP for the non-negative scales we decompose.
+    torch.frexp gives the mantissa in [0.5, 1) (or (-1, -0.5]); scaling by 2^max_bit is
+    exact in float64, and so is adding 0.5 to its magnitude (the product has at most 53
+    significant bits below 2^31), so sign * floor(|.| + 0.5) is Decimal's ROUND_HALF_UP:
+    ties go away from zero, for negative inputs too.
     """
     mant, exp = torch.frexp(inputs.detach().to(torch.float64))
-    m = torch.floor(mant * 2.0**max_bit + 0.5)
+    t = mant * 2.0**max_bit
+    m = torch.floor(t.abs() + 0.5).copysign_(t)
     return m, float(max_bit) - exp.to(torch.float64)
 
 
@@ -364,6 +366,42 @@ def int_exp_shift(x_int: Tensor, scaling_factor: Tensor, n: int, *,
 NEWTON_MODES = ("ste", "no_grad", "no_grad_sqrt_grad")
 
 
+class _NewtonSqrtFn(Function):
+    """The integer Newton square root under no_grad, one autograd node whose backward is the
+    legacy STE chain's, run in reverse mode with the legacy graph's operations in its order:
+    for each step i (last first), k_i = floor((k + floor(v / k)) / 2) hands g / 2 to its
+    sum; v receives (g / 2) / k (accumulated last step first, as autograd's input buffer
+    does) and k receives g / 2 - (g / 2) * ((v / k) / k) (torch's div backward for the
+    divisor). Bit-identical to mode ``ste``, without its 40 autograd nodes."""
+
+    @staticmethod
+    def forward(ctx, v, iterations):
+        k = v.new_full(v.shape, 2**16)
+        ks, vks = [], []
+        for _ in range(iterations):
+            vk = v / k
+            ks.append(k)
+            vks.append(vk)
+            k = torch.floor((k + torch.floor(vk)) / 2)
+        ctx.save_for_backward(*ks, *vks)
+        ctx.iterations = iterations
+        return k
+
+    @staticmethod
+    def backward(ctx, g):
+        saved = ctx.saved_tensors
+        n = ctx.iterations
+        ks, vks = saved[:n], saved[n:]
+        acc = None
+        for i in reversed(range(n)):
+            gs = g / 2
+            c = gs / ks[i]
+            acc = c if acc is None else acc.add_(c)
+            if i:  # the first step divides by the constant 2^16: no gradient to it
+                g = gs - gs * (vks[i] / ks[i])
+        return acc, None
+
+
 def int_sqrt_newton(var_int: Tensor, mode: str, *, inline_ste: bool = True,
                     iterations: int = 10, lean: bool = False) -> Tensor:
     """Integer square root by ``iterations`` Newton steps from 2^16 (I-LayerNorm):
@@ -371,11 +409,10 @@ def int_sqrt_newton(var_int: Tensor, mode: str, *, inline_ste: bool = True,
 
     ``ste``: under autograd with floor STE (the legacy gradient through every step);
     ``no_grad``: no gradient through the std at all (seed change 5);
-    ``no_grad_sqrt_grad``: the same forward under no_grad, with the gradient of the square
-    root attached: dk/dvar carried along the iteration in forward mode (a few ops on the
-    (.., 1)-shaped variance). It is 1/(2 sqrt(var)) once the iteration has converged, and it
-    follows the legacy STE chain where ten steps from 2^16 have not converged (small
-    variances, e.g. a LayerNorm over 8-bit inputs), which 1/(2 sqrt(var)) alone would not.
+    ``no_grad_sqrt_grad``: the same forward under no_grad in one autograd node whose
+    backward is the ``ste`` chain's, bit for bit (`_NewtonSqrtFn`). Where ten steps from
+    2^16 have converged that gradient is 1/(2 sqrt(var)); where they have not (small
+    variances), it follows the iteration, as the legacy one does.
     """
     if mode == "ste":
         k = 2**16
@@ -384,37 +421,36 @@ def int_sqrt_newton(var_int: Tensor, mode: str, *, inline_ste: bool = True,
         return k
     if mode not in NEWTON_MODES:
         raise ValueError(f"layernorm_newton must be one of {NEWTON_MODES}, got {mode!r}")
-    with_grad = mode == "no_grad_sqrt_grad"
+    if mode == "no_grad_sqrt_grad" and torch.is_grad_enabled() and var_int.requires_grad:
+        return _NewtonSqrtFn.apply(var_int, iterations)
     with torch.no_grad():
-        v = var_int.detach()
-        k = v.new_full(v.shape, 2**16)
-        dk = torch.zeros_like(v) if with_grad else None
-        for _ in range(iterations):
-            if with_grad:  # d/dvar of (k + var / k) / 2, floors passed straight through
-                dk = (dk + (1 / k - v * dk / (k * k))) / 2
-            k = torch.floor((k + torch.floor(v / k)) / 2)
-    if not with_grad:
-        return k
-    return k + (var_int - v) * dk
+        return _newton_no_grad(var_int.detach(), iterations)
+
+
+def _newton_no_grad(v: Tensor, iterations: int) -> Tensor:
+    k = v.new_full(v.shape, 2**16)
+    for _ in range(iterations):
+        k = torch.floor((k + torch.floor(v / k)) / 2)
+    return k
 
 
 # --- fused integer softmax and GELU (flags fused_int_softmax, fused_int_gelu) --------------
 #
 # The same integer forward as `int_exp_shift` + the modules' normalization, computed under
-# no_grad, with one autograd node whose backward is the closed form of the legacy STE chain
-# (every floor passed straight through, torch's tie rule for the binary max). The forward is
-# bit-identical; the gradient equals the legacy graph's up to float rounding order (the
-# legacy graph also carries rounding residue of terms that cancel exactly, e.g. through
-# r = d - x0 * floor(d / x0)), measured by the parity test and declared near-exact.
+# no_grad, with one autograd node whose backward replays the legacy STE graph's backward:
+# every node's derivative formula as torch writes it (e.g. reciprocal: -g * (r * r); pow
+# of a constant base: g * (p * ln 2)), every floor passed straight through, and every
+# tensor that several nodes feed summed in the order autograd's engine sums it (nodes run
+# latest-created first). The gradients are bit-identical to the legacy ones.
 
-_LN2 = 0.6931471805599453
+_LN2 = 0.6931471805599453  # torch's pow backward: log(base) of the Scalar base 2
 
 
 def _exp_shift_slope(b: Tensor, x0: Tensor, n: int, slope: bool
                      ) -> tuple[Tensor, tuple | None]:
     """`int_exp_shift`'s value of ``b`` (no grad) and, with ``slope``, what its backward
-    (`_exp_shift_grad`) needs: the shifted mantissa e, the power p = 2^(n-q) and the mask of
-    the max (1/2 at ties, torch's rule)."""
+    (`_exp_shift_grad`) needs: the shifted mantissa e, the power p = 2^(n-q) and the two
+    masks of the binary max (tie: half the gradient, torch's rule)."""
     c = b + torch.floor(b / 2)
     c -= torch.floor(b / 2**4)
     low = n * x0
@@ -426,41 +462,45 @@ def _exp_shift_slope(b: Tensor, x0: Tensor, n: int, slope: bool
     exp_int = torch.clamp(torch.floor(e * p), min=0)  # e > 0: the clamp passes everything
     if not slope:
         return exp_int, None
-    mask = (c > low).to(c.dtype).add_((c == low).to(c.dtype), alpha=0.5)
-    return exp_int, (e, p, mask, x0)
+    return exp_int, (e, p, c > low, c == low, x0)
 
 
 def _exp_shift_grad(g: Tensor, saved: tuple) -> Tensor:
-    """d loss / d b of the legacy STE graph from g = d loss / d exp, in its own order of
-    operations: through e (g p / 2) and through the quotient q, whose two paths (2^(n-q)
-    and r = d - x0 q) the legacy graph sums before dividing by x0, rounding included (with
-    n = 23 that residue is not negligible, so it is reproduced, not cancelled)."""
-    e, p, mask, x0 = saved
-    g_r = g * p / 2
-    g_q = (g * e).mul_(p * _LN2).neg_().add_(g_r.neg() * x0)
+    """d loss / d b of `int_exp_shift`'s legacy graph from g = d loss / d exp.
+
+    exp = floor(e * p): e gets g p, p gets g e; p = 2^(n - q) hands q -(g e)(p ln 2);
+    e = r / 2 - x0 hands r (g p) / 2, which r = d - x0 q hands d and (times -x0) q; q =
+    floor(d / x0) hands d its sum / x0; the max hands c its share; and b, used three times
+    (c = b + floor(b/2) - floor(b/16)), is summed as the engine does: -g/16 + g first,
+    then g/2."""
+    e, p, above, tie, x0 = saved
+    g_r = (g * p).div_(2)
+    g_q = (g * e).mul_(p * _LN2).neg_()
+    g_q += g_r.neg() * x0
     g_d = g_q.div_(x0).add_(g_r)
-    return g_d.mul_(mask).mul_(1.4375)
+    g_c = torch.where(tie, g_d / 2, g_d).masked_fill_(~(above | tie), 0)
+    return (g_c / 2**4).neg_().add_(g_c).add_(g_c / 2)
 
 
 def _normalize_fwd(exp_int: Tensor, exp_sum: Tensor, output_bit: int):
-    """floor(exp_int * floor(I / min(sum, I)) / 2^(32-b)) and what its backward needs."""
-    clamped = exp_sum.clamp_max(INT32_MAX)
-    factor = torch.floor(INT32_MAX / clamped)
+    """floor(exp_int * floor(I / min(sum, I)) / 2^(32-b)) and what its backward needs.
+    ``I / t`` is written as torch evaluates it (Tensor.__rtruediv__: reciprocal, then *)."""
+    recip = exp_sum.clamp_max(INT32_MAX).reciprocal()
+    factor = torch.floor(recip * INT32_MAX)
     out = torch.floor(exp_int * factor / 2 ** (31 - output_bit + 1))
-    return out, factor, clamped
+    return out, factor, recip
 
 
-def _normalize_bwd(g_out: Tensor, exp_int: Tensor, factor: Tensor, clamped: Tensor,
+def _normalize_bwd(g_out: Tensor, exp_int: Tensor, factor: Tensor, recip: Tensor,
                    exp_sum: Tensor, output_bit: int, sum_dim: bool):
-    """Gradients to exp_int (direct) and to exp_sum from g_out."""
+    """Gradients to exp_int (direct) and to exp_sum from g_out, by torch's formulas: mul
+    (g * other, summed over broadcast dims), reciprocal (-g * (r * r)), clamp_max (where
+    sum <= I, compared in double: a float32 sum of 2^31 gets none)."""
     gu = g_out / 2 ** (31 - output_bit + 1)
     g_factor = gu * exp_int
     if sum_dim:
         g_factor = g_factor.sum(dim=-1, keepdim=True)
-    # factor = I * (1 / clamped): d/dclamped = -I / clamped^2; clamp_max passes where <= I
-    g_sum = g_factor.mul_(-INT32_MAX).div_(clamped).div_(clamped)
-    # torch's clamp_max backward compares in double: a float32 sum of 2^31 (the float32
-    # value of INT32_MAX itself) is above INT32_MAX and gets no gradient
+    g_sum = g_factor.mul_(INT32_MAX).neg_().mul_(recip * recip)
     g_sum = g_sum.masked_fill_(exp_sum >= 2.0**31, 0)
     return gu.mul_(factor), g_sum
 
@@ -478,27 +518,36 @@ class _IntSoftmaxFn(Function):
         b = a - mx.values
         exp_int, slope = _exp_shift_slope(b, x0, n, True)
         exp_sum = exp_int.sum(dim=-1, keepdim=True)
-        out, factor, clamped = _normalize_fwd(exp_int, exp_sum, output_bit)
-        ctx.save_for_backward(scale, exp_int, factor, clamped, exp_sum, mx.indices)
+        out, factor, recip = _normalize_fwd(exp_int, exp_sum, output_bit)
+        ctx.save_for_backward(scale, exp_int, factor, recip, exp_sum, mx.indices)
         ctx.slope = slope
         ctx.output_bit = output_bit
         return out
 
     @staticmethod
     def backward(ctx, g_out):
-        scale, exp_int, factor, clamped, exp_sum, idx = ctx.saved_tensors
-        slope = ctx.slope
-        g_exp, g_sum = _normalize_bwd(g_out, exp_int, factor, clamped, exp_sum,
+        scale, exp_int, factor, recip, exp_sum, idx = ctx.saved_tensors
+        g_exp, g_sum = _normalize_bwd(g_out, exp_int, factor, recip, exp_sum,
                                       ctx.output_bit, True)
-        g_b = _exp_shift_grad(g_exp.add_(g_sum), slope)
+        g_b = _exp_shift_grad(g_exp.add_(g_sum), ctx.slope)
         g_a = _scatter_max(g_b, idx, -g_b.sum(dim=-1, keepdim=True))
         return g_a.div_(scale), None, None, None, None
+
+
+def _check_fusable(x: Tensor, scale: Tensor) -> bool:
+    """Whether the fused node applies: True when a gradient to ``x`` is wanted."""
+    if not (torch.is_grad_enabled() and x.requires_grad):
+        return False
+    if scale.requires_grad:
+        raise ValueError("the fused integer softmax/GELU pass no gradient to the scale; "
+                         "detach the scale or turn fused_int_softmax/fused_int_gelu off")
+    return True
 
 
 def int_softmax(x: Tensor, scale: Tensor, x0_int: Tensor, n: int, output_bit: int) -> Tensor:
     """Integer softmax values floor(2^(b-1) * exp / sum) (Shiftmax) of ``x`` at ``scale``,
     fused: one autograd node (see above). The caller multiplies by the output scale."""
-    if torch.is_grad_enabled() and x.requires_grad and not scale.requires_grad:
+    if _check_fusable(x, scale):
         return _IntSoftmaxFn.apply(x, scale, x0_int, n, output_bit)
     with torch.no_grad():
         a = x / scale
@@ -515,24 +564,24 @@ class _IntGELUFn(Function):
         exp_int, slope = _exp_shift_slope(pre - mx.values, x0, n, True)
         exp_max, slope_max = _exp_shift_slope(-mx.values, x0, n, True)
         exp_sum = exp_int + exp_max
-        sig, factor, clamped = _normalize_fwd(exp_int, exp_sum, output_bit)
-        ctx.save_for_backward(scale, pre, sig, exp_int, factor, clamped, exp_sum, mx.indices)
+        sig, factor, recip = _normalize_fwd(exp_int, exp_sum, output_bit)
+        ctx.save_for_backward(scale, pre, sig, exp_int, factor, recip, exp_sum, mx.indices)
         ctx.slopes = slope, slope_max
         ctx.output_bit = output_bit
         return pre * sig
 
     @staticmethod
     def backward(ctx, g_out):
-        scale, pre, sig, exp_int, factor, clamped, exp_sum, idx = ctx.saved_tensors
+        scale, pre, sig, exp_int, factor, recip, exp_sum, idx = ctx.saved_tensors
         slope, slope_max = ctx.slopes
-        g_pre = g_out * sig
-        g_exp, g_sum = _normalize_bwd(g_out * pre, exp_int, factor, clamped, exp_sum,
+        g_pre = g_out * sig  # y = pre * sig: first into pre (the engine's order) ...
+        g_exp, g_sum = _normalize_bwd(g_out * pre, exp_int, factor, recip, exp_sum,
                                       ctx.output_bit, False)
         g_b = _exp_shift_grad(g_exp.add_(g_sum), slope)  # into exp(pre - max)
-        g_pre += g_b
-        g_max = -g_b.sum(dim=-1, keepdim=True) - _exp_shift_grad(
-            g_sum.sum(dim=-1, keepdim=True), slope_max)  # and into exp(-max)
-        g_pre = _scatter_max(g_pre, idx, g_max)
+        g_pre += g_b  # ... then through pre - max ...
+        g_max = (-g_b.sum(dim=-1, keepdim=True)).sub_(_exp_shift_grad(
+            g_sum.sum(dim=-1, keepdim=True), slope_max))  # and into exp(-max)
+        g_pre = _scatter_max(g_pre, idx, g_max)  # ... then through the max
         return g_pre.div_(scale), None, None, None, None
 
 
@@ -540,7 +589,7 @@ def int_gelu(x: Tensor, scale: Tensor, x0_int: Tensor, n: int, output_bit: int) 
     """ShiftGELU values pre * sigmoid_int of ``x`` at ``scale`` (``x0_int`` of the sigmoid's
     scale 1.702 * scale), fused: one autograd node. The caller multiplies by the output
     scale."""
-    if torch.is_grad_enabled() and x.requires_grad and not scale.requires_grad:
+    if _check_fusable(x, scale):
         return _IntGELUFn.apply(x, scale, x0_int, n, output_bit)
     with torch.no_grad():
         pre = x / scale

@@ -1,33 +1,69 @@
-"""Interleaved training-step times of presets and the float reference, in one process.
+"""Interleaved training-step times of presets, revisions and the float reference, in one
+process.
 
     PYTHONPATH=. python scripts/step_ratio.py ivit_micro seed best float
-Each repeat runs one step of every config in turn (AdamW, batch 64, 32x32, 10 classes);
-medians over repeats after 2 warm-up steps; ratios to the first config. torch intra-op
-threads: $NT (default 1; this 2-core host is shared, and 2 threads spin under contention).
+    PYTHONPATH=. python scripts/step_ratio.py ivit_micro 015cdf7:best best   # before/after
+
+A config is a flags spec (``best``, ``seed,use_frexp=true``), ``float`` (timm's float
+model), or ``REV:spec``: the flags spec on qvit as of git revision REV (extracted with git
+archive into a temporary package, so two versions of qvit run side by side). Each repeat
+runs one step (forward, backward, AdamW) of every config in turn (batch $BATCH, default 64;
+32x32; 10 classes); medians over repeats after 2 warm-up steps; ratios to every other config.
+torch intra-op threads: $NT (default 1; this 2-core host is shared, and 2 threads spin under
+contention).
 """
+import importlib
+import io
 import os
 import statistics as st
+import subprocess
 import sys
+import tarfile
+import tempfile
 import time
+import warnings
+from pathlib import Path
 
 import torch
 
 import qvit
-from qvit import Flags
 
 torch.set_num_threads(int(os.environ.get("NT", "1")))
 torch.manual_seed(0)
 name, configs = sys.argv[1], sys.argv[2:]
 repeats = int(os.environ.get("REPEATS", "9"))
-x, y = torch.randn(64, 3, 32, 32), torch.randint(0, 10, (64,))
+batch = int(os.environ.get("BATCH", "64"))
+x, y = torch.randn(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
+_tmp = tempfile.TemporaryDirectory()
+sys.path.insert(0, _tmp.name)
+
+
+def qvit_at(rev: str):
+    """qvit as of git revision ``rev``, imported as package qvit_<rev>."""
+    pkg = f"qvit_{rev.replace('-', '_').replace('.', '_')}"
+    if pkg not in sys.modules:
+        root = Path(__file__).resolve().parents[1]
+        blob = subprocess.run(["git", "archive", rev, "qvit"], cwd=root, check=True,
+                              capture_output=True).stdout
+        with tarfile.open(fileobj=io.BytesIO(blob)) as tar:
+            tar.extractall(_tmp.name, filter="data")
+        os.rename(Path(_tmp.name) / "qvit", Path(_tmp.name) / pkg)
+        with warnings.catch_warnings():  # its timm registrations overwrite ours: harmless
+            warnings.simplefilter("ignore")
+            importlib.import_module(pkg)
+    return sys.modules[pkg]
+
+
 runs = {}
 for c in configs:
     if c == "float":
         m = qvit.create_float_reference(name, num_classes=10)
         fused = True
     else:
-        flags = Flags.parse(c)
-        m = qvit.create_model(name, num_classes=10, flags=flags)
+        lib, spec = (qvit_at(c.split(":", 1)[0]), c.split(":", 1)[1]) if ":" in c else (qvit, c)
+        flags = lib.Flags.parse(spec)
+        torch.manual_seed(0)
+        m = lib.create_model(name, num_classes=10, flags=flags)
         fused = flags.fused_optimizer
     opt = torch.optim.AdamW(m.parameters(), lr=1e-3, foreach=fused)
     runs[c] = (m.train(), opt)
@@ -41,13 +77,14 @@ def step(m, opt):
 
 
 times = {c: [] for c in configs}
-for r in range(repeats + 2):
+for _ in range(repeats + 2):
     for c, (m, opt) in runs.items():
         t = time.perf_counter()
         step(m, opt)
         times[c].append(time.perf_counter() - t)
 med = {c: st.median(v[2:]) for c, v in times.items()}
-print(f"{name} threads={torch.get_num_threads()} repeats={repeats}")
+print(f"{name} threads={torch.get_num_threads()} repeats={repeats} batch={batch}")
 for c in configs:
     ratio = {o: med[c] / med[o] for o in configs if o != c}
-    print(f"  {c:10s} step {med[c]:.4f} s  " + "  ".join(f"/{o}={v:.3f}" for o, v in ratio.items()))
+    print(f"  {c:16s} step {med[c]:.4f} s  "
+          + "  ".join(f"/{o}={v:.3f}" for o, v in ratio.items()))

@@ -77,7 +77,7 @@ def test_layernorm_no_grad_keeps_forward_and_changes_gradients(baselines):
     assert row["forward_frac_differ"] == 0 and row["e2e_frac_differ"] == 0
     assert row["grad_rel_diff"] > 1e-3 and row["input_grad_rel_diff"] > 1e-3
     row = H.measure_flag(baselines["ivit_micro"], "layernorm_newton", "no_grad_sqrt_grad")
-    assert row["measured_class"] == "near-exact" and row["grad_rel_diff"] <= 1e-5
+    assert row["measured_class"] == "exact" and row["grad_rel_diff"] == 0.0
 
 
 # --- proof that the checks bite -------------------------------------------------------------

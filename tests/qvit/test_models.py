@@ -186,3 +186,54 @@ def test_ternary_option_puts_terlinear_in_the_blocks():
     assert isinstance(model.blocks[0].attn.qkv, qvit.modules.TerLinear)
     assert not isinstance(model.head, qvit.modules.TerLinear)
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+# --- I-ViT parity options: drop path, Swin's absolute position embedding ------------------
+
+def test_ivit_drop_path_samples_and_scales_as_described():
+    """One torch.rand draw per sample (x's dtype), kept where floor(keep + u) == 1, kept
+    samples divided by keep (I-ViT's arithmetic, not timm's multiply by a 1/keep mask)."""
+    from qvit.blocks import IViTDropPath
+
+    x = torch.randn(64, 5, 7)
+    dp = IViTDropPath(0.3).train()
+    torch.manual_seed(11)
+    got = dp(x)
+    torch.manual_seed(11)
+    u = torch.rand(64, 1, 1)
+    kept = torch.floor(0.7 + u)
+    assert torch.equal(got, x.div(0.7) * kept)
+    assert 0 < kept.sum() < 64
+    assert torch.equal(dp.eval()(x), x)  # identity in eval
+    assert not torch.equal(x.div(0.7), x * (1 / 0.7))  # the arithmetic matters
+
+
+@pytest.mark.parametrize("name", MICRO)
+def test_drop_path_implementation_is_a_model_option(name):
+    from timm.layers import DropPath as TimmDropPath
+
+    from qvit.blocks import IViTDropPath
+
+    def kinds(m):
+        return {type(mod) for mod in m.modules() if isinstance(mod, (IViTDropPath,
+                                                                    TimmDropPath))}
+
+    assert kinds(qvit.create_model(name, num_classes=10, drop_path_rate=0.1)) == {IViTDropPath}
+    assert kinds(qvit.create_model(name, num_classes=10, drop_path_rate=0.1,
+                                   drop_path_impl="timm")) == {TimmDropPath}
+    with pytest.raises(ValueError, match="drop_path_impl must be one of"):
+        qvit.create_model(name, num_classes=10, drop_path_impl="torch")
+
+
+def test_swin_absolute_position_embedding_is_quantized_like_deit_pos_embed():
+    model = qvit.create_model("swin_micro", num_classes=10, ape=True)
+    assert model.absolute_pos_embed.shape == (1, model.patch_embed.num_patches, 48)
+    assert 0.005 < model.absolute_pos_embed.std().item() < 0.03  # trunc_normal(std=.02)
+    assert isinstance(model.q_pos, qvit.modules.QuantAct) and model.q_pos.activation_bit == 16
+    assert "absolute_pos_embed" in model.state_dict() and "q_pos.max_val" in model.state_dict()
+    assert model.no_weight_decay() == {"absolute_pos_embed"}
+    x, y = batch(1)
+    torch.nn.functional.cross_entropy(model(x), y).backward()
+    assert model.absolute_pos_embed.grad.abs().sum() > 0
+    plain = qvit.create_model("swin_micro", num_classes=10)
+    assert plain.absolute_pos_embed is None and "absolute_pos_embed" not in plain.state_dict()
