@@ -26,7 +26,7 @@ from .modules import (
 
 __all__ = ["Attention", "Mlp", "TransformerBlock", "PatchEmbed", "PatchMerging",
            "IViTDropPath", "DROP_PATH_IMPLS", "drop_path_layer", "window_partition",
-           "window_reverse"]
+           "window_reverse", "int_layer_norm"]
 
 DROP_PATH_IMPLS = ("ivit", "timm")
 
@@ -63,7 +63,7 @@ def drop_path_layer(drop_prob: float, impl: str = "ivit") -> nn.Module:
     return IViTDropPath(drop_prob) if impl == "ivit" else TimmDropPath(drop_prob)
 
 
-def _norm(dim: int) -> IntLayerNorm:
+def int_layer_norm(dim: int) -> IntLayerNorm:
     return IntLayerNorm(dim, eps=1e-6)
 
 
@@ -233,14 +233,14 @@ class TransformerBlock(nn.Module):
                 raise ValueError(f"resolution {input_resolution} is not a multiple of the "
                                  f"window size {window_size}; choose img_size accordingly")
         self.window_size, self.shift_size = window_size, shift_size
-        self.norm1 = _norm(dim)
+        self.norm1 = int_layer_norm(dim)
         self.q_norm1 = QuantAct(8)
         self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, softmax_bits=softmax_bits,
                               window_size=window_size, attn_drop=attn_drop, proj_drop=drop,
                               linear=linear)
         self.drop_path = drop_path_layer(drop_path, drop_path_impl)
         self.q_res1 = QuantAct(16)
-        self.norm2 = _norm(dim)
+        self.norm2 = int_layer_norm(dim)
         self.q_norm2 = QuantAct(8)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop, linear=linear)
         self.q_res2 = QuantAct(16)
@@ -289,7 +289,7 @@ class PatchEmbed(nn.Module):
         self.proj = QuantConv2d(in_chans, embed_dim, patch_size, stride=patch_size)
         if norm:
             self.q_proj = QuantAct(8)
-            self.norm = _norm(embed_dim)
+            self.norm = int_layer_norm(embed_dim)
         else:
             self.norm = None
         self.q_out = QuantAct(16)
@@ -314,7 +314,7 @@ class PatchMerging(nn.Module):
         if H % 2 or W % 2:
             raise ValueError(f"patch merging needs an even resolution, got {H}x{W}")
         self.input_resolution = input_resolution
-        self.norm = _norm(4 * dim)
+        self.norm = int_layer_norm(4 * dim)
         self.q_norm = QuantAct(8)
         self.reduction = linear(4 * dim, 2 * dim, bias=False)
         self.q_out = QuantAct(8)

@@ -43,7 +43,7 @@ from .modules import (
     QuantLinear,
     QuantMatMul,
 )
-from .registry import _read_state_dict
+from .registry import read_state_dict
 
 __all__ = ["load_ivit_checkpoint"]
 
@@ -151,7 +151,7 @@ def load_ivit_checkpoint(model: QuantModel, path_or_state_dict: Any) -> QuantMod
     else:
         raise ValueError(f"load_ivit_checkpoint takes a qvit QuantViT or QuantSwin, got "
                          f"{type(model).__name__}")
-    sd = _strip_prefix(dict(_read_state_dict(path_or_state_dict, what="I-ViT checkpoint")))
+    sd = _strip_prefix(dict(read_state_dict(path_or_state_dict, what="I-ViT checkpoint")))
     params = dict(model.named_parameters())
     acts = {n: m for n, m in model.named_modules() if isinstance(m, QuantAct)}
     new_params: dict[str, torch.Tensor] = {}

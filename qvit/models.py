@@ -14,9 +14,9 @@ from .blocks import (
     PatchEmbed,
     PatchMerging,
     TransformerBlock,
-    _norm,
     drop_path_layer,
     global_avg_tokens,
+    int_layer_norm,
 )
 from .flags import Flags
 from .modules import QuantAct, QuantLinear, QuantModule, TerLinear
@@ -268,7 +268,7 @@ class QuantViT(QuantModel):
                              softmax_bits=softmax_bits, drop=drop_rate, attn_drop=attn_drop_rate,
                              drop_path=dpr[i], linear=linear, drop_path_impl=drop_path_impl)
             for i in range(depth))
-        self.norm = _norm(embed_dim)
+        self.norm = int_layer_norm(embed_dim)
         self.q_head = QuantAct(8)
         self.head = QuantLinear(embed_dim, num_classes) if num_classes else _NoHead()
         trunc_normal_(self.pos_embed, std=0.02)
@@ -405,7 +405,7 @@ class QuantSwin(QuantModel):
         self.layers = nn.ModuleList(stages)
         self.num_features = self.head_hidden_size = dim
         self.feature_grid = (grid[0] // 2 ** (len(depths) - 1), grid[1] // 2 ** (len(depths) - 1))
-        self.norm = _norm(dim)
+        self.norm = int_layer_norm(dim)
         self.q_norm = QuantAct(8)
         self.q_pool = QuantAct(8)
         self.head = _Head(dim, num_classes)

@@ -215,7 +215,7 @@ def _load_file(path: str | os.PathLike, what: str) -> Any:
                          f"({type(e).__name__}: {reason[:120]})") from None
 
 
-def _read_state_dict(source: Any, what: str = "float checkpoint") -> dict[str, torch.Tensor]:
+def read_state_dict(source: Any, what: str = "float checkpoint") -> dict[str, torch.Tensor]:
     if isinstance(source, nn.Module):
         return source.state_dict()
     if isinstance(source, (str, os.PathLike)):
@@ -238,7 +238,7 @@ def load_float_weights(model: QuantModel, source: Any, *, exclude: tuple[str, ..
     of parameters to keep at their initial values, e.g. ``("head.*",)`` for a new class
     count. Original-format Swin checkpoints are converted by timm's own filter first.
     """
-    sd = dict(_read_state_dict(source))
+    sd = dict(read_state_dict(source))
     if isinstance(model, QuantSwin) and ("head.weight" in sd or "layers.0.downsample.norm.weight"
                                          in sd):
         from timm.models.swin_transformer import checkpoint_filter_fn

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from harness import data
-from harness.runner import RunSpec, validate_spec
+from harness.runner import validate_spec
+from harness.settings import RunSettings
 
 
 def _write_cifar(root, name="cifar10", n=6, label_max=None):
@@ -143,18 +144,18 @@ def test_digits_and_synthetic():
 
 def test_labels_outside_num_classes_refused(tmp_path):
     _write_cifar(tmp_path, label_max=12)
-    spec = RunSpec(config="c", flags="seed", model="ivit_micro", dataset="cifar10",
-                   data_dir=str(tmp_path), num_classes=10)
+    settings = RunSettings(model="ivit_micro", dataset="cifar10", data_dir=str(tmp_path),
+                           num_classes=10, device="cpu")
     with pytest.raises(ValueError, match=r"labels 0\.\.12 .* num_classes=10"):
-        validate_spec(spec)
+        validate_spec(settings)
 
 
 def test_model_img_size_mismatch_refused():
-    spec = RunSpec(config="c", flags="seed", model="deit_tiny_patch16_224")
+    settings = RunSettings(model="deit_tiny_patch16_224", device="cpu")
     with pytest.raises(ValueError, match="--img-size 32"):
-        validate_spec(spec, load_data=False)
+        validate_spec(settings, load_data=False)
     with pytest.raises(ValueError, match="divisible"):
-        validate_spec(RunSpec(config="c", flags="seed", model="swin_micro", img_size=36),
+        validate_spec(RunSettings(model="swin_micro", img_size=36, device="cpu"),
                       load_data=False)
 
 

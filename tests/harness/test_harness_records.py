@@ -9,7 +9,9 @@ ISSUE_COLUMNS = ["config", "model", "dataset", "repeat", "seed", "epoch", "warmu
                  "eval_s", "images_per_s", "peak_mem_mb", "syncs_per_step", "top1", "top5",
                  "train_loss", "eval_loss", "status", "error"]
 CONTRACT_COLUMNS = ["run_id", "block", "order", "float_reference", "steps", "step_s_median",
-                    "compile_s", "wall_s"]
+                    "compile_s", "epoch_s", "startup_s", "data_s", "compute_s", "step_times",
+                    "plot_s", "eval_images", "pretrained_top1", "method", "code_digest",
+                    "threads", "resumed", "counted", "sync_kinds", "ended"]
 PROVENANCE = ["git_commit", "git_dirty", "torch_version", "timm_version", "cuda_version",
               "device_name", "cpu_model", "hostname"]
 
