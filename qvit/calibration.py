@@ -15,6 +15,7 @@ import torch
 from timm.layers import DropPath
 from torch import nn
 
+from .blocks import IViTDropPath
 from .models import QuantModel
 
 __all__ = ["calibrate"]
@@ -40,7 +41,7 @@ def calibrate(model: nn.Module, batches: Iterable[Any], steps: int | None = None
     try:
         model.train()
         for m in model.modules():
-            if isinstance(m, (nn.Dropout, DropPath)):
+            if isinstance(m, (nn.Dropout, DropPath, IViTDropPath)):
                 m.eval()
         with torch.no_grad():
             for batch in batches:
@@ -55,8 +56,7 @@ def calibrate(model: nn.Module, batches: Iterable[Any], steps: int | None = None
     finally:
         for m, training in modes.items():
             m.training = training
-        if isinstance(model, QuantModel):
-            model.invalidate_caches()
+        if isinstance(model, QuantModel):  # (the eval caches follow the ranges by themselves)
             model._check_calibration = True
     if seen == 0:
         raise ValueError("calibrate got no batches; pass a non-empty iterable of images "

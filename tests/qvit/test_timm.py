@@ -336,3 +336,19 @@ def test_ivit_checkpoint_is_loaded_strictly(name):
     with pytest.warns(UserWarning, match="q_input.*qvit.calibrate"):
         qvit.load_ivit_checkpoint(fresh, never_run)
     assert fresh.uncalibrated_quantizers() == ["q_input"]
+
+
+@pytest.mark.parametrize("impl", ["ivit", "timm"])
+def test_calibrate_turns_either_drop_path_off(impl):
+    """Calibration observes ranges without stochastic depth, whichever implementation the
+    model uses (a kept-sample rescale would widen the ranges)."""
+    a = qvit.create_model("ivit_micro", num_classes=10, drop_path_rate=0.5,
+                          drop_path_impl=impl)
+    b = qvit.create_model("ivit_micro", num_classes=10, drop_path_rate=0.0)
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(4, 3, 32, 32)
+    torch.manual_seed(1)
+    qvit.calibrate(a, [x])
+    qvit.calibrate(b, [x])
+    for (n, va), vb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.equal(va, vb), n
