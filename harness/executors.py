@@ -52,6 +52,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from submitit.helpers import Checkpointable
 
 from . import records
 from .executor_options import (
@@ -235,13 +236,7 @@ def _read_inflight(path: Path) -> str | None:
         return None
 
 
-try:  # a Checkpointable job is requeued by submitit on time limit / preemption
-    from submitit.helpers import Checkpointable as _Checkpointable
-except ImportError:  # pragma: no cover - submitit is a dependency; keep local runs working
-    _Checkpointable = object
-
-
-class BlockRunner(_Checkpointable):
+class BlockRunner(Checkpointable):  # submitit requeues it on a time limit or preemption
     """The callable a job runs: `run_block`. On a time limit or preemption submitit calls
     `checkpoint` and requeues the same block; the requeued job skips the runs finished."""
 

@@ -43,7 +43,7 @@ from .modules import (
     QuantLinear,
     QuantMatMul,
 )
-from .registry import read_state_dict
+from .registry import key_mismatch, read_state_dict
 
 __all__ = ["load_ivit_checkpoint"]
 
@@ -184,16 +184,10 @@ def load_ivit_checkpoint(model: QuantModel, path_or_state_dict: Any) -> QuantMod
     wrong += sorted(f"{k}.act_scaling_factor: {tuple(v.shape)}, expected one value"
                     for k, v in scales.items() if v.numel() != 1)
     if unknown or missing or wrong:
-        parts = []
-        if missing:
-            parts.append(f"missing {len(missing)}: {', '.join(missing[:6])}")
-        if unknown:
-            parts.append(f"unexpected {len(unknown)}: {', '.join(sorted(unknown)[:6])}")
-        if wrong:
-            parts.append(f"shape mismatch: {'; '.join(wrong[:6])}")
         raise ValueError(f"not an I-ViT checkpoint of this {type(model).__name__} ("
-                         + " | ".join(parts) + "); check the model name, num_classes and "
-                         "img_size (load timm float weights with qvit.load_float_weights)")
+                         + key_mismatch(missing, unknown, wrong, 6) + "); check the model "
+                         "name, num_classes and img_size (load timm float weights with "
+                         "qvit.load_float_weights)")
     state = model.state_dict()
     for k, v in new_params.items():
         state[k] = v.detach().to(state[k].dtype)

@@ -229,6 +229,19 @@ def read_state_dict(source: Any, what: str = "float checkpoint") -> dict[str, to
     return source
 
 
+def key_mismatch(missing: list[str], unexpected: list[str], wrong: list[str], n: int = 8
+                 ) -> str:
+    """One line naming the first ``n`` missing, unexpected and mis-shaped keys of a load."""
+    parts = []
+    if missing:
+        parts.append(f"missing {len(missing)}: {', '.join(missing[:n])}")
+    if unexpected:
+        parts.append(f"unexpected {len(unexpected)}: {', '.join(sorted(unexpected)[:n])}")
+    if wrong:
+        parts.append(f"shape mismatch: {'; '.join(wrong[:n])}")
+    return " | ".join(parts)
+
+
 def load_float_weights(model: QuantModel, source: Any, *, exclude: tuple[str, ...] = (),
                        ) -> QuantModel:
     """Load float weights (timm checkpoint file, state dict or module) into ``model``.
@@ -264,14 +277,8 @@ def load_float_weights(model: QuantModel, source: Any, *, exclude: tuple[str, ..
     wrong = sorted(f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(expected[k])}"
                    for k in set(sd) & set(expected) if sd[k].shape != expected[k])
     if missing or unexpected or wrong:
-        parts = []
-        if missing:
-            parts.append(f"missing {len(missing)}: {', '.join(missing[:8])}")
-        if unexpected:
-            parts.append(f"unexpected {len(unexpected)}: {', '.join(unexpected[:8])}")
-        if wrong:
-            parts.append(f"shape mismatch: {'; '.join(wrong[:8])}")
-        raise ValueError("float weights do not fit this model (" + " | ".join(parts) + "). "
+        raise ValueError("float weights do not fit this model ("
+                         + key_mismatch(missing, unexpected, wrong) + "). "
                          "Check the model name, num_classes and img_size; pass "
                          "exclude=('head.*',) to keep a new classifier head.")
     state = model.state_dict()

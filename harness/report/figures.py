@@ -42,6 +42,22 @@ def _save(fig, path: Path) -> str:
     return path.name
 
 
+def _forest(ax, frame, key: str, value: str, order, models, palette) -> None:
+    """One row per ``key``, one dot with its interval (``value``, ``value_lo``/``_hi``) per
+    model, on a log axis around 1."""
+    for i, model in enumerate(models):
+        s = frame[frame["model"] == model].set_index(key).reindex(order)
+        y = np.arange(len(order)) + (i - (len(models) - 1) / 2) * 0.3
+        v = s[value].to_numpy(float)
+        err = np.abs(np.vstack([v - s[f"{value}_lo"].to_numpy(float),
+                                s[f"{value}_hi"].to_numpy(float) - v]))
+        ax.errorbar(v, y, xerr=err, fmt="o", capsize=3, color=palette[i], label=model)
+    ax.axvline(1.0, color="grey", lw=0.8)
+    ax.set_yticks(np.arange(len(order)), order)
+    ax.invert_yaxis()
+    _plain_log_x(ax)
+
+
 def timeline(summary, order, reference, label, path):
     plt, sns = _plt()
     fig, ax = plt.subplots(figsize=(7.5, 4.2))
@@ -75,17 +91,7 @@ def flag_speedup(per_flag, path, xlabel):
              .sort_values(ascending=False).index.tolist())
     fig, ax = plt.subplots(figsize=(7.5, (0.22 + 0.12 * len(models)) * len(order) + 1.5))
     palette = sns.color_palette("deep")
-    for i, model in enumerate(models):
-        s = per_flag[per_flag["model"] == model].set_index("flag").reindex(order)
-        y = np.arange(len(order)) + (i - (len(models) - 1) / 2) * 0.3
-        v = s["flag_speedup"].to_numpy(float)
-        err = np.abs(np.vstack([v - s["flag_speedup_lo"].to_numpy(float),
-                                s["flag_speedup_hi"].to_numpy(float) - v]))
-        ax.errorbar(v, y, xerr=err, fmt="o", capsize=3, color=palette[i], label=model)
-    ax.axvline(1.0, color="grey", lw=0.8)
-    ax.set_yticks(np.arange(len(order)), order)
-    ax.invert_yaxis()
-    _plain_log_x(ax)
+    _forest(ax, per_flag, "flag", "flag_speedup", order, models, palette)
     ax.set_xlabel(xlabel)
     ax.set_title("Per-flag speedup (95% t-CI over blocks)")
     ax.legend(fontsize=8)
@@ -142,17 +148,7 @@ def effects(eff, path):
     fig, ax = plt.subplots(figsize=(7.5, (0.22 + 0.12 * e["model"].nunique()) * len(order) + 1.5))
     palette = sns.color_palette("deep")
     models = list(dict.fromkeys(e["model"]))
-    for i, model in enumerate(models):
-        s = e[e["model"] == model].set_index("term").reindex(order)
-        y = np.arange(len(order)) + (i - (len(models) - 1) / 2) * 0.3
-        v = s["factor"].to_numpy(float)
-        err = np.abs(np.vstack([v - s["factor_lo"].to_numpy(float),
-                                s["factor_hi"].to_numpy(float) - v]))
-        ax.errorbar(v, y, xerr=err, fmt="o", capsize=3, color=palette[i], label=model)
-    ax.axvline(1.0, color="grey", lw=0.8)
-    ax.set_yticks(np.arange(len(order)), order)
-    ax.invert_yaxis()
-    _plain_log_x(ax)
+    _forest(ax, e, "term", "factor", order, models, palette)
     ax.set_xlabel("epoch time at low / at high (x; > 1: the high level is faster)")
     ax.set_title("Effects on epoch time (95% t intervals)")
     ax.legend(fontsize=8)
