@@ -312,8 +312,8 @@ def test_tost_equivalence_and_exactness():
     assert E.assert_accuracy_parity(t, "a", "d", exact=True).method == "exact"
     with pytest.raises(AssertionError, match="not identical"):
         E.assert_accuracy_parity(t, "a", "b", exact=True)
-    with pytest.raises(ValueError, match="margin"):
-        E.accuracy_parity(t, "a", "b", exact=False)
+    with pytest.raises(ValueError, match="margin"):  # no default margin but for top-1/top-5
+        E.accuracy_parity(t, "a", "b", metric="eval_loss", exact=False)
     with pytest.raises(ValueError, match="no runs"):
         E.accuracy_parity(t, "a", "zzz", margin=0.1)
 
