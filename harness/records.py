@@ -39,7 +39,7 @@ from qvit import Flags
 from .provenance import PROVENANCE_COLUMNS
 
 __all__ = ["STATUSES", "FINAL_STATUSES", "ID_COLUMNS", "METRIC_COLUMNS", "columns",
-           "empty_table", "append_rows", "read_table", "drop_run", "drop_epochs_after",
+           "empty_table", "append_rows", "read_table", "drop_run",
            "write_shard", "read_shard", "merge_shards", "current_rows", "normalize",
            "run_finished", "finished_run_ids", "resumable_epochs", "TABLE", "CSV", "run_rows",
            "append_shard_rows", "drop_shard_rows_after", "discard_run"]
@@ -282,15 +282,6 @@ def drop_run(out_dir: str | os.PathLike, run_id: str) -> int:
     """Remove every row of ``run_id`` (before it is redone); returns how many went."""
     return _drop(Path(out_dir), lambda df: df["run_id"] == run_id)
 
-
-def drop_epochs_after(out_dir: str | os.PathLike, run_id: str, epoch: int) -> int:
-    """Remove the rows of ``run_id`` after ``epoch`` (a run resumed from the checkpoint of
-    ``epoch`` redoes the later ones); returns how many went."""
-    return _drop(Path(out_dir), lambda df: (df["run_id"] == run_id) &
-                 (df["epoch"].astype("float64") > epoch))
-
-
-# --- resume -------------------------------------------------------------------------------------
 
 def run_finished(rows: pd.DataFrame, epochs: int | None = None) -> bool:
     """Whether the rows of one run need no redo: every epoch 1..epochs recorded "ok", or it

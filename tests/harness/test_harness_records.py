@@ -100,19 +100,24 @@ def test_merge_keeps_a_finished_run_and_merges_only_finished_when_asked(tmp_path
     assert sorted(set(t["run_id"])) == ["a", "b", "c"]
 
 
-def test_resumable_epochs_and_drop_epochs_after(tmp_path):
+def test_resumable_epochs_and_drop_shard_rows_after(tmp_path):
     records.append_rows(tmp_path, [_row("a", 1), _row("a", 2), _row("a", 3, status="error"),
                                    _row("a", 4), _row("b", 2), _row("c", 1)])
     t = records.read_table(tmp_path)
     assert records.resumable_epochs(t, "a") == 2  # epoch 3 failed: resume after 2
     assert records.resumable_epochs(t, "b") == 0  # no epoch 1
     assert records.resumable_epochs(t, "zz") == 0
-    assert records.drop_epochs_after(tmp_path, "a", 2) == 2
-    t = records.read_table(tmp_path)
+    # the resume trims the run to its checkpoint's epoch, in the run's shard (from the table's
+    # rows where the run has no shard); merging makes the table say the same
+    records.drop_shard_rows_after(tmp_path, "a", 2)
+    assert list(records.run_rows(tmp_path, "a")["epoch"]) == [1, 2]
+    t = records.merge_shards(tmp_path, remove=True)
     assert sorted(zip(t["run_id"], t["epoch"], strict=True)) == [
         ("a", 1), ("a", 2), ("b", 2), ("c", 1)]
-    assert records.drop_epochs_after(tmp_path, "a", 2) == 0
-    assert records.drop_epochs_after(tmp_path / "none", "a", 0) == 0
+    records.drop_shard_rows_after(tmp_path, "a", 2)  # nothing after 2: nothing written
+    assert not list((tmp_path / "shards").glob("*.parquet"))
+    records.drop_shard_rows_after(tmp_path / "none", "a", 0)
+    assert not (tmp_path / "none" / "shards").exists()
 
 
 def test_a_new_column_is_one_entry_and_old_tables_stay_readable(tmp_path, monkeypatch):
