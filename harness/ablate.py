@@ -105,6 +105,10 @@ class SweepTable(_Table):
         ["epochs"], min_length=1, description="epochs: whole epochs per run (what a user "
         "waits for); steps: step-interleaved in one process (model arithmetic, precise)")
     rounds: int = Field(30, ge=2, description="rounds of the step-interleaved method")
+    epochs_for: Literal["all", "loop_flags"] = Field(
+        "all", description="with both methods, which configs also run whole epochs: all, or "
+        "only those moving a loop flag (plus the baseline, the A/A control and float "
+        "references); a module flag acts inside the step, which the steps method measures")
 
 
 class SpecFile(_Table):
@@ -162,6 +166,7 @@ class AblationSpec:
     repeats: int = 5
     methods: tuple[str, ...] = ("epochs",)
     rounds: int = 30
+    epochs_for: str = "all"
     description: str = ""
     base: str | None = None
     baseline: str | None = None
@@ -241,6 +246,7 @@ def parse_spec(data: dict[str, Any], source: str | None = None, *, min_repeats: 
     spec = AblationSpec(
         name=top.name, models=tuple(sweep.models), kind=d.kind, settings=settings,
         repeats=sweep.repeats, methods=tuple(sweep.methods), rounds=sweep.rounds,
+        epochs_for=sweep.epochs_for,
         description=top.description, base=d.base, baseline=d.baseline,
         flags=tuple(d.flags) if d.flags is not None else None, values=dict(d.values),
         levels={k: tuple(v) for k, v in d.levels.items()},
@@ -507,9 +513,23 @@ class PlannedRun:
     order: int
 
 
+def epoch_configs(spec: AblationSpec, configs: list[Config]) -> list[Config]:
+    """The configs that run whole epochs: all, or (``epochs_for = "loop_flags"`` with the
+    steps method beside) those moving a loop flag, the baseline, A/A and float references."""
+    if spec.epochs_for == "all" or "steps" not in spec.methods:
+        return configs
+    base = baseline_name(spec, configs)
+    by_name = {c.name: c for c in configs}
+    loop = set(Flags.names("loop"))
+    ref = by_name[base].flags
+    return [c for c in configs if c.name in (base, AA_CONTROL) or c.float_reference
+            or loop & set(ref.diff(c.flags))]
+
+
 def plan(spec: AblationSpec, configs: list[Config] | None = None) -> list[PlannedRun]:
-    """Every repeat is a block with every (model, config) pair, shuffled per block."""
-    configs = configs if configs is not None else design_configs(spec)
+    """Every repeat is a block with every (model, config) pair that runs whole epochs
+    (`epoch_configs`), shuffled per block."""
+    configs = epoch_configs(spec, configs if configs is not None else design_configs(spec))
     pairs = [(m, c) for m in spec.models for c in configs]
     runs = []
     for b, order in enumerate(block_orders(len(pairs), spec.repeats, spec.settings.seed)):
@@ -532,9 +552,15 @@ def to_runspecs(spec: AblationSpec, runs: list[PlannedRun]) -> list[Any]:
 
 
 def sessions_of(spec: AblationSpec, configs: list[Config]) -> list[Any]:
-    """One step-interleaved session per model (`harness.interleave`)."""
+    """One step-interleaved session per model (`harness.interleave`), of the configs whose
+    move from the baseline can act inside a training step (a config moving only loop flags
+    that act around the step, e.g. workers or plots, is left to the epochs method)."""
     from .interleave import Session
+    from .loop import acts_inside_step
     from .runner import RunSpec
+
+    ref = {c.name: c for c in configs}[baseline_name(spec, configs)].flags
+    configs = [c for c in configs if acts_inside_step(ref, c.flags)]
 
     return [Session(tuple(RunSpec(config=c.name, flags=c.flags,
                                   settings=spec.settings.replace(model=m),
@@ -550,6 +576,7 @@ def write_design(spec: AblationSpec, configs: list[Config], run_ids: list[str],
     meta = {"name": spec.name, "kind": spec.kind, "description": spec.description,
             "baseline": baseline_name(spec, configs), "models": list(spec.models),
             "repeats": spec.repeats, "methods": list(spec.methods), "rounds": spec.rounds,
+            "epochs_for": spec.epochs_for,
             "settings": spec.settings.model_dump(),
             "method": spec.method if spec.kind == "fractional" else None,
             "report": spec.report.model_dump(), "configs": [c.to_dict() for c in configs],

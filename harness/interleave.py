@@ -74,6 +74,8 @@ def _models(session: Session, device: torch.device) -> tuple[list[tuple], Any]:
         if first.pretrained:
             start_from_pretrained(model, spec, bundle, device)
         model.train()
+        if spec.flags.compile_model:  # compiled in the warm-up rounds
+            model = torch.compile(model, backend=first.compile_backend)
         opt = build_optimizer(model, opt=first.opt, lr=first.lr,
                               weight_decay=first.weight_decay,
                               fused=spec.flags.fused_optimizer, device=device)

@@ -33,8 +33,9 @@ import torch.nn.functional as F
 
 from . import measure
 
-__all__ = ["why_no_effect", "NonFiniteLoss", "TrainResult", "EvalResult", "build_optimizer",
-           "train_step", "train_one_epoch", "evaluate", "compile_seconds", "FaultInjector"]
+__all__ = ["why_no_effect", "acts_inside_step", "IN_STEP_LOOP_FLAGS", "NonFiniteLoss",
+           "TrainResult", "EvalResult", "build_optimizer", "train_step", "train_one_epoch",
+           "evaluate", "compile_seconds", "FaultInjector"]
 
 
 def why_no_effect(base, other, device_type: str) -> str | None:
@@ -52,6 +53,22 @@ def why_no_effect(base, other, device_type: str) -> str | None:
     if moved <= set(reasons):
         return "; ".join(reasons[m] for m in sorted(moved))
     return None
+
+
+# Loop flags whose work happens inside one training step (the optimizer's kernel, the
+# compiled model); the others act around it (data, host reads, syncs, plots, the scaler).
+IN_STEP_LOOP_FLAGS = ("fused_optimizer", "compile_model")
+
+
+def acts_inside_step(base, other) -> bool:
+    """Whether moving from flags ``base`` to ``other`` can change one training step's
+    compute (what the step-interleaved method measures): a module flag or an in-step loop
+    flag moves."""
+    from qvit.flags import Flags
+
+    outside = set(Flags.names("loop")) - set(IN_STEP_LOOP_FLAGS)
+    moved = set(base.diff(other))
+    return not moved or not moved <= outside
 
 
 class NonFiniteLoss(RuntimeError):

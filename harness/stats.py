@@ -13,7 +13,9 @@ stated margin (`harness.equivalence`).
 
 - `run_level(table)`: one row per run.
 - `summarize(table, baseline)`: per (model, config): epoch / train / step / data+loop
-  times, speedups with intervals, top-1 and its difference from the baseline, syncs.
+  times, speedups with intervals, top-1 and its difference from the baseline, syncs; rows
+  of the step-interleaved method (``method == "steps"``) summarized apart (`interleaved`)
+  into their own ``*_interleaved`` columns, never paired with epoch runs.
 - `effects(table, levels)`: main effects (and two-flag interactions where the design
   resolves them) of coded two-level flags, by least squares on log time with block terms.
 """
@@ -31,7 +33,7 @@ import pandas as pd
 from scipy import stats as sps
 
 __all__ = ["TIME_COLUMNS", "measured", "run_level", "ratio_interval", "paired", "summarize",
-           "effects", "IQR_WARN", "INTERVAL_METHOD"]
+           "interleaved", "effects", "IQR_WARN", "INTERVAL_METHOD"]
 
 # epoch_s: train + eval + plots (what the seed timed); train_s: the training phase;
 # step_s: compute of one step (model arithmetic); other_s: train_s minus step compute
@@ -179,6 +181,15 @@ def summarize(table: pd.DataFrame, baseline: str, *, iqr_warn: float = IQR_WARN,
     is config step time / float step time, paired within blocks. ``margin`` is the top-1
     equivalence margin in points.
     """
+    if "method" in table and (table["method"] == "steps").any():
+        steps = table[table["method"] == "steps"]
+        rest = table[table["method"] != "steps"]
+        by_epochs = summarize(rest, baseline, iqr_warn=iqr_warn, float_config=float_config,
+                              margin=margin) if len(rest) else pd.DataFrame()
+        inter = interleaved(steps, baseline)
+        if by_epochs.empty:
+            return inter
+        return by_epochs.merge(inter, on=["model", "config"], how="outer", sort=False)
     epochs = measured(table)
     runs = run_level(table)
     if float_config is None and "float_reference" in runs and len(runs):
@@ -205,6 +216,34 @@ def summarize(table: pd.DataFrame, baseline: str, *, iqr_warn: float = IQR_WARN,
             row.update(_float_multiple(runs, model, config, float_config))
         row["wide_spread"] = bool(row["iqr_rel"] > iqr_warn) if not math.isnan(
             row["iqr_rel"]) else False
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def interleaved(table: pd.DataFrame, baseline: str) -> pd.DataFrame:
+    """Per (model, config) of the step-interleaved method (rows ``method == "steps"``, one
+    per config and round): the median step time, the ratio baseline / config paired within
+    rounds with its t interval over rounds, and config / float where a float reference ran.
+    Kept apart from the epoch method's columns (``*_interleaved``): rounds are not blocks."""
+    t = measured(table)
+    t = t.assign(step_s=t["compute_s"])
+    floats = t.loc[t["float_reference"].fillna(False).astype(bool), "config"] \
+        if "float_reference" in t else pd.Series(dtype=str)
+    float_config = floats.iloc[0] if len(floats) else None
+    rows = []
+    for (model, config), g in t.groupby(["model", "config"], sort=False):
+        row: dict[str, Any] = {"model": model, "config": config,
+                               "step_s_interleaved": float(g["step_s"].median()),
+                               "n_rounds": int(g["block"].nunique())}
+        pairs = paired(t, model, config, baseline, "step_s")
+        r, lo, hi, _ = ratio_interval(pairs["step_s_base"], pairs["step_s"])
+        row.update({"speedup_interleaved": r, "speedup_interleaved_lo": lo,
+                    "speedup_interleaved_hi": hi})
+        if float_config is not None:
+            pairs = paired(t, model, config, float_config, "step_s")
+            r, lo, hi, _ = ratio_interval(pairs["step_s"], pairs["step_s_base"])
+            row.update({"float_multiple_interleaved": r, "float_multiple_interleaved_lo": lo,
+                        "float_multiple_interleaved_hi": hi})
         rows.append(row)
     return pd.DataFrame(rows)
 

@@ -61,8 +61,14 @@ class Context:
         return self.meta.get("report") or {}
 
     @property
+    def by_epochs(self) -> pd.DataFrame:
+        """The rows of the epochs method (the steps method's rounds are not blocks)."""
+        t = self.table
+        return t[t["method"].fillna("epochs") != "steps"] if "method" in t else t
+
+    @property
     def n_blocks(self) -> int:
-        return int(self.table["block"].nunique()) if len(self.table) else 0
+        return int(self.by_epochs["block"].nunique()) if len(self.by_epochs) else 0
 
     def interval_label(self) -> str:
         n = self.n_blocks
@@ -84,6 +90,23 @@ def _row(ctx: Context, model: str, config: str) -> pd.Series | None:
     return r.iloc[0] if len(r) else None
 
 
+def _drop_empty(df: pd.DataFrame) -> pd.DataFrame:
+    """Without the columns no row fills (a method the design did not use)."""
+    return df[[c for c in df.columns if df[c].map(lambda v: not isnan(v) and v != "").any()
+               or c in ("model", "config")]]
+
+
+def _rounds_label(ctx: Context) -> str:
+    s = ctx.summary
+    if "n_rounds" not in s or not s["n_rounds"].notna().any():
+        return ""
+    return f"; interleaved: 95% t-CI over {int(s['n_rounds'].max())} rounds"
+
+
+def _has(r: pd.Series, col: str) -> bool:
+    return not isnan(r.get(col, np.nan))
+
+
 # --- sections ------------------------------------------------------------------------------------
 
 def reliability(ctx: Context) -> tuple[str, list[str]]:
@@ -93,14 +116,21 @@ def reliability(ctx: Context) -> tuple[str, list[str]]:
         r = _row(ctx, m, AA_CONTROL)
         if r is None:
             continue
-        epoch = ci(r["speedup"], r["speedup_lo"], r["speedup_hi"])
+        epoch = ci(r.get("speedup", np.nan), r.get("speedup_lo"), r.get("speedup_hi"))
         step = ci(r.get("speedup_step", np.nan), r.get("speedup_step_lo", np.nan),
                   r.get("speedup_step_hi", np.nan))
-        rows.append({"model": m, "A/A epoch ratio": epoch, "A/A step ratio": step})
-        lo, hi = r["speedup_lo"], r["speedup_hi"]
-        if not isnan(lo) and not (lo <= 1 <= hi):
-            bad.append(m)
-        findings.append(f"{m}: A/A null control (the baseline twice) {epoch}")
+        inter = ci(r.get("speedup_interleaved", np.nan), r.get("speedup_interleaved_lo", np.nan),
+                   r.get("speedup_interleaved_hi", np.nan))
+        rows.append({"model": m, "A/A epoch ratio": epoch, "A/A step ratio": step,
+                     "A/A step ratio, interleaved": inter})
+        for lo, hi in ((r.get("speedup_lo", np.nan), r.get("speedup_hi", np.nan)),
+                       (r.get("speedup_interleaved_lo", np.nan),
+                        r.get("speedup_interleaved_hi", np.nan))):
+            if not isnan(lo) and not (lo <= 1 <= hi) and m not in bad:
+                bad.append(m)
+        findings.append(f"{m}: A/A null control (the baseline twice) "
+                        + "; ".join(f"{k} {v}" for k, v in (("epoch", epoch), ("step", step),
+                                                              ("interleaved step", inter)) if v))
     if not rows:
         return "", []
     verdict = ("**UNRELIABLE**: the A/A interval excludes 1 on " + ", ".join(bad)
@@ -109,9 +139,10 @@ def reliability(ctx: Context) -> tuple[str, list[str]]:
         "The A/A intervals contain 1: the design's intervals are consistent with its "
         "noise.\n")
     text = ("## Reliability: the A/A null control\n\nThe baseline config was run a second "
-            f"time in every block under the name `{AA_CONTROL}`; its ratio to the baseline "
-            f"shows what noise alone looks like ({ctx.interval_label()}).\n\n"
-            + md_table(pd.DataFrame(rows)) + "\n" + verdict)
+            f"time in every block (and every interleaved round) under the name "
+            f"`{AA_CONTROL}`; its ratio to the baseline shows what noise alone looks like "
+            f"({ctx.interval_label()}{_rounds_label(ctx)}).\n\n"
+            + md_table(_drop_empty(pd.DataFrame(rows))) + "\n" + verdict)
     if bad:
         findings.insert(0, "UNRELIABLE: A/A interval excludes 1 on " + ", ".join(bad))
     return text, findings
@@ -162,24 +193,37 @@ def timeline(ctx: Context) -> tuple[str, list[str]]:
 
 def _speed_row(ctx: Context, r: pd.Series) -> dict[str, Any]:
     why = "baseline" if r["config"] == ctx.baseline else ctx.no_effect(r["config"])
+    g = r.get
     row = {"model": r["model"], "config": r["config"],
-           "epoch s": r["epoch_s_median"], "step ms": 1e3 * r["step_s_median"],
-           "data+loop s": r["other_s_median"]}
+           "epoch s": g("epoch_s_median", np.nan), "step ms": 1e3 * g("step_s_median", np.nan),
+           "data+loop s": g("other_s_median", np.nan)}
+    epochs, inter = _has(r, "epoch_s_median"), _has(r, "step_s_interleaved")
     if why:
         shown = "(baseline)" if why == "baseline" else NO_EFFECT
-        row.update({"epoch x": shown, "step x": shown, "data+loop x": ""})
+        row.update({"epoch x": shown if epochs else "", "step x": shown if epochs else "",
+                    "data+loop x": ""})
     else:
-        row["epoch x"] = ci(r["speedup"], r["speedup_lo"], r["speedup_hi"])
-        row["step x"] = ci(r["speedup_step"], r["speedup_step_lo"], r["speedup_step_hi"])
-        row["data+loop x"] = ci(r["speedup_other"], r["speedup_other_lo"],
-                                r["speedup_other_hi"])
-    if not isnan(r.get("float_multiple", np.nan)):
+        row["epoch x"] = ci(g("speedup", np.nan), g("speedup_lo"), g("speedup_hi"))
+        row["step x"] = ci(g("speedup_step", np.nan), g("speedup_step_lo"),
+                           g("speedup_step_hi"))
+        row["data+loop x"] = ci(g("speedup_other", np.nan), g("speedup_other_lo"),
+                                g("speedup_other_hi"))
+    if inter:
+        row["interleaved step ms"] = 1e3 * r["step_s_interleaved"]
+        row["interleaved step x"] = "(baseline)" if why == "baseline" else (
+            NO_EFFECT if why else ci(r["speedup_interleaved"], r["speedup_interleaved_lo"],
+                                     r["speedup_interleaved_hi"]))
+    if _has(r, "float_multiple"):
         row["step / float step"] = ci(r["float_multiple"], r["float_multiple_lo"],
                                       r["float_multiple_hi"])
+    if _has(r, "float_multiple_interleaved"):
+        row["interleaved step / float"] = ci(r["float_multiple_interleaved"],
+                                             r["float_multiple_interleaved_lo"],
+                                             r["float_multiple_interleaved_hi"])
     row["syncs/step"] = r.get("syncs_per_step", np.nan)
     row["peak MiB"] = r.get("peak_mem_mb", np.nan)
-    row["IQR/med"] = ("" if isnan(r["iqr_rel"]) else f"{r['iqr_rel']:.1%}") + (
-        " (!)" if r["wide_spread"] else "")
+    row["IQR/med"] = ("" if isnan(g("iqr_rel")) else f"{r['iqr_rel']:.1%}") + (
+        " (!)" if g("wide_spread") is True else "")
     row["blocks"] = r.get("n_pairs", np.nan)
     return row
 
@@ -187,7 +231,7 @@ def _speed_row(ctx: Context, r: pd.Series) -> dict[str, Any]:
 def speed(ctx: Context) -> tuple[str, list[str]]:
     """Per config: where the time goes (epoch / step compute / data and loop), each ratio
     with its interval, so every speedup is attributed."""
-    table = pd.DataFrame([_speed_row(ctx, r) for _, r in ctx.summary.iterrows()])
+    table = _drop_empty(pd.DataFrame([_speed_row(ctx, r) for _, r in ctx.summary.iterrows()]))
     iqr = (ctx.meta.get("report") or {}).get("iqr_warn", stats.IQR_WARN)
     kind = "CUDA allocator peak" if ctx.device_type == "cuda" else \
         "process peak RSS within the epoch"
@@ -199,7 +243,12 @@ def speed(ctx: Context) -> tuple[str, list[str]]:
             f"arithmetic; **data+loop**: the training phase minus step compute (data "
             f"loading, loader and worker start-up, loop bookkeeping). Method: epochs, each "
             f"run in a child process shared by its block, warm-up epochs and the first "
-            f"epoch after a resume excluded. `{NO_EFFECT}`: the flags this config moves "
+            f"epoch after a resume excluded. **interleaved step** (where the design asks "
+            f"for the steps method): every config's model in one process takes one training "
+            f"step in turn, round after round in a shuffled order, paired within rounds "
+            f"({_rounds_label(ctx)[2:] or 'rounds'}): model arithmetic and optimizer only, "
+            f"the most precise figure on a noisy machine. `{NO_EFFECT}`: the flags this "
+            f"config moves "
             f"cannot act on this device. Peak memory: {kind}. `(!)`: epoch-time IQR/median "
             f"above {iqr:.0%}.\n\n" + md_table(table))
     findings = []
@@ -209,7 +258,9 @@ def speed(ctx: Context) -> tuple[str, list[str]]:
         s = s[[ctx.no_effect(c) is None for c in s["config"]]]
         if "float_multiple" in s:
             s = s[s["float_multiple"].isna() | (s["float_multiple"] != 1)]
-        if len(s):
+        if "speedup" in s:
+            s = s[s["speedup"].notna()]
+        if len(s) and "speedup" in s:
             f = s.loc[s["speedup"].idxmax()]
             findings.append(
                 f"{m}: fastest config `{f['config']}`: epoch x{f['speedup']:.2f}, of which "
@@ -227,6 +278,8 @@ def accuracy(ctx: Context) -> tuple[str, list[str]]:
     classes = settings.get("num_classes", 10)
     images = int(np.nanmedian(s["eval_images"])) if "eval_images" in s else 0
     rows, findings = [], []
+    untrained = sorted(set(s.loc[s["top1_mean"].isna(), "config"]))
+    s = s[s["top1_mean"].notna()]
     for _, r in s.iterrows():
         base = r["config"] == ctx.baseline
         eq = r.get("equivalent", np.nan)
@@ -251,7 +304,10 @@ def accuracy(ctx: Context) -> tuple[str, list[str]]:
             f"{100 / classes:.0f}%), from {start}. The difference to `{ctx.baseline}` is "
             f"paired within blocks ({ctx.interval_label()}); the TOST verdict asks whether "
             f"it lies within +-{margin:g} points (alpha 0.05, `harness.equivalence`).\n\n"
-            + md_table(pd.DataFrame(rows)))
+            + md_table(pd.DataFrame(rows))
+            + (f"\n{len(untrained)} configs ran only the step-interleaved method (no "
+               "training run, no accuracy here); what they do to the numbers is measured by "
+               "`harness parity` (bitwise, per flag).\n" if untrained else ""))
     return text, findings
 
 
@@ -272,11 +328,22 @@ def _per_flag(ctx: Context) -> pd.DataFrame:
         rows.append({"model": r["model"], "flag": c.flag,
                      "change": Flags.spec(c.flag).change or "",
                      "move": c.note.split(": ", 1)[-1],
-                     "flag_speedup": inv(r["speedup"]), "flag_speedup_lo": inv(r[lo]),
-                     "flag_speedup_hi": inv(r[hi]), "step": inv(r["speedup_step"]),
-                     "step_lo": inv(r[slo]), "step_hi": inv(r[shi]), "no_effect": why or "",
+                     "flag_speedup": inv(r.get("speedup", np.nan)),
+                     "flag_speedup_lo": inv(r.get(lo, np.nan)),
+                     "flag_speedup_hi": inv(r.get(hi, np.nan)),
+                     "step": inv(r.get("speedup_step", np.nan)),
+                     "step_lo": inv(r.get(slo, np.nan)), "step_hi": inv(r.get(shi, np.nan)),
+                     "no_effect": why or "",
+                     **_interleaved_flag(r, flip),
                      "top1_diff": r.get("top1_diff", np.nan) * (-1 if flip else 1)})
     return pd.DataFrame(rows)
+
+
+def _interleaved_flag(r: pd.Series, flip: bool) -> dict[str, float]:
+    v, lo, hi = (r.get(f"speedup_interleaved{x}", np.nan) for x in ("", "_lo", "_hi"))
+    if flip:
+        v, lo, hi = 1 / v, 1 / hi, 1 / lo
+    return {"interleaved": v, "interleaved_lo": lo, "interleaved_hi": hi}
 
 
 def per_flag(ctx: Context) -> tuple[str, list[str]]:
@@ -286,7 +353,7 @@ def per_flag(ctx: Context) -> tuple[str, list[str]]:
     if pf.empty:
         return "", []
     pf.to_csv(ctx.folder / "per_flag.csv", index=False)
-    live = pf[pf["no_effect"] == ""]
+    live = pf[(pf["no_effect"] == "") & pf["flag_speedup"].notna()]
     if len(live) and ctx.figures:
         ctx.figs["flags"] = figures.flag_speedup(
             live, ctx.folder / "fig_flag_speedup.png", "epoch speedup of the flag (x)")
@@ -297,28 +364,50 @@ def per_flag(ctx: Context) -> tuple[str, list[str]]:
             strict=True)],
         "step x": ["" if w else ci(a, b, c) for a, b, c, w in zip(
             pf["step"], pf["step_lo"], pf["step_hi"], pf["no_effect"], strict=True)],
+        "interleaved step x": ["" if w else ci(a, b, c) for a, b, c, w in zip(
+            pf["interleaved"], pf["interleaved_lo"], pf["interleaved_hi"], pf["no_effect"],
+            strict=True)],
         "d top-1 pts": [pp(v) for v in pf["top1_diff"]]})
+    show = _drop_empty(show)
     if ctx.parity is not None and {"model", "flag"} <= set(ctx.parity):
         pcols = [c for c in ("model", "flag", "expected_class", "measured_class")
                  if c in ctx.parity]
         show = show.merge(ctx.parity[pcols].drop_duplicates(["model", "flag"]),
                           on=["model", "flag"], how="left")
     text = ("## Per-flag speedup\n\nOne config per flag, moved alone; epoch and step "
-            f"(arithmetic) ratios ({ctx.interval_label()}). Measured parity beside it where "
+            f"(arithmetic) ratios ({ctx.interval_label()}{_rounds_label(ctx)}); a flag "
+            "that acts inside the model has its interleaved step ratio and, where the design "
+            "runs whole epochs only for loop flags, no epoch ratio. Measured parity beside it "
+            "where "
             "`parity.csv` is present.\n\n" + md_table(show)
             + (f"\n![per-flag speedup]({ctx.figs['flags']})\n" if "flags" in ctx.figs else ""))
-    ranked = live.groupby("flag")["flag_speedup"].apply(
-        lambda v: float(np.exp(np.log(v).mean()))).sort_values(key=lambda v: -np.abs(np.log(v)))
-    findings = ["flags with the largest epoch effect (geometric mean over models): " + ", ".join(
-        f"{f} x{v:.2f}" for f, v in ranked.head(3).items())] if len(ranked) else []
+    findings = []
+    for col, what in (("flag_speedup", "epoch"), ("interleaved", "interleaved step")):
+        ranked = _clear_effects(pf, col)
+        if len(ranked):
+            findings.append(f"flags with the largest {what} effect whose interval excludes 1 "
+                            "(geometric mean over models): " + ", ".join(
+                                f"{f} x{v:.2f}" for f, v in ranked.head(3).items()))
     return text, findings
+
+
+def _clear_effects(pf: pd.DataFrame, col: str) -> pd.Series:
+    """Per flag, the geometric mean over models of ``col`` where its interval excludes 1 on
+    every model measured, largest effect first."""
+    live = pf[(pf["no_effect"] == "") & pf[col].notna()]
+    clear = live.groupby("flag").filter(
+        lambda g: bool(((g[f"{col}_lo"] > 1) | (g[f"{col}_hi"] < 1)).all()))
+    if clear.empty:
+        return pd.Series(dtype=float)
+    return clear.groupby("flag")[col].apply(lambda v: float(np.exp(np.log(v).mean()))
+                                            ).sort_values(key=lambda v: -np.abs(np.log(v)))
 
 
 def effects(ctx: Context) -> tuple[str, list[str]]:
     levels = {c.name: c.levels for c in ctx.meta["configs"] if c.levels and c.in_design}
     if ctx.meta["kind"] not in ("factorial", "fractional") or not levels:
         return "", []
-    eff = stats.effects(ctx.table, levels)
+    eff = stats.effects(ctx.by_epochs, levels)
     if eff.empty:
         return "", []
     eff.to_csv(ctx.folder / "effects.csv", index=False)
@@ -338,10 +427,11 @@ def effects(ctx: Context) -> tuple[str, list[str]]:
                                         "aliases two-flag interactions).")
             + "\n\n" + md_table(e)
             + (f"\n![effects]({ctx.figs['effects']})\n" if "effects" in ctx.figs else ""))
-    top = (eff[eff["response"] == "epoch_s"].groupby("term")["effect"]
+    clear = eff[(eff["response"] == "epoch_s") & ((eff["factor_lo"] > 1) | (eff["factor_hi"] < 1))]
+    top = (clear.groupby("term")["effect"]
            .apply(lambda v: float(np.mean(v))).sort_values(key=lambda v: -v.abs()))
-    return text, ["largest effects on epoch time: " + ", ".join(
-        f"{t} x{math.exp(-v):.2f}" for t, v in top.head(3).items())]
+    return text, ["largest effects on epoch time whose interval excludes 1: " + ", ".join(
+        f"{t} x{math.exp(-v):.2f}" for t, v in top.head(3).items())] if len(top) else []
 
 
 def parity(ctx: Context) -> tuple[str, list[str]]:
@@ -352,7 +442,7 @@ def parity(ctx: Context) -> tuple[str, list[str]]:
 
 
 def distributions(ctx: Context) -> tuple[str, list[str]]:
-    epochs = stats.measured(ctx.table)
+    epochs = stats.measured(ctx.by_epochs)
     if epochs.empty or not ctx.figures:
         return "", []
     ctx.figs["times"] = figures.epoch_times(epochs, ctx.order, ctx.folder / "fig_times.png")
@@ -404,8 +494,8 @@ def comparison(ctx: Context) -> tuple[str, list[str]]:
 
 def warnings(ctx: Context) -> tuple[str, list[str]]:
     out = []
-    spread = ctx.summary[ctx.summary["wide_spread"]] if "wide_spread" in ctx.summary else \
-        ctx.summary
+    spread = ctx.summary[ctx.summary["wide_spread"].fillna(False).astype(bool)] \
+        if "wide_spread" in ctx.summary else ctx.summary.iloc[:0]
     for r in spread.itertuples():
         out.append(f"{r.model}/{r.config}: epoch-time IQR/median {r.iqr_rel:.1%}; treat its "
                    f"ratio with care")
@@ -413,7 +503,7 @@ def warnings(ctx: Context) -> tuple[str, list[str]]:
     for rid, g in failed.groupby("run_id"):
         last = (str(g["error"].iloc[0]).strip().splitlines() or [""])[-1]  # the exception
         out.append(f"run {rid}: {g['status'].iloc[0]}: {last[:200]}")
-    if ctx.n_blocks < 2:
+    if ctx.n_blocks < 2 and len(ctx.by_epochs):
         out.append("one block only: no intervals; use repeats >= 2 (>= 5 for references)")
     if ctx.ignored:
         out.append(f"{ctx.ignored} rows in this folder's table belong to runs of other "

@@ -57,3 +57,31 @@ def synthetic_runs(configs: dict[str, dict[str, Any]], *, models=("ivit_micro",)
                 rows.append(row)
             order_global += 1
     return pd.DataFrame(rows)
+
+
+def synthetic_steps(configs: dict[str, dict[str, Any]], *, models=("ivit_micro",),
+                    rounds: int = 30, step_time: float = 0.1, noise: float = 0.02,
+                    seed: int = 1) -> pd.DataFrame:
+    """Rows of the step-interleaved method (``method = "steps"``): one per (model, config,
+    round), each config's step ``configs[name]["step"]`` (or "time") x ``step_time`` with a
+    per-round factor and lognormal noise."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for model in models:
+        for r in range(rounds):
+            round_factor = math.exp(rng.normal(0, noise))
+            for name, c in configs.items():
+                t = step_time * c.get("step", c.get("time", 1.0)) * round_factor * math.exp(
+                    rng.normal(0, noise))
+                row = {"config": name, "model": model, "dataset": "digits", "repeat": r,
+                       "block": r, "order": 0, "seed": 0, "epoch": 1, "method": "steps",
+                       "warmup": False, "resumed": False, "steps": 1, "train_s": t,
+                       "compute_s": t, "step_s_median": t, "step_times": json.dumps([t]),
+                       "status": "ok", "error": "", "run_id": f"{model}-{name}-steps-b{r}",
+                       "float_reference": bool(c.get("float_reference", False)),
+                       "git_commit": "synthetic", "device_name": "cpu (synthetic)",
+                       "ended": "2026-01-01T00:00:00"}
+                if c.get("flags") is not None:
+                    row.update(c["flags"].to_dict())
+                rows.append(row)
+    return pd.DataFrame(rows)

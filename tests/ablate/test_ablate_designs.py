@@ -29,7 +29,22 @@ def test_shipped_specs_load_and_plan(path):
     assert configs[0].name == ablate.baseline_name(s, configs)
     assert s.repeats >= 5 and s.settings.epochs > s.settings.warmup_epochs >= 1
     assert configs[-1].name == AA and configs[-1].flags == configs[0].flags  # null control
-    assert len(ablate.plan(s, configs)) == len(configs) * len(s.models) * s.repeats
+    by_epochs = ablate.epoch_configs(s, configs)
+    assert len(ablate.plan(s, configs)) == len(by_epochs) * len(s.models) * s.repeats
+    if s.epochs_for == "loop_flags":  # module flags only by the steps method
+        moved = [set(configs[0].flags.diff(c.flags)) for c in by_epochs[1:-1]]
+        assert moved and all(m & set(Flags.names("loop")) for m in moved)
+        assert {configs[0].name, AA} <= {c.name for c in by_epochs}
+        inner = {c.config for x in ablate.sessions_of(s, configs) for c in x.specs}
+        assert inner >= {c.name for c in configs if c.flag in Flags.names("module")}
+        assert not inner & {c.name for c in configs if c.flag in (
+            "num_workers", "plot_every", "loss_item_per_step", "preload_to_device")}
+
+
+def test_epochs_for_loop_flags_needs_no_steps_method_to_be_harmless():
+    s = ablate.load_spec(ROOT / "ablations" / "one_at_a_time.toml").replace(methods=["epochs"])
+    configs = ablate.design_configs(s)
+    assert ablate.epoch_configs(s, configs) == configs  # without steps every config runs
 
 
 def test_timeline_stages_end_at_the_seed_preset():

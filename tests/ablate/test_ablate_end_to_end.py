@@ -92,3 +92,30 @@ def test_identity_covers_code_settings_and_versions(tmp_path, monkeypatch):
         monkeypatch.undo()
         settings.code_digest.cache_clear()
     assert spec.run_id == base
+
+
+BOTH = TINY.replace('name = "tiny"', 'name = "both"').replace(
+    "repeats = 2", 'repeats = 2\nmethods = ["epochs", "steps"]\nrounds = 2\n'
+    'epochs_for = "loop_flags"').replace(
+    '{name = "seed", flags = "seed,num_workers=0"}',
+    '{name = "frexp", flags = "legacy,num_workers=0,use_frexp=false"},\n'
+    '           {name = "host_loss", flags = "legacy,num_workers=0,loss_item_per_step=false"}')
+
+
+@pytest.mark.slow
+def test_both_methods_split_configs_by_where_their_flags_act(tmp_path, monkeypatch):
+    monkeypatch.setenv("QVIT_CACHE", str(tmp_path / "cache"))
+    spec = tmp_path / "both.toml"
+    spec.write_text(BOTH)
+    out = tmp_path / "both"
+    assert cli.main(["ablate", str(spec), "--out", str(out)]) == 0
+    table = records.read_table(out)
+    assert set(table["status"]) == {"ok"}
+    by = table.groupby("method")["config"].apply(set)
+    # a module flag is timed step by step; a loop flag acting around the step by epochs
+    assert by["steps"] == {"legacy", "frexp", "A/A"}
+    assert by["epochs"] == {"legacy", "host_loss", "A/A"}
+    assert (table[table["method"] == "steps"].groupby("config").size() == 2).all()
+    text = (out / "report.md").read_text()
+    assert "interleaved step x" in text and "95% t-CI over 2 blocks" in text
+    assert "over 2 rounds" in text and "A/A step ratio, interleaved" in text

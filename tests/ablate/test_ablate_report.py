@@ -11,7 +11,7 @@ import pytest
 from harness import ablate, report
 from harness.ablate import AA_CONTROL
 
-from .synthetic import synthetic_runs
+from .synthetic import synthetic_runs, synthetic_steps
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -26,8 +26,15 @@ def fake_results(folder, spec_name, *, parity=False, repeats=5, times=None, nois
                     "top1": 95.0, "flags": c.flags, "syncs": float(i % 3),
                     "float_reference": c.float_reference} for i, c in enumerate(configs)}
     st = spec.settings
-    t = synthetic_runs(cfg, models=spec.models, repeats=repeats, epochs=st.epochs,
-                       warmup_epochs=st.warmup_epochs, noise=noise)
+    by_epochs = {c.name for c in ablate.epoch_configs(spec, configs)}
+    t = synthetic_runs({k: v for k, v in cfg.items() if k in by_epochs}, models=spec.models,
+                       repeats=repeats, epochs=st.epochs, warmup_epochs=st.warmup_epochs,
+                       noise=noise)
+    if "steps" in spec.methods:  # the configs of its interleaved sessions
+        inner = {c.config for x in ablate.sessions_of(spec, configs) for c in x.specs}
+        t = pd.concat([t, synthetic_steps({k: v for k, v in cfg.items() if k in inner},
+                                          models=spec.models, rounds=spec.rounds,
+                                          noise=noise)], ignore_index=True)
     folder.mkdir(parents=True, exist_ok=True)
     ablate.write_design(spec, configs, sorted(set(t["run_id"])), folder)
     t.to_csv(folder / "runs.csv", index=False)

@@ -10,7 +10,7 @@ import pytest
 
 from harness import stats
 
-from .synthetic import synthetic_runs
+from .synthetic import synthetic_runs, synthetic_steps
 
 
 def table(configs, **kw):
@@ -176,3 +176,26 @@ def test_screen_estimates_main_effects_only():
 def test_summary_is_a_plain_table():
     s = stats.summarize(table({"a": {}, "b": {}}), "a")
     assert isinstance(s, pd.DataFrame) and len(s) == 2
+
+
+def test_interleaved_rounds_are_summarized_apart_from_epoch_blocks():
+    # the epochs method sees "fast" 2x faster per step; the interleaved rounds 1.25x. Rounds
+    # are numbered 0..29 like blocks 0..5: pooling them would pair rows of two methods.
+    cfg = {"base": {"time": 1.0}, "fast": {"time": 0.5}, "float": {"time": 0.25,
+                                                                   "float_reference": True}}
+    epochs = table(cfg, noise=0.001)
+    steps = synthetic_steps({"base": {"step": 1.0}, "fast": {"step": 0.8},
+                             "float": {"step": 0.4, "float_reference": True}},
+                            rounds=30, noise=0.001)
+    s = stats.summarize(pd.concat([epochs, steps], ignore_index=True), "base").set_index(
+        "config")
+    alone = stats.summarize(epochs, "base").set_index("config")
+    for col in ("speedup", "speedup_step", "n_pairs", "n_runs", "step_s_median"):
+        assert s.loc["fast", col] == pytest.approx(alone.loc["fast", col])
+    assert s.loc["fast", "n_pairs"] == 6 and s.loc["fast", "n_rounds"] == 30
+    assert s.loc["fast", "speedup_interleaved"] == pytest.approx(1.25, rel=0.01)
+    assert s.loc["fast", "speedup_interleaved_lo"] < 1.25 < s.loc["fast",
+                                                                  "speedup_interleaved_hi"]
+    assert s.loc["fast", "float_multiple_interleaved"] == pytest.approx(2.0, rel=0.01)
+    only_steps = stats.summarize(steps, "base").set_index("config")
+    assert "speedup" not in only_steps and only_steps.loc["fast", "n_rounds"] == 30
