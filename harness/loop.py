@@ -87,6 +87,9 @@ class TrainResult:
     syncs_per_step: float  # NaN where syncs were not counted
     sync_kinds: dict  # counts by kind over the counted steps (and "...@epoch_end")
     counted_steps: int
+    # CUDA's own count over the counted steps (torch.cuda.set_sync_debug_mode), a
+    # cross-check of syncs_per_step; NaN off CUDA or where syncs were not counted
+    cuda_debug_syncs_per_step: float = math.nan
 
     @property
     def compute_s(self) -> float:
@@ -260,8 +263,10 @@ def train_one_epoch(model: nn.Module, batches, epoch: int, *, optimizer, schedul
     if window.steps:
         per_step = sum(window.kinds.values()) / window.steps + end.count / steps
         syncs.update({f"{k}@epoch_end": v for k, v in end.by_kind.items()})
+    debug = window.cuda_debug / window.steps if window.steps and window.cuda_debug is not None \
+        else math.nan
     return TrainResult(steps, images, train_s, startup_s, data_s, timer.step_times(),
-                       mean_loss, per_step, syncs, window.steps)
+                       mean_loss, per_step, syncs, window.steps, debug)
 
 
 class _LossSum:
@@ -305,6 +310,7 @@ class _CountWindow:
         self.device, self.optimizer, self.first, self.count = device, optimizer, first, count
         self.kinds: collections.Counter = collections.Counter()
         self.steps = 0
+        self.cuda_debug: int | None = None  # CUDA's sync-debug warnings (CUDA only)
         self._cm = self._counter = None
 
     @property
@@ -313,7 +319,7 @@ class _CountWindow:
 
     def before(self, step: int) -> None:
         if self.count and step == self.first:
-            self._cm = measure.count_host_syncs(self.device)
+            self._cm = measure.count_host_syncs(self.device, cuda_debug=True)
             self._counter = self._cm.__enter__()
             # torch keeps a non-capturable optimizer's step counters on the host by design:
             # their .item() is no device read even where the model lives on the CPU
@@ -330,6 +336,8 @@ class _CountWindow:
             cm, self._cm = self._cm, None
             cm.__exit__(None, None, None)
             self.kinds.update(self._counter.by_kind)
+            if self._counter.cuda_debug_count is not None:
+                self.cuda_debug = (self.cuda_debug or 0) + self._counter.cuda_debug_count
 
 
 def _host_step_counters(optimizer) -> list:

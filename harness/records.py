@@ -62,7 +62,8 @@ METRIC_COLUMNS = {
     "data_s": "float64", "compute_s": "float64", "eval_s": "float64", "plot_s": "float64",
     "compile_s": "float64", "step_s_median": "float64", "step_times": "string",
     "images_per_s": "float64", "peak_mem_mb": "float64", "syncs_per_step": "float64",
-    "sync_kinds": "string", "top1": "float64", "top5": "float64", "eval_images": "int64",
+    "cuda_debug_syncs_per_step": "float64", "sync_kinds": "string", "top1": "float64",
+    "top5": "float64", "eval_images": "int64",
     "train_loss": "float64", "eval_loss": "float64", "pretrained_top1": "float64",
     "ended": "string", "status": "string", "error": "string",
 }

@@ -416,6 +416,7 @@ def _run_epoch(spec: RunSpec, st: _State, epoch: int, resumed: bool, progress: b
                images_per_s=tr.images / tr.train_s if tr.train_s > 0 else math.nan,
                peak_mem_mb=measure.peak_memory_mb(st.device),
                syncs_per_step=tr.syncs_per_step,
+               cuda_debug_syncs_per_step=tr.cuda_debug_syncs_per_step,
                sync_kinds=json.dumps(tr.sync_kinds, sort_keys=True) if tr.counted_steps else "",
                top1=ev.top1, top5=ev.top5, eval_images=ev.images, train_loss=tr.loss,
                eval_loss=ev.loss, status="ok", error="", **st.pretrained)

@@ -90,8 +90,9 @@ def run_level(table: pd.DataFrame) -> pd.DataFrame:
             if col in last:
                 row[col] = last[col]
         mine = ok[ok["run_id"] == run_id]
-        if "syncs_per_step" in mine:
-            row["syncs_per_step"] = float(mine["syncs_per_step"].median())
+        for col in ("syncs_per_step", "cuda_debug_syncs_per_step"):
+            if col in mine:
+                row[col] = float(mine[col].median())
         if "peak_mem_mb" in g:
             row["peak_mem_mb"] = float(g["peak_mem_mb"].max())
         rows.append(row)
@@ -208,7 +209,8 @@ def summarize(table: pd.DataFrame, baseline: str, *, iqr_warn: float = IQR_WARN,
         row.update(_speedups(runs, model, config, baseline))
         if "top1" in g:
             row.update(_accuracy(runs, model, config, baseline, g, margin))
-        for col, how in (("syncs_per_step", "median"), ("peak_mem_mb", "max"),
+        for col, how in (("syncs_per_step", "median"), ("cuda_debug_syncs_per_step", "median"),
+                         ("peak_mem_mb", "max"),
                          ("eval_images", "median"), ("pretrained_top1", "median")):
             if col in g:
                 row[col] = float(getattr(g[col], how)())

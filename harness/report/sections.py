@@ -221,6 +221,7 @@ def _speed_row(ctx: Context, r: pd.Series) -> dict[str, Any]:
                                              r["float_multiple_interleaved_lo"],
                                              r["float_multiple_interleaved_hi"])
     row["syncs/step"] = r.get("syncs_per_step", np.nan)
+    row["CUDA debug syncs/step"] = r.get("cuda_debug_syncs_per_step", np.nan)  # cross-check
     row["peak MiB"] = r.get("peak_mem_mb", np.nan)
     row["IQR/med"] = ("" if isnan(g("iqr_rel")) else f"{r['iqr_rel']:.1%}") + (
         " (!)" if g("wide_spread") is True else "")

@@ -105,3 +105,31 @@ def test_timer_and_memory():
         t.end()
     assert len(t.step_times()) == 2 and min(t.step_times()) >= 0
     assert peak_memory_mb(torch.device("cpu")) > 0
+
+
+def test_cuda_sync_debug_cross_check_is_wired(monkeypatch):
+    """On CUDA the counter also runs torch.cuda.set_sync_debug_mode('warn') and counts its
+    warnings; the training loop's count window asks for it. Emulated here (no GPU): the
+    mode switch is recorded and a synchronizing op's warning is emitted by hand."""
+    import warnings
+
+    import harness.loop as loop
+
+    modes = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_sync_debug_mode", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "set_sync_debug_mode", modes.append)
+    with count_host_syncs("cuda", cuda_debug=True) as c:
+        warnings.warn("called a synchronizing CUDA operation", UserWarning, stacklevel=1)
+        warnings.warn("an unrelated warning", UserWarning, stacklevel=1)
+    assert modes == ["warn", 0] and c.cuda_debug_count == 1
+    with count_host_syncs("cpu", cuda_debug=True) as c:  # off CUDA: nothing to cross-check
+        pass
+    assert c.cuda_debug_count is None
+    window = loop._CountWindow(torch.device("cuda"), torch.optim.SGD([torch.zeros(1)], lr=1),
+                               first=0, count=2)
+    for step in range(2):
+        window.before(step)
+        warnings.warn("called a synchronizing CUDA operation", UserWarning, stacklevel=1)
+        window.after(step)
+    assert window.cuda_debug == 2 and window.steps == 2
