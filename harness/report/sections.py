@@ -475,21 +475,20 @@ def comparison(ctx: Context) -> tuple[str, list[str]]:
         q = ref[(ref["model"] == r["model"]) & (ref["config"] == r["config"])]
         if len(q):
             q = q.iloc[0]
-            rows.append({"model": r["model"], "config": r["config"],
-                         "epoch x (here)": ci(r["speedup"], r["speedup_lo"], r["speedup_hi"]),
-                         "epoch x (reference)": ci(q["speedup"], q["speedup_lo"],
-                                                   q["speedup_hi"]),
-                         "step x (here)": ci(r["speedup_step"], r["speedup_step_lo"],
-                                             r["speedup_step_hi"]),
-                         "step x (reference)": ci(q["speedup_step"], q["speedup_step_lo"],
-                                                  q["speedup_step_hi"])})
+            row = {"model": r["model"], "config": r["config"]}
+            for col, name in (("speedup", "epoch x"), ("speedup_step", "step x"),
+                              ("speedup_interleaved", "interleaved step x")):
+                for where, x in (("here", r), ("reference", q)):
+                    row[f"{name} ({where})"] = ci(x.get(col, np.nan), x.get(f"{col}_lo"),
+                                                  x.get(f"{col}_hi"))
+            rows.append(row)
     if not rows:
         return "", []
     text = (f"## Beside the committed reference results\n\nThe reference figures come from "
             f"[{other}]({Path('..') / other if not path.is_absolute() else path}) — measured "
             f"on {prov.get('machine', '?')} at commit {prov.get('git_commit', '?')} "
             f"({prov.get('dates', '?')}), not on this machine. Compare ratios, not seconds.\n\n"
-            + md_table(pd.DataFrame(rows)))
+            + md_table(_drop_empty(pd.DataFrame(rows))))
     return text, []
 
 

@@ -138,3 +138,22 @@ def test_report_of_a_folder_without_a_design_says_what_it_needs(tmp_path, capsys
 
 def test_md_table_escapes_pipes():
     assert "a\\|b" in report.md_table(pd.DataFrame({"x": ["a|b"]}))
+
+
+def test_committed_reference_is_shown_beside_and_labelled(tmp_path):
+    import json
+
+    ref, here = tmp_path / "reference", tmp_path / "here"
+    fake_results(ref, "best")
+    fake_results(here, "best", noise=0.03)
+    meta = json.loads((here / "design.json").read_text())
+    meta["report"]["compare_with"] = str(ref)
+    (here / "design.json").write_text(json.dumps(meta))
+    text = report.build_report(here, figures=False).read_text()
+    section = text.split("## Beside the committed reference results", 1)[1].split("\n## ")[0]
+    assert "not on this machine" in section and "at commit synthetic" in section
+    assert "epoch x (reference)" in section and "interleaved step x (reference)" in section
+    assert section.count("| ivit_micro |") == 5  # seed, legacy, best, float, A/A
+    meta["report"]["compare_with"] = str(here)  # a folder is not its own reference
+    (here / "design.json").write_text(json.dumps(meta))
+    assert "Beside the committed" not in report.build_report(here, figures=False).read_text()
