@@ -206,7 +206,7 @@ def test_cli_overrides_and_dry_run(tmp_path, capsys):
     rc = cli.main(["ablate", str(path), "--dry-run", "--repeats", "4", "--models", "ivit_micro",
                    "--epochs", "3", "--device", "cpu", "--no-pretrained"])
     out = capsys.readouterr().out
-    assert rc == 0 and "7 configs x 1 models x 4 blocks = 28 runs" in out
+    assert rc == 0 and "7 (model, config) runs per block x 4 blocks = 28 runs" in out
     assert "pretrained start off" in out
     assert out.count("block ") == 4
     rc = cli.main(["ablate", str(path), "--dry-run", "--models", "nope"])
