@@ -208,7 +208,7 @@ def test_cli_overrides_and_dry_run(tmp_path, capsys):
     out = capsys.readouterr().out
     assert rc == 0 and "7 (model, config) runs per block x 4 blocks = 28 runs" in out
     assert "pretrained start off" in out
-    assert out.count("block ") == 4
+    assert out.count("  block ") == 4
     rc = cli.main(["ablate", str(path), "--dry-run", "--models", "nope"])
     assert rc == 2 and "unknown model 'nope'" in capsys.readouterr().err
     rc = cli.main(["ablate", str(path), "--dry-run", "--epochs", "0"])
