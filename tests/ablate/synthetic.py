@@ -10,6 +10,17 @@ import numpy as np
 import pandas as pd
 
 
+def _identity(model: str, name: str, c: dict[str, Any], run_id: str, block: int
+              ) -> dict[str, Any]:
+    """The columns every synthetic row shares: who it is, its flags, its provenance."""
+    return {"config": name, "model": model, "dataset": "digits", "repeat": block,
+            "block": block, "resumed": False, "status": "ok", "error": "", "run_id": run_id,
+            "float_reference": bool(c.get("float_reference", False)),
+            "git_commit": "synthetic", "device_name": "cpu (synthetic)",
+            "ended": "2026-01-01T00:00:00",
+            **(c["flags"].to_dict() if c.get("flags") is not None else {})}
+
+
 def synthetic_runs(configs: dict[str, dict[str, Any]], *, models=("ivit_micro",),
                    repeats: int = 4, epochs: int = 3, warmup_epochs: int = 1,
                    base_time: float = 2.0, noise: float = 0.02, drift: float = 0.0,
@@ -37,24 +48,16 @@ def synthetic_runs(configs: dict[str, dict[str, Any]], *, models=("ivit_micro",)
                 step = base_time * (1 - eval_share) * 0.5 / steps * c.get(
                     "step", c.get("time", 1.0)) * block_factor
                 step_times = [step * math.exp(rng.normal(0, noise)) for _ in range(steps)]
-                row = {"config": name, "model": model, "dataset": "digits", "repeat": block,
-                       "block": block, "order": pos, "seed": block, "epoch": epoch,
-                       "method": "epochs", "warmup": warm, "resumed": False, "steps": steps,
-                       "epoch_s": t, "train_s": train, "eval_s": t * eval_share,
-                       "step_s_median": float(np.median(step_times)),
-                       "step_times": json.dumps(step_times),
-                       "compute_s": float(sum(step_times)), "images_per_s": 1000 / t,
-                       "peak_mem_mb": 100.0, "syncs_per_step": c.get("syncs", 1.0),
-                       "top1": c.get("top1", 80.0) + rng.normal(0, c.get("top1_sd", 0.5)),
-                       "top5": 99.0, "eval_images": 364, "train_loss": 0.5,
-                       "eval_loss": 0.6, "status": "ok", "error": "",
-                       "run_id": f"{model}-{name}-r{block}",
-                       "float_reference": bool(c.get("float_reference", False)),
-                       "git_commit": "synthetic", "device_name": "cpu (synthetic)",
-                       "ended": "2026-01-01T00:00:00"}
-                if c.get("flags") is not None:
-                    row.update(c["flags"].to_dict())
-                rows.append(row)
+                rows.append({
+                    **_identity(model, name, c, f"{model}-{name}-r{block}", block),
+                    "order": pos, "seed": block, "epoch": epoch, "method": "epochs",
+                    "warmup": warm, "steps": steps, "epoch_s": t, "train_s": train,
+                    "eval_s": t * eval_share, "step_s_median": float(np.median(step_times)),
+                    "step_times": json.dumps(step_times), "compute_s": float(sum(step_times)),
+                    "images_per_s": 1000 / t, "peak_mem_mb": 100.0,
+                    "syncs_per_step": c.get("syncs", 1.0),
+                    "top1": c.get("top1", 80.0) + rng.normal(0, c.get("top1_sd", 0.5)),
+                    "top5": 99.0, "eval_images": 364, "train_loss": 0.5, "eval_loss": 0.6})
             order_global += 1
     return pd.DataFrame(rows)
 
@@ -73,15 +76,9 @@ def synthetic_steps(configs: dict[str, dict[str, Any]], *, models=("ivit_micro",
             for name, c in configs.items():
                 t = step_time * c.get("step", c.get("time", 1.0)) * round_factor * math.exp(
                     rng.normal(0, noise))
-                row = {"config": name, "model": model, "dataset": "digits", "repeat": r,
-                       "block": r, "order": 0, "seed": 0, "epoch": 1, "method": "steps",
-                       "warmup": False, "resumed": False, "steps": 1, "train_s": t,
-                       "compute_s": t, "step_s_median": t, "step_times": json.dumps([t]),
-                       "status": "ok", "error": "", "run_id": f"{model}-{name}-steps-b{r}",
-                       "float_reference": bool(c.get("float_reference", False)),
-                       "git_commit": "synthetic", "device_name": "cpu (synthetic)",
-                       "ended": "2026-01-01T00:00:00"}
-                if c.get("flags") is not None:
-                    row.update(c["flags"].to_dict())
-                rows.append(row)
+                rows.append({
+                    **_identity(model, name, c, f"{model}-{name}-steps-b{r}", r),
+                    "order": 0, "seed": 0, "epoch": 1, "method": "steps", "warmup": False,
+                    "steps": 1, "train_s": t, "compute_s": t, "step_s_median": t,
+                    "step_times": json.dumps([t])})
     return pd.DataFrame(rows)
