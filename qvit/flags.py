@@ -161,6 +161,23 @@ class Flags:
         change=None, scope="module", legacy=False, seed=False, best=True, parity="exact",
         help="IntGELU as one autograd.Function: the same integer forward under no_grad, "
              "backward the legacy STE chain's operations in autograd's order (same bits)")
+    lean_quant_act: bool = _flag(
+        change=None, scope="module", legacy=False, seed=False, best=True, parity="exact",
+        help="QuantAct as one lean node (with fp64_fixedpoint and use_frexp): the dyadic "
+             "multiplier from the float64 bits of the scale ratio (no frexp, pow or "
+             "division), one float64 pass, the output scale folded in, gradient (g*s)/s in "
+             "the node; one-pass sync-free range observation; same bits")
+    lean_int_exp: bool = _flag(
+        change=None, scope="module", legacy=False, seed=False, best=True, parity="exact",
+        help="IntSoftmax and IntGELU as one lean node each (overrides fused_int_softmax/"
+             "fused_int_gelu): in place, 2^k from exponent bits instead of pow, float masks "
+             "instead of where/masked_fill, the row max by amax and its first index, the "
+             "output scale folded in; same bits")
+    lean_layernorm: bool = _flag(
+        change=None, scope="module", legacy=False, seed=False, best=True, parity="exact",
+        help="IntLayerNorm as one autograd node with its Newton sqrt (unless "
+             "layernorm_newton=no_grad): in place forward, backward the legacy graph's "
+             "formulas in its order, gradients to x and weight; same bits")
     # --- loop flags (harness) -----------------------------------------------------------
     cuda_synchronize_per_step: bool = _flag(
         change=8, scope="loop", legacy=True, seed=False, best=False, parity="exact",

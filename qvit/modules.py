@@ -1,7 +1,10 @@
 """Quantized modules: a value and its scale travel together, ``(x, scale) -> (y, scale)``.
 
-Every module reads its paths from ``self.flags`` (a `qvit.Flags`, set by the model's
-`set_flags`); both paths of every module-scope flag live side by side in ``forward``.
+Every module binds its paths once per flag change: assigning ``module.flags`` (a
+`qvit.Flags`; the model's `set_flags` assigns every module's) calls its ``_bind``, which
+picks the implementation each flag selects (a lean node of `qvit.lean`, or a reference
+primitive of `qvit.primitives` with its options bound); ``forward`` then calls what was
+chosen and reads no flag. `QuantModule.paths` says what was chosen.
 Running ranges and activation scales are persistent buffers (a reloaded model evaluates
 identically); integers derived from the weights are non-persistent, so a model's state dict
 holds the same keys under every flag and loads across presets.
@@ -9,10 +12,14 @@ holds the same keys under every flag and loads across presets.
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import fused as FU
+from . import lean as L
 from . import primitives as P
 from .flags import Flags
 
@@ -52,7 +59,24 @@ class QuantModule(nn.Module):
     (`_apply`, which swaps ``.data`` without a version bump) drop the caches explicitly.
     """
 
-    flags: Flags = Flags()
+    _flags: Flags = Flags()
+
+    @property
+    def flags(self) -> Flags:
+        return self._flags
+
+    @flags.setter
+    def flags(self, flags: Flags) -> None:
+        self._flags = flags
+        self._bind(flags)
+
+    def _bind(self, flags: Flags) -> None:
+        """Choose the implementations ``flags`` select (called on every flag change)."""
+
+    def paths(self) -> dict[str, str]:
+        """The implementation bound for each part of this module's work (for reading what
+        a preset runs)."""
+        return {}
 
     def invalidate_cache(self) -> None:
         """Forget everything cached. Subclasses with caches extend this."""
@@ -70,6 +94,24 @@ class QuantModule(nn.Module):
 
 
 # --- activations ---------------------------------------------------------------------------
+
+def _batch_range(x_act: Tensor, *, whole: bool, aminmax: bool) -> tuple[Tensor, Tensor]:
+    """The batch's range: over the whole tensor (global_act_minmax) or, as the legacy code,
+    per channel of a transposed copy and then the global extreme (same values); by one
+    aminmax pass (act_aminmax) or min() then max()."""
+    if whole:
+        return torch.aminmax(x_act) if aminmax else (x_act.min(), x_act.max())
+    if x_act.dim() == 4:
+        x_act = x_act.permute(0, 2, 3, 1)
+    v = x_act.reshape(-1, x_act.shape[-1]).transpose(0, 1)
+    if aminmax:
+        return torch.aminmax(v, dim=1)
+    return v.min(dim=1).values, v.max(dim=1).values
+
+
+def _times_scale(q: Tensor, scale: Tensor) -> Tensor:
+    return q * scale.view(-1)
+
 
 class QuantAct(QuantModule):
     """Quantizes activations to ``activation_bit`` symmetric integers with a running range.
@@ -89,6 +131,29 @@ class QuantAct(QuantModule):
         # The scale of the empty range [0, 0]: what both scale paths compute before any data.
         self.register_buffer("act_scaling_factor", torch.full((1,), P.EPS_F32))
         self._scale_key: tuple | None = None  # the range act_scaling_factor was derived from
+        self._bind(self.flags)
+
+    def _bind(self, f: Flags) -> None:
+        # the lean node computes the exact I-ViT arithmetic (float64 dyadic): it stands in
+        # for the paths that compute those values and leaves the seed's shortcuts alone
+        self._lean = f.lean_quant_act and f.fp64_fixedpoint and f.use_frexp
+        self._batch_range = partial(_batch_range, whole=f.global_act_minmax or self._lean,
+                                    aminmax=f.act_aminmax or self._lean)
+        self._range_update = (QuantAct._new_range_where
+                              if f.act_init_without_sync or self._lean
+                              else QuantAct._new_range_sync)
+        self._eval_scale_cached = f.cache_eval_act_scale
+        self._eps_constant = f.eps_constant
+        ste = dict(inline_ste=f.inline_ste, lean=f.ste_lean)
+        self._quantize = partial(P.symmetric_quantize, is_weight=False,
+                                 constant_zero_point=f.reuse_constant_tensors, **ste)
+        self._requantize = partial(P.fixedpoint_mul, fp64=f.fp64_fixedpoint,
+                                   use_frexp=f.use_frexp, frexp_on_device=f.frexp_on_device,
+                                   fused=f.requant_fused, **ste)
+
+    def paths(self) -> dict[str, str]:
+        return {"quantize": "lean node" if self._lean else "primitives",
+                "range": self._range_update.__name__}
 
     def invalidate_cache(self) -> None:
         self._scale_key = None
@@ -102,38 +167,29 @@ class QuantAct(QuantModule):
     def unfix(self) -> None:
         self.running_stat = True
 
-    def _observe(self, x_act: Tensor) -> None:
-        f = self.flags
-        if f.global_act_minmax:
-            # one pass for both extremes (act_aminmax) or two
-            cur_min, cur_max = torch.aminmax(x_act) if f.act_aminmax else (x_act.min(),
-                                                                            x_act.max())
-        else:  # legacy: per-channel reduce of a transposed copy, then the global extreme
-            if x_act.dim() == 4:
-                x_act = x_act.permute(0, 2, 3, 1)
-            v = x_act.reshape(-1, x_act.shape[-1]).transpose(0, 1)
-            if f.act_aminmax:
-                cur_min, cur_max = torch.aminmax(v, dim=1)
-            else:
-                cur_min, cur_max = v.min(dim=1).values, v.max(dim=1).values
+    def _new_range_where(self, cur_min: Tensor, cur_max: Tensor) -> tuple[Tensor, Tensor]:
+        # first call (empty range) takes the batch range; decided on the device
         m = self.act_range_momentum
-        if f.act_init_without_sync:
-            # first call (empty range) takes the batch range; decided on the device
-            first = torch.eq(self.min_val, self.max_val)
-            new_min = torch.where(first, cur_min, self.min_val * m + cur_min * (1 - m))
-            new_max = torch.where(first, cur_max, self.max_val * m + cur_max * (1 - m))
-        elif torch.eq(self.min_val, self.max_val).all():  # a host sync on every call
-            new_min, new_max = cur_min, cur_max
-        else:
-            new_min = self.min_val * m + cur_min * (1 - m)
-            new_max = self.max_val * m + cur_max * (1 - m)
-        self.min_val = new_min.min().reshape(1)
-        self.max_val = new_max.max().reshape(1)
+        first = torch.eq(self.min_val, self.max_val)
+        return (torch.where(first, cur_min, self.min_val * m + cur_min * (1 - m)),
+                torch.where(first, cur_max, self.max_val * m + cur_max * (1 - m)))
+
+    def _new_range_sync(self, cur_min: Tensor, cur_max: Tensor) -> tuple[Tensor, Tensor]:
+        m = self.act_range_momentum
+        if torch.eq(self.min_val, self.max_val).all():  # a host sync on every call
+            return cur_min, cur_max
+        return self.min_val * m + cur_min * (1 - m), self.max_val * m + cur_max * (1 - m)
+
+    def _observe(self, x_act: Tensor) -> None:
+        new_min, new_max = self._range_update(self, *self._batch_range(x_act))
+        if not self._lean:  # (lean: a global range, already one element each)
+            new_min, new_max = new_min.min().reshape(1), new_max.max().reshape(1)
+        self.min_val, self.max_val = new_min, new_max
 
     def _update_scale(self) -> None:
         self.act_scaling_factor = P.symmetric_scale(
             self.activation_bit, self.min_val, self.max_val,
-            eps_constant=self.flags.eps_constant).reshape(1)
+            eps_constant=self._eps_constant).reshape(1)
         self._scale_key = source_key(self.min_val, self.max_val, self.act_scaling_factor)
 
     def _scale_is_current(self) -> bool:
@@ -144,26 +200,23 @@ class QuantAct(QuantModule):
     def forward(self, x: Tensor, pre_act_scaling_factor: Tensor | None = None,
                 identity: Tensor | None = None, identity_scaling_factor: Tensor | None = None
                 ) -> tuple[Tensor, Tensor]:
-        f = self.flags
         with torch.no_grad():
             if self.training and self.running_stat:
                 self._observe(x if identity is None else identity + x)
                 self._update_scale()
-            elif not f.cache_eval_act_scale or not self._scale_is_current():
+            elif not self._eval_scale_cached or not self._scale_is_current():
                 self._update_scale()  # legacy: every call, in eval too (seed change 11)
         scale = self.act_scaling_factor
+        bits = self.activation_bit
+        if self._lean and x.dtype == torch.float32:
+            if pre_act_scaling_factor is None:
+                return L.quantize_act(x, scale, bits), scale
+            return L.requantize(x, pre_act_scaling_factor, scale, bits, identity,
+                                identity_scaling_factor), scale
         if pre_act_scaling_factor is None:
-            q = P.symmetric_quantize(x, self.activation_bit, scale, is_weight=False,
-                                     inline_ste=f.inline_ste,
-                                     constant_zero_point=f.reuse_constant_tensors,
-                                     lean=f.ste_lean)
-        else:
-            q = P.fixedpoint_mul(x, pre_act_scaling_factor, self.activation_bit, scale,
-                                 identity, identity_scaling_factor, fp64=f.fp64_fixedpoint,
-                                 use_frexp=f.use_frexp, frexp_on_device=f.frexp_on_device,
-                                 inline_ste=f.inline_ste, fused=f.requant_fused,
-                                 lean=f.ste_lean)
-        return q * scale.view(-1), scale
+            return _times_scale(self._quantize(x, bits, scale), scale), scale
+        return _times_scale(self._requantize(x, pre_act_scaling_factor, bits, scale, identity,
+                                             identity_scaling_factor), scale), scale
 
 
 # --- weights ----------------------------------------------------------------------------
@@ -184,6 +237,15 @@ class _QuantWeightMixin:
         self.register_buffer("weight_scaling_factor", torch.zeros(out_channels),
                              persistent=False)
         self._weight_cache: tuple | None = None
+        self._bind(self.flags)
+
+    def _bind(self, f: Flags) -> None:
+        ste = dict(inline_ste=f.inline_ste, constant_zero_point=f.reuse_constant_tensors,
+                   lean=f.ste_lean)
+        self._symmetric = partial(P.symmetric_quantize, is_weight=True, **ste)
+        self._ternary = partial(P.ternary_quantize, **ste)
+        self._eps_constant = f.eps_constant
+        self._eval_cached = f.cache_eval_weights
 
     def invalidate_cache(self) -> None:
         self._weight_cache = None
@@ -191,18 +253,15 @@ class _QuantWeightMixin:
     def _weight_scale(self, w: Tensor) -> Tensor:
         v = w.reshape(w.shape[0], -1)
         return P.symmetric_scale(self.weight_bit, v.min(dim=1).values, v.max(dim=1).values,
-                                 eps_constant=self.flags.eps_constant)
+                                 eps_constant=self._eps_constant)
 
     def _quantize_weight(self, w: Tensor, scale: Tensor) -> Tensor:
-        return P.symmetric_quantize(w, self.weight_bit, scale, is_weight=True,
-                                    inline_ste=self.flags.inline_ste,
-                                    constant_zero_point=self.flags.reuse_constant_tensors,
-                                    lean=self.flags.ste_lean)
+        return self._symmetric(w, self.weight_bit, scale)
 
     def quantized_weight(self) -> tuple[Tensor, Tensor]:
         """(integer weight, per-output-channel scale), from the cache where it is valid."""
         w = self.weight
-        cacheable = (self.flags.cache_eval_weights and not self.training
+        cacheable = (self._eval_cached and not self.training
                      and not (torch.is_grad_enabled() and w.requires_grad))
         if cacheable and key_matches(self._weight_cache and self._weight_cache[0], w):
             return self._weight_cache[1], self._weight_cache[2]
@@ -216,10 +275,7 @@ class _QuantWeightMixin:
     def quantized_bias(self, bias_scale: Tensor) -> Tensor | None:
         if self.bias is None:
             return None
-        return P.symmetric_quantize(self.bias, self.bias_bit, bias_scale, is_weight=True,
-                                    inline_ste=self.flags.inline_ste,
-                                    constant_zero_point=self.flags.reuse_constant_tensors,
-                                    lean=self.flags.ste_lean)
+        return self._symmetric(self.bias, self.bias_bit, bias_scale)
 
 
 class QuantLinear(_QuantWeightMixin, QuantModule, nn.Linear):
@@ -252,12 +308,10 @@ class TerLinear(QuantLinear):
 
     def _weight_scale(self, w: Tensor) -> Tensor:
         abs_mean = w.reshape(w.shape[0], -1).abs().mean(dim=1)
-        return abs_mean.clamp(min=P.float32_eps(self.flags.eps_constant))
+        return abs_mean.clamp(min=P.float32_eps(self._eps_constant))
 
     def _quantize_weight(self, w: Tensor, scale: Tensor) -> Tensor:
-        return P.ternary_quantize(w, scale, inline_ste=self.flags.inline_ste,
-                                  constant_zero_point=self.flags.reuse_constant_tensors,
-                                  lean=self.flags.ste_lean)
+        return self._ternary(w, scale)
 
 
 class QuantConv2d(_QuantWeightMixin, QuantModule, nn.Conv2d):
@@ -299,20 +353,39 @@ class IntLayerNorm(QuantModule, nn.LayerNorm):
         nn.LayerNorm.__init__(self, normalized_shape, eps, elementwise_affine)
         dim = self.normalized_shape[-1]
         self.register_buffer("dim_sqrt", torch.sqrt(torch.tensor(float(dim))), persistent=False)
+        self._bind(self.flags)
+
+    def _bind(self, f: Flags) -> None:
+        # the lean node carries the legacy gradient through the sqrt: not for "no_grad"
+        self._lean = f.lean_layernorm and f.layernorm_newton != "no_grad"
+        self._round = partial(P.round_ste, inline=f.inline_ste, lean=f.ste_lean)
+        self._floor = partial(P.floor_ste, inline=f.inline_ste, lean=f.ste_lean)
+        self._sqrt = partial(P.int_sqrt_newton, mode=f.layernorm_newton,
+                             inline_ste=f.inline_ste, lean=f.ste_lean)
+
+    def paths(self) -> dict[str, str]:
+        return {"layernorm": "lean node" if self._lean else "chain"}
 
     def forward(self, x: Tensor, scaling_factor: Tensor) -> tuple[Tensor, Tensor]:
-        f = self.flags
-        inline, lean = f.inline_ste, f.ste_lean
+        if (self._lean and x.dtype == torch.float32 and self.weight is not None
+                and not scaling_factor.requires_grad):
+            out_scale = self.dim_sqrt / 2**30
+            with torch.no_grad():
+                bias_int = torch.floor(self.bias / self.weight / out_scale)
+            y = L.int_layer_norm(x, scaling_factor, self.weight, bias_int, out_scale)
+            return y, out_scale * self.weight
+        return self._forward_chain(x, scaling_factor)
+
+    def _forward_chain(self, x: Tensor, scaling_factor: Tensor) -> tuple[Tensor, Tensor]:
         x_int = x / scaling_factor
-        mean_int = P.round_ste(x_int.mean(dim=-1, keepdim=True), inline, lean)
+        mean_int = self._round(x_int.mean(dim=-1, keepdim=True))
         y_int = x_int - mean_int
         var_int = torch.sum(y_int**2, dim=-1, keepdim=True)
-        std_int = P.int_sqrt_newton(var_int, f.layernorm_newton, inline_ste=inline, lean=lean)
-        factor = P.floor_ste((2**31 - 1) / std_int, inline, lean)
-        y_int = P.floor_ste(y_int * factor / 2, inline, lean)
+        std_int = self._sqrt(var_int)
+        factor = self._floor((2**31 - 1) / std_int)
+        y_int = self._floor(y_int * factor / 2)
         out_scale = self.dim_sqrt / 2**30
-        bias_int = P.floor_ste(self.bias.detach() / self.weight.detach() / out_scale, inline,
-                               lean)
+        bias_int = self._floor(self.bias.detach() / self.weight.detach() / out_scale)
         out_scale = out_scale * self.weight
         return (y_int + bias_int) * out_scale, out_scale
 
@@ -330,6 +403,27 @@ class _IntExpModule(QuantModule):
         self.register_buffer("out_unit", torch.tensor([1 / 2 ** (output_bit - 1)]),
                              persistent=False)
         self._x0_cache: tuple | None = None
+        self._bind(self.flags)
+
+    def _bind(self, f: Flags) -> None:
+        self._lean = f.lean_int_exp
+        self._fused = f.fused_int_gelu if isinstance(self, IntGELU) else f.fused_int_softmax
+        self._x0_cached = f.cache_exp_x0
+        self._constant_unit = f.reuse_constant_tensors
+        self._floor = partial(P.floor_ste, inline=f.inline_ste, lean=f.ste_lean)
+        self._exp = partial(P.int_exp_shift, inline_ste=f.inline_ste, lean=f.ste_lean)
+
+    def paths(self) -> dict[str, str]:
+        return {"int_exp": "lean node" if self._lean else "fused node" if self._fused
+                else "chain"}
+
+    def _one_node(self, x: Tensor, scaling_factor: Tensor) -> str | None:
+        """Which single-node path applies to this call: "lean", "fused" or None (chain)."""
+        if scaling_factor.requires_grad:
+            return None  # only the chain passes a gradient to the scale
+        if self._lean and x.dtype == torch.float32:
+            return "lean"
+        return "fused" if self._fused else None
 
     def extra_repr(self) -> str:
         return f"output_bit={self.output_bit}"
@@ -338,7 +432,7 @@ class _IntExpModule(QuantModule):
         self._x0_cache = None
 
     def _cache_x0(self) -> bool:
-        return self.flags.cache_exp_x0 and not self.training
+        return self._x0_cached and not self.training
 
     def _x0(self, scaling_factor: Tensor) -> Tensor:
         """x0_int = floor(-1 / scaling_factor); in eval (flag 12) from a cache keyed on the
@@ -351,15 +445,14 @@ class _IntExpModule(QuantModule):
         return c[1]
 
     def _out_unit(self, like: Tensor) -> Tensor:
-        if self.flags.reuse_constant_tensors:
+        if self._constant_unit:
             return self.out_unit
         return torch.Tensor([1 / 2 ** (self.output_bit - 1)]).to(like.device)
 
     def _normalize(self, exp_int: Tensor, exp_sum: Tensor) -> Tensor:
         """floor(exp_int / exp_sum * 2^(output_bit-1)) with integer ops only."""
-        inline, lean = self.flags.inline_ste, self.flags.ste_lean
-        factor = P.floor_ste(P.INT32_MAX / exp_sum.clamp_max(P.INT32_MAX), inline, lean)
-        return P.floor_ste(exp_int * factor / 2 ** (31 - self.output_bit + 1), inline, lean)
+        factor = self._floor(P.INT32_MAX / exp_sum.clamp_max(P.INT32_MAX))
+        return self._floor(exp_int * factor / 2 ** (31 - self.output_bit + 1))
 
 
 class IntGELU(_IntExpModule):
@@ -386,21 +479,21 @@ class IntGELU(_IntExpModule):
         return c[1]
 
     def forward(self, x: Tensor, scaling_factor: Tensor) -> tuple[Tensor, Tensor]:
-        inline, lean = self.flags.inline_ste, self.flags.ste_lean
-        if self.flags.fused_int_gelu and not scaling_factor.requires_grad:  # one node
-            sig_scale = self._sig_scale(scaling_factor)
-            y = P.int_gelu(x, scaling_factor, self._x0(sig_scale), self.exp_bits,
-                           self.output_bit)
+        node = self._one_node(x, scaling_factor)
+        if node is not None:
+            x0 = self._x0(self._sig_scale(scaling_factor))
             out_scale = scaling_factor * self._out_unit(x)
+            if node == "lean":
+                return L.int_gelu(x, scaling_factor, x0, self.exp_bits, self.output_bit,
+                                  out_scale), out_scale
+            y = FU.int_gelu(x, scaling_factor, x0, self.exp_bits, self.output_bit)
             return y * out_scale, out_scale
         pre_x_int = x / scaling_factor
         sig_scale = self._sig_scale(scaling_factor)
         x_int_max = pre_x_int.max(dim=-1, keepdim=True).values
         x0 = self._x0(sig_scale)
-        exp_int, _ = P.int_exp_shift(pre_x_int - x_int_max, sig_scale, self.exp_bits,
-                                     x0_int=x0, inline_ste=inline, lean=lean)
-        exp_int_max, _ = P.int_exp_shift(-x_int_max, sig_scale, self.exp_bits, x0_int=x0,
-                                         inline_ste=inline, lean=lean)
+        exp_int, _ = self._exp(pre_x_int - x_int_max, sig_scale, self.exp_bits, x0_int=x0)
+        exp_int_max, _ = self._exp(-x_int_max, sig_scale, self.exp_bits, x0_int=x0)
         sigmoid_int = self._normalize(exp_int, exp_int + exp_int_max)
         out_scale = scaling_factor * self._out_unit(x)
         return pre_x_int * sigmoid_int * out_scale, out_scale
@@ -415,15 +508,16 @@ class IntSoftmax(_IntExpModule):
         super().__init__(output_bit)
 
     def forward(self, x: Tensor, scaling_factor: Tensor) -> tuple[Tensor, Tensor]:
-        if self.flags.fused_int_softmax and not scaling_factor.requires_grad:  # one node
-            out_scale = self._out_unit(x)
-            return P.int_softmax(x, scaling_factor, self._x0(scaling_factor), self.exp_bits,
-                                 self.output_bit) * out_scale, out_scale
+        node = self._one_node(x, scaling_factor)
+        out_scale = self._out_unit(x)
+        if node == "lean":
+            return L.int_softmax(x, scaling_factor, self._x0(scaling_factor), self.exp_bits,
+                                 self.output_bit, out_scale), out_scale
+        if node == "fused":
+            return FU.int_softmax(x, scaling_factor, self._x0(scaling_factor), self.exp_bits,
+                                  self.output_bit) * out_scale, out_scale
         x_int = x / scaling_factor
         x_int = x_int - x_int.max(dim=-1, keepdim=True).values
-        exp_int, _ = P.int_exp_shift(x_int, scaling_factor, self.exp_bits,
-                                     x0_int=self._x0(scaling_factor),
-                                     inline_ste=self.flags.inline_ste,
-                                     lean=self.flags.ste_lean)
-        out_scale = self._out_unit(x)
+        exp_int, _ = self._exp(x_int, scaling_factor, self.exp_bits,
+                               x0_int=self._x0(scaling_factor))
         return self._normalize(exp_int, exp_int.sum(dim=-1, keepdim=True)) * out_scale, out_scale

@@ -4,6 +4,7 @@ the fused integer softmax, each against the path it replaces."""
 import pytest
 import torch
 
+from qvit import fused as FU
 from qvit import primitives as P
 from qvit.flags import Flags
 from qvit.modules import IntGELU, IntSoftmax
@@ -121,7 +122,7 @@ def test_fused_softmax_is_bitwise_the_legacy_chain(bits, masked, seed):
     res = _grad_pair(lambda: IntSoftmax(bits), "fused_int_softmax", x, s, seed)
     _assert_all_bitwise(res)
     with torch.no_grad():  # the no-grad (eval) path gives the same values
-        assert torch.equal(P.int_softmax(x, s, P.exp_x0_int(s), IntSoftmax.exp_bits, bits),
+        assert torch.equal(FU.int_softmax(x, s, P.exp_x0_int(s), IntSoftmax.exp_bits, bits),
                            res[0][0] / IntSoftmax(bits).out_unit)
 
 
@@ -141,7 +142,7 @@ def test_fused_paths_refuse_a_scale_with_gradient():
     x = torch.randn(2, 4, requires_grad=True)
     s = torch.tensor([0.1], requires_grad=True)
     with pytest.raises(ValueError, match="detach the scale"):
-        P.int_softmax(x, s, P.exp_x0_int(s.detach()), 15, 8)
+        FU.int_softmax(x, s, P.exp_x0_int(s.detach()), 15, 8)
     m = IntSoftmax(8)  # the module falls back to the unfused chain, which passes gradient
     m.flags = Flags.preset("best")
     y, _ = m(x, s)
