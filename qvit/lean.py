@@ -53,7 +53,8 @@ def dyadic_multiplier(in_scale: Tensor, out_scale: Tensor) -> Tensor:
 def _rescale(v: Tensor, scale: Tensor, out_scale: Tensor) -> Tensor:
     """round(round(v / scale) * m * 2^-e) in float64: one addend of the requantizer."""
     z = torch.div(v, scale).round_()
-    return torch.mul(z, dyadic_multiplier(scale, out_scale)).round_(), z
+    # (a mixed float32 x float64 multiply would take torch's slow casting loop)
+    return z.to(torch.float64).mul_(dyadic_multiplier(scale, out_scale)).round_(), z
 
 
 class _Requantize(Function):
@@ -131,44 +132,51 @@ def quantize_act(x: Tensor, scale: Tensor, num_bits: int) -> Tensor:
 
 # --- the shift-based integer exp (IntSoftmax, IntGELU) ---------------------------------------
 
-def pow2_int(k: Tensor) -> Tensor:
-    """2^k for a float32 tensor of integers k in [-126, 127], from the exponent bits."""
-    return k.to(torch.int32).add_(127).bitwise_left_shift_(23).view(torch.float32)
+def pow2_int(k: Tensor, out: Tensor | None = None) -> Tensor:
+    """2^k for a float32 tensor of integers k in [-126, 127], from the exponent bits (in
+    ``out``, an int32 tensor of k's shape, when given)."""
+    bits = k.to(torch.int32) if out is None else out.copy_(k)
+    return bits.add_(127).bitwise_left_shift_(23).view(torch.float32)
 
 
-def first_max_index(b: Tensor) -> Tensor:
+def first_max_index(b: Tensor, scratch: Tensor) -> Tensor:
     """The index (int64, keepdim) of the first zero in each row of b = a - max(a): the index
-    torch.max(dim) returns (its first maximal value). Three float passes instead of the
-    indexed reduction."""
+    torch.max(dim) returns (its first maximal value). Three float passes, in ``scratch``
+    (b's shape and layout), instead of the indexed reduction."""
     n = b.shape[-1]
-    hit = torch.eq(b, 0, out=torch.empty_like(b))
+    hit = torch.eq(b, 0, out=scratch)
     hit.mul_(torch.arange(n, 0, -1, dtype=b.dtype, device=b.device))
     return hit.amax(dim=-1, keepdim=True).neg_().add_(n).clamp_(0, n - 1).long()
 
 
-def _exp_shift(b: Tensor, x0: Tensor, n: int) -> tuple[Tensor, tuple]:
-    """`qvit.primitives.int_exp_shift`'s value of ``b`` (whose buffer is reused) and what
-    its backward needs: the weight w of the max(c, n x0) (1 above, 1/2 at a tie, 0 below),
-    the mantissa e and the power p = 2^(n - q)."""
-    c = torch.mul(b, 0.5).floor_().add_(b)  # b + floor(b / 2)
+def _exp_shift(b: Tensor, x0: Tensor, n: int, scratch: Tensor | None = None
+               ) -> tuple[Tensor, tuple]:
+    """`qvit.primitives.int_exp_shift`'s value of ``b`` and what its backward needs: the
+    weight w of the max(c, n x0) (1 above, 1/2 at a tie, 0 below), the mantissa e and the
+    power p = 2^(n - q). ``b``'s buffer becomes w; ``scratch`` (b's shape and layout), when
+    given, becomes e."""
+    c = torch.mul(b, 0.5) if scratch is None else torch.mul(b, 0.5, out=scratch)
+    c.floor_().add_(b)  # b + floor(b / 2)
     c.sub_(b.mul_(0.0625).floor_())  # - floor(b / 16)
     low = x0 * n
     w = torch.sub(c, low, out=b).sign_().add_(1).mul_(0.5)
     d = c.clamp_(min=low)
     q = torch.div(d, x0).floor_()
-    r = d.sub_(q * x0)
-    e = r.mul_(0.5).sub_(x0)
-    p = pow2_int(q.neg_().add_(n))  # n - q in [0, n]
-    exp_int = torch.mul(e, p).floor_().clamp_(min=0)
+    t = torch.mul(q, x0)
+    e = d.sub_(t).mul_(0.5).sub_(x0)  # r = d - x0 q; e = r / 2 - x0
+    p = pow2_int(q.neg_().add_(n), out=t.view(torch.int32))  # n - q in [0, n]
+    exp_int = torch.mul(e, p, out=q).floor_().clamp_(min=0)
     return exp_int, (w, e, p)
 
 
-def _exp_shift_grad(g: Tensor, w: Tensor, e: Tensor, p: Tensor, x0: Tensor) -> Tensor:
-    """d loss / d b from g = d loss / d exp (``g`` is consumed), the operations of
-    `qvit.fused`'s exp backward in its order: g_r = (g p) / 2; g_q = -(g e)(p ln 2) -
-    g_r x0; g_d = g_q / x0 + g_r; times w; then -g/16 + g + g/2."""
-    g_r = torch.mul(g, p).mul_(0.5)
-    t = torch.mul(p, LN2, out=torch.empty_like(g))  # g's memory layout: the sums after
+def _exp_shift_grad(g: Tensor, w: Tensor, e: Tensor, p: Tensor, x0: Tensor,
+                    scratch: Tensor | None = None) -> Tensor:
+    """d loss / d b from g = d loss / d exp (``g`` is consumed; ``scratch``, g's shape and
+    layout, is used), the operations of `qvit.fused`'s exp backward in its order:
+    g_r = (g p) / 2; g_q = -(g e)(p ln 2) - g_r x0; g_d = g_q / x0 + g_r; times w; then
+    -g/16 + g + g/2. The result is in g's memory layout (the sums after it depend on it)."""
+    g_r = (torch.mul(g, p) if scratch is None else torch.mul(g, p, out=scratch)).mul_(0.5)
+    t = torch.mul(p, LN2, out=torch.empty_like(g))
     g.mul_(e).mul_(t).neg_()
     g.sub_(torch.mul(g_r, x0, out=t))
     g.div_(x0).add_(g_r).mul_(w)
@@ -181,8 +189,9 @@ class _IntSoftmax(Function):
     def forward(ctx, x, scale, x0, n, output_bit, out_unit):
         b = torch.div(x, scale)
         b.sub_(b.amax(dim=-1, keepdim=True))
-        idx = first_max_index(b)
-        exp_int, slope = _exp_shift(b, x0, n)
+        scratch = torch.empty_like(b)
+        idx = first_max_index(b, scratch)
+        exp_int, slope = _exp_shift(b, x0, n, scratch)
         exp_sum = exp_int.sum(dim=-1, keepdim=True)
         recip = exp_sum.clamp_max(INT32_MAX).reciprocal()
         factor = torch.floor(recip * INT32_MAX)
@@ -196,10 +205,10 @@ class _IntSoftmax(Function):
     def backward(ctx, g_out):
         scale, exp_int, factor, recip, exp_sum, idx, x0, out_unit, *slope = ctx.saved_tensors
         g = torch.mul(g_out, out_unit).mul_(2.0 ** (ctx.output_bit - 32))
-        g_sum = torch.mul(g, exp_int).sum(dim=-1, keepdim=True)
-        g_sum = g_sum.mul_(INT32_MAX).neg_().mul_(recip * recip)
+        ge = torch.mul(g, exp_int)
+        g_sum = ge.sum(dim=-1, keepdim=True).mul_(INT32_MAX).neg_().mul_(recip * recip)
         g_sum.masked_fill_(exp_sum >= 2.0**31, 0)  # rows: clamp_max passes none at 2^31
-        g_b = _exp_shift_grad(g.mul_(factor).add_(g_sum), *slope, x0)
+        g_b = _exp_shift_grad(g.mul_(factor).add_(g_sum), *slope, x0, scratch=ge)
         g_b.scatter_add_(-1, idx, g_b.sum(dim=-1, keepdim=True).neg_())
         return g_b.div_(scale), None, None, None, None, None
 
@@ -217,8 +226,9 @@ class _IntGELU(Function):
         pre = torch.div(x, scale)
         mx = pre.amax(dim=-1, keepdim=True)
         b = torch.sub(pre, mx)
-        idx = first_max_index(b)
-        exp_int, slope = _exp_shift(b, x0, n)
+        scratch = torch.empty_like(b)
+        idx = first_max_index(b, scratch)
+        exp_int, slope = _exp_shift(b, x0, n, scratch)
         exp_max, slope_max = _exp_shift(mx.neg(), x0, n)
         exp_sum = exp_int + exp_max
         recip = torch.clamp_max(exp_sum, INT32_MAX).reciprocal_()

@@ -219,6 +219,16 @@ class QuantAct(QuantModule):
                                              identity_scaling_factor), scale), scale
 
 
+def _rescale(out: Tensor, scale: Tensor) -> Tensor:
+    return out * scale
+
+
+def _rescale_inplace(out: Tensor, scale: Tensor) -> Tensor:
+    """``out * scale`` into ``out``, a product this module has just made (the same values;
+    autograd's in-place multiply has the same backward, grad * scale)."""
+    return out.mul_(scale)
+
+
 # --- weights ----------------------------------------------------------------------------
 
 class _QuantWeightMixin:
@@ -246,14 +256,20 @@ class _QuantWeightMixin:
         self._ternary = partial(P.ternary_quantize, **ste)
         self._eps_constant = f.eps_constant
         self._eval_cached = f.cache_eval_weights
+        self._lean = f.lean_linear
+        self._rescale = _rescale_inplace if f.lean_linear else _rescale
+
+    def paths(self) -> dict[str, str]:
+        return {"rescale": self._rescale.__name__}
 
     def invalidate_cache(self) -> None:
         self._weight_cache = None
 
     def _weight_scale(self, w: Tensor) -> Tensor:
         v = w.reshape(w.shape[0], -1)
-        return P.symmetric_scale(self.weight_bit, v.min(dim=1).values, v.max(dim=1).values,
-                                 eps_constant=self._eps_constant)
+        lo, hi = (torch.aminmax(v, dim=1) if self._lean
+                  else (v.min(dim=1).values, v.max(dim=1).values))
+        return P.symmetric_scale(self.weight_bit, lo, hi, eps_constant=self._eps_constant)
 
     def _quantize_weight(self, w: Tensor, scale: Tensor) -> Tensor:
         return self._symmetric(w, self.weight_bit, scale)
@@ -295,7 +311,7 @@ class QuantLinear(_QuantWeightMixin, QuantModule, nn.Linear):
         bias_scale = w_scale * prev_act_scaling_factor
         x_int = x / prev_act_scaling_factor.view(1, -1)
         out = F.linear(x_int, w_int, self.quantized_bias(bias_scale))
-        return out * bias_scale, bias_scale
+        return self._rescale(out, bias_scale), bias_scale
 
 
 class TerLinear(QuantLinear):
@@ -331,16 +347,26 @@ class QuantConv2d(_QuantWeightMixin, QuantModule, nn.Conv2d):
         out = F.conv2d(x_int, w_int, self.quantized_bias(bias_scale), self.stride,
                        self.padding, self.dilation, self.groups)
         out_scale = bias_scale.view(1, -1, 1, 1)
-        return out * out_scale, out_scale
+        return self._rescale(out, out_scale), out_scale
 
 
 class QuantMatMul(QuantModule):
     """Product of two quantized tensors; the output scale is the product of their scales."""
 
+    def __init__(self):
+        super().__init__()
+        self._bind(self.flags)
+
+    def _bind(self, f: Flags) -> None:
+        self._rescale = _rescale_inplace if f.lean_linear else _rescale
+
+    def paths(self) -> dict[str, str]:
+        return {"rescale": self._rescale.__name__}
+
     def forward(self, a: Tensor, a_scale: Tensor, b: Tensor, b_scale: Tensor
                 ) -> tuple[Tensor, Tensor]:
         scale = a_scale * b_scale
-        return (a / a_scale) @ (b / b_scale) * scale, scale
+        return self._rescale((a / a_scale) @ (b / b_scale), scale), scale
 
 
 # --- integer nonlinearities ---------------------------------------------------------------

@@ -8,7 +8,8 @@ A config is a flags spec (``best``, ``seed,use_frexp=true``), ``float`` (timm's 
 model), or ``REV:spec``: the flags spec on qvit as of git revision REV (extracted with git
 archive into a temporary package, so two versions of qvit run side by side). Each repeat
 runs one step (forward, backward, AdamW) of every config in turn (batch $BATCH, default 64;
-32x32; 10 classes); medians over repeats after 2 warm-up steps; ratios to every other config.
+the model's default image size, or $IMG; 10 classes); medians over repeats after 2 warm-up
+steps; ratios to every other config.
 torch intra-op threads: $NT (default 1; this 2-core host is shared, and 2 threads spin under
 contention).
 """
@@ -33,7 +34,8 @@ torch.manual_seed(0)
 name, configs = sys.argv[1], sys.argv[2:]
 repeats = int(os.environ.get("REPEATS", "9"))
 batch = int(os.environ.get("BATCH", "64"))
-x, y = torch.randn(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
+img = int(os.environ.get("IMG", qvit.variants.VARIANTS[name][1]["img_size"]))
+x, y = torch.randn(batch, 3, img, img), torch.randint(0, 10, (batch,))
 _tmp = tempfile.TemporaryDirectory()
 sys.path.insert(0, _tmp.name)
 
@@ -57,13 +59,13 @@ def qvit_at(rev: str):
 runs = {}
 for c in configs:
     if c == "float":
-        m = qvit.create_float_reference(name, num_classes=10)
+        m = qvit.create_float_reference(name, num_classes=10, img_size=img)
         fused = True
     else:
         lib, spec = (qvit_at(c.split(":", 1)[0]), c.split(":", 1)[1]) if ":" in c else (qvit, c)
         flags = lib.Flags.parse(spec)
         torch.manual_seed(0)
-        m = lib.create_model(name, num_classes=10, flags=flags)
+        m = lib.create_model(name, num_classes=10, img_size=img, flags=flags)
         fused = flags.fused_optimizer
     opt = torch.optim.AdamW(m.parameters(), lr=1e-3, foreach=fused)
     runs[c] = (m.train(), opt)
@@ -83,7 +85,7 @@ for _ in range(repeats + 2):
         step(m, opt)
         times[c].append(time.perf_counter() - t)
 med = {c: st.median(v[2:]) for c, v in times.items()}
-print(f"{name} threads={torch.get_num_threads()} repeats={repeats} batch={batch}")
+print(f"{name} threads={torch.get_num_threads()} repeats={repeats} batch={batch} img={img}")
 for c in configs:
     ratio = {o: med[c] / med[o] for o in configs if o != c}
     print(f"  {c:16s} step {med[c]:.4f} s  "
