@@ -116,10 +116,15 @@ class _State:
         return t.device.type != "cpu"
 
 
-class _SyncFunctionMode(TorchFunctionMode):
+class _CountingMode:
+    """A torch mode that counts into a shared `_State`."""
+
     def __init__(self, state: _State):
         super().__init__()
         self.s = state
+
+
+class _SyncFunctionMode(_CountingMode, TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -149,12 +154,8 @@ class _SyncFunctionMode(TorchFunctionMode):
         return out
 
 
-class _SyncDispatchMode(TorchDispatchMode):
+class _SyncDispatchMode(_CountingMode, TorchDispatchMode):
     """Catches syncs that do not pass through a Python entry point (C++ callers)."""
-
-    def __init__(self, state: _State):
-        super().__init__()
-        self.s = state
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}

@@ -31,16 +31,8 @@ import torch
 
 from qvit import Flags
 
-from . import measure, records
+from . import loop, measure, records
 from .data import MEAN_STD, Batches, check_labels, load_dataset, native_img_size
-from .loop import (
-    FaultInjector,
-    NonFiniteLoss,
-    build_optimizer,
-    compile_seconds,
-    evaluate,
-    train_one_epoch,
-)
 from .plots import plot_learning_curves
 from .settings import RunSettings, digest, identity
 
@@ -220,16 +212,16 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _fault_for(spec: RunSpec) -> FaultInjector | None:
+def _fault_for(spec: RunSpec) -> loop.FaultInjector | None:
     raw = os.environ.get(FAULT_ENV)
     if not raw:
         return None
     conf = json.loads(raw).get(spec.config)
-    return FaultInjector(**conf) if conf else None
+    return loop.FaultInjector(**conf) if conf else None
 
 
 def _classify(exc: BaseException) -> str:
-    if isinstance(exc, NonFiniteLoss):
+    if isinstance(exc, loop.NonFiniteLoss):
         return "nan"
     if isinstance(exc, (torch.OutOfMemoryError, MemoryError)) or \
             "out of memory" in str(exc).lower():
@@ -312,7 +304,7 @@ def _setup(spec: RunSpec, device: torch.device) -> _State:
     pretrained = start_from_pretrained(model, spec, bundle, device) if s.pretrained else {}
     train_model = torch.compile(model, backend=s.compile_backend) if flags.compile_model \
         else model
-    optimizer = build_optimizer(model, opt=s.opt, lr=s.lr, weight_decay=s.weight_decay,
+    optimizer = loop.build_optimizer(model, opt=s.opt, lr=s.lr, weight_decay=s.weight_decay,
                                 fused=flags.fused_optimizer, device=device)
     scheduler = None
     if s.sched != "none":
@@ -383,7 +375,7 @@ def _resume(out_dir: Path, spec: RunSpec, st: _State) -> int:
 def _run_epoch(spec: RunSpec, st: _State, epoch: int, resumed: bool, progress: bool) -> dict:
     s = spec.settings
     t0 = time.perf_counter()
-    c0 = compile_seconds()
+    c0 = loop.compile_seconds()
     measure.reset_peak_memory(st.device)
     warm = epoch <= s.warmup_epochs
     count = s.count_syncs == "all" or (s.count_syncs == "first" and epoch == 1)
@@ -394,7 +386,7 @@ def _run_epoch(spec: RunSpec, st: _State, epoch: int, resumed: bool, progress: b
         bar = tqdm(total=len(st.train_batches), desc=f"{spec.config} epoch {epoch}",
                    position=1, leave=False, unit="step")
     try:
-        tr = train_one_epoch(st.train_model, st.train_batches, epoch, optimizer=st.optimizer,
+        tr = loop.train_one_epoch(st.train_model, st.train_batches, epoch, optimizer=st.optimizer,
                              scheduler=st.scheduler, loss_fn=st.loss_fn, flags=spec.flags,
                              device=st.device, mean_std=st.mean_std, mixup=st.mixup,
                              ema=st.ema, scaler=st.scaler, clip_grad=s.clip_grad,
@@ -407,11 +399,11 @@ def _run_epoch(spec: RunSpec, st: _State, epoch: int, resumed: bool, progress: b
     if st.scheduler is not None:
         st.scheduler.step(epoch)
     eval_model = st.ema.module if st.ema is not None else st.train_model
-    ev = evaluate(eval_model, st.val_batches, device=st.device, mean_std=st.mean_std,
+    ev = loop.evaluate(eval_model, st.val_batches, device=st.device, mean_std=st.mean_std,
                   num_classes=s.num_classes)
     row = dict(epoch=epoch, warmup=warm, resumed=resumed, counted=bool(tr.counted_steps),
                steps=tr.steps, train_s=tr.train_s, startup_s=tr.startup_s, data_s=tr.data_s,
-               compute_s=tr.compute_s, eval_s=ev.eval_s, compile_s=compile_seconds() - c0,
+               compute_s=tr.compute_s, eval_s=ev.eval_s, compile_s=loop.compile_seconds() - c0,
                step_s_median=tr.step_s_median, step_times=json.dumps(tr.step_times),
                images_per_s=tr.images / tr.train_s if tr.train_s > 0 else math.nan,
                peak_mem_mb=measure.peak_memory_mb(st.device),
