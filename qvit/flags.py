@@ -180,8 +180,9 @@ class Flags:
              "formulas in its order, gradients to x and weight; same bits")
     lean_linear: bool = _flag(
         change=None, scope="module", legacy=False, seed=False, best=True, parity="exact",
-        help="QuantLinear/QuantConv2d/QuantMatMul: the weight's range by one aminmax pass, "
-             "the product rescaled in place (no second full-size buffer); same bits")
+        help="QuantLinear/QuantConv2d/QuantMatMul: the weight's per-channel range by amin/amax "
+             "(no indices), the product rescaled in place (no second full-size buffer); "
+             "same bits")
     # --- loop flags (harness) -----------------------------------------------------------
     cuda_synchronize_per_step: bool = _flag(
         change=8, scope="loop", legacy=True, seed=False, best=False, parity="exact",

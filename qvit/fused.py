@@ -79,7 +79,9 @@ def _normalize_bwd(g_out: Tensor, exp_int: Tensor, factor: Tensor, recip: Tensor
     if sum_dim:
         g_factor = g_factor.sum(dim=-1, keepdim=True)
     g_sum = g_factor.mul_(INT32_MAX).neg_().mul_(recip * recip)
-    g_sum = g_sum.masked_fill_(exp_sum >= 2.0**31, 0)
+    # a where on a mask of exp_sum's layout, as torch's clamp_max backward: the result
+    # takes that layout (a row sum of it follows, which depends on the layout)
+    g_sum = torch.where(exp_sum >= 2.0**31, 0.0, g_sum)
     return gu.mul_(factor), g_sum
 
 

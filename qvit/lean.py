@@ -169,19 +169,20 @@ def _exp_shift(b: Tensor, x0: Tensor, n: int, scratch: Tensor | None = None
     return exp_int, (w, e, p)
 
 
-def _exp_shift_grad(g: Tensor, w: Tensor, e: Tensor, p: Tensor, x0: Tensor,
-                    scratch: Tensor | None = None) -> Tensor:
-    """d loss / d b from g = d loss / d exp (``g`` is consumed; ``scratch``, g's shape and
-    layout, is used), the operations of `qvit.fused`'s exp backward in its order:
-    g_r = (g p) / 2; g_q = -(g e)(p ln 2) - g_r x0; g_d = g_q / x0 + g_r; times w; then
-    -g/16 + g + g/2. The result is in g's memory layout (the sums after it depend on it)."""
-    g_r = (torch.mul(g, p) if scratch is None else torch.mul(g, p, out=scratch)).mul_(0.5)
-    t = torch.mul(p, LN2, out=torch.empty_like(g))
+def _exp_shift_grad(g: Tensor, w: Tensor, e: Tensor, p: Tensor, x0: Tensor) -> Tensor:
+    """d loss / d b from g = d loss / d exp (``g`` is consumed), the operations of
+    `qvit.fused`'s exp backward in its order: g_r = (g p) / 2; g_q = -(g e)(p ln 2) -
+    g_r x0; g_d = g_q / x0 + g_r; times w; then -g/16 + g + g/2. From the max on, the
+    result takes b's memory layout (w's), as the reference's does (its max backward is a
+    ``where`` on a mask of b's layout): the row sums after it depend on the layout."""
+    g_r = torch.mul(g, p, out=torch.empty_like(w)).mul_(0.5)
+    t = torch.mul(p, LN2, out=torch.empty_like(w))
     g.mul_(e).mul_(t).neg_()
     g.sub_(torch.mul(g_r, x0, out=t))
-    g.div_(x0).add_(g_r).mul_(w)
-    out = torch.mul(g, -0.0625, out=t).add_(g)
-    return out.add_(torch.mul(g, 0.5, out=g_r))
+    g.div_(x0).add_(g_r)
+    g_c = torch.mul(w, g, out=t)  # w first: w's layout
+    out = torch.mul(g_c, -0.0625, out=g_r).add_(g_c)
+    return out.add_(torch.mul(g_c, 0.5, out=g))
 
 
 class _IntSoftmax(Function):
@@ -205,10 +206,10 @@ class _IntSoftmax(Function):
     def backward(ctx, g_out):
         scale, exp_int, factor, recip, exp_sum, idx, x0, out_unit, *slope = ctx.saved_tensors
         g = torch.mul(g_out, out_unit).mul_(2.0 ** (ctx.output_bit - 32))
-        ge = torch.mul(g, exp_int)
-        g_sum = ge.sum(dim=-1, keepdim=True).mul_(INT32_MAX).neg_().mul_(recip * recip)
+        g_sum = torch.mul(g, exp_int).sum(dim=-1, keepdim=True)
+        g_sum = g_sum.mul_(INT32_MAX).neg_().mul_(recip * recip)
         g_sum.masked_fill_(exp_sum >= 2.0**31, 0)  # rows: clamp_max passes none at 2^31
-        g_b = _exp_shift_grad(g.mul_(factor).add_(g_sum), *slope, x0, scratch=ge)
+        g_b = _exp_shift_grad(g.mul_(factor).add_(g_sum), *slope, x0)
         g_b.scatter_add_(-1, idx, g_b.sum(dim=-1, keepdim=True).neg_())
         return g_b.div_(scale), None, None, None, None, None
 
@@ -247,7 +248,9 @@ class _IntGELU(Function):
         g = torch.mul(g_out, out_scale)
         g_pre = torch.mul(g, sig)  # y = pre * sig: first into pre (the engine's order)
         gu = g.mul_(pre).mul_(2.0 ** (ctx.output_bit - 32))
-        g_sum = torch.mul(gu, exp_int).mul_(INT32_MAX).neg_().mul_(rr)
+        # rr first: exp_sum's layout (the reference's clamp_max backward is a where on a
+        # mask of exp_sum's layout; its row sum below depends on it)
+        g_sum = torch.mul(rr, torch.mul(gu, exp_int).mul_(INT32_MAX).neg_())
         g_b = _exp_shift_grad(gu.mul_(factor).add_(g_sum), *slopes[:3], x0)
         g_pre.add_(g_b)
         g_max = g_b.sum(dim=-1, keepdim=True).neg_().sub_(

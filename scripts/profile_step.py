@@ -3,12 +3,12 @@
     PYTHONPATH=. python scripts/profile_step.py ivit_micro best            # top 25 ops
     PYTHONPATH=. python scripts/profile_step.py ivit_micro best --top 40 --modules
 
-Batch $BATCH (default 64), 32x32 inputs, 10 classes, torch threads $NT (default 1); 3
-warm-up steps, then $STEPS (default 3) profiled steps. Prints the op counts per step
-(calls of the elementwise ops the speed issue names), the top ops by self CPU time (per
-step), and with ``--modules`` the CPU time per module class (forward, inclusive) and per
-autograd backward node. Timings under the profiler are inflated; use step_ratio.py for
-times, this for what runs.
+Batch $BATCH (default 64), the model's default image size (or $IMG), 10 classes, torch
+threads $NT (default 1); 3 warm-up steps, then $STEPS (default 3) profiled steps. Prints
+the op counts per step (calls of the elementwise ops the speed issue names), the top ops by
+self CPU time (per step), and with ``--modules`` the CPU time per module class (forward,
+inclusive) and per autograd backward node. Timings under the profiler are inflated; use
+step_ratio.py for times, this for what runs.
 """
 import argparse
 import collections
@@ -49,14 +49,15 @@ def main():
     torch.set_num_threads(int(os.environ.get("NT", "1")))
     torch.manual_seed(0)
     batch, steps = int(os.environ.get("BATCH", "64")), int(os.environ.get("STEPS", "3"))
+    img = int(os.environ.get("IMG", qvit.variants.VARIANTS[args.model][1]["img_size"]))
     if args.flags == "float":
-        m, fused = qvit.create_float_reference(args.model, num_classes=10), True
+        m, fused = qvit.create_float_reference(args.model, num_classes=10, img_size=img), True
     else:
         flags = Flags.parse(args.flags)
-        m = qvit.create_model(args.model, num_classes=10, flags=flags)
+        m = qvit.create_model(args.model, num_classes=10, img_size=img, flags=flags)
         fused = flags.fused_optimizer
     opt = torch.optim.AdamW(m.parameters(), lr=1e-3, foreach=fused)
-    x, y = torch.randn(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
+    x, y = torch.randn(batch, 3, img, img), torch.randint(0, 10, (batch,))
     if args.modules:
         _wrap_modules(m)
 
@@ -73,7 +74,8 @@ def main():
             step()
     events = p.key_averages()
     total = sum(e.self_cpu_time_total for e in events) / steps / 1e3
-    print(f"## {args.model} `{args.flags}`: batch {batch}, {torch.get_num_threads()} thread(s), "
+    print(f"## {args.model} `{args.flags}`: batch {batch}, {img}x{img}, "
+          f"{torch.get_num_threads()} thread(s), "
           f"{steps} steps; self CPU {total:.1f} ms/step (under the profiler)\n")
     calls = collections.Counter({e.key: e.count for e in events})
     print("| op | calls/step |\n|---|---|")

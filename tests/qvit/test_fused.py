@@ -91,7 +91,8 @@ def _grad_pair(make, flag, x, s, seed, fused_flags=("inline_ste", "ste_lean")):
     chain and with ``flag`` on (fused), for one upstream gradient."""
     legacy = Flags.preset("legacy")
     configs = [legacy, legacy.replace(inline_ste=True), legacy.replace(ste_lean=True),
-               legacy.replace(**{flag: True}), Flags.preset("best")]
+               legacy.replace(**{flag: True}), legacy.replace(lean_int_exp=True),
+               Flags.preset("best")]
     res = []
     for flags in configs:
         m = make()
