@@ -31,18 +31,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from . import modules as qm
 from . import primitives as P
 from .blocks import Attention, Mlp, PatchEmbed, PatchMerging, TransformerBlock
 from .models import QuantModel, QuantSwin, QuantViT
-from .modules import (
-    IntGELU,
-    IntLayerNorm,
-    IntSoftmax,
-    QuantAct,
-    QuantConv2d,
-    QuantLinear,
-    QuantMatMul,
-)
 from .registry import key_mismatch, read_state_dict
 
 __all__ = ["load_ivit_checkpoint"]
@@ -75,10 +67,10 @@ _SWIN_NAMES: dict[type, dict[str, str | None]] = {
 # Buffers I-ViT saves that qvit derives (from the weights, or per batch): leaf names by the
 # qvit module type they belong to.
 _DERIVED: tuple[tuple[type, frozenset[str]], ...] = (
-    (QuantConv2d, frozenset({"weight_integer", "bias_integer", "conv_scaling_factor"})),
-    (QuantLinear, frozenset({"weight_integer", "bias_integer", "fc_scaling_factor"})),
-    (IntLayerNorm, frozenset({"norm_scaling_factor", "bias_integer"})),
-    ((QuantMatMul, IntSoftmax, IntGELU), frozenset({"act_scaling_factor"})),
+    (qm.QuantConv2d, frozenset({"weight_integer", "bias_integer", "conv_scaling_factor"})),
+    (qm.QuantLinear, frozenset({"weight_integer", "bias_integer", "fc_scaling_factor"})),
+    (qm.IntLayerNorm, frozenset({"norm_scaling_factor", "bias_integer"})),
+    ((qm.QuantMatMul, qm.IntSoftmax, qm.IntGELU), frozenset({"act_scaling_factor"})),
     (Attention, frozenset({"relative_position_index"})),
     (TransformerBlock, frozenset({"attn_mask"})),
 )
@@ -108,7 +100,7 @@ def _resolve(model: QuantModel, key: str, names: dict[type, dict[str, str | None
             if part is None:
                 return ".".join(out), leaf, None
         child = module._modules.get(part)
-        if child is None or (isinstance(child, QuantAct) and not renamed):
+        if child is None or (isinstance(child, qm.QuantAct) and not renamed):
             raise KeyError(key)  # quantizers only by their I-ViT names
         module = child
         out.append(part)
@@ -153,7 +145,7 @@ def load_ivit_checkpoint(model: QuantModel, path_or_state_dict: Any) -> QuantMod
                          f"{type(model).__name__}")
     sd = _strip_prefix(dict(read_state_dict(path_or_state_dict, what="I-ViT checkpoint")))
     params = dict(model.named_parameters())
-    acts = {n: m for n, m in model.named_modules() if isinstance(m, QuantAct)}
+    acts = {n: m for n, m in model.named_modules() if isinstance(m, qm.QuantAct)}
     new_params: dict[str, torch.Tensor] = {}
     scales: dict[str, torch.Tensor] = {}
     unknown: list[str] = []
@@ -171,7 +163,7 @@ def load_ivit_checkpoint(model: QuantModel, path_or_state_dict: Any) -> QuantMod
         name = f"{path}.{leaf}" if path else leaf
         if name in params:
             new_params[name] = value
-        elif isinstance(module, QuantAct) and leaf == "act_scaling_factor":
+        elif isinstance(module, qm.QuantAct) and leaf == "act_scaling_factor":
             scales[path] = value
         elif any(isinstance(module, t) and leaf in leaves for t, leaves in _DERIVED):
             continue

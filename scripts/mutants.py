@@ -34,6 +34,7 @@ MODULES = "tests/qvit/test_modules.py"
 MODELS = "tests/qvit/test_models.py"
 PARITY = "tests/qvit/test_parity.py"
 PARITY_LITE = [PARITY, "-k", "best_is_legacy or five_adamw or requantizer"]
+LEAN = "tests/qvit/test_lean.py"
 
 
 @dataclass(frozen=True)
@@ -161,6 +162,38 @@ MUTANTS = [
       "g_sum = torch.where(exp_sum >= 2.0**31, 0.0, g_sum)",
       "g_sum = torch.where(exp_sum > 2.0**31, 0.0, g_sum)",
       (FUSED,), "fused normalization passes gradient at a sum of 2^31"),
+    # --- the lean exact nodes (qvit/lean.py) --------------------------------------------------
+    M("lean_multiplier_30_bits", "qvit/lean.py",
+      "_KEEP_31 = -(1 << (52 - 30))", "_KEEP_31 = -(1 << (52 - 29))",
+      (LEAN,), "lean dyadic multiplier keeps 30 significant bits, not 31"),
+    M("lean_multiplier_truncates", "qvit/lean.py",
+      "return ((bits + _ROUND_BIT) & _KEEP_31).view(torch.float64)",
+      "return (bits & _KEEP_31).view(torch.float64)",
+      (LEAN,), "lean dyadic multiplier truncates instead of rounding ties away from zero"),
+    M("lean_pow2_exponent_bias", "qvit/lean.py",
+      "return bits.add_(127).bitwise_left_shift_(23).view(torch.float32)",
+      "return bits.add_(126).bitwise_left_shift_(23).view(torch.float32)",
+      (LEAN,), "2^k from exponent bits with the bias off by one"),
+    M("lean_exp_quotient_bits", "qvit/lean.py",
+      "c.sub_(b.mul_(0.0625).floor_())  # - floor(b / 16)",
+      "c.sub_(b.mul_(0.125).floor_())  # - floor(b / 16)",
+      (LEAN,), "lean int exp approximates log2(e) with x/8 instead of x/16"),
+    M("lean_max_tie_full_weight", "qvit/lean.py",
+      "w = torch.sub(c, low, out=b).sign_().add_(1).mul_(0.5)",
+      "w = torch.sub(c, low, out=b).sign_().add_(1).clamp_(max=1)",
+      (LEAN, *PARITY_LITE), "lean exp backward gives a tied max(c, n x0) the full gradient"),
+    M("lean_layernorm_mean_floor", "qvit/lean.py",
+      "mean = y.mean(dim=-1, keepdim=True).round_()",
+      "mean = y.mean(dim=-1, keepdim=True).floor_()",
+      (LEAN,), "lean LayerNorm rounds the mean down instead of to nearest"),
+    M("lean_layernorm_grad_order", "qvit/lean.py",
+      "g_std = g_factor.mul_(INT32_MAX).neg_().mul_(recip * recip)",
+      "g_std = g_factor.mul_(INT32_MAX).neg_().mul_(recip).mul_(recip)",
+      (LEAN, *PARITY_LITE), "lean LayerNorm backward multiplies by r twice, not by r*r"),
+    M("lean_act_quant_divides", "qvit/lean.py",
+      "return torch.mul(1.0 / scale, x).round_().clamp_(lo, hi).mul_(scale)",
+      "return torch.div(x, scale).round_().clamp_(lo, hi).mul_(scale)",
+      (LEAN, *PARITY_LITE), "lean QuantAct quantizes x / s instead of the legacy (1/s) * x"),
     # --- drop path ------------------------------------------------------------------------------
     M("drop_path_timm_arithmetic", "qvit/blocks.py",
       "return x.div(keep) * mask", "return x * mask.div_(keep)",
