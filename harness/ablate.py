@@ -104,7 +104,7 @@ class AblationSpec:
     settings: RunSettings  # the run settings of [run] (its model: the first of models)
     repeats: int = 5
     methods: tuple[str, ...] = ("epochs",)
-    rounds: int = 30
+    rounds: int = 6
     epochs_for: str = "all"
     description: str = ""
     base: str | None = None
@@ -491,7 +491,8 @@ def to_runspecs(spec: AblationSpec, runs: list[PlannedRun]) -> list[Any]:
 
 
 def sessions_of(spec: AblationSpec, configs: list[Config]) -> list[Any]:
-    """One step-interleaved session per model (`harness.interleave`), of the configs whose
+    """``repeats`` step-interleaved sessions per model (`harness.interleave`; each its own
+    process and seed: the method's blocks), of the configs whose
     move from the baseline can act inside a training step (a config moving only loop flags
     that act around the step, e.g. workers or plots, is left to the epochs method)."""
     from .interleave import Session
@@ -502,9 +503,11 @@ def sessions_of(spec: AblationSpec, configs: list[Config]) -> list[Any]:
     configs = [c for c in configs if acts_inside_step(ref, c.flags)]
 
     return [Session(tuple(RunSpec(config=c.name, flags=c.flags,
-                                  settings=spec.settings.replace(model=m),
+                                  settings=spec.settings.replace(model=m,
+                                                                 seed=spec.settings.seed + b),
                                   float_reference=c.float_reference) for c in configs),
-                    rounds=spec.rounds) for m in spec.models]
+                    rounds=spec.rounds, index=b)
+            for b in range(spec.repeats) for m in spec.models]
 
 
 def write_design(spec: AblationSpec, configs: list[Config], run_ids: list[str],
@@ -544,8 +547,9 @@ def format_plan(spec: AblationSpec, configs: list[Config], runs: list[PlannedRun
     base = baseline_name(spec, configs)
     st = spec.settings
     per_block = len(runs) // max(spec.repeats, 1)
-    steps = (f"; steps method: {sum(len(x.specs) for x in sessions_of(spec, configs))} "
-             f"interleaved models x {spec.rounds} rounds") if "steps" in spec.methods else ""
+    inner = sessions_of(spec, configs) if "steps" in spec.methods else []
+    steps = (f"; steps method: {len(inner)} sessions of {len(inner[0].specs)} interleaved "
+             f"models x {spec.rounds} rounds") if inner else ""
     lines = [f"spec {spec.name!r}: design {spec.kind}, {len(configs)} configs; "
              f"{per_block} (model, config) runs per block x {spec.repeats} blocks = "
              f"{len(runs)} runs of whole epochs{steps}; "

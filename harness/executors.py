@@ -402,8 +402,8 @@ def run_interleaved(sessions: list, out_dir: str | os.PathLike, *, progress: boo
         if set(session_run_ids(session)) <= have:
             continue
         model = session.specs[0].model
-        _log(f"step-interleaved session {i}: {model}, {len(session.specs)} configs x "
-             f"{session.rounds} rounds") if progress else None
+        _log(f"step-interleaved session {i} (block {session.index}): {model}, "
+             f"{len(session.specs)} configs x {session.rounds} rounds") if progress else None
         rc = spawn("harness.interleave", session.to_dict(), out,
                    out / JOBS_DIR / f"steps{i}", progress=False)
         records.merge_shards(out, remove=True)

@@ -3,9 +3,12 @@
 In one process, every config of a design gets its own model (the same starting weights, the
 same pretrained start and calibration), its own optimizer, and the same batches. Then, round
 after round, each config takes one training step in turn, in an order shuffled per round
-(seeded); each step is timed alone (synced at both ends on CUDA). A round is a block: the
-statistics pair every config with the baseline within a round, so the machine's drift falls
-on all configs alike, and with dozens of rounds the intervals are narrow. Loop-level costs
+(seeded); each step is timed alone (synced at both ends on CUDA). Configs are paired with
+the baseline within a round, so the machine's drift falls on all configs alike. A session
+is one process with one instance of each config's model; the method runs several sessions
+per model (new processes, instances and batches), and its intervals are over sessions, not
+rounds: an A/A pair of instances can differ by a few percent for a whole session (memory
+placement), which rounds within one session cannot reveal. Loop-level costs
 (data loading, workers, host reads, plots) are outside the step by construction: this
 method measures model arithmetic and the optimizer step only, and the report says so.
 
@@ -38,24 +41,29 @@ __all__ = ["Session", "session_run_ids", "measure_session", "main"]
 @dataclass(frozen=True)
 class Session:
     """One interleaved measurement: the configs (RunSpecs, block/order ignored) of one model,
-    ``rounds`` timed rounds after ``warmup`` untimed ones."""
+    ``rounds`` timed rounds after ``warmup`` untimed ones. A model's sessions run in
+    separate processes (new model instances, new batches): they are the blocks of the
+    method's intervals, because two instances of the same config can differ by a few
+    percent for as long as they live."""
 
     specs: tuple[RunSpec, ...]
-    rounds: int = 30
+    rounds: int = 6
     warmup: int = 3
+    index: int = 0  # the session's number among a model's sessions: its block
 
     def to_dict(self) -> dict[str, Any]:
         return {"specs": [s.to_dict() for s in self.specs], "rounds": self.rounds,
-                "warmup": self.warmup}
+                "warmup": self.warmup, "index": self.index}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Session:
-        return cls(tuple(RunSpec.from_dict(s) for s in d["specs"]), d["rounds"], d["warmup"])
+        return cls(tuple(RunSpec.from_dict(s) for s in d["specs"]), d["rounds"], d["warmup"],
+                   d.get("index", 0))
 
     def run_id(self, spec: RunSpec, rnd: int) -> str:
         key = digest({"run": spec.run_id, "rounds": self.rounds, "warmup": self.warmup,
-                      "configs": sorted(s.run_id for s in self.specs)})
-        return f"{spec.run_id}-steps-{key}-b{rnd}"
+                      "configs": sorted(s.run_id for s in self.specs), "index": self.index})
+        return f"{spec.run_id}-steps-{key}-b{self.index}r{rnd}"
 
 
 def session_run_ids(session: Session) -> list[str]:
@@ -125,10 +133,11 @@ def measure_session(session: Session, out_dir: str | Path) -> None:
     prov = provenance(device, out_dir)
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     for i, spec in enumerate(session.specs):
-        rows = [{**base_row(spec, prov), "run_id": session.run_id(spec, r), "block": r,
-                 "repeat": r, "order": 0, "method": "steps", "epoch": 1, "warmup": False,
-                 "steps": 1, "train_s": t, "compute_s": t, "step_s_median": t,
-                 "step_times": json.dumps([t]), "ended": stamp, "status": "ok", "error": ""}
+        rows = [{**base_row(spec, prov), "run_id": session.run_id(spec, r),
+                 "block": session.index, "repeat": r, "order": 0, "method": "steps",
+                 "epoch": 1, "warmup": False, "steps": 1, "train_s": t, "compute_s": t,
+                 "step_s_median": t, "step_times": json.dumps([t]), "ended": stamp,
+                 "status": "ok", "error": ""}
                 for r, t in enumerate(times[i])]
         records.write_shard(out_dir, f"{spec.run_id}-steps", rows)
 

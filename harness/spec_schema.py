@@ -66,7 +66,8 @@ class SweepTable(_Table):
     methods: list[Literal["epochs", "steps"]] = Field(
         ["epochs"], min_length=1, description="epochs: whole epochs per run (what a user "
         "waits for); steps: step-interleaved in one process (model arithmetic, precise)")
-    rounds: int = Field(30, ge=2, description="rounds of the step-interleaved method")
+    rounds: int = Field(6, ge=2, description="rounds of each step-interleaved session "
+                        "(`repeats` sessions per model, each in its own process)")
     epochs_for: Literal["all", "loop_flags"] = Field(
         "all", description="with both methods, which configs also run whole epochs: all, or "
         "only those moving a loop flag (plus the baseline, the A/A control and float "

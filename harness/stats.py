@@ -224,9 +224,11 @@ def summarize(table: pd.DataFrame, baseline: str, *, iqr_warn: float = IQR_WARN,
 
 def interleaved(table: pd.DataFrame, baseline: str) -> pd.DataFrame:
     """Per (model, config) of the step-interleaved method (rows ``method == "steps"``, one
-    per config and round): the median step time, the ratio baseline / config paired within
-    rounds with its t interval over rounds, and config / float where a float reference ran.
-    Kept apart from the epoch method's columns (``*_interleaved``): rounds are not blocks."""
+    per config, session and round): the median step time; the ratio baseline / config,
+    paired within rounds, reduced to one geometric mean per session, with its t interval
+    over sessions (a session's instances carry their own offsets, so rounds are not
+    independent blocks); config / float alike. Kept apart from the epoch method's columns
+    (``*_interleaved``)."""
     t = measured(table)
     t = t.assign(step_s=t["compute_s"])
     floats = t.loc[t["float_reference"].fillna(False).astype(bool), "config"] \
@@ -236,18 +238,32 @@ def interleaved(table: pd.DataFrame, baseline: str) -> pd.DataFrame:
     for (model, config), g in t.groupby(["model", "config"], sort=False):
         row: dict[str, Any] = {"model": model, "config": config,
                                "step_s_interleaved": float(g["step_s"].median()),
-                               "n_rounds": int(g["block"].nunique())}
-        pairs = paired(t, model, config, baseline, "step_s")
-        r, lo, hi, _ = ratio_interval(pairs["step_s_base"], pairs["step_s"])
-        row.update({"speedup_interleaved": r, "speedup_interleaved_lo": lo,
-                    "speedup_interleaved_hi": hi})
-        if float_config is not None:
-            pairs = paired(t, model, config, float_config, "step_s")
-            r, lo, hi, _ = ratio_interval(pairs["step_s"], pairs["step_s_base"])
-            row.update({"float_multiple_interleaved": r, "float_multiple_interleaved_lo": lo,
-                        "float_multiple_interleaved_hi": hi})
+                               "n_sessions": int(g["block"].nunique()),
+                               "n_rounds": int(len(g))}
+        for name, other, inverse in (("speedup_interleaved", baseline, False),
+                                     ("float_multiple_interleaved", float_config, True)):
+            if other is None:
+                continue
+            r, lo, hi = _session_ratio(t, model, config, other, inverse)
+            row.update({name: r, f"{name}_lo": lo, f"{name}_hi": hi})
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _session_ratio(t: pd.DataFrame, model: str, config: str, other: str, inverse: bool
+                   ) -> tuple[float, float, float]:
+    """other / config step time (config / other if ``inverse``): paired within rounds,
+    one geometric mean per session, t interval over sessions."""
+    r = t[t["model"] == model]
+    a = r[r["config"] == config][["block", "repeat", "step_s"]]
+    b = r[r["config"] == other][["block", "repeat", "step_s"]]
+    pairs = a.merge(b, on=["block", "repeat"], suffixes=("", "_o")).dropna()
+    if pairs.empty:
+        return (np.nan, np.nan, np.nan)
+    logs = np.log(pairs["step_s"] / pairs["step_s_o"]) * (1 if inverse else -1)
+    per_session = logs.groupby(pairs["block"]).mean().to_numpy()
+    ratio, lo, hi, _ = ratio_interval(np.exp(per_session), np.ones_like(per_session))
+    return ratio, lo, hi
 
 
 def _design_matrix(codes: pd.DataFrame, flags: list[str], interactions: bool

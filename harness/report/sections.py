@@ -98,9 +98,10 @@ def _drop_empty(df: pd.DataFrame) -> pd.DataFrame:
 
 def _rounds_label(ctx: Context) -> str:
     s = ctx.summary
-    if "n_rounds" not in s or not s["n_rounds"].notna().any():
+    if "n_sessions" not in s or not s["n_sessions"].notna().any():
         return ""
-    return f"; interleaved: 95% t-CI over {int(s['n_rounds'].max())} rounds"
+    return (f"; interleaved: 95% t-CI over {int(s['n_sessions'].max())} sessions, "
+            f"{int(s['n_rounds'].max())} paired rounds in all")
 
 
 def _has(r: pd.Series, col: str) -> bool:
@@ -244,12 +245,12 @@ def speed(ctx: Context) -> tuple[str, list[str]]:
             f"arithmetic; **data+loop**: the training phase minus step compute (data "
             f"loading, loader and worker start-up, loop bookkeeping). Method: epochs, each "
             f"run in a child process shared by its block, warm-up epochs and the first "
-            f"epoch after a resume excluded. **interleaved step** (where the design asks "
-            f"for the steps method): every config's model in one process takes one training "
-            f"step in turn, round after round in a shuffled order, paired within rounds "
-            f"({_rounds_label(ctx)[2:] or 'rounds'}): model arithmetic and optimizer only, "
-            f"the most precise figure on a noisy machine. `{NO_EFFECT}`: the flags this "
-            f"config moves "
+            f"epoch after a resume excluded. " + (
+                f"**interleaved step**: every config's model in one process takes one "
+                f"training step in turn, round after round in a shuffled order, paired "
+                f"within rounds ({_rounds_label(ctx)[2:]}): model arithmetic and optimizer "
+                f"only, the most precise figure on a noisy machine. "
+                if _rounds_label(ctx) else "") + f"`{NO_EFFECT}`: the flags this config moves "
             f"cannot act on this device. Peak memory: {kind}. `(!)`: epoch-time IQR/median "
             f"above {iqr:.0%}.\n\n" + md_table(table))
     findings = []

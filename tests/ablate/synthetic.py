@@ -63,22 +63,26 @@ def synthetic_runs(configs: dict[str, dict[str, Any]], *, models=("ivit_micro",)
 
 
 def synthetic_steps(configs: dict[str, dict[str, Any]], *, models=("ivit_micro",),
-                    rounds: int = 30, step_time: float = 0.1, noise: float = 0.02,
-                    seed: int = 1) -> pd.DataFrame:
+                    sessions: int = 5, rounds: int = 6, step_time: float = 0.1,
+                    noise: float = 0.02, instance_sd: float = 0.0, seed: int = 1
+                    ) -> pd.DataFrame:
     """Rows of the step-interleaved method (``method = "steps"``): one per (model, config,
-    round), each config's step ``configs[name]["step"]`` (or "time") x ``step_time`` with a
-    per-round factor and lognormal noise."""
+    session, round); a config's step is ``configs[name]["step"]`` (or "time") x
+    ``step_time`` times a per-round factor, lognormal noise and, per session and config, a
+    lognormal instance offset (sd ``instance_sd``: a model instance's lasting speed)."""
     rng = np.random.default_rng(seed)
     rows = []
     for model in models:
-        for r in range(rounds):
-            round_factor = math.exp(rng.normal(0, noise))
-            for name, c in configs.items():
-                t = step_time * c.get("step", c.get("time", 1.0)) * round_factor * math.exp(
-                    rng.normal(0, noise))
-                rows.append({
-                    **_identity(model, name, c, f"{model}-{name}-steps-b{r}", r),
-                    "order": 0, "seed": 0, "epoch": 1, "method": "steps", "warmup": False,
-                    "steps": 1, "train_s": t, "compute_s": t, "step_s_median": t,
-                    "step_times": json.dumps([t])})
+        for b in range(sessions):
+            offset = {name: math.exp(rng.normal(0, instance_sd)) for name in configs}
+            for r in range(rounds):
+                round_factor = math.exp(rng.normal(0, noise))
+                for name, c in configs.items():
+                    t = step_time * c.get("step", c.get("time", 1.0)) * round_factor * \
+                        offset[name] * math.exp(rng.normal(0, noise))
+                    rows.append({
+                        **_identity(model, name, c, f"{model}-{name}-steps-b{b}r{r}", b),
+                        "repeat": r, "order": 0, "seed": b, "epoch": 1, "method": "steps",
+                        "warmup": False, "steps": 1, "train_s": t, "compute_s": t,
+                        "step_s_median": t, "step_times": json.dumps([t])})
     return pd.DataFrame(rows)

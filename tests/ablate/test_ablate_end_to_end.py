@@ -115,7 +115,9 @@ def test_both_methods_split_configs_by_where_their_flags_act(tmp_path, monkeypat
     # a module flag is timed step by step; a loop flag acting around the step by epochs
     assert by["steps"] == {"legacy", "frexp", "A/A"}
     assert by["epochs"] == {"legacy", "host_loss", "A/A"}
-    assert (table[table["method"] == "steps"].groupby("config").size() == 2).all()
+    steps = table[table["method"] == "steps"]
+    assert (steps.groupby("config").size() == 2 * 2).all()  # 2 sessions x 2 rounds
+    assert sorted(steps["block"].unique()) == [0, 1]  # a session is a block
     text = (out / "report.md").read_text()
     assert "interleaved step x" in text and "95% t-CI over 2 blocks" in text
-    assert "over 2 rounds" in text and "A/A step ratio, interleaved" in text
+    assert "over 2 sessions, 4 paired rounds" in text and "A/A step ratio, interleaved" in text

@@ -33,8 +33,9 @@ def fake_results(folder, spec_name, *, parity=False, repeats=5, times=None, nois
     if "steps" in spec.methods:  # the configs of its interleaved sessions
         inner = {c.config for x in ablate.sessions_of(spec, configs) for c in x.specs}
         t = pd.concat([t, synthetic_steps({k: v for k, v in cfg.items() if k in inner},
-                                          models=spec.models, rounds=spec.rounds,
-                                          noise=noise)], ignore_index=True)
+                                          models=spec.models, sessions=repeats,
+                                          rounds=spec.rounds, noise=noise)],
+                      ignore_index=True)
     folder.mkdir(parents=True, exist_ok=True)
     ablate.write_design(spec, configs, sorted(set(t["run_id"])), folder)
     t.to_csv(folder / "runs.csv", index=False)

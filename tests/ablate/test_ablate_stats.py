@@ -179,23 +179,41 @@ def test_summary_is_a_plain_table():
 
 
 def test_interleaved_rounds_are_summarized_apart_from_epoch_blocks():
-    # the epochs method sees "fast" 2x faster per step; the interleaved rounds 1.25x. Rounds
-    # are numbered 0..29 like blocks 0..5: pooling them would pair rows of two methods.
+    # the epochs method sees "fast" 2x faster per step; the interleaved sessions 1.25x.
+    # Sessions are numbered 0..4 like blocks 0..5: pooling them would pair two methods' rows.
     cfg = {"base": {"time": 1.0}, "fast": {"time": 0.5}, "float": {"time": 0.25,
                                                                    "float_reference": True}}
     epochs = table(cfg, noise=0.001)
     steps = synthetic_steps({"base": {"step": 1.0}, "fast": {"step": 0.8},
                              "float": {"step": 0.4, "float_reference": True}},
-                            rounds=30, noise=0.001)
+                            sessions=5, rounds=6, noise=0.001)
     s = stats.summarize(pd.concat([epochs, steps], ignore_index=True), "base").set_index(
         "config")
     alone = stats.summarize(epochs, "base").set_index("config")
     for col in ("speedup", "speedup_step", "n_pairs", "n_runs", "step_s_median"):
         assert s.loc["fast", col] == pytest.approx(alone.loc["fast", col])
-    assert s.loc["fast", "n_pairs"] == 6 and s.loc["fast", "n_rounds"] == 30
+    assert s.loc["fast", "n_pairs"] == 6
+    assert s.loc["fast", "n_sessions"] == 5 and s.loc["fast", "n_rounds"] == 30
     assert s.loc["fast", "speedup_interleaved"] == pytest.approx(1.25, rel=0.01)
     assert s.loc["fast", "speedup_interleaved_lo"] < 1.25 < s.loc["fast",
                                                                   "speedup_interleaved_hi"]
     assert s.loc["fast", "float_multiple_interleaved"] == pytest.approx(2.0, rel=0.01)
     only_steps = stats.summarize(steps, "base").set_index("config")
-    assert "speedup" not in only_steps and only_steps.loc["fast", "n_rounds"] == 30
+    assert "speedup" not in only_steps and only_steps.loc["fast", "n_sessions"] == 5
+
+
+def test_interleaved_interval_covers_instance_offsets():
+    # Two instances of one config differ by a lasting offset (memory placement): an A/A pair
+    # whose rounds all share it. Intervals over sessions keep their coverage; intervals over
+    # the rounds of one session (the method before) exclude 1 most of the time.
+    hits, one_session_hits = 0, 0
+    for seed in range(200):
+        steps = synthetic_steps({"base": {}, "A/A": {}}, sessions=5, rounds=6, noise=0.01,
+                                instance_sd=0.02, seed=seed)
+        r = stats.interleaved(steps, "base").set_index("config").loc["A/A"]
+        hits += r["speedup_interleaved_lo"] <= 1 <= r["speedup_interleaved_hi"]
+        one = steps[steps["block"] == 0].assign(block=lambda d: d["repeat"])  # rounds as blocks
+        q = stats.interleaved(one, "base").set_index("config").loc["A/A"]
+        one_session_hits += q["speedup_interleaved_lo"] <= 1 <= q["speedup_interleaved_hi"]
+    assert hits / 200 >= 0.90
+    assert one_session_hits / 200 < 0.6
