@@ -64,12 +64,13 @@ def bench(session):
 
 @nox.session
 def mutants(session):
-    """The curated mutation check: ~30 subtle mutations of qvit/ (rounding modes, bit widths
-    and clamps, cache keys, momentum order, scale shapes, gradient order), each applied in a
-    scratch copy with the tests that must catch it; fails if any survives. Not in `tests`
-    (it reruns test subsets per mutant). Arguments go to scripts/mutants.py (-k NAME)."""
+    """The curated mutation check: 36 subtle mutations of qvit/ (rounding modes, bit widths
+    and clamps, cache keys, momentum order, scale shapes, gradient order, the lean nodes),
+    each applied in a scratch copy with the tests that must catch it; fails if any survives.
+    Not in `tests` (it reruns test subsets per mutant). Arguments go to scripts/mutants.py
+    (-k NAME, --jobs N; default --jobs 2: two mutants at once, one core each)."""
     _install(session)
-    session.run("python", "scripts/mutants.py", *session.posargs,
+    session.run("python", "scripts/mutants.py", *(session.posargs or ["--jobs", "2"]),
                 env={"OMP_NUM_THREADS": "1"})
 
 

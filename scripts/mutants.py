@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import queue
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -225,11 +227,33 @@ def _run(cwd: Path, tests: tuple[str, ...], timeout: float) -> tuple[str, float]
     return ("passed" if r.returncode == 0 else "failed"), time.perf_counter() - t
 
 
+def _try(m: Mutant, free: queue.Queue, timeout: float) -> tuple[Mutant, str, float]:
+    """Apply ``m`` in a free scratch copy, run its tests, restore the copy."""
+    scratch = free.get()
+    try:
+        f = scratch / m.path
+        text = f.read_text()
+        if text.count(m.old) != 1:
+            return (m, "stale", 0.0)  # the code moved: update the mutant
+        f.write_text(text.replace(m.old, m.new))
+        try:
+            status, secs = _run(scratch, m.tests, timeout)
+        finally:
+            f.write_text(text)
+        result = {"failed": "caught", "passed": "MISSED"}.get(status, status)
+        print(f"{m.name:30s} {result:8s} {secs:6.1f}s", file=sys.stderr, flush=True)
+        return (m, result, secs)
+    finally:
+        free.put(scratch)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("-k", default="", help="only mutants whose name contains this")
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds per mutant")
     ap.add_argument("--list", action="store_true")
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="mutants tested at once, each in its own scratch copy (one core each)")
     ap.add_argument("--quick", action="store_true",
                     help="only mutants whose tests avoid the model trajectories (minutes)")
     args = ap.parse_args(argv)
@@ -240,8 +264,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{m.name:30s} {m.path:20s} {m.why}")
         return 0
     with tempfile.TemporaryDirectory(prefix="qvit-mutants-") as tmp:
-        scratch = Path(tmp) / "repo"
-        _copy_repo(scratch)
+        copies = [Path(tmp) / f"repo{i}" for i in range(max(1, args.jobs))]
+        for scratch in copies:
+            _copy_repo(scratch)
+        scratch = copies[0]
         which = subprocess.run([sys.executable, "-c", "import qvit; print(qvit.__file__)"],
                                cwd=scratch, env=dict(os.environ, PYTHONPATH=str(scratch)),
                                capture_output=True, text=True).stdout.strip()
@@ -255,20 +281,11 @@ def main(argv: list[str] | None = None) -> int:
             if status != "passed":
                 print(f"unmutated copy: {' '.join(tests)} {status}", file=sys.stderr)
                 return 2
-        rows = []
-        for m in chosen:
-            f = scratch / m.path
-            text = f.read_text()
-            if text.count(m.old) != 1:
-                rows.append((m, "stale", 0.0))  # the code moved: update the mutant
-                continue
-            f.write_text(text.replace(m.old, m.new))
-            try:
-                status, secs = _run(scratch, m.tests, args.timeout)
-            finally:
-                f.write_text(text)
-            rows.append((m, {"failed": "caught", "passed": "MISSED"}.get(status, status), secs))
-            print(f"{m.name:30s} {rows[-1][1]:8s} {secs:6.1f}s", file=sys.stderr, flush=True)
+        free: queue.Queue = queue.Queue()
+        for c in copies:
+            free.put(c)
+        with ThreadPoolExecutor(len(copies)) as pool:  # each worker owns one scratch copy
+            rows = list(pool.map(lambda m: _try(m, free, args.timeout), chosen))
     caught = sum(r[1] == "caught" for r in rows)
     print("\n| mutant | file | what | result | seconds |\n|---|---|---|---|---|")
     for m, status, secs in rows:
