@@ -84,6 +84,18 @@ def _flag(*, change, scope, legacy, seed, best, parity, help, choices=None, boun
     return dataclasses.field(default=best, metadata={"qvit": meta})
 
 
+def _seed_change(change: int, help: str):
+    # a seed change that keeps the numbers: off in legacy, on in seed and best, exact
+    return _flag(change=change, scope="module", legacy=False, seed=True, best=True,
+                 parity="exact", help=help)
+
+
+def _ours(help: str):
+    # beyond the seed, keeping the numbers: off in legacy and seed, on in best, exact
+    return _flag(change=None, scope="module", legacy=False, seed=False, best=True,
+                 parity="exact", help=help)
+
+
 @dataclass(frozen=True)
 class Flags:
     """All optimization flags of qvit and its training loop. Defaults are the `best` preset."""
@@ -98,14 +110,12 @@ class Flags:
         bound={"forward_frac_differ": 1e-3, "forward_max_steps": 1.0},
         help="requantize by an integer mantissa and shift (frexp, 31 bits) instead of one "
              "float multiply")
-    frexp_on_device: bool = _flag(
-        change=None, scope="module", legacy=False, seed=False, best=True, parity="exact",
-        help="compute the frexp mantissa/exponent with torch.frexp on the tensor's device "
-             "instead of numpy + Decimal on the host (same bits, no host round trip)")
-    inline_ste: bool = _flag(
-        change=4, scope="module", legacy=False, seed=True, best=True, parity="exact",
-        help="straight-through estimators as x + (f(x) - x).detach() instead of "
-             "autograd.Function classes")
+    frexp_on_device: bool = _ours(
+        "compute the frexp mantissa/exponent with torch.frexp on the tensor's device "
+        "instead of numpy + Decimal on the host (same bits, no host round trip)")
+    inline_ste: bool = _seed_change(
+        4, "straight-through estimators as x + (f(x) - x).detach() instead of "
+           "autograd.Function classes")
     layernorm_newton: str = _flag(
         change=5, scope="module", legacy="ste", seed="no_grad", best="no_grad_sqrt_grad",
         choices=("ste", "no_grad", "no_grad_sqrt_grad"),
@@ -114,75 +124,58 @@ class Flags:
         help="IntLayerNorm's integer Newton sqrt: under autograd with floor STE, under "
              "no_grad (drops the std gradient), or under no_grad in one autograd node whose "
              "backward replays the STE chain's (same bits)")
-    global_act_minmax: bool = _flag(
-        change=6, scope="module", legacy=False, seed=True, best=True, parity="exact",
-        help="QuantAct running range from x.min()/x.max() instead of per-channel "
-             "reshape/transpose then reduce")
-    reuse_constant_tensors: bool = _flag(
-        change=7, scope="module", legacy=False, seed=True, best=True, parity="exact",
-        help="constants (zero point, output scales, sqrt(dim)) as buffers instead of "
-             "torch.tensor(...).to(device) per call")
-    cache_eval_weights: bool = _flag(
-        change=10, scope="module", legacy=False, seed=True, best=True, parity="exact",
-        help="in eval, quantize weights once per weight change instead of every batch")
-    cache_eval_act_scale: bool = _flag(
-        change=11, scope="module", legacy=False, seed=True, best=True, parity="exact",
-        help="QuantAct recomputes its scale only while collecting statistics, not in eval")
-    cache_exp_x0: bool = _flag(
-        change=12, scope="module", legacy=False, seed=True, best=True, parity="exact",
-        help="IntGELU/IntSoftmax cache x0_int = floor(-1/scale) in eval")
-    cache_rel_pos_bias: bool = _flag(
-        change=13, scope="module", legacy=False, seed=True, best=True, parity="exact",
-        help="Swin attention caches the gathered quantized relative position bias in eval")
-    eps_constant: bool = _flag(
-        change=15, scope="module", legacy=False, seed=True, best=True, parity="exact",
-        help="float32 eps as a module constant instead of torch.finfo(...) per call")
-    act_init_without_sync: bool = _flag(
-        change=None, scope="module", legacy=False, seed=False, best=True, parity="exact",
-        help="QuantAct's first-call check min==max on the device (torch.where) instead of "
-             "`if torch.eq(min, max).all()`, a host sync per call")
-    requant_fused: bool = _flag(
-        change=None, scope="module", legacy=False, seed=False, best=True, parity="exact",
-        help="requantization multiplies by the dyadic m * 2^-e formed once per channel and "
-             "rounds in place (one multiply, no division, fewer buffers); same bits")
-    ste_lean: bool = _flag(
-        change=None, scope="module", legacy=False, seed=False, best=True, parity="exact",
-        help="STEs as autograd.Functions whose backward passes the gradient on without the "
-             "legacy clone() and whose quantize forward rounds in place (overrides "
-             "inline_ste); same values forward and backward")
-    act_aminmax: bool = _flag(
-        change=None, scope="module", legacy=False, seed=False, best=True, parity="exact",
-        help="QuantAct's batch range by one torch.aminmax pass instead of min() then max()")
-    fused_int_softmax: bool = _flag(
-        change=None, scope="module", legacy=False, seed=False, best=True, parity="exact",
-        help="IntSoftmax as one autograd.Function: the same integer forward under no_grad, "
-             "backward the legacy STE chain's operations in autograd's order (same bits)")
-    fused_int_gelu: bool = _flag(
-        change=None, scope="module", legacy=False, seed=False, best=True, parity="exact",
-        help="IntGELU as one autograd.Function: the same integer forward under no_grad, "
-             "backward the legacy STE chain's operations in autograd's order (same bits)")
-    lean_quant_act: bool = _flag(
-        change=None, scope="module", legacy=False, seed=False, best=True, parity="exact",
-        help="QuantAct as one lean node (with fp64_fixedpoint and use_frexp): the dyadic "
-             "multiplier from the float64 bits of the scale ratio (no frexp, pow or "
-             "division), one float64 pass, the output scale folded in, gradient (g*s)/s in "
-             "the node; one-pass sync-free range observation; same bits")
-    lean_int_exp: bool = _flag(
-        change=None, scope="module", legacy=False, seed=False, best=True, parity="exact",
-        help="IntSoftmax and IntGELU as one lean node each (overrides fused_int_softmax/"
-             "fused_int_gelu): in place, 2^k from exponent bits instead of pow, float masks "
-             "instead of where/masked_fill, the row max by amax and its first index, the "
-             "output scale folded in; same bits")
-    lean_layernorm: bool = _flag(
-        change=None, scope="module", legacy=False, seed=False, best=True, parity="exact",
-        help="IntLayerNorm as one autograd node with its Newton sqrt (unless "
-             "layernorm_newton=no_grad): in place forward, backward the legacy graph's "
-             "formulas in its order, gradients to x and weight; same bits")
-    lean_linear: bool = _flag(
-        change=None, scope="module", legacy=False, seed=False, best=True, parity="exact",
-        help="QuantLinear/QuantConv2d/QuantMatMul: the weight's per-channel range by amin/amax "
-             "(no indices), the product rescaled in place (no second full-size buffer); "
-             "same bits")
+    global_act_minmax: bool = _seed_change(
+        6, "QuantAct running range from x.min()/x.max() instead of per-channel "
+           "reshape/transpose then reduce")
+    reuse_constant_tensors: bool = _seed_change(
+        7, "constants (zero point, output scales, sqrt(dim)) as buffers instead of "
+           "torch.tensor(...).to(device) per call")
+    cache_eval_weights: bool = _seed_change(
+        10, "in eval, quantize weights once per weight change instead of every batch")
+    cache_eval_act_scale: bool = _seed_change(
+        11, "QuantAct recomputes its scale only while collecting statistics, not in eval")
+    cache_exp_x0: bool = _seed_change(
+        12, "IntGELU/IntSoftmax cache x0_int = floor(-1/scale) in eval")
+    cache_rel_pos_bias: bool = _seed_change(
+        13, "Swin attention caches the gathered quantized relative position bias in eval")
+    eps_constant: bool = _seed_change(
+        15, "float32 eps as a module constant instead of torch.finfo(...) per call")
+    act_init_without_sync: bool = _ours(
+        "QuantAct's first-call check min==max on the device (torch.where) instead of "
+        "`if torch.eq(min, max).all()`, a host sync per call")
+    requant_fused: bool = _ours(
+        "requantization multiplies by the dyadic m * 2^-e formed once per channel and "
+        "rounds in place (one multiply, no division, fewer buffers); same bits")
+    ste_lean: bool = _ours(
+        "STEs as autograd.Functions whose backward passes the gradient on without the "
+        "legacy clone() and whose quantize forward rounds in place (overrides "
+        "inline_ste); same values forward and backward")
+    act_aminmax: bool = _ours(
+        "QuantAct's batch range by one torch.aminmax pass instead of min() then max()")
+    fused_int_softmax: bool = _ours(
+        "IntSoftmax as one autograd.Function: the same integer forward under no_grad, "
+        "backward the legacy STE chain's operations in autograd's order (same bits)")
+    fused_int_gelu: bool = _ours(
+        "IntGELU as one autograd.Function: the same integer forward under no_grad, "
+        "backward the legacy STE chain's operations in autograd's order (same bits)")
+    lean_quant_act: bool = _ours(
+        "QuantAct as one lean node (with fp64_fixedpoint and use_frexp): the dyadic "
+        "multiplier from the float64 bits of the scale ratio (no frexp, pow or "
+        "division), one float64 pass, the output scale folded in, gradient (g*s)/s in "
+        "the node; one-pass sync-free range observation; same bits")
+    lean_int_exp: bool = _ours(
+        "IntSoftmax and IntGELU as one lean node each (overrides fused_int_softmax/"
+        "fused_int_gelu): in place, 2^k from exponent bits instead of pow, float masks "
+        "instead of where/masked_fill, the row max by amax and its first index, the "
+        "output scale folded in; same bits")
+    lean_layernorm: bool = _ours(
+        "IntLayerNorm as one autograd node with its Newton sqrt (unless "
+        "layernorm_newton=no_grad): in place forward, backward the legacy graph's "
+        "formulas in its order, gradients to x and weight; same bits")
+    lean_linear: bool = _ours(
+        "QuantLinear/QuantConv2d/QuantMatMul: the weight's per-channel range by amin/amax "
+        "(no indices), the product rescaled in place (no second full-size buffer); "
+        "same bits")
     # --- loop flags (harness) -----------------------------------------------------------
     cuda_synchronize_per_step: bool = _flag(
         change=8, scope="loop", legacy=True, seed=False, best=False, parity="exact",
