@@ -271,3 +271,50 @@ def test_lean_linear_and_matmul_are_legacy_bit_for_bit():
         res.append([y, s, z, sz, xi.grad, ai.grad, lin.weight.grad, lin.bias.grad,
                     lin.weight_scaling_factor])
     assert all(torch.equal(u, v) for u, v in zip(*res, strict=True))
+
+
+# --- constructed cases random data never reaches ---------------------------------------------
+
+def test_lean_quantize_act_is_legacy_where_x_over_s_and_x_times_inverse_round_apart():
+    """Legacy quantizes (1/s) * x; x / s rounds differently for some x near a half step.
+    Those x are searched for and both paths compared on them (values and gradients)."""
+    s = torch.tensor([0.1])
+    k = torch.arange(-120, 120, dtype=torch.float32) + 0.5
+    x = torch.cat([torch.nextafter(k * s, torch.tensor(d)) for d in (-1e9, 0.0, 1e9)] +
+                  [k * s])
+    apart = torch.round(x * (1.0 / s)) != torch.round(x / s)
+    assert apart.sum() >= 10  # the constructed cases exist
+    x = x[apart].view(1, 1, -1)
+    for inline in (True, False):
+        a = x.clone().requires_grad_(True)
+        b = x.clone().requires_grad_(True)
+        want = P.symmetric_quantize(a, 8, s, is_weight=False, inline_ste=inline,
+                                    constant_zero_point=False) * s
+        got = L.quantize_act(b, s, 8)
+        assert torch.equal(got, want)
+        want.backward(torch.ones_like(want))
+        got.backward(torch.ones_like(got))
+        assert torch.equal(b.grad, a.grad)
+
+
+@pytest.mark.parametrize("make", [lambda: IntSoftmax(8), lambda: IntGELU(8)],
+                         ids=["softmax", "gelu"])
+def test_lean_int_exp_gradient_at_a_tied_clamp(make):
+    """The integer exp takes max(c, n * x0); where c equals n * x0 exactly the legacy chain's
+    max splits the gradient in halves. Inputs far below the row max land there: the lean and
+    fused nodes must split it the same way (bitwise)."""
+    s = torch.tensor([0.125])
+    x0 = float(P.exp_x0_int(s))
+    n = 15
+    # b = x/s - max: c = b + floor(b/2) - floor(b/16) == n * x0 for some integer b
+    b = torch.arange(-400, 1, dtype=torch.float64)
+    c = b + torch.floor(b / 2) - torch.floor(b / 16)
+    tied = b[c == n * x0]
+    assert len(tied) >= 1
+    row = torch.cat([torch.zeros(1), tied.float(), tied.float() - 1, tied.float() + 1,
+                     torch.tensor([-3.0, -40.0])])
+    x = (row * s).view(1, 1, -1).repeat(2, 3, 1)
+    go = torch.randn(x.shape, generator=torch.Generator().manual_seed(5))
+    (y0, g0), *nodes = _exp_module_runs(make, x, s, go)
+    for y1, g1 in nodes:
+        assert torch.equal(y1, y0) and torch.equal(g1, g0)
