@@ -31,6 +31,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from qvit.flags import Flags
+
 from . import measure
 
 __all__ = ["why_no_effect", "acts_inside_step", "IN_STEP_LOOP_FLAGS", "NonFiniteLoss",
@@ -60,15 +62,15 @@ def why_no_effect(base, other, device_type: str) -> str | None:
 IN_STEP_LOOP_FLAGS = ("fused_optimizer", "compile_model")
 
 
+_AROUND_STEP_LOOP_FLAGS = frozenset(Flags.names("loop")) - set(IN_STEP_LOOP_FLAGS)
+
+
 def acts_inside_step(base, other) -> bool:
     """Whether moving from flags ``base`` to ``other`` can change one training step's
     compute (what the step-interleaved method measures): a module flag or an in-step loop
     flag moves."""
-    from qvit.flags import Flags
-
-    outside = set(Flags.names("loop")) - set(IN_STEP_LOOP_FLAGS)
     moved = set(base.diff(other))
-    return not moved or not moved <= outside
+    return not moved or not moved <= _AROUND_STEP_LOOP_FLAGS
 
 
 class NonFiniteLoss(RuntimeError):

@@ -116,13 +116,14 @@ def ratio_interval(base: np.ndarray, other: np.ndarray, level: float = 0.95
     return (math.exp(mean), math.exp(mean - half), math.exp(mean + half), n)
 
 
-def paired(runs: pd.DataFrame, model: str, config: str, baseline: str, column: str
-           ) -> pd.DataFrame:
-    """Config and baseline runs of one model joined on block (inner join)."""
+def paired(runs: pd.DataFrame, model: str, config: str, baseline: str, column: str,
+           on: tuple[str, ...] = ("block",)) -> pd.DataFrame:
+    """Config and baseline rows of one model joined on ``on`` (inner join): runs on their
+    block; the interleaved method's steps on (session, round)."""
     r = runs[runs["model"] == model]
-    a = r[r["config"] == config][["block", column]]
-    b = r[r["config"] == baseline][["block", column]]
-    return a.merge(b, on="block", suffixes=("", "_base")).dropna()
+    a = r[r["config"] == config][[*on, column]]
+    b = r[r["config"] == baseline][[*on, column]]
+    return a.merge(b, on=list(on), suffixes=("", "_base")).dropna()
 
 
 def _iqr_rel(values: Iterable[float]) -> float:
@@ -254,13 +255,10 @@ def _session_ratio(t: pd.DataFrame, model: str, config: str, other: str, inverse
                    ) -> tuple[float, float, float]:
     """other / config step time (config / other if ``inverse``): paired within rounds,
     one geometric mean per session, t interval over sessions."""
-    r = t[t["model"] == model]
-    a = r[r["config"] == config][["block", "repeat", "step_s"]]
-    b = r[r["config"] == other][["block", "repeat", "step_s"]]
-    pairs = a.merge(b, on=["block", "repeat"], suffixes=("", "_o")).dropna()
+    pairs = paired(t, model, config, other, "step_s", on=("block", "repeat"))
     if pairs.empty:
         return (np.nan, np.nan, np.nan)
-    logs = np.log(pairs["step_s"] / pairs["step_s_o"]) * (1 if inverse else -1)
+    logs = np.log(pairs["step_s"] / pairs["step_s_base"]) * (1 if inverse else -1)
     per_session = logs.groupby(pairs["block"]).mean().to_numpy()
     ratio, lo, hi, _ = ratio_interval(np.exp(per_session), np.ones_like(per_session))
     return ratio, lo, hi

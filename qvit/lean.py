@@ -28,7 +28,7 @@ from torch import Tensor
 from torch.autograd import Function
 
 from .fused import LN2
-from .primitives import INT32_MAX, newton_sqrt_backward, newton_sqrt_forward
+from .primitives import INT32_MAX, act_scale_shape, newton_sqrt_backward, newton_sqrt_forward
 
 __all__ = ["dyadic_multiplier", "requantize", "quantize_act", "first_max_index",
            "int_softmax", "int_gelu", "int_layer_norm", "pow2_int"]
@@ -96,16 +96,12 @@ def requantize(x: Tensor, pre_scale: Tensor, scale: Tensor, num_bits: int,
     """`qvit.primitives.fixedpoint_mul` (float64, frexp) times the output scale, as one
     node: the same values and gradients as the reference requantizer followed by the
     module's ``q * scale``."""
-    shape = _ACT_SHAPES.get(x.dim())
-    if shape is None:
-        raise ValueError(f"requantization takes 2-D, 3-D or 4-D activations, got {x.dim()}-D")
+    shape = act_scale_shape(x)
     n = 2 ** (num_bits - 1) - 1
     lo, hi = (-n - 1, n) if num_bits in (4, 8, 16, 32) else (None, None)
     return _Requantize.apply(x, identity, pre_scale.view(shape), None if identity is None
                              else id_scale.view(shape), scale, lo, hi)
 
-
-_ACT_SHAPES = {2: (1, -1), 3: (1, 1, -1), 4: (1, -1, 1, 1)}
 
 
 class _QuantizeAct(Function):

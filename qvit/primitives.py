@@ -19,7 +19,8 @@ from torch.autograd import Function
 __all__ = [
     "EPS_F32", "float32_eps", "floor_ste", "round_ste", "symmetric_scale",
     "symmetric_quantize", "ternary_quantize", "batch_frexp", "frexp_device", "frexp31",
-    "fixedpoint_mul", "dyadic_requantize_int64", "int_exp_shift", "int_sqrt_newton",
+    "act_scale_shape", "fixedpoint_mul", "dyadic_requantize_int64", "int_exp_shift",
+    "int_sqrt_newton",
     "INT32_MAX", "NEWTON_MODES", "newton_sqrt_forward", "newton_sqrt_backward",
 ]
 
@@ -206,11 +207,16 @@ def frexp31(inputs: Tensor, *, on_device: bool) -> tuple[Tensor, Tensor]:
 
 # --- dyadic requantization ---------------------------------------------------------------
 
-def _act_shape(x: Tensor):
-    shapes = {2: (1, -1), 3: (1, 1, -1), 4: (1, -1, 1, 1)}
-    if x.dim() not in shapes:
-        raise ValueError(f"fixedpoint_mul takes 2-D, 3-D or 4-D activations, got {x.dim()}-D")
-    return shapes[x.dim()]
+_ACT_SCALE_SHAPES = {2: (1, -1), 3: (1, 1, -1), 4: (1, -1, 1, 1)}
+
+
+def act_scale_shape(x: Tensor) -> tuple[int, ...]:
+    """The view that broadcasts an activation's per-channel scale over ``x`` (channels last
+    for tokens, second for images)."""
+    shape = _ACT_SCALE_SHAPES.get(x.dim())
+    if shape is None:
+        raise ValueError(f"requantization takes 2-D, 3-D or 4-D activations, got {x.dim()}-D")
+    return shape
 
 
 def _requantize_int(z_int: Tensor, in_scale: Tensor, out_scale: Tensor, *, fp64: bool,
@@ -275,7 +281,7 @@ def fixedpoint_mul(pre_act: Tensor, pre_act_scale: Tensor, num_bits: int, z_scal
     computes (exact in float64); without it, one float multiply (the seed's shortcut).
     Gradient: grad / z_scale to ``pre_act`` and ``identity`` (STE), none to the scales.
     """
-    shape = _act_shape(pre_act)
+    shape = act_scale_shape(pre_act)
     n = 2 ** (num_bits - 1) - 1
     kw = dict(fp64=fp64, use_frexp=use_frexp, frexp_on_device=frexp_on_device, fused=fused)
 

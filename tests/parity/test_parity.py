@@ -161,7 +161,7 @@ def test_requantization_without_input_rounding_is_caught(baselines, monkeypatch)
         if not frexp_on_device:
             return orig(pre_act, pre_act_scale, num_bits, z_scale, identity, identity_scale,
                         **kw, **rest)
-        shape = P._act_shape(pre_act)
+        shape = P.act_scale_shape(pre_act)
         n = 2 ** (num_bits - 1) - 1
         with torch.no_grad():
             s = pre_act_scale.view(shape)
