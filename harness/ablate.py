@@ -453,8 +453,11 @@ class PlannedRun:
 
 
 def epoch_configs(spec: AblationSpec, configs: list[Config]) -> list[Config]:
-    """The configs that run whole epochs: all, or (``epochs_for = "loop_flags"`` with the
-    steps method beside) those moving a loop flag, the baseline, A/A and float references."""
+    """The configs that run whole epochs: none without the epochs method; all, or
+    (``epochs_for = "loop_flags"`` with the steps method beside) those moving a loop flag,
+    the baseline, A/A and float references."""
+    if "epochs" not in spec.methods:
+        return []
     if spec.epochs_for == "all" or "steps" not in spec.methods:
         return configs
     base = baseline_name(spec, configs)

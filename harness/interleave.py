@@ -31,6 +31,7 @@ import torch
 
 from . import measure, records
 from .data import MEAN_STD, normalize_batch
+from .host import configure_process
 from .loop import build_optimizer, train_step
 from .runner import RunSpec, base_row, build_model, resolve_device, validate_spec
 from .settings import digest
@@ -116,8 +117,7 @@ def measure_session(session: Session, out_dir: str | Path) -> None:
 
     first = session.specs[0].settings
     device = resolve_device(first.device)
-    if first.threads is not None:
-        torch.set_num_threads(first.threads)
+    configure_process(first.threads, first.malloc_retain)
     pairs, bundle = _models(session, device)
     batches = _batches(bundle, first, device, 8)
     for r in range(session.warmup):

@@ -33,6 +33,7 @@ from qvit import Flags
 
 from . import loop, measure, records
 from .data import MEAN_STD, Batches, check_labels, load_dataset, native_img_size
+from .host import configure_process
 from .plots import plot_learning_curves
 from .settings import RunSettings, digest, identity
 
@@ -264,8 +265,7 @@ class _State:
 
 def _configure_torch(s: RunSettings, device: torch.device) -> None:
     """The settings people train with, unless the spec asks otherwise; threads recorded."""
-    if s.threads is not None:
-        torch.set_num_threads(s.threads)
+    configure_process(s.threads, s.malloc_retain)
     torch.use_deterministic_algorithms(s.deterministic, warn_only=True)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = not s.deterministic

@@ -78,6 +78,9 @@ class RunSettings(BaseModel):
     device: str = Field("auto", description=DEVICES_HELP)
     threads: int | None = Field(None, ge=1, description="torch intra-op threads (none: "
                                 "torch's default; recorded either way)")
+    malloc_retain: bool = Field(False, description="keep freed memory in the process "
+                                "(glibc mallopt): no page faults on every large tensor; "
+                                "process-wide, the same for every config of a session")
     deterministic: bool = Field(False, description="torch.use_deterministic_algorithms and "
                                 "no cudnn.benchmark (off: what people train with)")
     pretrained: bool = Field(True, description="start from the float twin trained on the "

@@ -47,6 +47,16 @@ def test_epochs_for_loop_flags_needs_no_steps_method_to_be_harmless():
     assert ablate.epoch_configs(s, configs) == configs  # without steps every config runs
 
 
+def test_steps_method_alone_runs_no_whole_epochs():
+    """methods = ["steps"] (ablations/speed_224.toml) times the step only: no epoch runs
+    (they were planned, 50 of them, before the fix)."""
+    s = ablate.load_spec(ROOT / "ablations" / "speed_224.toml")
+    configs = ablate.design_configs(s)
+    assert s.methods == ("steps",)
+    assert ablate.epoch_configs(s, configs) == [] and ablate.plan(s, configs) == []
+    assert len(ablate.sessions_of(s, configs)) == len(s.models) * s.repeats
+
+
 def test_timeline_stages_end_at_the_seed_preset():
     s = ablate.load_spec(ROOT / "ablations" / "seed_timeline.toml")
     configs = ablate.design_configs(s)
