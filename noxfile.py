@@ -63,6 +63,17 @@ def bench(session):
 
 
 @nox.session
+def speed(session):
+    """The training step's speed in one command: legacy / seed / best / float, step-
+    interleaved (5 sessions x 6 rounds, A/A control, t intervals), on the micro models
+    (batch 64) and on DeiT-tiny and Swin-T at 224 (batch 4); reports in runs/speed_micro
+    and runs/speed_224. Arguments go to both runs, e.g. `-- --malloc-retain`."""
+    _install(session)
+    for spec in ("ablations/speed_micro.toml", "ablations/speed_224.toml"):
+        session.run("python", "-m", "harness", "ablate", spec, *session.posargs)
+
+
+@nox.session
 def mutants(session):
     """The curated mutation check: 36 subtle mutations of qvit/ (rounding modes, bit widths
     and clamps, cache keys, momentum order, scale shapes, gradient order, the lean nodes),

@@ -531,6 +531,15 @@ def provenance(table: pd.DataFrame) -> dict[str, str]:
     return out
 
 
+def _epoch_setup(ctx: Context, st: dict) -> list[tuple[str, str]]:
+    return [("data", f"{st.get('dataset')}, batch {st.get('batch_size')}, "
+                     f"{st.get('steps_per_epoch') or 'all'} steps/epoch, eval on "
+                     f"{st.get('eval_steps') or 'the whole held-out split'}"),
+            ("epochs", f"{st.get('epochs')} per run ({st.get('warmup_epochs')} warm-up, not "
+                       f"measured)"),
+            ("blocks", f"{ctx.n_blocks} (each: every model x config, shuffled, one process)")]
+
+
 def setup(ctx: Context) -> str:
     st = ctx.meta.get("settings") or {}
     prov = provenance(ctx.table)
@@ -540,15 +549,14 @@ def setup(ctx: Context) -> str:
              + (" (incl. the A/A control)" if AA_CONTROL in ctx.order else "")
              + f", baseline `{ctx.baseline}`"),
             ("models", ", ".join(ctx.models)),
-            ("data", f"{st.get('dataset')}, batch {st.get('batch_size')}, "
-                     f"{st.get('steps_per_epoch') or 'all'} steps/epoch, eval on "
-                     f"{st.get('eval_steps') or 'the whole held-out split'}"),
-            ("epochs", f"{st.get('epochs')} per run ({st.get('warmup_epochs')} warm-up, not "
-                       f"measured)"),
-            ("blocks", f"{ctx.n_blocks} (each: every model x config, shuffled, one process)"),
+            *(_epoch_setup(ctx, st) if len(ctx.by_epochs) else
+              [("data", f"{st.get('dataset')}, batch {st.get('batch_size')}"),
+               ("method", f"steps only{_rounds_label(ctx)} (no whole epochs)")]),
             ("start", "float-pretrained + calibrated" if st.get("pretrained") else "random"),
             ("device", f"{st.get('device')}; deterministic algorithms "
-                       f"{'on' if st.get('deterministic') else 'off'}"),
+                       f"{'on' if st.get('deterministic') else 'off'}"
+                       + ("; glibc keeps freed memory (malloc_retain)"
+                          if st.get("malloc_retain") else "")),
             *prov.items()]
     return md_table(pd.DataFrame(rows, columns=["", "value"]))
 
