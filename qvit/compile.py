@@ -7,7 +7,8 @@ the compiled model's bits differ from eager's. The backend `backend` (registered
 as ``"qvit_inductor"``) is inductor whose decomposition table turns every float
 ``sum``/``mean`` into an opaque custom op that runs aten's kernel on a tensor of eager's
 strides (``needs_exact_strides``); everything else (elementwise, the rest of the graph)
-is inductor's. The decomposition acts on the joint forward/backward graph, so the
+is inductor's (but frexp, whose float64 C++ does not build: aten's kernel too). The
+decomposition acts on the joint forward/backward graph, so the
 gradient sums autograd adds (bias gradients, ``sum_to_size``) are covered too.
 
     >>> import torch, qvit
@@ -46,6 +47,42 @@ def _(x, dim, keepdim):
     return torch.mean(x, dim, keepdim)
 
 
+# inductor's C++ for frexp does not build for float64 inputs (no vectorized convert of its
+# int32 exponent: "convert<double, 2, int32_t, 1>"): aten's kernel, opaque (its exact bits)
+@torch.library.custom_op("qvit::aten_frexp", mutates_args=())
+def _aten_frexp(x: Tensor) -> tuple[Tensor, Tensor]:
+    mant, exp = torch.frexp(x)
+    return mant, exp
+
+
+@_aten_frexp.register_fake
+def _(x):
+    return torch.empty_like(x), torch.empty_like(x, dtype=torch.int32)
+
+
+# autograd's gradient of an indexing (Swin's relative position bias gather) accumulates
+# into a zero tensor: aten adds the duplicates serially, in its iteration order
+@torch.library.custom_op("qvit::aten_index_put", mutates_args=(), tags=_EXACT)
+def _aten_index_put(x: Tensor, indices: list[Tensor | None], values: Tensor,
+                    accumulate: bool) -> Tensor:
+    return torch.index_put(x, indices, values, accumulate)
+
+
+@_aten_index_put.register_fake
+def _(x, indices, values, accumulate):
+    return torch.empty_like(x)
+
+
+def _index_put(x, indices, values, accumulate=False, *unsafe):
+    if not accumulate or not x.is_floating_point():
+        return NotImplemented  # (a plain write or integer sums: any order gives these bits)
+    return _aten_index_put(x, list(indices), values, True)
+
+
+def _frexp(x):
+    return _aten_frexp(x)
+
+
 def _dims(x: Tensor, dim) -> list[int]:
     return list(range(x.dim())) if dim is None or dim == [] else list(dim)
 
@@ -80,7 +117,11 @@ def decompositions() -> dict:
 
     table = dict(select_decomp_table())
     table.update({aten.sum.dim_IntList: _sum, aten.sum.default: _sum_all,
-                  aten.mean.dim: _mean, aten.mean.default: _mean_all})
+                  aten.mean.dim: _mean, aten.mean.default: _mean_all,
+                  aten.frexp.Tensor: _frexp})
+    for op in (aten.index_put.default, aten._unsafe_index_put.default,
+               aten._index_put_impl.default):
+        table[op] = _index_put
     return table
 
 

@@ -200,9 +200,13 @@ class Flags:
         change=None, scope="loop", legacy=False, seed=False, best=True, parity="exact",
         help="keep a dataset that fits on the device and index batches there (no DataLoader)")
     compile_model: bool = _flag(
-        change=None, scope="loop", legacy=False, seed=False, best=False, parity="near-exact",
-        bound={"forward_frac_differ": 1e-3, "forward_max_steps": 1.0},
-        help="torch.compile the model (compile time falls in the warm-up epoch)")
+        change=None, scope="loop", legacy=False, seed=False, best=False, parity="exact",
+        help="torch.compile the model with the harness's compile_backend, by default "
+             "qvit_inductor (qvit.compile: inductor with aten's float sums and no pattern "
+             "rewrites; eval logits, gradients and parameters after AdamW steps bitwise "
+             "eager's on both micro models; plain inductor differs); one graph per mode, "
+             "no graph break (eval caches are bypassed while tracing); compile time "
+             "falls in the warm-up epoch")
 
     _SPECS: ClassVar[dict[str, FlagSpec]]
 

@@ -411,8 +411,6 @@ class IntLayerNorm(QuantModule, nn.LayerNorm):
             out_scale = self.dim_sqrt / 2**30
             with torch.no_grad():
                 bias_int = torch.floor(self.bias / self.weight / out_scale)
-            if not caches_enabled():  # traced: dynamo refuses the node's out= into a
-                x = x.contiguous()  # buffer of x's layout where that is not contiguous
 
             y = L.int_layer_norm(x, scaling_factor, self.weight, bias_int, out_scale)
             return y, out_scale * self.weight
