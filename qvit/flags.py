@@ -201,12 +201,11 @@ class Flags:
         help="keep a dataset that fits on the device and index batches there (no DataLoader)")
     compile_model: bool = _flag(
         change=None, scope="loop", legacy=False, seed=False, best=False, parity="exact",
-        help="torch.compile the model with the harness's compile_backend, by default "
-             "qvit_inductor (qvit.compile: inductor with aten's float sums and no pattern "
-             "rewrites; eval logits, gradients and parameters after AdamW steps bitwise "
-             "eager's on both micro models; plain inductor differs); one graph per mode, "
-             "no graph break (eval caches are bypassed while tracing); compile time "
-             "falls in the warm-up epoch")
+        help="torch.compile the model with the run's compile_backend, by default "
+             "qvit_inductor (`qvit.compile`: inductor with aten's float sums, frexp and "
+             "accumulating index_put, no pattern rewrites; plain inductor is not exact); one "
+             "graph per mode, no graph break (eval caches bypassed while tracing); compile "
+             "time falls in the warm-up epoch")
 
     _SPECS: ClassVar[dict[str, FlagSpec]]
 
