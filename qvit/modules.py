@@ -24,8 +24,8 @@ from . import primitives as P
 from .flags import Flags
 
 __all__ = [
-    "source_key", "key_matches", "caches_enabled", "QuantModule", "QuantAct", "QuantLinear", "TerLinear",
-    "QuantConv2d", "QuantMatMul", "IntLayerNorm", "IntGELU", "IntSoftmax",
+    "source_key", "key_matches", "caches_enabled", "QuantModule", "QuantAct", "QuantLinear",
+    "TerLinear", "QuantConv2d", "QuantMatMul", "IntLayerNorm", "IntGELU", "IntSoftmax",
 ]
 
 
