@@ -84,6 +84,7 @@ def _models(session: Session, device: torch.device) -> tuple[list[tuple], Any]:
             start_from_pretrained(model, spec, bundle, device)
         model.train()
         if spec.flags.compile_model:  # compiled in the warm-up rounds
+            import qvit.compile  # noqa: F401 - registers the qvit_inductor backend
             model = torch.compile(model, backend=first.compile_backend)
         opt = build_optimizer(model, opt=first.opt, lr=first.lr,
                               weight_decay=first.weight_decay,

@@ -95,8 +95,9 @@ class RunSettings(BaseModel):
         "are left out of step times)")
     sync_count_steps: int | None = Field(8, ge=1, description="steps counted per counted "
                                          "epoch (none: all)")
-    compile_backend: str = Field("inductor", description="torch.compile backend for "
-                                 "compile_model")
+    compile_backend: str = Field("qvit_inductor", description="torch.compile backend for "
+                                 "compile_model (qvit_inductor: inductor with eager's bits, "
+                                 "see qvit.compile)")
 
     @model_validator(mode="after")
     def _consistent(self) -> RunSettings:

@@ -20,6 +20,7 @@ from .modules import (
     QuantLinear,
     QuantMatMul,
     QuantModule,
+    caches_enabled,
     key_matches,
     source_key,
 )
@@ -118,7 +119,7 @@ class Attention(QuantModule):
         """The quantized bias (heads, N, N) and its scale; cached in eval (flag 13), keyed
         on its sources (`_bias_sources`)."""
         table = self.relative_position_bias_table
-        cacheable = (self.flags.cache_rel_pos_bias and not self.training
+        cacheable = (self.flags.cache_rel_pos_bias and not self.training and caches_enabled()
                      and not (torch.is_grad_enabled() and table.requires_grad))
         if cacheable and self._bias_cache is not None and key_matches(self._bias_cache[0],
                                                                       *self._bias_sources()):

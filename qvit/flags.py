@@ -200,9 +200,12 @@ class Flags:
         change=None, scope="loop", legacy=False, seed=False, best=True, parity="exact",
         help="keep a dataset that fits on the device and index batches there (no DataLoader)")
     compile_model: bool = _flag(
-        change=None, scope="loop", legacy=False, seed=False, best=False, parity="near-exact",
-        bound={"forward_frac_differ": 1e-3, "forward_max_steps": 1.0},
-        help="torch.compile the model (compile time falls in the warm-up epoch)")
+        change=None, scope="loop", legacy=False, seed=False, best=False, parity="exact",
+        help="torch.compile the model with the run's compile_backend, by default "
+             "qvit_inductor (`qvit.compile`: inductor with aten's float sums, frexp and "
+             "accumulating index_put, no pattern rewrites; plain inductor is not exact); one "
+             "graph per mode, no graph break (eval caches bypassed while tracing); compile "
+             "time falls in the warm-up epoch")
 
     _SPECS: ClassVar[dict[str, FlagSpec]]
 

@@ -282,7 +282,10 @@ class _IntLayerNorm(Function):
         std, newton = newton_sqrt_forward(var, iterations)
         recip = std.reciprocal()
         factor = torch.floor(recip * INT32_MAX)
-        s = torch.mul(y, factor, out=t).mul_(0.5).floor_().add_(bias_int)
+        # (traced: a new buffer, of t's layout; dynamo refuses out= where that is not
+        # contiguous, as on Swin's channel-strided tokens)
+        s = torch.mul(y, factor, out=None if torch.compiler.is_compiling() else t)
+        s.mul_(0.5).floor_().add_(bias_int)
         out_scale = s0 * weight
         ctx.save_for_backward(y, s, factor, recip, out_scale, scale, s0, *newton)
         return torch.mul(s, out_scale)

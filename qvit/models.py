@@ -119,6 +119,9 @@ class QuantModel(nn.Module):
     def _unused_quantizers(self) -> set[str]:
         return set()
 
+    # (a host-side check, run eagerly: dynamo would compile it as a frame of its own when the
+    # compiled model's pre-hook calls it, and break at tolist)
+    @torch.compiler.disable
     def uncalibrated_quantizers(self) -> list[str]:
         """Names of the QuantActs whose range was never observed (empty: min == max)."""
         acts = list(self._quantizers())

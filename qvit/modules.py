@@ -24,8 +24,8 @@ from . import primitives as P
 from .flags import Flags
 
 __all__ = [
-    "source_key", "key_matches", "QuantModule", "QuantAct", "QuantLinear", "TerLinear",
-    "QuantConv2d", "QuantMatMul", "IntLayerNorm", "IntGELU", "IntSoftmax",
+    "source_key", "key_matches", "caches_enabled", "QuantModule", "QuantAct", "QuantLinear",
+    "TerLinear", "QuantConv2d", "QuantMatMul", "IntLayerNorm", "IntGELU", "IntSoftmax",
 ]
 
 
@@ -43,9 +43,18 @@ def source_key(*sources: Tensor) -> tuple:
     return tuple((t, t._version) for t in sources)
 
 
+def caches_enabled() -> bool:
+    """Whether eval caches may be read and filled: not while torch.compile traces. A key's
+    identity and version counter cannot be guarded on (a data-dependent guard: a graph
+    break per cache, then recompiles); the graph recomputes the cached values instead (the
+    same values: a cache only ever holds what the recomputation gives)."""
+    return not torch.compiler.is_compiling()
+
+
 def key_matches(key: tuple | None, *sources: Tensor) -> bool:
-    """Whether a `source_key` still describes ``sources`` (same tensors, same versions)."""
-    return key is not None and all(
+    """Whether a `source_key` still describes ``sources`` (same tensors, same versions);
+    never while torch.compile traces (`caches_enabled`)."""
+    return caches_enabled() and key is not None and all(
         s is t and v == t._version for (s, v), t in zip(key, sources, strict=True))
 
 
@@ -190,7 +199,9 @@ class QuantAct(QuantModule):
         self.act_scaling_factor = P.symmetric_scale(
             self.activation_bit, self.min_val, self.max_val,
             eps_constant=self._eps_constant).reshape(1)
-        self._scale_key = source_key(self.min_val, self.max_val, self.act_scaling_factor)
+        # (traced: no key, the next eager call recomputes; see caches_enabled)
+        self._scale_key = (source_key(self.min_val, self.max_val, self.act_scaling_factor)
+                           if caches_enabled() else None)
 
     def _scale_is_current(self) -> bool:
         """Whether act_scaling_factor is still the scale of the running range (flag 11's
@@ -279,7 +290,7 @@ class _QuantWeightMixin:
     def quantized_weight(self) -> tuple[Tensor, Tensor]:
         """(integer weight, per-output-channel scale), from the cache where it is valid."""
         w = self.weight
-        cacheable = (self._eval_cached and not self.training
+        cacheable = (self._eval_cached and not self.training and caches_enabled()
                      and not (torch.is_grad_enabled() and w.requires_grad))
         if cacheable and key_matches(self._weight_cache and self._weight_cache[0], w):
             return self._weight_cache[1], self._weight_cache[2]
@@ -400,6 +411,7 @@ class IntLayerNorm(QuantModule, nn.LayerNorm):
             out_scale = self.dim_sqrt / 2**30
             with torch.no_grad():
                 bias_int = torch.floor(self.bias / self.weight / out_scale)
+
             y = L.int_layer_norm(x, scaling_factor, self.weight, bias_int, out_scale)
             return y, out_scale * self.weight
         return self._forward_chain(x, scaling_factor)
@@ -460,7 +472,7 @@ class _IntExpModule(QuantModule):
         self._x0_cache = None
 
     def _cache_x0(self) -> bool:
-        return self._x0_cached and not self.training
+        return self._x0_cached and not self.training and caches_enabled()
 
     def _x0(self, scaling_factor: Tensor) -> Tensor:
         """x0_int = floor(-1 / scaling_factor); in eval (flag 12) from a cache keyed on the

@@ -1,0 +1,146 @@
+"""torch.compile with eager's numbers: inductor with aten's float sums.
+
+Inductor generates its own reduction loops: a float sum or mean adds in another order than
+aten's (vectorized cascade) kernel, so where the addends are not exact (the integer exp
+sums of IntSoftmax above 2^24, IntLayerNorm's squares, every gradient sum in backward)
+the compiled model's bits differ from eager's. The backend `backend` (registered with dynamo
+as ``"qvit_inductor"``) is inductor whose decomposition table turns every float
+``sum``/``mean`` into an opaque custom op that runs aten's kernel on a tensor of eager's
+strides (``needs_exact_strides``); everything else (elementwise, the rest of the graph)
+is inductor's (but frexp, whose float64 C++ does not build: aten's kernel too). The
+decomposition acts on the joint forward/backward graph, so the
+gradient sums autograd adds (bias gradients, ``sum_to_size``) are covered too.
+
+    >>> import torch, qvit
+    >>> compiled = torch.compile(model, backend="qvit_inductor")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = ["backend", "BACKEND", "compile_model"]
+
+BACKEND = "qvit_inductor"
+aten = torch.ops.aten
+_EXACT = (torch.Tag.needs_exact_strides,)  # aten's order depends on the input's strides
+
+
+@torch.library.custom_op("qvit::aten_sum", mutates_args=(), tags=_EXACT)
+def _aten_sum(x: Tensor, dim: list[int], keepdim: bool) -> Tensor:
+    return torch.sum(x, dim, keepdim)
+
+
+@_aten_sum.register_fake
+def _(x, dim, keepdim):
+    return torch.sum(x, dim, keepdim)
+
+
+@torch.library.custom_op("qvit::aten_mean", mutates_args=(), tags=_EXACT)
+def _aten_mean(x: Tensor, dim: list[int], keepdim: bool) -> Tensor:
+    return torch.mean(x, dim, keepdim)
+
+
+@_aten_mean.register_fake
+def _(x, dim, keepdim):
+    return torch.mean(x, dim, keepdim)
+
+
+# inductor's C++ for frexp does not build for float64 inputs (no vectorized convert of its
+# int32 exponent: "convert<double, 2, int32_t, 1>"): aten's kernel, opaque (its exact bits)
+@torch.library.custom_op("qvit::aten_frexp", mutates_args=())
+def _aten_frexp(x: Tensor) -> tuple[Tensor, Tensor]:
+    mant, exp = torch.frexp(x)
+    return mant, exp
+
+
+@_aten_frexp.register_fake
+def _(x):
+    return torch.empty_like(x), torch.empty_like(x, dtype=torch.int32)
+
+
+# autograd's gradient of an indexing (Swin's relative position bias gather) accumulates
+# into a zero tensor: aten adds the duplicates serially, in its iteration order
+@torch.library.custom_op("qvit::aten_index_put", mutates_args=(), tags=_EXACT)
+def _aten_index_put(x: Tensor, indices: list[Tensor | None], values: Tensor,
+                    accumulate: bool) -> Tensor:
+    return torch.index_put(x, indices, values, accumulate)
+
+
+@_aten_index_put.register_fake
+def _(x, indices, values, accumulate):
+    return torch.empty_like(x)
+
+
+def _index_put(x, indices, values, accumulate=False, *unsafe):
+    if not accumulate or not x.is_floating_point():
+        return NotImplemented  # (a plain write or integer sums: any order gives these bits)
+    return _aten_index_put(x, list(indices), values, True)
+
+
+def _frexp(x):
+    return _aten_frexp(x)
+
+
+def _dims(x: Tensor, dim) -> list[int]:
+    return list(range(x.dim())) if dim is None or dim == [] else list(dim)
+
+
+def _sum(x, dim=None, keepdim=False, *, dtype=None):
+    if not x.is_floating_point() or dtype is not None:
+        return NotImplemented  # (integer sums are exact in any order)
+    return _aten_sum(x, _dims(x, dim), keepdim)
+
+
+def _sum_all(x, *, dtype=None):
+    if not x.is_floating_point() or dtype is not None:
+        return NotImplemented
+    return _aten_sum(x, _dims(x, None), False)
+
+
+def _mean(x, dim=None, keepdim=False, *, dtype=None):
+    if not x.is_floating_point() or dtype is not None:
+        return NotImplemented
+    return _aten_mean(x, _dims(x, dim), keepdim)
+
+
+def _mean_all(x, *, dtype=None):
+    if not x.is_floating_point() or dtype is not None:
+        return NotImplemented
+    return _aten_mean(x, _dims(x, None), False)
+
+
+def decompositions() -> dict:
+    """Inductor's decomposition table with float sums and means kept as aten calls."""
+    from torch._inductor.decomposition import select_decomp_table
+
+    table = dict(select_decomp_table())
+    table.update({aten.sum.dim_IntList: _sum, aten.sum.default: _sum_all,
+                  aten.mean.dim: _mean, aten.mean.default: _mean_all,
+                  aten.frexp.Tensor: _frexp})
+    for op in (aten.index_put.default, aten._unsafe_index_put.default,
+               aten._index_put_impl.default):
+        table[op] = _index_put
+    return table
+
+
+# Inductor options: its pattern rewrites change numbers (e.g. x/s - amax(x/s) becomes
+# (x*sign(s) - amax(x*sign(s))) / (sign(s)*s), rounding the division after the subtraction)
+CONFIG = {"pattern_matcher": False}
+
+
+def backend(gm: torch.fx.GraphModule, example_inputs, **kwargs):
+    """A dynamo backend: inductor with aten's float sums (`decompositions`)."""
+    from torch._inductor.compile_fx import compile_fx
+
+    return compile_fx(gm, example_inputs, config_patches=dict(CONFIG),
+                      decompositions=decompositions(), **kwargs)
+
+
+def compile_model(model: torch.nn.Module, **kwargs) -> torch.nn.Module:
+    """``torch.compile(model, backend="qvit_inductor")``."""
+    return torch.compile(model, backend=backend, **kwargs)
+
+
+torch._dynamo.register_backend(backend, name=BACKEND)

@@ -1,0 +1,195 @@
+"""compile_model: the models trace whole (no graph break, no recompile beyond one graph per
+mode) and the `qvit_inductor` backend (`qvit.compile`) gives eager's bits.
+
+Inductor compiles C++ for every kernel (a minute or more per micro model on two cores), so
+the inductor checks here run the lean nodes one at a time on small tensors, forward and
+backward; the whole models (eval logits, AdamW steps) are measured by
+``scripts/compile_check.py``, and checked here under ``QVIT_TEST_COMPILE=1``.
+"""
+
+import copy
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import qvit
+import qvit.compile as QC
+from qvit import Flags
+from qvit import lean as L
+from qvit.modules import IntGELU, IntSoftmax, caches_enabled
+
+from ._util import SMALLEST, small_batch, small_model
+
+COMPILED = Flags.parse("best,compile_model=true")
+TINY = {"ivit_micro": dict(depth=1), "swin_micro": dict(depths=(2, 1))}
+
+
+def _counters():
+    from torch._dynamo.utils import counters
+
+    return counters
+
+
+@pytest.mark.parametrize("name", ["ivit_micro", "swin_micro"])
+def test_models_trace_whole_one_graph_per_mode(name):
+    """Eval (twice: the caches' second call), training steps (forward and backward, drop
+    path on), eval again, under dynamo: one graph for eval, one for training, no graph
+    break, and the values of the eager model with its caches."""
+    torch._dynamo.reset()
+    counters = _counters()
+    counters.clear()
+    # the fewest blocks with every module type (Swin: a shifted block, a merge)
+    torch.manual_seed(0)
+    eager = qvit.create_model(name, num_classes=10, img_size=SMALLEST[name], flags=COMPILED,
+                              drop_path_rate=0.1, **TINY[name])
+    x, y = small_batch(3, name)
+    with torch.no_grad():
+        eager(x)  # calibrated ranges
+    twin = copy.deepcopy(eager)
+    compiled = torch.compile(twin, backend="eager")
+    eager.eval(), twin.eval()
+    with torch.no_grad():
+        for _ in range(2):
+            assert torch.equal(compiled(x), eager(x))
+    eager.train(), twin.train()
+    for seed in range(2):
+        losses = []
+        for model in (eager, compiled):
+            torch.manual_seed(seed)
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            losses.append(loss.detach())
+        assert torch.equal(*losses)
+    eager.eval(), twin.eval()  # (re-arms the model's calibration check: run eagerly)
+    with torch.no_grad():
+        assert torch.equal(compiled(x), eager(x))
+    assert sum(counters["graph_break"].values()) == 0, dict(counters["graph_break"])
+    assert counters["stats"]["unique_graphs"] == 2
+    assert caches_enabled()  # (outside a trace)
+
+
+def _node_cases():
+    g = torch.Generator().manual_seed(0)
+
+    def act(*shape, scale=0.01, span=300):
+        return torch.randint(-span, span, shape, generator=g).float() * scale
+
+    scale = torch.tensor([0.01])
+    soft_x0 = IntSoftmax()._x0(scale)
+    gelu_x0 = IntGELU()._x0(scale * 1.702)
+    unit = torch.tensor([1 / 2**7])
+    s_in = torch.rand(16, generator=g) * 1e-2 + 1e-3
+    ln_w, ln_b = torch.linspace(0.5, 1.5, 24), torch.arange(24.0) - 12
+    ln_s0 = torch.tensor([24**0.5 / 2**30])
+    return {
+        # rows of 33 scores, exp sums above 2^24 (order-sensitive in float32)
+        "int_softmax": (lambda x: L.int_softmax(x, scale, soft_x0, 15, 8, unit),
+                        act(2, 3, 9, 33)),
+        "int_gelu": (lambda x: L.int_gelu(x, scale, gelu_x0, 23, 8, scale * unit),
+                     act(2, 9, 16)),
+        # (the constants made outside the compiled function: inductor's linspace differs;
+        # 3 Newton steps instead of 10: the same operations, a third of the kernels)
+        "int_layer_norm": (lambda x: L.int_layer_norm(x, scale, ln_w, ln_b, ln_s0, 3),
+                           act(2, 9, 24, span=30000)),
+        # Swin's stage-1 tokens: channels strided (sums in backward follow the layout)
+        "int_layer_norm_strided": (lambda x: L.int_layer_norm(x, scale, ln_w, ln_b, ln_s0, 3),
+                                   act(2, 24, 9, span=30000).transpose(1, 2)),
+        "requantize_residual": (lambda x: L.requantize(
+            x, s_in, torch.tensor([0.05]), 8, x.flip(-1) * 0.5, s_in * 2),
+            act(2, 9, 16) * s_in),
+        "quantize_act": (lambda x: L.quantize_act(x, torch.tensor([0.03]), 8),
+                         torch.randn(2, 9, 16, generator=g)),
+    }
+
+
+@pytest.mark.parametrize("node", list(_node_cases()))
+def test_lean_node_compiled_by_qvit_inductor_is_eager_bit_for_bit(node):
+    """Each lean node compiled by inductor (its autograd Function traced, in-place ops, the
+    float64 bit tricks of the dyadic multiplier, the row sums): the same values and input
+    gradients as eager."""
+    fn, x = _node_cases()[node]
+    torch._dynamo.reset()
+    # the incoming gradient in the output's layout: compiled backward receives it so (AOT
+    # autograd restrides a tangent to the traced output's strides; eager does not)
+    out = fn(x)
+    g_out = torch.empty_like(out).copy_(
+        torch.randn(out.shape, generator=torch.Generator().manual_seed(1)))
+    got_x, ref_x = x.clone().requires_grad_(), x.clone().requires_grad_()
+    got = torch.compile(fn, backend=QC.BACKEND)(got_x)
+    ref = fn(ref_x)
+    assert torch.equal(got, ref)
+    got.backward(g_out)
+    ref.backward(g_out)
+    assert torch.equal(got_x.grad, ref_x.grad)
+
+
+def test_qvit_inductor_sums_in_atens_order():
+    """A float row sum whose order shows (addends of mixed magnitude) and a mean over a
+    non-power-of-two width: aten's bits."""
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(7, 101, generator=g) * torch.logspace(0, 8, 101)
+
+    def f(x):
+        return x.sum(-1), x.mean(-1, keepdim=True), x.t().sum(0), x.sum()
+
+    torch._dynamo.reset()
+    for a, b in zip(torch.compile(f, backend=QC.BACKEND)(x), f(x), strict=True):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.skipif(os.environ.get("QVIT_TEST_COMPILE") != "1",
+                    reason="minutes of inductor compilation: QVIT_TEST_COMPILE=1")
+@pytest.mark.parametrize("name", ["ivit_micro", "swin_micro"])
+def test_compiled_model_is_eager_bit_for_bit(name):
+    """The flag's parity claim on a whole model: eval logits, 3 AdamW steps (losses and the
+    whole state after each), eval after training."""
+    torch._dynamo.reset()
+    eager, twin = small_model(name, COMPILED), small_model(name, COMPILED)
+    compiled = torch.compile(twin, backend=QC.BACKEND)
+    x_eval, _ = small_batch(7, name)
+    eager.eval(), twin.eval()
+    with torch.no_grad():
+        assert torch.equal(compiled(x_eval), eager(x_eval))
+    opts = [torch.optim.AdamW(m.parameters(), lr=1e-3) for m in (eager, twin)]
+    eager.train(), twin.train()
+    for i in range(3):
+        x, y = small_batch(200 + i, name)
+        losses = []
+        for model, opt in zip((eager, compiled), opts, strict=True):
+            torch.manual_seed(300 + i)
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(loss.detach())
+        assert torch.equal(*losses)
+        se, st = eager.state_dict(), twin.state_dict()
+        assert all(torch.equal(se[k], st[k]) for k in se), f"state differs after step {i}"
+    eager.eval(), twin.eval()
+    with torch.no_grad():
+        assert torch.equal(compiled(x_eval), eager(x_eval))
+
+
+def test_backend_is_registered():
+    assert QC.BACKEND in torch._dynamo.list_backends()
+    assert qvit.compile.backend is QC.backend
+
+
+def test_frexp_path_compiles_by_qvit_inductor():
+    """The frexp requantizer (fixedpoint_mul with frexp on the device, float64), whose C++
+    plain inductor cannot build, compiles with aten's frexp: eager's bits."""
+    from qvit import primitives as P
+
+    g = torch.Generator().manual_seed(4)
+    x = torch.randint(-300, 300, (2, 9, 16), generator=g).float() * 0.01
+    s_in, s_out = torch.rand(16, generator=g) * 1e-2 + 1e-3, torch.tensor([0.05])
+
+    def f(x):
+        return P.fixedpoint_mul(x, s_in.view(1, 1, -1), 8, s_out, None, None, fp64=True,
+                                use_frexp=True, frexp_on_device=True, fused=True,
+                                inline_ste=True, lean=True)
+
+    torch._dynamo.reset()
+    assert torch.equal(torch.compile(f, backend=QC.BACKEND)(x), f(x))
