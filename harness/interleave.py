@@ -32,7 +32,7 @@ import torch
 from . import measure, records
 from .data import MEAN_STD, normalize_batch
 from .host import configure_process
-from .loop import build_optimizer, train_step
+from .loop import build_optimizer, compile_model, train_step
 from .runner import RunSpec, base_row, build_model, resolve_device, validate_spec
 from .settings import digest
 
@@ -84,8 +84,7 @@ def _models(session: Session, device: torch.device) -> tuple[list[tuple], Any]:
             start_from_pretrained(model, spec, bundle, device)
         model.train()
         if spec.flags.compile_model:  # compiled in the warm-up rounds
-            import qvit.compile  # noqa: F401 - registers the qvit_inductor backend
-            model = torch.compile(model, backend=first.compile_backend)
+            model = compile_model(model, first.compile_backend)
         opt = build_optimizer(model, opt=first.opt, lr=first.lr,
                               weight_decay=first.weight_decay,
                               fused=spec.flags.fused_optimizer, device=device)

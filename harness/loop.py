@@ -155,6 +155,14 @@ def build_optimizer(model: nn.Module, *, opt: str, lr: float, weight_decay: floa
     return create_optimizer_v2(model, opt=opt, lr=lr, weight_decay=weight_decay, foreach=True)
 
 
+def compile_model(model: nn.Module, backend: str) -> nn.Module:
+    """``torch.compile(model, backend=backend)``, qvit's backends registered first (the
+    harness's one place that compiles a model)."""
+    import qvit.compile  # noqa: F401 - registers qvit_inductor with dynamo
+
+    return torch.compile(model, backend=backend)
+
+
 def compile_seconds() -> float:
     """Total seconds torch.compile has spent in this process so far (dynamo + inductor)."""
     try:

@@ -302,9 +302,7 @@ def _setup(spec: RunSpec, device: torch.device) -> _State:
                           preload=flags.preload_to_device, shuffle=False, drop_last=False,
                           max_steps=s.eval_steps, seed=s.seed)
     pretrained = start_from_pretrained(model, spec, bundle, device) if s.pretrained else {}
-    if flags.compile_model:
-        import qvit.compile  # noqa: F401 - registers the qvit_inductor backend
-    train_model = torch.compile(model, backend=s.compile_backend) if flags.compile_model \
+    train_model = loop.compile_model(model, s.compile_backend) if flags.compile_model \
         else model
     optimizer = loop.build_optimizer(model, opt=s.opt, lr=s.lr, weight_decay=s.weight_decay,
                                 fused=flags.fused_optimizer, device=device)

@@ -20,31 +20,21 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["backend", "BACKEND", "compile_model"]
+__all__ = ["backend", "BACKEND", "decompositions"]
 
 BACKEND = "qvit_inductor"
 aten = torch.ops.aten
 _EXACT = (torch.Tag.needs_exact_strides,)  # aten's order depends on the input's strides
 
 
-@torch.library.custom_op("qvit::aten_sum", mutates_args=(), tags=_EXACT)
-def _aten_sum(x: Tensor, dim: list[int], keepdim: bool) -> Tensor:
-    return torch.sum(x, dim, keepdim)
+@torch.library.custom_op("qvit::aten_reduce", mutates_args=(), tags=_EXACT)
+def _aten_reduce(x: Tensor, dim: list[int], keepdim: bool, mean: bool) -> Tensor:
+    return (torch.mean if mean else torch.sum)(x, dim, keepdim)
 
 
-@_aten_sum.register_fake
-def _(x, dim, keepdim):
-    return torch.sum(x, dim, keepdim)
-
-
-@torch.library.custom_op("qvit::aten_mean", mutates_args=(), tags=_EXACT)
-def _aten_mean(x: Tensor, dim: list[int], keepdim: bool) -> Tensor:
-    return torch.mean(x, dim, keepdim)
-
-
-@_aten_mean.register_fake
-def _(x, dim, keepdim):
-    return torch.mean(x, dim, keepdim)
+@_aten_reduce.register_fake
+def _(x, dim, keepdim, mean):
+    return (torch.mean if mean else torch.sum)(x, dim, keepdim)
 
 
 # inductor's C++ for frexp does not build for float64 inputs (no vectorized convert of its
@@ -79,36 +69,15 @@ def _index_put(x, indices, values, accumulate=False, *unsafe):
     return _aten_index_put(x, list(indices), values, True)
 
 
-def _frexp(x):
-    return _aten_frexp(x)
-
-
-def _dims(x: Tensor, dim) -> list[int]:
-    return list(range(x.dim())) if dim is None or dim == [] else list(dim)
-
-
-def _sum(x, dim=None, keepdim=False, *, dtype=None):
-    if not x.is_floating_point() or dtype is not None:
-        return NotImplemented  # (integer sums are exact in any order)
-    return _aten_sum(x, _dims(x, dim), keepdim)
-
-
-def _sum_all(x, *, dtype=None):
-    if not x.is_floating_point() or dtype is not None:
-        return NotImplemented
-    return _aten_sum(x, _dims(x, None), False)
-
-
-def _mean(x, dim=None, keepdim=False, *, dtype=None):
-    if not x.is_floating_point() or dtype is not None:
-        return NotImplemented
-    return _aten_mean(x, _dims(x, dim), keepdim)
-
-
-def _mean_all(x, *, dtype=None):
-    if not x.is_floating_point() or dtype is not None:
-        return NotImplemented
-    return _aten_mean(x, _dims(x, None), False)
+def _reduction(mean: bool):
+    """The decomposition of a float sum (or mean), over dims or all (``.default``): aten's
+    kernel as `_aten_reduce`; integer sums and explicit dtypes stay inductor's (exact)."""
+    def decompose(x, dim=None, keepdim=False, *, dtype=None):
+        if not x.is_floating_point() or dtype is not None:
+            return NotImplemented
+        dims = list(range(x.dim())) if dim is None or dim == [] else list(dim)
+        return _aten_reduce(x, dims, keepdim, mean)
+    return decompose
 
 
 def decompositions() -> dict:
@@ -116,9 +85,10 @@ def decompositions() -> dict:
     from torch._inductor.decomposition import select_decomp_table
 
     table = dict(select_decomp_table())
-    table.update({aten.sum.dim_IntList: _sum, aten.sum.default: _sum_all,
-                  aten.mean.dim: _mean, aten.mean.default: _mean_all,
-                  aten.frexp.Tensor: _frexp})
+    total, mean = _reduction(mean=False), _reduction(mean=True)
+    table.update({aten.sum.dim_IntList: total, aten.sum.default: total,
+                  aten.mean.dim: mean, aten.mean.default: mean,
+                  aten.frexp.Tensor: _aten_frexp})
     for op in (aten.index_put.default, aten._unsafe_index_put.default,
                aten._index_put_impl.default):
         table[op] = _index_put
@@ -136,11 +106,6 @@ def backend(gm: torch.fx.GraphModule, example_inputs, **kwargs):
 
     return compile_fx(gm, example_inputs, config_patches=dict(CONFIG),
                       decompositions=decompositions(), **kwargs)
-
-
-def compile_model(model: torch.nn.Module, **kwargs) -> torch.nn.Module:
-    """``torch.compile(model, backend="qvit_inductor")``."""
-    return torch.compile(model, backend=backend, **kwargs)
 
 
 torch._dynamo.register_backend(backend, name=BACKEND)

@@ -411,7 +411,6 @@ class IntLayerNorm(QuantModule, nn.LayerNorm):
             out_scale = self.dim_sqrt / 2**30
             with torch.no_grad():
                 bias_int = torch.floor(self.bias / self.weight / out_scale)
-
             y = L.int_layer_norm(x, scaling_factor, self.weight, bias_int, out_scale)
             return y, out_scale * self.weight
         return self._forward_chain(x, scaling_factor)

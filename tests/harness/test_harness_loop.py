@@ -95,6 +95,19 @@ def test_compile_path_records_compile_time(tmp_path):
     assert df["compile_s"].iloc[0] > 0
 
 
+def test_compile_model_knows_the_default_backend():
+    """The harness's one compile entry point registers qvit_inductor (the default
+    compile_backend) before torch.compile looks the name up, for runs and sessions alike."""
+    import torch
+
+    from harness import loop
+
+    assert RunSettings().compile_backend == "qvit_inductor"
+    compiled = loop.compile_model(torch.nn.Linear(2, 2), RunSettings().compile_backend)
+    assert "qvit_inductor" in torch._dynamo.list_backends()
+    assert isinstance(compiled, torch._dynamo.eval_frame.OptimizedModule)
+
+
 def _syncs(tmp_path, flags, config):
     spec = _spec(flags, model="ivit_micro", config=config, epochs=1, warmup_epochs=0,
                  steps_per_epoch=3, eval_steps=1, batch_size=4, count_syncs="all",
