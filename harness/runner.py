@@ -65,6 +65,12 @@ class RunSpec:
     block: int = 0  # repeat block (ablation designs); where a run sits is not its identity
     order: int = 0
 
+    @property
+    def compile_backend(self) -> str:
+        """compile_model's backend for this run: a float reference has no bits to keep."""
+        s = self.settings
+        return s.float_compile_backend if self.float_reference else s.compile_backend
+
     def __post_init__(self):
         if not isinstance(self.flags, Flags):
             raise ValueError(f"flags must be a qvit.Flags, got {self.flags!r}; use "
@@ -302,7 +308,7 @@ def _setup(spec: RunSpec, device: torch.device) -> _State:
                           preload=flags.preload_to_device, shuffle=False, drop_last=False,
                           max_steps=s.eval_steps, seed=s.seed)
     pretrained = start_from_pretrained(model, spec, bundle, device) if s.pretrained else {}
-    train_model = loop.compile_model(model, s.compile_backend) if flags.compile_model \
+    train_model = loop.compile_model(model, spec.compile_backend) if flags.compile_model \
         else model
     optimizer = loop.build_optimizer(model, opt=s.opt, lr=s.lr, weight_decay=s.weight_decay,
                                 fused=flags.fused_optimizer, device=device)

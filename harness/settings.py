@@ -98,6 +98,9 @@ class RunSettings(BaseModel):
     compile_backend: str = Field("qvit_inductor", description="torch.compile backend for "
                                  "compile_model (qvit_inductor: inductor with eager's bits, "
                                  "see qvit.compile)")
+    float_compile_backend: str = Field(
+        "inductor", description="torch.compile backend for compile_model on a float reference "
+        "(no integer bits to keep: the fastest float, inductor with its pattern rewrites)")
 
     @model_validator(mode="after")
     def _consistent(self) -> RunSettings:

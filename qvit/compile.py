@@ -11,11 +11,19 @@ is inductor's (but frexp, whose float64 C++ does not build: aten's kernel too). 
 decomposition acts on the joint forward/backward graph, so the
 gradient sums autograd adds (bias gradients, ``sum_to_size``) are covered too.
 
+Inductor's FX-graph cache keeps the compiled graphs on disk (``TORCHINDUCTOR_CACHE_DIR``),
+keyed by this file's digest: the minutes of C++ compilation are paid once per machine,
+torch and qvit.compile; a later process spends its compile time tracing (~35 s for an
+ivit_micro training step on two cores, against ~520 s cold).
+
     >>> import torch, qvit
     >>> compiled = torch.compile(model, backend="qvit_inductor")  # doctest: +SKIP
 """
 
 from __future__ import annotations
+
+import hashlib
+from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -80,11 +88,31 @@ def _reduction(mean: bool):
     return decompose
 
 
+# what inductor's caches key a compiled graph by: this file (the decompositions it defines)
+_SOURCE_DIGEST = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
+
+
+class _Table(dict):
+    """The decomposition table, pickled (inductor hashes it into its FX-graph and AOTAutograd
+    cache keys) as this module's digest: cached graphs are reused across processes, and
+    never for another table (plain inductor's entries, or an edited qvit.compile)."""
+
+    def __reduce_ex__(self, protocol):
+        return _table_for, (_SOURCE_DIGEST,)
+
+
+def _table_for(digest: str) -> _Table:
+    if digest != _SOURCE_DIGEST:
+        raise ValueError(f"qvit.compile's table for digest {digest[:12]} is gone "
+                         f"(this qvit.compile is {_SOURCE_DIGEST[:12]}); recompile")
+    return decompositions()
+
+
 def decompositions() -> dict:
     """Inductor's decomposition table with float sums and means kept as aten calls."""
     from torch._inductor.decomposition import select_decomp_table
 
-    table = dict(select_decomp_table())
+    table = _Table(select_decomp_table())
     total, mean = _reduction(mean=False), _reduction(mean=True)
     table.update({aten.sum.dim_IntList: total, aten.sum.default: total,
                   aten.mean.dim: mean, aten.mean.default: mean,

@@ -205,7 +205,9 @@ class Flags:
              "qvit_inductor (`qvit.compile`: inductor with aten's float sums, frexp and "
              "accumulating index_put, no pattern rewrites; plain inductor is not exact); one "
              "graph per mode, no graph break (eval caches bypassed while tracing); compile "
-             "time falls in the warm-up epoch")
+             "time falls in the warm-up epoch, minutes cold, tens of seconds once "
+             "inductor's on-disk cache holds the graphs; a float reference compiles with "
+             "the run's float_compile_backend")
 
     _SPECS: ClassVar[dict[str, FlagSpec]]
 

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from harness import runner
 from harness.loop import FaultInjector
@@ -106,6 +107,26 @@ def test_compile_model_knows_the_default_backend():
     compiled = loop.compile_model(torch.nn.Linear(2, 2), RunSettings().compile_backend)
     assert "qvit_inductor" in torch._dynamo.list_backends()
     assert isinstance(compiled, torch._dynamo.eval_frame.OptimizedModule)
+
+
+def test_float_reference_compiles_with_its_own_backend(tmp_path, monkeypatch):
+    """compile_model on a float reference uses float_compile_backend (the fastest float),
+    on a qvit model compile_backend (eager's bits), in runs and interleaved sessions alike."""
+    from harness import interleave, loop
+
+    used = []
+    monkeypatch.setattr(loop, "compile_model", lambda m, b: used.append(b) or m)
+    monkeypatch.setattr(interleave, "compile_model", lambda m, b: used.append(b) or m)
+    flags = Flags.preset("best").replace(num_workers=0, compile_model=True)
+    settings = RunSettings(model="ivit_micro", **{**BASE, "epochs": 1, "warmup_epochs": 0,
+                                                  "steps_per_epoch": 1})
+    specs = [RunSpec(config=c, flags=flags, float_reference=c == "float", settings=settings)
+             for c in ("best", "float")]
+    assert [s.compile_backend for s in specs] == ["qvit_inductor", "inductor"]
+    for spec in specs:
+        execute_run(spec, tmp_path / spec.config)
+    interleave._models(interleave.Session(tuple(specs)), torch.device("cpu"))
+    assert used == ["qvit_inductor", "inductor"] * 2
 
 
 def _syncs(tmp_path, flags, config):

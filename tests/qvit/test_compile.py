@@ -193,3 +193,46 @@ def test_frexp_path_compiles_by_qvit_inductor():
 
     torch._dynamo.reset()
     assert torch.equal(torch.compile(f, backend=QC.BACKEND)(x), f(x))
+
+
+_CACHE_PROBE = """
+import json, sys, torch, qvit.compile
+from torch._dynamo.utils import counters
+out = torch.compile(lambda x: x.sum(1) * 2, backend=sys.argv[1])(
+    torch.logspace(0, 8, 64).view(8, 8))
+print(json.dumps({**counters["inductor"], **counters["aot_autograd"],
+                  "exact": torch.equal(out, torch.logspace(0, 8, 64).view(8, 8).sum(1) * 2)}))
+"""
+
+
+def test_qvit_inductor_graphs_are_cached_across_processes_and_apart_from_inductors(tmp_path):
+    """Inductor's FX-graph and AOTAutograd caches key a graph by its decomposition table:
+    qvit's table pickles as the digest of qvit.compile, so a new process reuses a compiled
+    graph (minutes per model, paid once per machine), and plain inductor's entry for the
+    same graph (other sums, other bits) is never taken for qvit_inductor's, nor the reverse."""
+    import json
+    import subprocess
+    import sys
+
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path), "OMP_NUM_THREADS": "1"}
+
+    def probe(backend):
+        out = subprocess.run([sys.executable, "-c", _CACHE_PROBE, backend], env=env,
+                             capture_output=True, text=True, check=True).stdout
+        return json.loads(out.strip().splitlines()[-1])
+
+    first = probe(QC.BACKEND)
+    assert first.get("fxgraph_cache_miss") == 1 and first.get("autograd_cache_saved") == 1
+    plain = probe("inductor")  # same dynamo graph, plain table: its own entry
+    assert plain.get("fxgraph_cache_miss") == 1 and "extern_calls" not in plain
+    again = probe(QC.BACKEND)
+    assert again.get("autograd_cache_hit") == 1 and again["extern_calls"] == 1  # aten's sum
+    assert first["exact"] and again["exact"]
+
+
+def test_decomposition_table_refuses_another_qvit_compile():
+    table = QC.decompositions()
+    fn, args = table.__reduce_ex__(2)
+    assert fn(*args).keys() == table.keys()
+    with pytest.raises(ValueError, match="recompile"):
+        fn("0" * 64)
