@@ -73,6 +73,8 @@ def run_level(table: pd.DataFrame) -> pd.DataFrame:
         last = ok[ok["run_id"] == run_id].sort_values("epoch").iloc[-1]
         row = {k: first[k] for k in ("run_id", "model", "config", "block") if k in g}
         row["float_reference"] = bool(first.get("float_reference", False))
+        if "compile_model" in g:  # which float reference it is divided by
+            row["compile_model"] = bool(first["compile_model"])
         row["n_epochs"] = len(g)
         for col in ("epoch_s", "train_s", "eval_s", "startup_s", "data_s", "plot_s"):
             if col in g:
@@ -169,6 +171,24 @@ def _accuracy(runs: pd.DataFrame, model: str, config: str, baseline: str, g: pd.
     return row
 
 
+def _compiled(g: pd.DataFrame) -> bool:
+    return bool(g["compile_model"].iloc[0]) if "compile_model" in g else False
+
+
+def _float_for(t: pd.DataFrame) -> dict[bool | None, str]:
+    """The float reference a config's step is divided by, like for like: the float compiled
+    as the config is (``compile_model``), keyed by that flag; under None the first float
+    reference, for a design with one float only."""
+    if "float_reference" not in t or not len(t):
+        return {}
+    floats = t[t["float_reference"].fillna(False).astype(bool)]
+    out: dict[bool | None, str] = {}
+    for config, g in floats.groupby("config", sort=False):
+        out.setdefault(_compiled(g), config)
+        out.setdefault(None, config)
+    return out
+
+
 def _float_multiple(runs: pd.DataFrame, model: str, config: str, float_config: str) -> dict:
     pairs = paired(runs, model, config, float_config, "step_s")
     r, lo, hi, _ = ratio_interval(pairs["step_s"], pairs["step_s_base"])  # config / float
@@ -194,9 +214,7 @@ def summarize(table: pd.DataFrame, baseline: str, *, iqr_warn: float = IQR_WARN,
         return by_epochs.merge(inter, on=["model", "config"], how="outer", sort=False)
     epochs = measured(table)
     runs = run_level(table)
-    if float_config is None and "float_reference" in runs and len(runs):
-        floats = runs.loc[runs["float_reference"].astype(bool), "config"]
-        float_config = floats.iloc[0] if len(floats) else None
+    floats = _float_for(runs) if float_config is None else {}
     rows = []
     for (model, config), g in runs.groupby(["model", "config"], sort=False):
         e = epochs[(epochs["model"] == model) & (epochs["config"] == config)]
@@ -215,8 +233,9 @@ def summarize(table: pd.DataFrame, baseline: str, *, iqr_warn: float = IQR_WARN,
                          ("eval_images", "median"), ("pretrained_top1", "median")):
             if col in g:
                 row[col] = float(getattr(g[col], how)())
-        if float_config is not None:
-            row.update(_float_multiple(runs, model, config, float_config))
+        against = float_config or floats.get(_compiled(g), floats.get(None))
+        if against is not None:
+            row.update(_float_multiple(runs, model, config, against))
         row["wide_spread"] = bool(row["iqr_rel"] > iqr_warn) if not math.isnan(
             row["iqr_rel"]) else False
         rows.append(row)
@@ -232,9 +251,7 @@ def interleaved(table: pd.DataFrame, baseline: str) -> pd.DataFrame:
     (``*_interleaved``)."""
     t = measured(table)
     t = t.assign(step_s=t["compute_s"])
-    floats = t.loc[t["float_reference"].fillna(False).astype(bool), "config"] \
-        if "float_reference" in t else pd.Series(dtype=str)
-    float_config = floats.iloc[0] if len(floats) else None
+    floats = _float_for(t)
     rows = []
     for (model, config), g in t.groupby(["model", "config"], sort=False):
         row: dict[str, Any] = {"model": model, "config": config,
@@ -242,7 +259,8 @@ def interleaved(table: pd.DataFrame, baseline: str) -> pd.DataFrame:
                                "n_sessions": int(g["block"].nunique()),
                                "n_rounds": int(len(g))}
         for name, other, inverse in (("speedup_interleaved", baseline, False),
-                                     ("float_multiple_interleaved", float_config, True)):
+                                     ("float_multiple_interleaved",
+                                      floats.get(_compiled(g), floats.get(None)), True)):
             if other is None:
                 continue
             r, lo, hi = _session_ratio(t, model, config, other, inverse)

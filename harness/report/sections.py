@@ -250,7 +250,11 @@ def speed(ctx: Context) -> tuple[str, list[str]]:
                 f"training step in turn, round after round in a shuffled order, paired "
                 f"within rounds ({_rounds_label(ctx)[2:]}): model arithmetic and optimizer "
                 f"only, the most precise figure on a noisy machine. "
-                if _rounds_label(ctx) else "") + f"`{NO_EFFECT}`: the flags this config moves "
+                if _rounds_label(ctx) else "") + (
+                "**/ float**: config step / float reference step, paired, against the float "
+                "compiled as the config is (`compile_model`) where the design has both. "
+                if "float_reference" in ctx.table and ctx.table["float_reference"].any()
+                else "") + f"`{NO_EFFECT}`: the flags this config moves "
             f"cannot act on this device. Peak memory: {kind}. `(!)`: epoch-time IQR/median "
             f"above {iqr:.0%}.\n\n" + md_table(table))
     findings = []

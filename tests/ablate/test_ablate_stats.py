@@ -112,6 +112,26 @@ def test_float_reference_multiple():
     assert s.loc["best", "float_multiple"] == pytest.approx(5.0)
 
 
+def test_compiled_configs_are_divided_by_the_compiled_float():
+    """Like for like: with a float reference compiled and one not, a compiled config's
+    '/ float' is against the compiled float, an eager one's against the eager float (both
+    methods); the first float listed is not the float of every config."""
+    from qvit import Flags
+
+    eager, compiled = Flags.preset("best"), Flags.preset("best").replace(compile_model=True)
+    cfg = {"best": {"step": 1.0, "time": 1.0, "flags": eager},
+           "best_compiled": {"step": 0.5, "time": 0.5, "flags": compiled},
+           "float": {"step": 0.25, "time": 0.25, "float_reference": True, "flags": eager},
+           "float_compiled": {"step": 0.1, "time": 0.1, "float_reference": True,
+                              "flags": compiled}}
+    for t in (table(cfg, noise=0.0), synthetic_steps(cfg, noise=0.0)):
+        s = stats.summarize(t, "best").set_index("config")
+        col = "float_multiple" if "float_multiple" in s else "float_multiple_interleaved"
+        assert s.loc["best", col] == pytest.approx(4.0)
+        assert s.loc["best_compiled", col] == pytest.approx(5.0)
+        assert s.loc["float_compiled", col] == pytest.approx(1.0)
+
+
 def test_identical_accuracy_is_equivalent_not_nan():
     cfg = {"base": {"top1": 90.0, "top1_sd": 0.0}, "same": {"top1": 90.0, "top1_sd": 0.0}}
     s = stats.summarize(table(cfg), "base").set_index("config")
