@@ -74,6 +74,17 @@ def speed(session):
 
 
 @nox.session
+def speed_compiled(session):
+    """The training step under compile_model: seed / best eager, best compiled (qvit_inductor,
+    bitwise eager), float eager and compiled (plain inductor), step-interleaved, on the micro
+    models and at 224; reports in runs/speed_compiled_micro and runs/speed_compiled_224. Cold
+    inductor caches add minutes of compilation per model to the first session."""
+    _install(session)
+    for spec in ("ablations/speed_compiled_micro.toml", "ablations/speed_compiled_224.toml"):
+        session.run("python", "-m", "harness", "ablate", spec, *session.posargs)
+
+
+@nox.session
 def mutants(session):
     """The curated mutation check: 36 subtle mutations of qvit/ (rounding modes, bit widths
     and clamps, cache keys, momentum order, scale shapes, gradient order, the lean nodes),
