@@ -176,9 +176,8 @@ def _compiled(g: pd.DataFrame) -> bool:
 
 
 def _float_for(t: pd.DataFrame) -> dict[bool | None, str]:
-    """The float reference a config's step is divided by, like for like: the float compiled
-    as the config is (``compile_model``), keyed by that flag; under None the first float
-    reference, for a design with one float only."""
+    """The float references of a table keyed by ``compile_model`` (see `_float_of`); under
+    None the first one."""
     if "float_reference" not in t or not len(t):
         return {}
     floats = t[t["float_reference"].fillna(False).astype(bool)]
@@ -187,6 +186,12 @@ def _float_for(t: pd.DataFrame) -> dict[bool | None, str]:
         out.setdefault(_compiled(g), config)
         out.setdefault(None, config)
     return out
+
+
+def _float_of(floats: dict[bool | None, str], g: pd.DataFrame) -> str | None:
+    """The float reference a config's rows ``g`` are divided by, like for like: the float
+    compiled as the config is, else the only (first) float of the design."""
+    return floats.get(_compiled(g), floats.get(None))
 
 
 def _float_multiple(runs: pd.DataFrame, model: str, config: str, float_config: str) -> dict:
@@ -233,7 +238,7 @@ def summarize(table: pd.DataFrame, baseline: str, *, iqr_warn: float = IQR_WARN,
                          ("eval_images", "median"), ("pretrained_top1", "median")):
             if col in g:
                 row[col] = float(getattr(g[col], how)())
-        against = float_config or floats.get(_compiled(g), floats.get(None))
+        against = float_config or _float_of(floats, g)
         if against is not None:
             row.update(_float_multiple(runs, model, config, against))
         row["wide_spread"] = bool(row["iqr_rel"] > iqr_warn) if not math.isnan(
@@ -259,8 +264,8 @@ def interleaved(table: pd.DataFrame, baseline: str) -> pd.DataFrame:
                                "n_sessions": int(g["block"].nunique()),
                                "n_rounds": int(len(g))}
         for name, other, inverse in (("speedup_interleaved", baseline, False),
-                                     ("float_multiple_interleaved",
-                                      floats.get(_compiled(g), floats.get(None)), True)):
+                                     ("float_multiple_interleaved", _float_of(floats, g),
+                                      True)):
             if other is None:
                 continue
             r, lo, hi = _session_ratio(t, model, config, other, inverse)
