@@ -13,6 +13,13 @@ def _install(session, extras="dev"):
     session.install("-e", f".[{extras}]")
 
 
+def _ablate_each(session, *specs):
+    """Install, then run each ablation spec with the session's arguments."""
+    _install(session)
+    for spec in specs:
+        session.run("python", "-m", "harness", "ablate", spec, *session.posargs)
+
+
 @nox.session
 def tests(session):
     """The test suite (CPU, deterministic; what CI runs)."""
@@ -68,9 +75,7 @@ def speed(session):
     interleaved (5 sessions x 6 rounds, A/A control, t intervals), on the micro models
     (batch 64) and on DeiT-tiny and Swin-T at 224 (batch 4); reports in runs/speed_micro
     and runs/speed_224. Arguments go to both runs, e.g. `-- --malloc-retain`."""
-    _install(session)
-    for spec in ("ablations/speed_micro.toml", "ablations/speed_224.toml"):
-        session.run("python", "-m", "harness", "ablate", spec, *session.posargs)
+    _ablate_each(session, "ablations/speed_micro.toml", "ablations/speed_224.toml")
 
 
 @nox.session
@@ -79,9 +84,8 @@ def speed_compiled(session):
     bitwise eager), float eager and compiled (plain inductor), step-interleaved, on the micro
     models and at 224; reports in runs/speed_compiled_micro and runs/speed_compiled_224. Cold
     inductor caches add minutes of compilation per model to the first session."""
-    _install(session)
-    for spec in ("ablations/speed_compiled_micro.toml", "ablations/speed_compiled_224.toml"):
-        session.run("python", "-m", "harness", "ablate", spec, *session.posargs)
+    _ablate_each(session, "ablations/speed_compiled_micro.toml",
+                 "ablations/speed_compiled_224.toml")
 
 
 @nox.session
