@@ -24,7 +24,7 @@ from .settings import RunSettings, digest, library_versions
 __all__ = ["PRETRAIN_VERSION", "cache_dir", "pretrained_path", "pretrain_settings",
            "start_from_pretrained"]
 
-PRETRAIN_VERSION = 1  # bump when the float training recipe below changes
+PRETRAIN_VERSION = 2  # bump when the float training recipe below changes (2: explicit attention)
 
 
 def cache_dir() -> Path:
@@ -42,7 +42,8 @@ def pretrain_settings(s: RunSettings) -> RunSettings:
     return s.replace(epochs=s.pretrain_epochs, warmup_epochs=0, steps_per_epoch=None,
                      eval_steps=None, batch_size=64, lr=1e-3, weight_decay=0.05,
                      sched="cosine", seed=0, pretrained=False, count_syncs="off",
-                     deterministic=False, mixup=0.0, cutmix=0.0, smoothing=0.0, ema_decay=0.0)
+                     deterministic=False, mixup=0.0, cutmix=0.0, smoothing=0.0, ema_decay=0.0,
+                     float_attention="explicit")
 
 
 def pretrained_path(s: RunSettings) -> Path:

@@ -148,7 +148,8 @@ def build_model(spec: RunSpec) -> torch.nn.Module:
                                  flags=spec.flags)
     if spec.float_reference:
         return qvit.create_float_reference(s.model, num_classes=s.num_classes,
-                                           img_size=s.img_size)
+                                           img_size=s.img_size,
+                                           fused_attn=s.float_attention == "sdpa")
     return qvit.create_model(s.model, num_classes=s.num_classes, img_size=s.img_size,
                              flags=spec.flags)
 

@@ -101,6 +101,11 @@ class RunSettings(BaseModel):
     float_compile_backend: str = Field(
         "inductor", description="torch.compile backend for compile_model on a float reference "
         "(no integer bits to keep: the fastest float, inductor with its pattern rewrites)")
+    float_attention: Literal["explicit", "sdpa"] = Field(
+        "explicit", description="the float reference's attention: explicit softmax(q k^T) v "
+        "(the quantized models' form; timm's Swin default; the faster compiled ViT float on "
+        "the 2-core CPU measured) or sdpa (F.scaled_dot_product_attention, timm's ViT "
+        "default; flash attention on GPUs)")
 
     @model_validator(mode="after")
     def _consistent(self) -> RunSettings:

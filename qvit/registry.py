@@ -158,9 +158,13 @@ def create_model(name: str, *, num_classes: int | None = None, img_size: int | N
 
 
 def create_float_reference(name: str, *, num_classes: int = 1000, img_size: int | None = None,
-                           **overrides: Any) -> nn.Module:
+                           fused_attn: bool | None = None, **overrides: Any) -> nn.Module:
     """timm's float model with the architecture of quantized ``name``: same depth, widths,
-    patching and windows, and the same parameter names (its weights load into ours)."""
+    patching and windows, and the same parameter names (its weights load into ours).
+
+    ``fused_attn`` sets every attention's path: True ``F.scaled_dot_product_attention``,
+    False the explicit ``softmax(q k^T) v`` (the quantized models' form); None keeps timm's
+    default (fused for ViT, explicit for Swin). The weights and state dict are the same."""
     from timm.models.swin_transformer import SwinTransformer
     from timm.models.vision_transformer import VisionTransformer
 
@@ -168,11 +172,17 @@ def create_float_reference(name: str, *, num_classes: int = 1000, img_size: int 
     arch.update(overrides)
     arch.pop("softmax_bits", None)
     if family == "vit":
-        return VisionTransformer(num_classes=num_classes, qkv_bias=True,
-                                 norm_layer=partial(nn.LayerNorm, eps=1e-6), **arch)
-    arch.setdefault("drop_path_rate", 0.1)
-    return SwinTransformer(num_classes=num_classes, norm_layer=partial(nn.LayerNorm, eps=1e-6),
-                           **arch)
+        model = VisionTransformer(num_classes=num_classes, qkv_bias=True,
+                                  norm_layer=partial(nn.LayerNorm, eps=1e-6), **arch)
+    else:
+        arch.setdefault("drop_path_rate", 0.1)
+        model = SwinTransformer(num_classes=num_classes,
+                                norm_layer=partial(nn.LayerNorm, eps=1e-6), **arch)
+    if fused_attn is not None:
+        for module in model.modules():
+            if hasattr(module, "fused_attn"):  # timm's Attention, WindowAttention
+                module.fused_attn = fused_attn
+    return model
 
 
 def _float_keys(model: QuantModel) -> dict[str, torch.Size]:

@@ -2,6 +2,7 @@
 
     PYTHONPATH=. python scripts/profile_step.py ivit_micro best            # top 25 ops
     PYTHONPATH=. python scripts/profile_step.py ivit_micro best --top 40 --modules
+    PYTHONPATH=. python scripts/profile_step.py ivit_micro best --compile  # compiled step
 
 Batch $BATCH (default 64), the model's default image size (or $IMG), 10 classes, torch
 threads $NT (default 1); 3 warm-up steps, then $STEPS (default 3) profiled steps. Prints
@@ -9,10 +10,17 @@ the op counts per step (calls of the elementwise ops the speed issue names), the
 self CPU time (per step), and with ``--modules`` the CPU time per module class (forward,
 inclusive) and per autograd backward node. Timings under the profiler are inflated; use
 step_ratio.py for times, this for what runs.
+
+``--compile`` profiles the step under ``torch.compile`` with the harness's backends (the run
+settings' ``compile_backend`` for qvit models, ``float_compile_backend`` for the float), with
+inductor's kernel profiling on (each generated C++ kernel a profiler event; a cache entry of
+its own): the first warm-up step compiles (minutes cold), and a table groups the step's time
+into matmuls and convolutions, inductor's kernels, qvit's opaque aten calls and the rest.
 """
 import argparse
 import collections
 import os
+import time
 
 import torch
 from torch.profiler import ProfilerActivity, profile, record_function
@@ -24,6 +32,53 @@ COUNTED = ("aten::mul", "aten::mul_", "aten::div", "aten::div_", "aten::copy_",
            "aten::floor", "aten::floor_", "aten::pow", "aten::round", "aten::round_",
            "aten::where", "aten::mm", "aten::bmm", "aten::addmm", "aten::empty",
            "aten::empty_strided")
+
+
+GROUPS = (  # (group, what its events' names start with), first match wins
+    ("matmul, conv (aten)", ("aten::mm", "aten::bmm", "aten::addmm", "aten::_scaled_dot",
+                             "aten::convolution", "aten::mkldnn_conv")),
+    ("inductor kernels", ("graph_",)),
+    ("qvit opaque aten calls", ("qvit::", "aten::sum", "aten::mean", "aten::frexp",
+                                "aten::index_put")),
+    ("optimizer", ("Optimizer.", "aten::_foreach", "aten::lerp", "aten::addc")),
+)
+
+
+def _group_table(events, steps: int, total: float) -> str:
+    """The step's self CPU time by `GROUPS` (the rest in "other")."""
+    ms, calls = collections.Counter(), collections.Counter()
+    for e in events:
+        g = next((g for g, pre in GROUPS if e.key.startswith(pre)), "other")
+        ms[g] += e.self_cpu_time_total / steps / 1e3
+        calls[g] += e.count / steps
+    rows = ["| group | self CPU ms/step | % | calls/step |", "|---|---|---|---|"]
+    for g in [g for g, _ in GROUPS] + ["other"]:
+        rows.append(f"| {g} | {ms[g]:.2f} | {100 * ms[g] / total:.1f} | {calls[g]:.0f} |")
+    return "\n".join(rows) + "\n"
+
+
+def _harness_float_sdpa() -> bool:
+    """Whether the harness's float reference uses SDPA (run setting float_attention)."""
+    from harness.settings import RunSettings
+
+    return RunSettings.model_fields["float_attention"].default == "sdpa"
+
+
+def _compiled(model, float_reference: bool):
+    """The model under torch.compile with the harness's backend for it, kernels profiled."""
+    import torch._inductor.config as inductor_config
+
+    from harness.loop import compile_model
+    from harness.settings import RunSettings
+
+    inductor_config.cpp.enable_kernel_profile = True
+    key = "float_compile_backend" if float_reference else "compile_backend"
+    return compile_model(model, RunSettings.model_fields[key].default)
+
+
+def _short(name: str, width: int = 90) -> str:
+    """An event's name cut to ``width`` characters (inductor's kernel names run to 200)."""
+    return name if len(name) <= width else name[:width - 3] + "..."
 
 
 def _wrap_modules(model):
@@ -45,13 +100,20 @@ def main():
     ap.add_argument("flags", help="flags spec (best, seed, legacy, 'best,x=y') or float")
     ap.add_argument("--top", type=int, default=25)
     ap.add_argument("--modules", action="store_true")
+    ap.add_argument("--compile", action="store_true",
+                    help="profile the step under torch.compile (the harness's backends)")
     args = ap.parse_args()
+    if args.modules and args.compile:
+        ap.error("--modules wraps module forwards in profiler ranges, which torch.compile "
+                 "traces through: use one of --modules and --compile")
     torch.set_num_threads(int(os.environ.get("NT", "1")))
     torch.manual_seed(0)
     batch, steps = int(os.environ.get("BATCH", "64")), int(os.environ.get("STEPS", "3"))
     img = int(os.environ.get("IMG", qvit.variants.VARIANTS[args.model][1]["img_size"]))
     if args.flags == "float":
-        m, fused = qvit.create_float_reference(args.model, num_classes=10, img_size=img), True
+        m = qvit.create_float_reference(args.model, num_classes=10, img_size=img,
+                                        fused_attn=_harness_float_sdpa())
+        fused = True
     else:
         flags = Flags.parse(args.flags)
         m = qvit.create_model(args.model, num_classes=10, img_size=img, flags=flags)
@@ -60,23 +122,31 @@ def main():
     x, y = torch.randn(batch, 3, img, img), torch.randint(0, 10, (batch,))
     if args.modules:
         _wrap_modules(m)
+    model = _compiled(m, args.flags == "float") if args.compile else m
 
     def step():
-        loss = torch.nn.functional.cross_entropy(m(x), y)
+        loss = torch.nn.functional.cross_entropy(model(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
 
-    for _ in range(3):
+    t = time.perf_counter()
+    step()
+    first = time.perf_counter() - t
+    for _ in range(2):
         step()
     with profile(activities=[ProfilerActivity.CPU]) as p:
         for _ in range(steps):
             step()
     events = p.key_averages()
     total = sum(e.self_cpu_time_total for e in events) / steps / 1e3
-    print(f"## {args.model} `{args.flags}`: batch {batch}, {img}x{img}, "
+    how = " compiled" if args.compile else ""
+    print(f"## {args.model} `{args.flags}`{how}: batch {batch}, {img}x{img}, "
           f"{torch.get_num_threads()} thread(s), "
           f"{steps} steps; self CPU {total:.1f} ms/step (under the profiler)\n")
+    if args.compile:
+        print(f"First step (compilation included): {first:.1f} s.\n")
+        print(_group_table(events, steps, total))
     calls = collections.Counter({e.key: e.count for e in events})
     print("| op | calls/step |\n|---|---|")
     for k in COUNTED:
@@ -88,7 +158,7 @@ def main():
     print("| op | self CPU ms/step | % | calls/step |\n|---|---|---|---|")
     for e in ops[:args.top]:
         ms = e.self_cpu_time_total / steps / 1e3
-        print(f"| `{e.key}` | {ms:.2f} | {100 * ms / total:.1f} | {e.count / steps:.0f} |")
+        print(f"| `{_short(e.key)}` | {ms:.2f} | {100 * ms / total:.1f} | {e.count / steps:.0f} |")
     if args.modules:
         rows = [e for e in events if e.key.startswith("fwd:") or "Backward" in e.key
                 and not e.key.startswith("autograd::")]

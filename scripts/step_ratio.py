@@ -5,11 +5,11 @@ process.
     PYTHONPATH=. python scripts/step_ratio.py ivit_micro 015cdf7:best best   # before/after
 
 A config is a flags spec (``best``, ``seed,use_frexp=true``), ``float`` (timm's float
-model), or ``REV:spec``: the flags spec on qvit as of git revision REV (extracted with git
-archive into a temporary package, so two versions of qvit run side by side). Each repeat
-runs one step (forward, backward, AdamW) of every config in turn (batch $BATCH, default 64;
-the model's default image size, or $IMG; 10 classes); medians over repeats after 2 warm-up
-steps; ratios to every other config.
+model, its attention as the harness's float reference's), or ``REV:spec``: the flags spec
+on qvit as of git revision REV (extracted with git archive into a temporary package, so two
+versions of qvit run side by side). Each repeat runs one step (forward, backward, AdamW) of
+every config in turn (batch $BATCH, default 64; the model's default image size, or $IMG; 10
+classes); medians over repeats after 2 warm-up steps; ratios to every other config.
 torch intra-op threads: $NT (default 1; this 2-core host is shared, and 2 threads spin under
 contention).
 """
@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 import qvit
+from harness.settings import RunSettings
 
 torch.set_num_threads(int(os.environ.get("NT", "1")))
 torch.manual_seed(0)
@@ -59,7 +60,8 @@ def qvit_at(rev: str):
 runs = {}
 for c in configs:
     if c == "float":
-        m = qvit.create_float_reference(name, num_classes=10, img_size=img)
+        m = qvit.create_float_reference(name, num_classes=10, img_size=img,  # as the harness
+                                        fused_attn=RunSettings().float_attention == "sdpa")
         fused = True
     else:
         lib, spec = (qvit_at(c.split(":", 1)[0]), c.split(":", 1)[1]) if ":" in c else (qvit, c)

@@ -129,6 +129,23 @@ def test_float_reference_compiles_with_its_own_backend(tmp_path, monkeypatch):
     assert used == ["qvit_inductor", "inductor"] * 2
 
 
+@pytest.mark.parametrize("attention", ["explicit", "sdpa"])
+def test_float_reference_attention_is_the_run_setting(attention):
+    """The float reference computes attention as the run setting says (default explicit:
+    the quantized models' form; timm's ViT default would be sdpa); the float-pretraining
+    recipe pins it (one checkpoint per recipe)."""
+    from harness.pretrained import pretrain_settings
+
+    assert RunSettings().float_attention == "explicit"
+    settings = RunSettings(model="ivit_micro", float_attention=attention, **BASE)
+    spec = RunSpec(config="float", flags=Flags.preset("best"), float_reference=True,
+                   settings=settings)
+    fused = {m.fused_attn for m in runner.build_model(spec).modules()
+             if hasattr(m, "fused_attn")}
+    assert fused == {attention == "sdpa"}
+    assert pretrain_settings(settings).float_attention == "explicit"
+
+
 def _syncs(tmp_path, flags, config):
     spec = _spec(flags, model="ivit_micro", config=config, epochs=1, warmup_epochs=0,
                  steps_per_epoch=3, eval_steps=1, batch_size=4, count_syncs="all",

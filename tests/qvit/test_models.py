@@ -122,6 +122,26 @@ def test_set_flags_switches_paths_of_one_instance():
 
 
 @pytest.mark.parametrize("name", MICRO)
+def test_float_reference_attention_path(name):
+    """fused_attn sets every attention's path (None: timm's own default, fused for ViT,
+    explicit for Swin); the two paths are the same function of the same weights."""
+    def paths(model):
+        return {m.fused_attn for m in model.modules() if hasattr(m, "fused_attn")}
+
+    assert paths(qvit.create_float_reference(name, num_classes=10)) == {name == "ivit_micro"}
+    torch.manual_seed(0)
+    fused = qvit.create_float_reference(name, num_classes=10, fused_attn=True).eval()
+    torch.manual_seed(0)
+    explicit = qvit.create_float_reference(name, num_classes=10, fused_attn=False).eval()
+    assert paths(fused) == {True} and paths(explicit) == {False}
+    sd = fused.state_dict()
+    assert all(torch.equal(sd[k], v) for k, v in explicit.state_dict().items())
+    x, _ = batch(0)
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), explicit(x), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", MICRO)
 def test_float_weights_load_strictly(name, tmp_path):
     ref = qvit.create_float_reference(name, num_classes=10)
     torch.save({"model": ref.state_dict()}, tmp_path / "float.pth")
