@@ -148,11 +148,35 @@ def spawn(module: str, payload: dict, out: Path, work: Path, progress: bool = Fa
         cmd.append("--progress")
     proc = subprocess.Popen(cmd, env=_child_env(), stdin=subprocess.DEVNULL)
     try:
-        return proc.wait()
+        with _sigterm_raises():
+            return proc.wait()
     except BaseException:  # stopped (Ctrl-C, a signal, a requeue): stop the child too
         proc.kill()
         proc.wait()
         raise
+
+
+@contextlib.contextmanager
+def _sigterm_raises():
+    """SIGTERM as SystemExit(143) while waiting for a child, where nothing else handles it:
+    its default action ends this process at once and leaves the child running, writing into
+    the output folder beside the next sweep. A handler already set (`run_block`'s: finish
+    the run, start no more) is left alone."""
+    def _raise(signum, frame):
+        raise SystemExit(128 + signum)
+
+    try:
+        if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+            yield
+            return
+        previous = signal.signal(signal.SIGTERM, _raise)
+    except ValueError:  # not the main thread: signals are the main thread's
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _record_dead_run(spec, out: Path, rc: int, prov: dict) -> None:

@@ -394,3 +394,39 @@ def test_retries_resubmit_dead_blocks_not_cancelled_ones(tmp_path, monkeypatch, 
     assert fake.submitted == ([[0, 1], [0]] if resubmitted else [[0, 1]])
     check_table(table, specs, finished_blocks=[0, 1] if resubmitted else [1])
     assert len(table) == (4 if resubmitted else 3)
+
+
+def test_sigterm_to_the_parent_stops_its_child(tmp_path):
+    """`spawn`'s child dies with its parent on SIGTERM (the default action would end the
+    parent alone, leaving the child writing into the output folder beside the next sweep)."""
+    import subprocess
+
+    (tmp_path / "sleeper.py").write_text(
+        "import os, sys, time\n"
+        "open(os.path.join(sys.argv[2], 'pid'), 'w').write(str(os.getpid()))\n"
+        "time.sleep(60)\n")
+    parent = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from pathlib import Path; "
+         "from harness.executors import spawn; "
+         f"spawn('sleeper', {{}}, Path(r'{tmp_path}'), Path(r'{tmp_path}'))"],
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(tmp_path)])})
+    pid_file = tmp_path / "pid"
+    deadline = time.monotonic() + 60
+    while not (pid_file.exists() and pid_file.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    child = int(pid_file.read_text())
+    try:
+        parent.send_signal(signal.SIGTERM)
+        assert parent.wait(timeout=30) == 128 + signal.SIGTERM
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                os.kill(child, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.05)
+        else:
+            pytest.fail("the child outlived its parent's SIGTERM")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signal.SIGKILL)
