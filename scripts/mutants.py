@@ -104,9 +104,9 @@ MUTANTS = [
       "if cacheable and self._weight_cache is not None and self._weight_cache[0][0][0] is w:",
       (CACHES,), "weight cache keyed on the tensor only, not its version"),
     M("weight_cache_serves_grad", "qvit/modules.py",
-      "        cacheable = (self._eval_cached and not self.training\n"
+      "        cacheable = (self._eval_cached and not self.training and caches_enabled()\n"
       "                     and not (torch.is_grad_enabled() and w.requires_grad))",
-      "        cacheable = self._eval_cached and not self.training",
+      "        cacheable = self._eval_cached and not self.training and caches_enabled()",
       (PARITY, "-k", "best_is_legacy"), "weight cache serves an eval-mode forward that needs "
       "its gradient (an optimizer step taken in eval)"),
     M("x0_never_refreshed", "qvit/modules.py",
@@ -159,7 +159,7 @@ MUTANTS = [
       "g_sum = g_factor.mul_(INT32_MAX).neg_().mul_(recip).mul_(recip)",
       (FUSED,), "fused normalization backward multiplies by r twice, not by r*r"),
     M("newton_grad_factored", "qvit/primitives.py",
-      "g = gs - gs * (vks[i] / ks[i])", "g = gs * (1 - vks[i] / ks[i])",
+      "g = gs.sub_(torch.div(vks[i], ks[i]).mul_(gs))", "g = gs * (1 - vks[i] / ks[i])",
       (FUSED,), "Newton sqrt backward factored (different rounding)"),
     M("max_tie_full_gradient", "qvit/fused.py",
       "g_c = torch.where(tie, g_d / 2, g_d)", "g_c = torch.where(tie, g_d, g_d)",

@@ -1,0 +1,30 @@
+"""scripts/mutants.py stays applicable: every mutant's text is found once in its file (a
+mutant whose code moved is reported "stale" and checks nothing; two went stale unseen)."""
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parents[2]
+
+
+def _mutants():
+    spec = importlib.util.spec_from_file_location("mutants", ROOT / "scripts" / "mutants.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["mutants"] = module  # (its dataclasses look their module up)
+    spec.loader.exec_module(module)
+    return module.MUTANTS
+
+
+@pytest.mark.parametrize("mutant", _mutants(), ids=lambda m: m.name)
+def test_mutant_applies_once(mutant):
+    text = (ROOT / mutant.path).read_text()
+    assert text.count(mutant.old) == 1, (
+        f"{mutant.name}: its text occurs {text.count(mutant.old)} times in {mutant.path}; "
+        "update the mutant to the code as it is now")
+    assert mutant.old != mutant.new
+    for test in mutant.tests:
+        path = test.split("::")[0]
+        if path.endswith(".py"):
+            assert (ROOT / path).is_file(), f"{mutant.name}: no {path}"
