@@ -149,7 +149,7 @@ def build_model(spec: RunSpec) -> torch.nn.Module:
     if spec.float_reference:
         return qvit.create_float_reference(s.model, num_classes=s.num_classes,
                                            img_size=s.img_size,
-                                           fused_attn=s.float_attention == "sdpa")
+                                           attention=s.float_attention)
     return qvit.create_model(s.model, num_classes=s.num_classes, img_size=s.img_size,
                              flags=spec.flags)
 

@@ -158,16 +158,19 @@ def create_model(name: str, *, num_classes: int | None = None, img_size: int | N
 
 
 def create_float_reference(name: str, *, num_classes: int = 1000, img_size: int | None = None,
-                           fused_attn: bool | None = None, **overrides: Any) -> nn.Module:
+                           attention: str | None = None, **overrides: Any) -> nn.Module:
     """timm's float model with the architecture of quantized ``name``: same depth, widths,
     patching and windows, and the same parameter names (its weights load into ours).
 
-    ``fused_attn`` sets every attention's path: True ``F.scaled_dot_product_attention``,
-    False the explicit ``softmax(q k^T) v`` (the quantized models' form); None keeps timm's
-    default (fused for ViT, explicit for Swin). The weights and state dict are the same."""
+    ``attention`` sets every attention's path: ``"sdpa"`` ``F.scaled_dot_product_attention``,
+    ``"explicit"`` ``softmax(q k^T) v`` (the quantized models' form); None keeps timm's
+    default (sdpa for ViT, explicit for Swin). The weights and state dict are the same."""
     from timm.models.swin_transformer import SwinTransformer
     from timm.models.vision_transformer import VisionTransformer
 
+    if attention not in (None, "explicit", "sdpa"):
+        raise ValueError(f"attention={attention!r}: use 'explicit', 'sdpa' or None (timm's "
+                         f"default)")
     family, arch = _check_common(name, num_classes, img_size)
     arch.update(overrides)
     arch.pop("softmax_bits", None)
@@ -178,10 +181,10 @@ def create_float_reference(name: str, *, num_classes: int = 1000, img_size: int 
         arch.setdefault("drop_path_rate", 0.1)
         model = SwinTransformer(num_classes=num_classes,
                                 norm_layer=partial(nn.LayerNorm, eps=1e-6), **arch)
-    if fused_attn is not None:
+    if attention is not None:
         for module in model.modules():
             if hasattr(module, "fused_attn"):  # timm's Attention, WindowAttention
-                module.fused_attn = fused_attn
+                module.fused_attn = attention == "sdpa"
     return model
 
 

@@ -26,6 +26,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
 import qvit
+from harness.settings import RunSettings
 from qvit import Flags
 
 COUNTED = ("aten::mul", "aten::mul_", "aten::div", "aten::div_", "aten::copy_",
@@ -57,23 +58,16 @@ def _group_table(events, steps: int, total: float) -> str:
     return "\n".join(rows) + "\n"
 
 
-def _harness_float_sdpa() -> bool:
-    """Whether the harness's float reference uses SDPA (run setting float_attention)."""
-    from harness.settings import RunSettings
-
-    return RunSettings.model_fields["float_attention"].default == "sdpa"
-
-
 def _compiled(model, float_reference: bool):
     """The model under torch.compile with the harness's backend for it, kernels profiled."""
     import torch._inductor.config as inductor_config
 
     from harness.loop import compile_model
-    from harness.settings import RunSettings
+    from harness.runner import RunSpec
 
     inductor_config.cpp.enable_kernel_profile = True
-    key = "float_compile_backend" if float_reference else "compile_backend"
-    return compile_model(model, RunSettings.model_fields[key].default)
+    spec = RunSpec("profile", Flags(), float_reference=float_reference)
+    return compile_model(model, spec.compile_backend)
 
 
 def _short(name: str, width: int = 90) -> str:
@@ -112,7 +106,7 @@ def main():
     img = int(os.environ.get("IMG", qvit.variants.VARIANTS[args.model][1]["img_size"]))
     if args.flags == "float":
         m = qvit.create_float_reference(args.model, num_classes=10, img_size=img,
-                                        fused_attn=_harness_float_sdpa())
+                                        attention=RunSettings().float_attention)
         fused = True
     else:
         flags = Flags.parse(args.flags)

@@ -61,7 +61,7 @@ runs = {}
 for c in configs:
     if c == "float":
         m = qvit.create_float_reference(name, num_classes=10, img_size=img,  # as the harness
-                                        fused_attn=RunSettings().float_attention == "sdpa")
+                                        attention=RunSettings().float_attention)
         fused = True
     else:
         lib, spec = (qvit_at(c.split(":", 1)[0]), c.split(":", 1)[1]) if ":" in c else (qvit, c)

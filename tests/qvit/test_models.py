@@ -123,22 +123,24 @@ def test_set_flags_switches_paths_of_one_instance():
 
 @pytest.mark.parametrize("name", MICRO)
 def test_float_reference_attention_path(name):
-    """fused_attn sets every attention's path (None: timm's own default, fused for ViT,
+    """``attention`` sets every attention's path (None: timm's own default, sdpa for ViT,
     explicit for Swin); the two paths are the same function of the same weights."""
     def paths(model):
         return {m.fused_attn for m in model.modules() if hasattr(m, "fused_attn")}
 
     assert paths(qvit.create_float_reference(name, num_classes=10)) == {name == "ivit_micro"}
     torch.manual_seed(0)
-    fused = qvit.create_float_reference(name, num_classes=10, fused_attn=True).eval()
+    fused = qvit.create_float_reference(name, num_classes=10, attention="sdpa").eval()
     torch.manual_seed(0)
-    explicit = qvit.create_float_reference(name, num_classes=10, fused_attn=False).eval()
+    explicit = qvit.create_float_reference(name, num_classes=10, attention="explicit").eval()
     assert paths(fused) == {True} and paths(explicit) == {False}
     sd = fused.state_dict()
     assert all(torch.equal(sd[k], v) for k, v in explicit.state_dict().items())
     x, _ = batch(0)
     with torch.no_grad():
         torch.testing.assert_close(fused(x), explicit(x), rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="use 'explicit', 'sdpa' or None"):
+        qvit.create_float_reference(name, attention="flash")
 
 
 @pytest.mark.parametrize("name", MICRO)
