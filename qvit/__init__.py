@@ -27,7 +27,7 @@ _LAZY = {"calibrate": "calibration", "load_ivit_checkpoint": "ivit", "QuantModel
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("blocks", "calibration", "ivit", "models", "modules", "primitives",
+    if name in ("blocks", "calibration", "ivit", "models", "modules", "ops", "paths",
                 "reference", "registry", "variants"):  # qvit.registry etc. when deferred
         return importlib.import_module(f".{name}", __name__)
     if name in _LAZY:

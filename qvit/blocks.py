@@ -105,6 +105,12 @@ class Attention(QuantModule):
         self.proj = linear(dim, dim)
         self.q_out = QuantAct(16)
         self.proj_drop = nn.Dropout(proj_drop)
+        self.flags = self.flags
+
+    PATH_FIELDS = ("rel_pos_bias_eval",)
+
+    def _bind(self, p) -> None:
+        self._bias_cached = p.rel_pos_bias_eval == "cached"
 
     def invalidate_cache(self) -> None:
         self._bias_cache = None
@@ -119,7 +125,7 @@ class Attention(QuantModule):
         """The quantized bias (heads, N, N) and its scale; cached in eval (flag 13), keyed
         on its sources (`_bias_sources`)."""
         table = self.relative_position_bias_table
-        cacheable = (self.flags.cache_rel_pos_bias and not self.training and caches_enabled()
+        cacheable = (self._bias_cached and not self.training and caches_enabled()
                      and not (torch.is_grad_enabled() and table.requires_grad))
         if cacheable and self._bias_cache is not None and key_matches(self._bias_cache[0],
                                                                       *self._bias_sources()):

@@ -3,9 +3,13 @@
 `Flags` is a frozen dataclass with one field per flag. Each field carries its metadata
 (`FlagSpec`): the seed change it comes from, where it acts (``module`` code in qvit or the
 training ``loop`` in harness), its legacy / seed / best values, the parity we expect when it
-is toggled, and one line of help. Models, the harness loop, ablation designs and reports all
-read this one declaration; adding a flag touches this file, its two code paths and its parity
-test.
+is toggled, one line of help, and how it depends on the others: what it ``requires`` to act,
+what it ``overrides``, and the device or model family it needs. The seed's changes keep their
+own flags; our own implementations are one choice per operation (``*_impl``, each value a
+path in ``qvit/ops/<operation>.py``). `qvit.paths` resolves what a combination runs, and
+`Flags.parse` refuses a flag named that cannot act there. Models, the harness loop,
+ablation designs and reports all read this one declaration; adding a flag touches this file,
+`qvit.paths`, its two code paths and its parity test.
 
     >>> Flags.preset("legacy").use_frexp
     True
@@ -23,7 +27,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
-__all__ = ["FlagSpec", "Flags", "PARITY_CLASSES", "PRESETS", "SCOPES", "markdown_table"]
+__all__ = ["FlagSpec", "Flags", "PARITY_CLASSES", "PRESETS", "RENAMED", "SCOPES", "markdown_table",
+           "migrate"]
 
 # What toggling a flag may do to the numbers, from strongest to weakest guarantee.
 PARITY_CLASSES = (
@@ -54,6 +59,12 @@ class FlagSpec:
     # Bound for "near-exact": the largest fraction of requantized elements allowed to differ,
     # and the largest difference in quantization steps; for gradients, relative L2.
     bound: dict[str, float] | None = None
+    # What the flag needs to act, per value ("*": every value): {value: {flag: allowed}}
+    requires: dict[Any, dict[str, tuple]] = dataclasses.field(default_factory=dict)
+    # Flags that this flag's value leaves unable to act: {value: {flag: why}}
+    overrides: dict[Any, dict[str, str]] = dataclasses.field(default_factory=dict)
+    device: str | None = None  # acts on this device type only ("cuda")
+    family: str | None = None  # acts in this model family only ("swin")
 
     def expected_parity(self, value: Any) -> str:
         """Expected parity class when moving this flag from its legacy value to ``value``."""
@@ -76,18 +87,27 @@ class FlagSpec:
         return tuple(seen)
 
 
-def _flag(*, change, scope, legacy, seed, best, parity, help, choices=None, bound=None):
+def _flag(*, change, scope, legacy, seed, best, parity, help, choices=None, bound=None,
+          requires=None, overrides=None, device=None, family=None):
     # The field default is the `best` value: a plain `Flags()` is what we recommend.
     meta = dict(change=change, scope=scope, legacy=legacy, seed=seed, best=best,
                 parity=parity if isinstance(parity, dict) else {"*": parity},
-                help=help, choices=choices, bound=bound)
+                help=help, choices=choices, bound=bound, requires=requires or {},
+                overrides=overrides or {}, device=device, family=family)
     return dataclasses.field(default=best, metadata={"qvit": meta})
 
 
-def _seed_change(change: int, help: str):
+def _seed_change(change: int, help: str, **kw):
     # a seed change that keeps the numbers: off in legacy, on in seed and best, exact
     return _flag(change=change, scope="module", legacy=False, seed=True, best=True,
-                 parity="exact", help=help)
+                 parity="exact", help=help, **kw)
+
+
+def _impl(choices: tuple[str, ...], help: str, **kw):
+    # one of our implementations of an operation: "reference" in legacy and seed, the last
+    # (fastest) choice in best, every choice the same bits
+    return _flag(change=None, scope="module", legacy="reference", seed="reference",
+                 best=choices[-1], choices=choices, parity="exact", help=help, **kw)
 
 
 def _ours(help: str):
@@ -110,9 +130,6 @@ class Flags:
         bound={"forward_frac_differ": 1e-3, "forward_max_steps": 1.0},
         help="requantize by an integer mantissa and shift (frexp, 31 bits) instead of one "
              "float multiply")
-    frexp_on_device: bool = _ours(
-        "compute the frexp mantissa/exponent with torch.frexp on the tensor's device "
-        "instead of numpy + Decimal on the host (same bits, no host round trip)")
     inline_ste: bool = _seed_change(
         4, "straight-through estimators as x + (f(x) - x).detach() instead of "
            "autograd.Function classes")
@@ -134,52 +151,61 @@ class Flags:
         10, "in eval, quantize weights once per weight change instead of every batch")
     cache_eval_act_scale: bool = _seed_change(
         11, "QuantAct recomputes its scale only while collecting statistics, not in eval")
+    # (keyed on activation scales, which QuantAct replaces on every eval call unless
+    # cache_eval_act_scale keeps them: without it these caches never hit)
     cache_exp_x0: bool = _seed_change(
-        12, "IntGELU/IntSoftmax cache x0_int = floor(-1/scale) in eval")
+        12, "IntGELU/IntSoftmax cache x0_int = floor(-1/scale) in eval",
+        requires={True: {"cache_eval_act_scale": (True,)}})
     cache_rel_pos_bias: bool = _seed_change(
-        13, "Swin attention caches the gathered quantized relative position bias in eval")
+        13, "Swin attention caches the gathered quantized relative position bias in eval",
+        family="swin", requires={True: {"cache_eval_act_scale": (True,)}})
     eps_constant: bool = _seed_change(
         15, "float32 eps as a module constant instead of torch.finfo(...) per call")
     act_init_without_sync: bool = _ours(
         "QuantAct's first-call check min==max on the device (torch.where) instead of "
         "`if torch.eq(min, max).all()`, a host sync per call")
-    requant_fused: bool = _ours(
-        "requantization multiplies by the dyadic m * 2^-e formed once per channel and "
-        "rounds in place (one multiply, no division, fewer buffers); same bits")
-    ste_lean: bool = _ours(
-        "STEs as autograd.Functions whose backward passes the gradient on without the "
-        "legacy clone() and whose quantize forward rounds in place (overrides "
-        "inline_ste); same values forward and backward")
     act_aminmax: bool = _ours(
         "QuantAct's batch range by one torch.aminmax pass instead of min() then max()")
-    fused_int_softmax: bool = _ours(
-        "IntSoftmax as one autograd.Function: the same integer forward under no_grad, "
-        "backward the legacy STE chain's operations in autograd's order (same bits)")
-    fused_int_gelu: bool = _ours(
-        "IntGELU as one autograd.Function: the same integer forward under no_grad, "
-        "backward the legacy STE chain's operations in autograd's order (same bits)")
-    lean_quant_act: bool = _ours(
-        "QuantAct as one lean node (with fp64_fixedpoint and use_frexp): the dyadic "
-        "multiplier from the float64 bits of the scale ratio (no frexp, pow or "
-        "division), one float64 pass, the output scale folded in, gradient (g*s)/s in "
-        "the node; one-pass sync-free range observation; same bits")
-    lean_int_exp: bool = _ours(
-        "IntSoftmax and IntGELU as one lean node each (overrides fused_int_softmax/"
-        "fused_int_gelu): in place, 2^k from exponent bits instead of pow, float masks "
-        "instead of where/masked_fill, the row max by amax and its first index, the "
-        "output scale folded in; same bits")
-    lean_layernorm: bool = _ours(
-        "IntLayerNorm as one autograd node with its Newton sqrt (unless "
-        "layernorm_newton=no_grad): in place forward, backward the legacy graph's "
-        "formulas in its order, gradients to x and weight; same bits")
-    lean_linear: bool = _ours(
-        "QuantLinear/QuantConv2d/QuantMatMul: the weight's per-channel range by amin/amax "
-        "(no indices), the product rescaled in place (no second full-size buffer); "
+    # --- our implementations: one choice per operation (qvit/ops/<operation>.py) ----------
+    ste_impl: str = _impl(
+        ("reference", "lean"),
+        "straight-through estimators: reference (as inline_ste chooses: I-ViT's "
+        "autograd.Function or the seed's inline form) or lean (a Function whose backward "
+        "passes the gradient on without the legacy clone() and whose quantize forward "
+        "rounds in place); same values forward and backward",
+        overrides={"lean": {"inline_ste": "every STE is the lean Function"}})
+    requant_impl: str = _impl(
+        ("reference", "device_frexp", "fused", "lean"),
+        "QuantAct's requantizer: reference (I-ViT's fixedpoint_mul; its frexp by numpy + "
+        "Decimal on the host), device_frexp (the same, frexp by torch.frexp on the "
+        "tensor's device: no host round trip), fused (device frexp; the dyadic m * 2^-e "
+        "formed once per channel, one multiply rounded in place) or lean (quantizer and "
+        "requantizer as one autograd node each: the multiplier from the float bits of the "
+        "scale ratio, one pass, the output scale folded in); same bits",
+        requires={"device_frexp": {"use_frexp": (True,)}})
+    int_exp_impl: str = _impl(
+        ("reference", "fused", "lean"),
+        "IntSoftmax and IntGELU: reference (the STE chain), fused (one autograd.Function "
+        "each: the integer forward under no_grad, backward the chain's operations in "
+        "autograd's order) or lean (one node each, in place, 2^k from exponent bits, float "
+        "masks, the row max by amax and its first index, the output scale folded in); "
         "same bits")
+    layernorm_impl: str = _impl(
+        ("reference", "lean"),
+        "IntLayerNorm: reference (the STE chain around the Newton sqrt) or lean (one "
+        "autograd node with its Newton sqrt, in place, backward the chain's formulas in "
+        "its order); same bits",
+        overrides={"lean": {"layernorm_newton": "ste and no_grad_sqrt_grad run as one node "
+                                                "with the same gradient"}})
+    linear_impl: str = _impl(
+        ("reference", "lean"),
+        "QuantLinear/QuantConv2d/QuantMatMul: reference or lean (the weight's per-channel "
+        "range by amin/amax, no indices; the product rescaled in place, no second "
+        "full-size buffer); same bits")
     # --- loop flags (harness) -----------------------------------------------------------
     cuda_synchronize_per_step: bool = _flag(
         change=8, scope="loop", legacy=True, seed=False, best=False, parity="exact",
-        help="torch.cuda.synchronize() after every step")
+        device="cuda", help="torch.cuda.synchronize() after every step")
     loss_item_per_step: bool = _flag(
         change=9, scope="loop", legacy=True, seed=False, best=False, parity="exact",
         help="loss.item() every step instead of a device-side sum read once per epoch")
@@ -191,6 +217,7 @@ class Flags:
         help="write learning-curve plots every N epochs (and after the last)")
     num_workers: int = _flag(
         change=2, scope="loop", legacy=8, seed=4, best=4, parity="statistical",
+        requires={"*": {"preload_to_device": (False,)}},
         help="DataLoader worker processes")
     fused_optimizer: bool = _flag(
         change=None, scope="loop", legacy=False, seed=False, best=True, parity="near-exact",
@@ -242,6 +269,10 @@ class Flags:
         try:
             return cls._SPECS[name]
         except KeyError:
+            if name in RENAMED:
+                raise ValueError(f"flag {name!r} is now {RENAMED[name]} (one choice per "
+                                 f"operation since qvit 0.2; docs/flags.md lists every "
+                                 f"flag)") from None
             raise ValueError(f"unknown flag {name!r}{_closest(name, list(cls._SPECS))}; "
                              f"valid flags: {', '.join(cls._SPECS)}") from None
 
@@ -261,6 +292,8 @@ class Flags:
     @classmethod
     def parse(cls, text: str | Flags | None) -> Flags:
         """Parse ``"preset[,name=value,...]"``; without a preset the overrides apply to best.
+        A flag named here that cannot act with the others (`qvit.paths.acts`) is refused,
+        saying what it needs or what overrides it.
 
         >>> Flags.parse("seed,use_frexp=true,plot_every=1").plot_every
         1
@@ -282,7 +315,19 @@ class Flags:
                                  f"(a preset may only come first: {', '.join(PRESETS)})")
             name, raw = (s.strip() for s in part.split("=", 1))
             overrides[name] = cls.coerce(name, raw)
-        return base.replace(**overrides)
+        flags = base.replace(**overrides)
+        from .paths import Paths, acts, why_inert
+
+        for name, value in overrides.items():
+            # refused: a value that runs what the preset's value runs, or a flag that no
+            # value moves here
+            was = getattr(base, name)
+            same = (not acts(flags, name) if value == was
+                    else Paths.of(flags) == Paths.of(flags.replace(**{name: was})))
+            if same:
+                raise ValueError(f"{name}={_fmt(value)} cannot act in {text!r}: "
+                                 f"{why_inert(flags, name)}")
+        return flags
 
     @classmethod
     def coerce(cls, name: str, raw: Any) -> Any:
@@ -304,6 +349,18 @@ class Flags:
             except ValueError:
                 raise ValueError(f"flag {name!r} takes an integer, got {raw!r}") from None
         return text
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Flags:
+        """Flags from a recorded ``to_dict()`` (a design.json, a table row), spellings of
+        earlier versions migrated (`migrate`)."""
+        return cls(**migrate(d))
+
+    def paths(self, **context: Any) -> Any:
+        """What this config runs (`qvit.paths.Paths.of`; ``device_type``, ``family``)."""
+        from .paths import Paths
+
+        return Paths.of(self, **context)
 
     def replace(self, **overrides: Any) -> Flags:
         """A copy with some flags changed; unknown names raise with the closest match."""
@@ -339,15 +396,81 @@ class Flags:
 
 
 def markdown_table() -> str:
-    """The flag table of the README, rendered from the declaration (a test keeps it equal)."""
-    rows = ["| flag | seed change | scope | legacy | seed | best | expected parity | what |",
-            "|---|---|---|---|---|---|---|---|"]
+    """The flag table of docs/flags.md, rendered from the declaration (a test keeps it
+    equal): values per preset, parity, what each flag needs, what it overrides, and the
+    presets it can act in (`qvit.paths.acts`)."""
+    from .paths import acts
+
+    rows = ["| flag | seed change | scope | legacy | seed | best | expected parity | needs | "
+            "overrides | acts in | what |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in Flags.specs():
         parity = ", ".join(f"{_fmt(v)}: {c}" if v != "*" else c for v, c in s.parity.items())
+        needs = [f"{'' if v == '*' else f'{_fmt(v)}: '}"
+                 + " and ".join(f"{o}={'/'.join(map(_fmt, a))}" for o, a in req.items())
+                 for v, req in s.requires.items()]
+        needs += [f"{s.device.upper()}" for _ in [0] if s.device] + [
+            f"a {s.family} model" for _ in [0] if s.family]
+        over = [f"{_fmt(v)}: " + "; ".join(f"{o} ({why})" for o, why in o_map.items())
+                for v, o_map in s.overrides.items()]
+        where = [p for p in PRESETS if acts(Flags.preset(p), s.name)]
         rows.append(f"| `{s.name}` | {s.change if s.change is not None else 'beyond'} | "
                     f"{s.scope} | {_fmt(s.legacy)} | {_fmt(s.seed)} | {_fmt(s.best)} | "
-                    f"{parity} | {s.help} |")
+                    f"{parity} | {'; '.join(needs) or '-'} | {'; '.join(over) or '-'} | "
+                    f"{', '.join(where) or 'none'} | {s.help} |")
     return "\n".join(rows)
+
+
+# Flags of qvit 0.1 that became values of one choice per operation, and their new spelling
+RENAMED = {
+    "ste_lean": "ste_impl=lean", "requant_fused": "requant_impl=fused",
+    "frexp_on_device": "requant_impl=device_frexp", "lean_quant_act": "requant_impl=lean",
+    "fused_int_softmax": "int_exp_impl=fused", "fused_int_gelu": "int_exp_impl=fused",
+    "lean_int_exp": "int_exp_impl=lean", "lean_layernorm": "layernorm_impl=lean",
+    "lean_linear": "linear_impl=lean",
+}
+
+
+def migrate(d: dict[str, Any]) -> dict[str, Any]:
+    """A flags dict recorded by qvit 0.1 (`RENAMED`), as the flags that run the same code
+    today; a dict without old names is returned as it is. 0.1's lean QuantAct forced the
+    range flags on (they are set so); a 0.1 combination that no choice expresses (fused
+    requantization with the host frexp, one of the two fused exps alone, a lean STE with
+    per-call zero points) raises a ValueError naming it."""
+    if not any(k in d for k in RENAMED):
+        return d
+    d = dict(d)
+    old = {k: bool(d.pop(k)) for k in RENAMED if k in d}
+    frexp, fp64 = d.get("use_frexp", True), d.get("fp64_fixedpoint", True)
+
+    def unexpressible(what: str) -> ValueError:
+        return ValueError(f"a qvit 0.1 config with {what} runs no path of qvit 0.2; "
+                          f"re-run it with today's flags (docs/flags.md)")
+
+    if old.get("lean_quant_act") and fp64 and frexp:
+        d["requant_impl"] = "lean"
+        d.update(global_act_minmax=True, act_aminmax=True, act_init_without_sync=True)
+    elif old.get("requant_fused"):
+        if frexp and not old.get("frexp_on_device"):
+            raise unexpressible("requant_fused and the host frexp")
+        d["requant_impl"] = "fused"
+    else:
+        d["requant_impl"] = ("device_frexp" if old.get("frexp_on_device") and frexp
+                             else "reference")
+    fused = (old.get("fused_int_softmax", False), old.get("fused_int_gelu", False))
+    if old.get("lean_int_exp"):
+        d["int_exp_impl"] = "lean"
+    elif fused[0] != fused[1]:
+        raise unexpressible("one of fused_int_softmax / fused_int_gelu alone")
+    else:
+        d["int_exp_impl"] = "fused" if fused[0] else "reference"
+    d["layernorm_impl"] = ("lean" if old.get("lean_layernorm")
+                           and d.get("layernorm_newton") != "no_grad" else "reference")
+    d["linear_impl"] = "lean" if old.get("lean_linear") else "reference"
+    if old.get("ste_lean") and not d.get("reuse_constant_tensors", True):
+        raise unexpressible("ste_lean and reuse_constant_tensors=false")
+    d["ste_impl"] = "lean" if old.get("ste_lean") else "reference"
+    return d
 
 
 def _fmt(v: Any) -> str:
@@ -368,6 +491,11 @@ def _build_specs() -> dict[str, FlagSpec]:
         bad_parity = any(c not in PARITY_CLASSES for c in meta["parity"].values())
         if meta["scope"] not in SCOPES or bad_parity:
             raise TypeError(f"flag {f.name!r}: bad scope or parity class in its declaration")
+    for spec in specs.values():  # dependencies name declared flags
+        named = [o for req in spec.requires.values() for o in req]
+        named += [o for ov in spec.overrides.values() for o in ov]
+        if any(o not in specs or o == spec.name for o in named):
+            raise TypeError(f"flag {spec.name!r}: requires/overrides name an unknown flag")
     return specs
 
 

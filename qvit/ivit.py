@@ -32,9 +32,9 @@ import torch
 from torch import nn
 
 from . import modules as qm
-from . import primitives as P
 from .blocks import Attention, Mlp, PatchEmbed, PatchMerging, TransformerBlock
 from .models import QuantModel, QuantSwin, QuantViT
+from .ops import quantize as Q
 from .registry import key_mismatch, read_state_dict
 
 __all__ = ["load_ivit_checkpoint"]
@@ -118,7 +118,7 @@ def _symmetric_range(scale: torch.Tensor, bits: int) -> torch.Tensor:
         down = torch.nextafter(down, torch.zeros_like(down))
         candidates += [up, down]
     for c in candidates:
-        if torch.equal(P.symmetric_scale(bits, -c, c), scale):
+        if torch.equal(Q.symmetric_scale(bits, -c, c), scale):
             return c
     return m  # not reached for float32 scales; eval uses the saved scale itself anyway
 
@@ -191,7 +191,7 @@ def load_ivit_checkpoint(model: QuantModel, path_or_state_dict: Any) -> QuantMod
         if not bool(s > 0):
             underived.append(n)
             state[f"{n}.min_val"], state[f"{n}.max_val"] = zero, zero
-            state[f"{n}.act_scaling_factor"] = torch.full_like(s, P.EPS_F32)
+            state[f"{n}.act_scaling_factor"] = torch.full_like(s, Q.EPS_F32)
         else:
             m = _symmetric_range(s, acts[n].activation_bit)
             state[f"{n}.min_val"], state[f"{n}.max_val"] = -m, m

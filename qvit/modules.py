@@ -1,10 +1,11 @@
 """Quantized modules: a value and its scale travel together, ``(x, scale) -> (y, scale)``.
 
 Every module binds its paths once per flag change: assigning ``module.flags`` (a
-`qvit.Flags`; the model's `set_flags` assigns every module's) calls its ``_bind``, which
-picks the implementation each flag selects (a lean node of `qvit.lean`, or a reference
-primitive of `qvit.primitives` with its options bound); ``forward`` then calls what was
-chosen and reads no flag. `QuantModule.paths` says what was chosen.
+`qvit.Flags`; the model's `set_flags` assigns every module's) resolves them once
+(`qvit.paths.Paths`, the one place where flags combine) and calls the module's ``_bind``,
+which picks each part's implementation from its operation's file in `qvit.ops`; ``forward``
+then calls what was chosen and reads no flag. `QuantModule.paths` says what was chosen: the
+`Paths` fields the module reads (``PATH_FIELDS``).
 Running ranges and activation scales are persistent buffers (a reloaded model evaluates
 identically); integers derived from the weights are non-persistent, so a model's state dict
 holds the same keys under every flag and loads across presets.
@@ -18,10 +19,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import fused as FU
-from . import lean as L
-from . import primitives as P
 from .flags import Flags
+from .ops import act_range, int_exp, layernorm, linear, quantize, requant
+from .ops.gelu import GELU, SIGMOID_FACTOR
+from .ops.softmax import SOFTMAX
+from .paths import Paths
 
 __all__ = [
     "source_key", "key_matches", "caches_enabled", "QuantModule", "QuantAct", "QuantLinear",
@@ -69,6 +71,7 @@ class QuantModule(nn.Module):
     """
 
     _flags: Flags = Flags()
+    PATH_FIELDS: tuple[str, ...] = ()  # the `Paths` fields this module's work reads
 
     @property
     def flags(self) -> Flags:
@@ -77,15 +80,17 @@ class QuantModule(nn.Module):
     @flags.setter
     def flags(self, flags: Flags) -> None:
         self._flags = flags
-        self._bind(flags)
+        self._paths = flags.paths()
+        self._bind(self._paths)
 
-    def _bind(self, flags: Flags) -> None:
-        """Choose the implementations ``flags`` select (called on every flag change)."""
+    def _bind(self, p: Paths) -> None:
+        """Choose the implementations ``p`` names (called on every flag change)."""
 
-    def paths(self) -> dict[str, str]:
-        """The implementation bound for each part of this module's work (for reading what
-        a preset runs)."""
-        return {}
+    def paths(self) -> dict[str, object]:
+        """The implementation bound for each part of this module's work: its
+        ``PATH_FIELDS`` of the flags' `Paths`."""
+        p = getattr(self, "_paths", None) or self._flags.paths()
+        return {k: getattr(p, k) for k in self.PATH_FIELDS}
 
     def invalidate_cache(self) -> None:
         """Forget everything cached. Subclasses with caches extend this."""
@@ -104,20 +109,6 @@ class QuantModule(nn.Module):
 
 # --- activations ---------------------------------------------------------------------------
 
-def _batch_range(x_act: Tensor, *, whole: bool, aminmax: bool) -> tuple[Tensor, Tensor]:
-    """The batch's range: over the whole tensor (global_act_minmax) or, as the legacy code,
-    per channel of a transposed copy and then the global extreme (same values); by one
-    aminmax pass (act_aminmax) or min() then max()."""
-    if whole:
-        return torch.aminmax(x_act) if aminmax else (x_act.min(), x_act.max())
-    if x_act.dim() == 4:
-        x_act = x_act.permute(0, 2, 3, 1)
-    v = x_act.reshape(-1, x_act.shape[-1]).transpose(0, 1)
-    if aminmax:
-        return torch.aminmax(v, dim=1)
-    return v.min(dim=1).values, v.max(dim=1).values
-
-
 def _times_scale(q: Tensor, scale: Tensor) -> Tensor:
     return q * scale.view(-1)
 
@@ -126,9 +117,13 @@ class QuantAct(QuantModule):
     """Quantizes activations to ``activation_bit`` symmetric integers with a running range.
 
     Input quantization (no incoming scale) rounds ``x / scale``; requantization (incoming
-    scale, optional residual ``identity``) goes through the dyadic `fixedpoint_mul`.
-    Statistics are collected in training mode unless frozen with `fix()`.
+    scale, optional residual ``identity``) goes through the dyadic requantizer
+    (`qvit.ops.requant`). Statistics are collected in training mode unless frozen with
+    `fix()` (`qvit.ops.act_range`).
     """
+
+    PATH_FIELDS = ("act_quantize", "act_range", "act_scale_eval", "requant",
+                   "requant_float", "multiplier", "frexp", "ste", "constants", "eps")
 
     def __init__(self, activation_bit: int = 8, act_range_momentum: float = 0.95):
         super().__init__()
@@ -138,31 +133,22 @@ class QuantAct(QuantModule):
         self.register_buffer("min_val", torch.zeros(1))
         self.register_buffer("max_val", torch.zeros(1))
         # The scale of the empty range [0, 0]: what both scale paths compute before any data.
-        self.register_buffer("act_scaling_factor", torch.full((1,), P.EPS_F32))
+        self.register_buffer("act_scaling_factor", torch.full((1,), quantize.EPS_F32))
         self._scale_key: tuple | None = None  # the range act_scaling_factor was derived from
-        self._bind(self.flags)
+        self.flags = self.flags
 
-    def _bind(self, f: Flags) -> None:
-        # the lean node computes the exact I-ViT arithmetic (float64 dyadic): it stands in
-        # for the paths that compute those values and leaves the seed's shortcuts alone
-        self._lean = f.lean_quant_act and f.fp64_fixedpoint and f.use_frexp
-        self._batch_range = partial(_batch_range, whole=f.global_act_minmax or self._lean,
-                                    aminmax=f.act_aminmax or self._lean)
-        self._range_update = (QuantAct._new_range_where
-                              if f.act_init_without_sync or self._lean
-                              else QuantAct._new_range_sync)
-        self._eval_scale_cached = f.cache_eval_act_scale
-        self._eps_constant = f.eps_constant
-        ste = dict(inline_ste=f.inline_ste, lean=f.ste_lean)
-        self._quantize = partial(P.symmetric_quantize, is_weight=False,
-                                 constant_zero_point=f.reuse_constant_tensors, **ste)
-        self._requantize = partial(P.fixedpoint_mul, fp64=f.fp64_fixedpoint,
-                                   use_frexp=f.use_frexp, frexp_on_device=f.frexp_on_device,
-                                   fused=f.requant_fused, **ste)
-
-    def paths(self) -> dict[str, str]:
-        return {"quantize": "lean node" if self._lean else "primitives",
-                "range": self._range_update.__name__}
+    def _bind(self, p: Paths) -> None:
+        self._lean = p.act_quantize == "lean"  # (quantizer and requantizer alike)
+        self._range_path = p.act_range
+        self._eval_scale_cached = p.act_scale_eval == "cached"
+        self._eps_constant = p.eps == "constant"
+        fp64, frexp = p.requant_float == "float64", p.multiplier == "dyadic"
+        self._quantize = partial(quantize.symmetric_quantize, is_weight=False, ste=p.ste,
+                                 constants=p.constants)
+        self._requantize = partial(requant.fixedpoint_mul, fp64=fp64, use_frexp=frexp,
+                                   frexp="host" if p.frexp == "host" else "device",
+                                   fused=p.requant == "fused", ste=p.ste)
+        self._requantize_lean = partial(requant.requantize, fp64=fp64, use_frexp=frexp)
 
     def invalidate_cache(self) -> None:
         self._scale_key = None
@@ -176,27 +162,12 @@ class QuantAct(QuantModule):
     def unfix(self) -> None:
         self.running_stat = True
 
-    def _new_range_where(self, cur_min: Tensor, cur_max: Tensor) -> tuple[Tensor, Tensor]:
-        # first call (empty range) takes the batch range; decided on the device
-        m = self.act_range_momentum
-        first = torch.eq(self.min_val, self.max_val)
-        return (torch.where(first, cur_min, self.min_val * m + cur_min * (1 - m)),
-                torch.where(first, cur_max, self.max_val * m + cur_max * (1 - m)))
-
-    def _new_range_sync(self, cur_min: Tensor, cur_max: Tensor) -> tuple[Tensor, Tensor]:
-        m = self.act_range_momentum
-        if torch.eq(self.min_val, self.max_val).all():  # a host sync on every call
-            return cur_min, cur_max
-        return self.min_val * m + cur_min * (1 - m), self.max_val * m + cur_max * (1 - m)
-
     def _observe(self, x_act: Tensor) -> None:
-        new_min, new_max = self._range_update(self, *self._batch_range(x_act))
-        if not self._lean:  # (lean: a global range, already one element each)
-            new_min, new_max = new_min.min().reshape(1), new_max.max().reshape(1)
-        self.min_val, self.max_val = new_min, new_max
+        self.min_val, self.max_val = act_range.observe(
+            x_act, self.min_val, self.max_val, self.act_range_momentum, self._range_path)
 
     def _update_scale(self) -> None:
-        self.act_scaling_factor = P.symmetric_scale(
+        self.act_scaling_factor = quantize.symmetric_scale(
             self.activation_bit, self.min_val, self.max_val,
             eps_constant=self._eps_constant).reshape(1)
         # (traced: no key, the next eager call recomputes; see caches_enabled)
@@ -221,23 +192,13 @@ class QuantAct(QuantModule):
         bits = self.activation_bit
         if self._lean and x.dtype == torch.float32:
             if pre_act_scaling_factor is None:
-                return L.quantize_act(x, scale, bits), scale
-            return L.requantize(x, pre_act_scaling_factor, scale, bits, identity,
-                                identity_scaling_factor), scale
+                return quantize.quantize_act(x, scale, bits), scale
+            return self._requantize_lean(x, pre_act_scaling_factor, scale, bits, identity,
+                                         identity_scaling_factor), scale
         if pre_act_scaling_factor is None:
             return _times_scale(self._quantize(x, bits, scale), scale), scale
         return _times_scale(self._requantize(x, pre_act_scaling_factor, bits, scale, identity,
                                              identity_scaling_factor), scale), scale
-
-
-def _rescale(out: Tensor, scale: Tensor) -> Tensor:
-    return out * scale
-
-
-def _rescale_inplace(out: Tensor, scale: Tensor) -> Tensor:
-    """``out * scale`` into ``out``, a product this module has just made (the same values;
-    autograd's in-place multiply has the same backward, grad * scale)."""
-    return out.mul_(scale)
 
 
 # --- weights ----------------------------------------------------------------------------
@@ -250,6 +211,7 @@ class _QuantWeightMixin:
 
     weight_bit: int
     bias_bit: int | None
+    PATH_FIELDS = ("weight_eval", "weight_range", "rescale", "ste", "constants", "eps")
 
     def _init_quant(self, weight_bit: int, bias_bit: int | None, out_channels: int):
         self.weight_bit = weight_bit
@@ -258,31 +220,24 @@ class _QuantWeightMixin:
         self.register_buffer("weight_scaling_factor", torch.zeros(out_channels),
                              persistent=False)
         self._weight_cache: tuple | None = None
-        self._bind(self.flags)
+        self.flags = self.flags
 
-    def _bind(self, f: Flags) -> None:
-        ste = dict(inline_ste=f.inline_ste, constant_zero_point=f.reuse_constant_tensors,
-                   lean=f.ste_lean)
-        self._symmetric = partial(P.symmetric_quantize, is_weight=True, **ste)
-        self._ternary = partial(P.ternary_quantize, **ste)
-        self._eps_constant = f.eps_constant
-        self._eval_cached = f.cache_eval_weights
-        self._lean = f.lean_linear
-        self._rescale = _rescale_inplace if f.lean_linear else _rescale
-
-    def paths(self) -> dict[str, str]:
-        return {"rescale": self._rescale.__name__}
+    def _bind(self, p: Paths) -> None:
+        kw = dict(ste=p.ste, constants=p.constants)
+        self._symmetric = partial(quantize.symmetric_quantize, is_weight=True, **kw)
+        self._ternary = partial(quantize.ternary_quantize, **kw)
+        self._eps_constant = p.eps == "constant"
+        self._eval_cached = p.weight_eval == "cached"
+        self._range_path = p.weight_range
+        self._rescale = linear.RESCALE[p.rescale]
 
     def invalidate_cache(self) -> None:
         self._weight_cache = None
 
     def _weight_scale(self, w: Tensor) -> Tensor:
-        v = w.reshape(w.shape[0], -1)
-        # (lean: amin/amax, vectorized reductions: a tenth of min/max(dim)'s time, whose
-        # indices nobody reads)
-        lo, hi = ((v.amin(dim=1), v.amax(dim=1)) if self._lean
-                  else (v.min(dim=1).values, v.max(dim=1).values))
-        return P.symmetric_scale(self.weight_bit, lo, hi, eps_constant=self._eps_constant)
+        lo, hi = linear.weight_range(w, self._range_path)
+        return quantize.symmetric_scale(self.weight_bit, lo, hi,
+                                        eps_constant=self._eps_constant)
 
     def _quantize_weight(self, w: Tensor, scale: Tensor) -> Tensor:
         return self._symmetric(w, self.weight_bit, scale)
@@ -337,7 +292,7 @@ class TerLinear(QuantLinear):
 
     def _weight_scale(self, w: Tensor) -> Tensor:
         abs_mean = w.reshape(w.shape[0], -1).abs().mean(dim=1)
-        return abs_mean.clamp(min=P.float32_eps(self._eps_constant))
+        return abs_mean.clamp(min=quantize.float32_eps(self._eps_constant))
 
     def _quantize_weight(self, w: Tensor, scale: Tensor) -> Tensor:
         return self._ternary(w, scale)
@@ -366,15 +321,14 @@ class QuantConv2d(_QuantWeightMixin, QuantModule, nn.Conv2d):
 class QuantMatMul(QuantModule):
     """Product of two quantized tensors; the output scale is the product of their scales."""
 
+    PATH_FIELDS = ("rescale",)
+
     def __init__(self):
         super().__init__()
-        self._bind(self.flags)
+        self.flags = self.flags
 
-    def _bind(self, f: Flags) -> None:
-        self._rescale = _rescale_inplace if f.lean_linear else _rescale
-
-    def paths(self) -> dict[str, str]:
-        return {"rescale": self._rescale.__name__}
+    def _bind(self, p: Paths) -> None:
+        self._rescale = linear.RESCALE[p.rescale]
 
     def forward(self, a: Tensor, a_scale: Tensor, b: Tensor, b_scale: Tensor
                 ) -> tuple[Tensor, Tensor]:
@@ -385,56 +339,41 @@ class QuantMatMul(QuantModule):
 # --- integer nonlinearities ---------------------------------------------------------------
 
 class IntLayerNorm(QuantModule, nn.LayerNorm):
-    """I-LayerNorm: integer mean/variance, integer Newton sqrt, output scale sqrt(C)/2^30 x
-    weight. The bias enters as integers of ``bias / weight`` (no gradient, as in I-ViT)."""
+    """I-LayerNorm (`qvit.ops.layernorm`): integer mean/variance, integer Newton sqrt,
+    output scale sqrt(C)/2^30 x weight. The bias enters as integers of ``bias / weight``
+    (no gradient, as in I-ViT)."""
+
+    PATH_FIELDS = ("layernorm", "newton", "ste")
 
     def __init__(self, normalized_shape: int, eps: float = 1e-6, elementwise_affine=True):
         nn.LayerNorm.__init__(self, normalized_shape, eps, elementwise_affine)
         dim = self.normalized_shape[-1]
         self.register_buffer("dim_sqrt", torch.sqrt(torch.tensor(float(dim))), persistent=False)
-        self._bind(self.flags)
+        self.flags = self.flags
 
-    def _bind(self, f: Flags) -> None:
-        # the lean node carries the legacy gradient through the sqrt: not for "no_grad"
-        self._lean = f.lean_layernorm and f.layernorm_newton != "no_grad"
-        self._round = partial(P.round_ste, inline=f.inline_ste, lean=f.ste_lean)
-        self._floor = partial(P.floor_ste, inline=f.inline_ste, lean=f.ste_lean)
-        self._sqrt = partial(P.int_sqrt_newton, mode=f.layernorm_newton,
-                             inline_ste=f.inline_ste, lean=f.ste_lean)
-
-    def paths(self) -> dict[str, str]:
-        return {"layernorm": "lean node" if self._lean else "chain"}
+    def _bind(self, p: Paths) -> None:
+        self._lean = p.layernorm == "lean"
+        self._chain = partial(layernorm.layernorm_chain, newton=p.newton, ste=p.ste)
+        self._lean_node = partial(layernorm.layernorm_lean, newton=p.newton)
 
     def forward(self, x: Tensor, scaling_factor: Tensor) -> tuple[Tensor, Tensor]:
+        args = (x, scaling_factor, self.weight, self.bias, self.dim_sqrt)
         if (self._lean and x.dtype == torch.float32 and self.weight is not None
                 and not scaling_factor.requires_grad):
-            out_scale = self.dim_sqrt / 2**30
-            with torch.no_grad():
-                bias_int = torch.floor(self.bias / self.weight / out_scale)
-            y = L.int_layer_norm(x, scaling_factor, self.weight, bias_int, out_scale)
-            return y, out_scale * self.weight
-        return self._forward_chain(x, scaling_factor)
-
-    def _forward_chain(self, x: Tensor, scaling_factor: Tensor) -> tuple[Tensor, Tensor]:
-        x_int = x / scaling_factor
-        mean_int = self._round(x_int.mean(dim=-1, keepdim=True))
-        y_int = x_int - mean_int
-        var_int = torch.sum(y_int**2, dim=-1, keepdim=True)
-        std_int = self._sqrt(var_int)
-        factor = self._floor((2**31 - 1) / std_int)
-        y_int = self._floor(y_int * factor / 2)
-        out_scale = self.dim_sqrt / 2**30
-        bias_int = self._floor(self.bias.detach() / self.weight.detach() / out_scale)
-        out_scale = out_scale * self.weight
-        return (y_int + bias_int) * out_scale, out_scale
+            return self._lean_node(*args)
+        return self._chain(*args)
 
 
 class _IntExpModule(QuantModule):
     """Shared by IntGELU and IntSoftmax: the shift-based integer exp with its x0 eval cache
     (seed change 12), keyed on the scale tensor it is derived from (the seed's was never
-    refreshed)."""
+    refreshed). The path (`Paths.int_exp`) is one of the operation's table (``OP``); the
+    chain takes over where the scale wants a gradient or the lean node's float32 is not
+    given."""
 
     exp_bits: int  # the shift bound n of int_exp_shift
+    OP: dict  # the operation's paths (qvit.ops.softmax.SOFTMAX, qvit.ops.gelu.GELU)
+    PATH_FIELDS = ("int_exp", "exp_x0_eval", "constants", "ste")
 
     def __init__(self, output_bit: int):
         super().__init__()
@@ -442,27 +381,21 @@ class _IntExpModule(QuantModule):
         self.register_buffer("out_unit", torch.tensor([1 / 2 ** (output_bit - 1)]),
                              persistent=False)
         self._x0_cache: tuple | None = None
-        self._bind(self.flags)
+        self.flags = self.flags
 
-    def _bind(self, f: Flags) -> None:
-        self._lean = f.lean_int_exp
-        self._fused = f.fused_int_gelu if isinstance(self, IntGELU) else f.fused_int_softmax
-        self._x0_cached = f.cache_exp_x0
-        self._constant_unit = f.reuse_constant_tensors
-        self._floor = partial(P.floor_ste, inline=f.inline_ste, lean=f.ste_lean)
-        self._exp = partial(P.int_exp_shift, inline_ste=f.inline_ste, lean=f.ste_lean)
+    def _bind(self, p: Paths) -> None:
+        self._path = p.int_exp
+        self._x0_cached = p.exp_x0_eval == "cached"
+        self._constant_unit = p.constants == "buffer"
+        self._node = partial(self.OP[p.int_exp], ste=p.ste)
+        self._chain = partial(self.OP["chain"], ste=p.ste)
 
-    def paths(self) -> dict[str, str]:
-        return {"int_exp": "lean node" if self._lean else "fused node" if self._fused
-                else "chain"}
-
-    def _one_node(self, x: Tensor, scaling_factor: Tensor) -> str | None:
-        """Which single-node path applies to this call: "lean", "fused" or None (chain)."""
-        if scaling_factor.requires_grad:
-            return None  # only the chain passes a gradient to the scale
-        if self._lean and x.dtype == torch.float32:
-            return "lean"
-        return "fused" if self._fused else None
+    def _op(self, x: Tensor, scaling_factor: Tensor):
+        """The bound path, or the chain where only it applies to this call."""
+        if scaling_factor.requires_grad or (self._path == "lean"
+                                            and x.dtype != torch.float32):
+            return self._chain
+        return self._node
 
     def extra_repr(self) -> str:
         return f"output_bit={self.output_bit}"
@@ -477,10 +410,11 @@ class _IntExpModule(QuantModule):
         """x0_int = floor(-1 / scaling_factor); in eval (flag 12) from a cache keyed on the
         scale tensor (the QuantAct's buffer: the same tensor while its range holds)."""
         if not self._cache_x0():
-            return P.exp_x0_int(scaling_factor)
+            return int_exp.exp_x0_int(scaling_factor)
         c = self._x0_cache
         if c is None or not key_matches(c[0], scaling_factor):
-            c = self._x0_cache = (source_key(scaling_factor), P.exp_x0_int(scaling_factor))
+            c = self._x0_cache = (source_key(scaling_factor),
+                                  int_exp.exp_x0_int(scaling_factor))
         return c[1]
 
     def _out_unit(self, like: Tensor) -> Tensor:
@@ -488,16 +422,13 @@ class _IntExpModule(QuantModule):
             return self.out_unit
         return torch.Tensor([1 / 2 ** (self.output_bit - 1)]).to(like.device)
 
-    def _normalize(self, exp_int: Tensor, exp_sum: Tensor) -> Tensor:
-        """floor(exp_int / exp_sum * 2^(output_bit-1)) with integer ops only."""
-        factor = self._floor(P.INT32_MAX / exp_sum.clamp_max(P.INT32_MAX))
-        return self._floor(exp_int * factor / 2 ** (31 - self.output_bit + 1))
-
 
 class IntGELU(_IntExpModule):
-    """ShiftGELU: x * sigmoid(1.702 x), the sigmoid from the shift-based integer exp."""
+    """ShiftGELU (`qvit.ops.gelu`): x * sigmoid(1.702 x), the sigmoid from the shift-based
+    integer exp."""
 
     exp_bits = 23
+    OP = GELU
 
     def __init__(self, output_bit: int = 8):
         super().__init__(output_bit)
@@ -511,52 +442,30 @@ class IntGELU(_IntExpModule):
         """The sigmoid's scale 1.702 * scaling_factor; with the x0 cache, one tensor per
         input scale tensor (keyed like x0), so that x0's cache, keyed on it, holds."""
         if not self._cache_x0():
-            return scaling_factor * 1.702
+            return scaling_factor * SIGMOID_FACTOR
         c = self._sig_cache
         if c is None or not key_matches(c[0], scaling_factor):
-            c = self._sig_cache = (source_key(scaling_factor), scaling_factor * 1.702)
+            c = self._sig_cache = (source_key(scaling_factor), scaling_factor * SIGMOID_FACTOR)
         return c[1]
 
     def forward(self, x: Tensor, scaling_factor: Tensor) -> tuple[Tensor, Tensor]:
-        node = self._one_node(x, scaling_factor)
-        if node is not None:
-            x0 = self._x0(self._sig_scale(scaling_factor))
-            out_scale = scaling_factor * self._out_unit(x)
-            if node == "lean":
-                return L.int_gelu(x, scaling_factor, x0, self.exp_bits, self.output_bit,
-                                  out_scale), out_scale
-            y = FU.int_gelu(x, scaling_factor, x0, self.exp_bits, self.output_bit)
-            return y * out_scale, out_scale
-        pre_x_int = x / scaling_factor
-        sig_scale = self._sig_scale(scaling_factor)
-        x_int_max = pre_x_int.max(dim=-1, keepdim=True).values
-        x0 = self._x0(sig_scale)
-        exp_int, _ = self._exp(pre_x_int - x_int_max, sig_scale, self.exp_bits, x0_int=x0)
-        exp_int_max, _ = self._exp(-x_int_max, sig_scale, self.exp_bits, x0_int=x0)
-        sigmoid_int = self._normalize(exp_int, exp_int + exp_int_max)
+        x0 = self._x0(self._sig_scale(scaling_factor))
         out_scale = scaling_factor * self._out_unit(x)
-        return pre_x_int * sigmoid_int * out_scale, out_scale
+        return self._op(x, scaling_factor)(x, scaling_factor, x0, self.exp_bits,
+                                           self.output_bit, out_scale), out_scale
 
 
 class IntSoftmax(_IntExpModule):
-    """Shiftmax: softmax over the last dim from the shift-based integer exp."""
+    """Shiftmax (`qvit.ops.softmax`): softmax over the last dim from the shift-based
+    integer exp."""
 
     exp_bits = 15
+    OP = SOFTMAX
 
     def __init__(self, output_bit: int = 8):
         super().__init__(output_bit)
 
     def forward(self, x: Tensor, scaling_factor: Tensor) -> tuple[Tensor, Tensor]:
-        node = self._one_node(x, scaling_factor)
-        out_scale = self._out_unit(x)
-        if node == "lean":
-            return L.int_softmax(x, scaling_factor, self._x0(scaling_factor), self.exp_bits,
-                                 self.output_bit, out_scale), out_scale
-        if node == "fused":
-            return FU.int_softmax(x, scaling_factor, self._x0(scaling_factor), self.exp_bits,
-                                  self.output_bit) * out_scale, out_scale
-        x_int = x / scaling_factor
-        x_int = x_int - x_int.max(dim=-1, keepdim=True).values
-        exp_int, _ = self._exp(x_int, scaling_factor, self.exp_bits,
-                               x0_int=self._x0(scaling_factor))
-        return self._normalize(exp_int, exp_int.sum(dim=-1, keepdim=True)) * out_scale, out_scale
+        out_unit = self._out_unit(x)
+        return self._op(x, scaling_factor)(x, scaling_factor, self._x0(scaling_factor),
+                                           self.exp_bits, self.output_bit, out_unit), out_unit

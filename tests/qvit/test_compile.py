@@ -17,8 +17,11 @@ import torch.nn.functional as F
 import qvit
 import qvit.compile as QC
 from qvit import Flags
-from qvit import lean as L
 from qvit.modules import IntGELU, IntSoftmax, caches_enabled
+from qvit.ops import quantize, requant
+from qvit.ops.gelu import gelu_lean
+from qvit.ops.layernorm import layernorm_node
+from qvit.ops.softmax import softmax_lean
 
 from ._util import SMALLEST, small_batch, small_model
 
@@ -85,21 +88,21 @@ def _node_cases():
     ln_s0 = torch.tensor([24**0.5 / 2**30])
     return {
         # rows of 33 scores, exp sums above 2^24 (order-sensitive in float32)
-        "int_softmax": (lambda x: L.int_softmax(x, scale, soft_x0, 15, 8, unit),
+        "int_softmax": (lambda x: softmax_lean(x, scale, soft_x0, 15, 8, unit),
                         act(2, 3, 9, 33)),
-        "int_gelu": (lambda x: L.int_gelu(x, scale, gelu_x0, 23, 8, scale * unit),
+        "int_gelu": (lambda x: gelu_lean(x, scale, gelu_x0, 23, 8, scale * unit),
                      act(2, 9, 16)),
         # (the constants made outside the compiled function: inductor's linspace differs;
         # 3 Newton steps instead of 10: the same operations, a third of the kernels)
-        "int_layer_norm": (lambda x: L.int_layer_norm(x, scale, ln_w, ln_b, ln_s0, 3),
+        "int_layer_norm": (lambda x: layernorm_node(x, scale, ln_w, ln_b, ln_s0, 3),
                            act(2, 9, 24, span=30000)),
         # Swin's stage-1 tokens: channels strided (sums in backward follow the layout)
-        "int_layer_norm_strided": (lambda x: L.int_layer_norm(x, scale, ln_w, ln_b, ln_s0, 3),
+        "int_layer_norm_strided": (lambda x: layernorm_node(x, scale, ln_w, ln_b, ln_s0, 3),
                                    act(2, 24, 9, span=30000).transpose(1, 2)),
-        "requantize_residual": (lambda x: L.requantize(
+        "requantize_residual": (lambda x: requant.requantize(
             x, s_in, torch.tensor([0.05]), 8, x.flip(-1) * 0.5, s_in * 2),
             act(2, 9, 16) * s_in),
-        "quantize_act": (lambda x: L.quantize_act(x, torch.tensor([0.03]), 8),
+        "quantize_act": (lambda x: quantize.quantize_act(x, torch.tensor([0.03]), 8),
                          torch.randn(2, 9, 16, generator=g)),
     }
 
@@ -180,16 +183,14 @@ def test_backend_is_registered():
 def test_frexp_path_compiles_by_qvit_inductor():
     """The frexp requantizer (fixedpoint_mul with frexp on the device, float64), whose C++
     plain inductor cannot build, compiles with aten's frexp: eager's bits."""
-    from qvit import primitives as P
-
     g = torch.Generator().manual_seed(4)
     x = torch.randint(-300, 300, (2, 9, 16), generator=g).float() * 0.01
     s_in, s_out = torch.rand(16, generator=g) * 1e-2 + 1e-3, torch.tensor([0.05])
 
     def f(x):
-        return P.fixedpoint_mul(x, s_in.view(1, 1, -1), 8, s_out, None, None, fp64=True,
-                                use_frexp=True, frexp_on_device=True, fused=True,
-                                inline_ste=True, lean=True)
+        return requant.fixedpoint_mul(x, s_in.view(1, 1, -1), 8, s_out, None, None,
+                                      fp64=True, use_frexp=True, frexp="device", fused=True,
+                                      ste="lean")
 
     torch._dynamo.reset()
     assert torch.equal(torch.compile(f, backend=QC.BACKEND)(x), f(x))

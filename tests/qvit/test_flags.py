@@ -6,8 +6,8 @@ import pytest
 
 from qvit import PARITY_CLASSES, Flags
 
-FLAGS_MD_NAMES = {  # the public names of FLAGS.md / issue 2
-    "fp64_fixedpoint", "use_frexp", "frexp_on_device", "inline_ste", "layernorm_newton",
+FLAGS_MD_NAMES = {  # the public names of FLAGS.md (issue 2's frexp_on_device: RENAMED)
+    "fp64_fixedpoint", "use_frexp", "inline_ste", "layernorm_newton",
     "global_act_minmax", "reuse_constant_tensors", "cache_eval_weights", "cache_eval_act_scale",
     "cache_exp_x0", "cache_rel_pos_bias", "eps_constant", "cuda_synchronize_per_step",
     "loss_item_per_step", "grad_scaler_without_autocast", "plot_every", "num_workers"}
@@ -22,7 +22,7 @@ def test_every_public_flag_is_declared_with_metadata():
         for v in spec.values():
             assert spec.expected_parity(v) in PARITY_CLASSES
         if spec.change is not None:
-            assert spec.seed != spec.legacy or spec.name == "frexp_on_device"
+            assert spec.seed != spec.legacy
 
 
 def test_presets_take_declared_values():
@@ -75,6 +75,6 @@ def test_type_checks_on_construction():
 def test_diff_and_describe():
     legacy, seed = Flags.preset("legacy"), Flags.preset("seed")
     d = legacy.diff(seed)
-    assert d["use_frexp"] == (True, False) and "frexp_on_device" not in d
+    assert d["use_frexp"] == (True, False) and "requant_impl" not in d
     assert seed.describe() == "seed"
     assert "use_frexp=true" in seed.replace(use_frexp=True).describe()

@@ -15,6 +15,7 @@ import qvit
 from qvit import PARITY_CLASSES, Flags
 from qvit import reference as R
 from qvit.modules import QuantAct
+from qvit.paths import Paths
 
 from ._util import (
     DROP_PATH,
@@ -32,16 +33,23 @@ LEGACY, BEST = Flags.preset("legacy"), Flags.preset("best")
 
 
 def _toggles(base: Flags):
+    """Every module flag moved alone to each of its other values, where the move acts
+    (`qvit.paths`: an inert move runs the same ops, tests/qvit/test_paths.py)."""
     return [(s.name, v) for s in Flags.specs("module") for v in s.values()
-            if v != getattr(base, s.name)]
+            if v != getattr(base, s.name)
+            and Paths.of(base.replace(**{s.name: v})) != Paths.of(base)]
 
 
-# Every flag from legacy on ivit_micro and from best on swin_micro; the cache flags (whose
-# bugs show only across steps, evals and in-place updates) both ways on both models. (CI
-# budget: a trajectory is several training steps.)
+SEED = Flags.preset("seed")
+# Every flag from legacy on ivit_micro and from best on swin_micro; our implementations
+# from seed too (float32 arithmetic) on ivit_micro; the cache flags (whose bugs show only
+# across steps, evals and in-place updates) both ways on both models. (CI budget: a
+# trajectory is several training steps.)
 CASES = sorted({(m, b, n, v) for b, base, m in (("legacy", LEGACY, "ivit_micro"),
                                                ("best", BEST, "swin_micro"))
                 for n, v in _toggles(base)}
+               | {("ivit_micro", "seed", n, v) for n, v in _toggles(SEED)
+                  if n.endswith("_impl")}
                | {(m, b, n, v) for b, base in (("legacy", LEGACY), ("best", BEST))
                   for m in MICRO for n, v in _toggles(base) if n.startswith("cache_")},
                key=str)
@@ -57,8 +65,10 @@ def _expected(flag: str, from_value, to_value) -> str:
 
 @pytest.fixture(scope="module")
 def bases():
-    return {(m, p): small_trajectory(m, Flags.preset(p)) for m in MICRO
-            for p in ("legacy", "best")}
+    out = {(m, p): small_trajectory(m, Flags.preset(p)) for m in MICRO
+           for p in ("legacy", "best")}
+    out[("ivit_micro", "seed")] = small_trajectory("ivit_micro", SEED)
+    return out
 
 
 @pytest.mark.parametrize("model_name", MICRO)

@@ -1,6 +1,6 @@
 """Every rounding site against the exact reference (`qvit.reference`: Python integers and
 fractions, no qvit tensor code), on constructed ties in both signs, at the clamps, and on
-random data; every path a flag selects."""
+random data; every path a flag selects. (The quantizers' and STEs' ties: tests/qvit/ops.)"""
 
 import itertools
 from fractions import Fraction
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from qvit import primitives as P
 from qvit import reference as R
+from qvit.ops import requant as RQ
 
 # --- the reference itself, on hand-worked values ------------------------------------------
 
@@ -43,7 +43,7 @@ def _frexp_inputs():
     return torch.cat([x, -x])  # both signs
 
 
-@pytest.mark.parametrize("fn", [P.frexp_device, P.batch_frexp])
+@pytest.mark.parametrize("fn", [RQ.frexp_device, RQ.batch_frexp])
 def test_frexp_matches_the_exact_reference_ties_and_signs(fn):
     x = _frexp_inputs()
     m, e = fn(x)
@@ -56,11 +56,11 @@ def test_frexp_matches_the_exact_reference_ties_and_signs(fn):
 
 # --- requantization: every path, ties in both signs, the clamps ------------------------------
 
-PATHS = [dict(fp64=fp64, use_frexp=fr, frexp_on_device=dev, fused=fu, lean=ln, inline_ste=il)
-         for fp64, fr, dev, fu, (ln, il) in itertools.product(
-             (True, False), (True, False), (True, False), (True, False),
-             ((False, False), (False, True), (True, True)))
-         if fr or not dev]
+PATHS = [dict(fp64=fp64, use_frexp=fr, frexp=fx, fused=fu, ste=st)
+         for fp64, fr, fx, fu, st in itertools.product(
+             (True, False), (True, False), ("host", "device"), (True, False),
+             ("function", "inline", "lean"))
+         if fr or fx == "device"]
 
 
 def _tie_case(bits, residual):
@@ -96,13 +96,13 @@ def _reference_out(x, in_scale, out_scale, bits, ident, id_scale):
 
 
 @pytest.mark.parametrize("bits, residual", [(8, False), (16, True), (8, True)])
-@pytest.mark.parametrize("path", PATHS, ids=lambda p: "-".join(k for k, v in p.items() if v))
+@pytest.mark.parametrize("path", PATHS, ids=lambda p: "-".join(str(v) for v in p.values()))
 def test_requantization_ties_both_signs_every_path(path, bits, residual):
     x, x_half, in_scale, out_scale, ident, id_scale = _tie_case(bits, residual)
     for inp in (x, x_half):
         want = _reference_out(inp, in_scale, out_scale, bits, ident, id_scale)
         xi = inp.clone().requires_grad_(True)
-        got = P.fixedpoint_mul(xi, in_scale, bits, out_scale, ident, id_scale, **path)
+        got = RQ.fixedpoint_mul(xi, in_scale, bits, out_scale, ident, id_scale, **path)
         assert torch.equal(got.detach(), want), (got.detach() - want)
         got.backward(torch.ones_like(got))
         assert torch.equal(xi.grad, torch.full_like(xi, 1) / out_scale)  # STE: 1 / z_scale
@@ -121,9 +121,9 @@ def test_requantization_random_data_equals_the_reference(fused, residual):
         ident = torch.randint(-3000, 3000, (3, 5, 24), generator=g).float() * ident_scale
     x = x_int * in_scale
     want = _reference_out(x, in_scale, z_scale, 16, ident, ident_scale)
-    for dev in (False, True):
-        out = P.fixedpoint_mul(x, in_scale, 16, z_scale, ident, ident_scale, fp64=True,
-                               use_frexp=True, frexp_on_device=dev, fused=fused)
+    for frexp in ("host", "device"):
+        out = RQ.fixedpoint_mul(x, in_scale, 16, z_scale, ident, ident_scale, fp64=True,
+                                use_frexp=True, frexp=frexp, fused=fused)
         assert torch.equal(out, want)
 
 
@@ -133,50 +133,7 @@ def test_dyadic_int64_helper_equals_the_reference():
     m = torch.randint(2**30, 2**31, (2000,), generator=g)
     e = torch.randint(20, 50, (2000,), generator=g)
     z[:4], m[:4], e[:4] = torch.tensor([3, -3, 5, -5]), 2**30, 31  # exact ties
-    got = P.dyadic_requantize_int64(z, m, e)
+    got = RQ.dyadic_requantize_int64(z, m, e)
     want = [R.round_half_even(Fraction(int(a) * int(b), 2 ** int(c)))
             for a, b, c in zip(z, m, e, strict=True)]
     assert got.tolist() == want
-
-
-# --- quantizers -------------------------------------------------------------------------------
-
-STE_PATHS = [dict(inline_ste=il, constant_zero_point=cz, lean=ln)
-             for il, cz, ln in itertools.product((False, True), (False, True), (False, True))]
-
-
-def _tie_values(bits, scale):
-    n = 2 ** (bits - 1)
-    k = [0.5, 1.5, 2.5, 3.5, n - 1.5, n - 0.5, n + 0.5, n + 3.5]
-    ks = k + [-v for v in k]
-    return torch.tensor(ks) * scale
-
-
-@pytest.mark.parametrize("path", STE_PATHS, ids=lambda p: "-".join(k for k, v in p.items() if v))
-@pytest.mark.parametrize("bits", [8, 16])
-def test_symmetric_quantize_ties_and_clamps_both_signs(path, bits):
-    s = 2.0**-5
-    v = _tie_values(bits, s)
-    want = torch.tensor([float(R.quantize(a, s, bits)) for a in v.tolist()])
-    for is_weight, x, scale in ((False, v.view(1, -1), torch.tensor([s])),
-                                (True, v.view(2, -1), torch.tensor([s, s]))):
-        got = P.symmetric_quantize(x, bits, scale, is_weight=is_weight, **path)
-        assert torch.equal(got.reshape(-1), want)
-    assert want.max() == 2 ** (bits - 1) - 1 and want.min() == -(2 ** (bits - 1))
-
-
-@pytest.mark.parametrize("path", STE_PATHS, ids=lambda p: "-".join(k for k, v in p.items() if v))
-def test_ternary_quantize_ties_both_signs(path):
-    s = torch.tensor([0.25, 0.5])
-    w = torch.tensor([[0.125, -0.125, 0.375, -0.375], [0.25, -0.25, 0.75, -0.75]])
-    got = P.ternary_quantize(w, s, **path)
-    assert torch.equal(got, torch.tensor([[0.0, 0.0, 1.0, -1.0], [0.0, 0.0, 1.0, -1.0]]))
-
-
-@pytest.mark.parametrize("inline, lean", [(False, False), (True, False), (False, True)])
-def test_round_and_floor_ste_ties_both_signs(inline, lean):
-    x = torch.tensor([-3.5, -2.5, -1.5, -0.5, 0.5, 1.5, 2.5, 3.5, -2.0, 2.0, -0.25])
-    r = P.round_ste(x, inline, lean)
-    assert r.tolist() == [R.round_half_even(Fraction(v)) for v in x.tolist()]
-    f = P.floor_ste(x, inline, lean)
-    assert f.tolist() == [float(np.floor(v)) for v in x.tolist()]
