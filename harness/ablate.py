@@ -35,6 +35,8 @@ import tomllib
 from pydantic import BaseModel, ValidationError
 
 from qvit.flags import Flags
+from qvit.paths import acts, why_inert, why_same
+from qvit.variants import VARIANTS
 
 from .executor_options import parse_options
 from .options import one_line, unknown
@@ -88,7 +90,7 @@ class Config:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Config:
-        return cls(name=d["name"], flags=Flags(**d["flags"]),
+        return cls(name=d["name"], flags=Flags.from_dict(d["flags"]),
                    float_reference=d.get("float_reference", False), flag=d.get("flag"),
                    stage=d.get("stage"), levels=dict(d.get("levels") or {}),
                    in_design=d.get("in_design", True), note=d.get("note", ""))
@@ -402,11 +404,62 @@ _GENERATORS = {"timeline": timeline, "one_at_a_time": one_at_a_time,
                "fractional": fractional, "configs": explicit}
 
 
+def device_type(spec: AblationSpec) -> str | None:
+    """The device type the spec's runs will have, where the spec says it ("auto": None)."""
+    d = spec.settings.device
+    return "cuda" if d.startswith("cuda") else "cpu" if d == "cpu" else None
+
+
+def families(spec: AblationSpec) -> list[str]:
+    return sorted({VARIANTS[m][0] for m in spec.models})
+
+
+def not_run(spec: AblationSpec) -> dict[str, str]:
+    """``{config: why}`` of the one-flag configs (one-at-a-time, leave-one-out) left out
+    because their move runs exactly the base's code on every model of the spec
+    (`qvit.paths.why_same`): timing them would rank noise beside real effects."""
+    if spec.kind not in ("one_at_a_time", "leave_one_out"):
+        return {}
+    configs = _GENERATORS[spec.kind](spec)
+    base = configs[0].flags
+    out = {}
+    for c in configs[1:]:
+        whys = {why_same(base, c.flags, device_type=device_type(spec), family=f)
+                for f in families(spec)}
+        if None not in whys:
+            out[c.name] = "; ".join(sorted(whys))
+    return out
+
+
+def _check_factors(spec: AblationSpec, configs: list[Config]) -> None:
+    """Refuse a factor that acts in some runs of a two-level design and not in others on
+    one model family (nested under another factor, e.g. ``cache_exp_x0`` under
+    ``cache_eval_act_scale``): its "main effect" would be an interaction. A factor that
+    acts in no run of a family (a Swin-only cache on a ViT) is kept: its effect there is
+    none by construction, and the report says so."""
+    for fam in families(spec):
+        for name in spec.flags or ():
+            live = {c.name: acts(c.flags, name, device_type=device_type(spec), family=fam)
+                    for c in configs}
+            if any(live.values()) and not all(live.values()):
+                dead = next(n for n, v in live.items() if not v)
+                flags = next(c.flags for c in configs if c.name == dead)
+                raise ValueError(
+                    f"[design].flags: {name!r} cannot act in run {dead!r} "
+                    f"({why_inert(flags, name, device_type=device_type(spec), family=fam)}): "
+                    f"fix what it needs in the base instead of varying both")
+
+
 def design_configs(spec: AblationSpec) -> list[Config]:
     """The configs of the spec's design, baseline first, and (by default) the null control:
     the baseline a second time under another name (A/A), whose ratio shows what noise
-    looks like."""
+    looks like. One-flag configs whose move cannot act are left out (`not_run`); a
+    two-level design whose factors are nested is refused (`_check_factors`)."""
     configs = _GENERATORS[spec.kind](spec)
+    if spec.kind in ("factorial", "fractional"):
+        _check_factors(spec, configs)
+    skip = not_run(spec)
+    configs = [c for c in configs if c.name not in skip]
     base = baseline_name(spec, configs)
     configs = sorted(configs, key=lambda c: c.name != base)
     if spec.aa_control:
@@ -498,19 +551,24 @@ def sessions_of(spec: AblationSpec, configs: list[Config]) -> list[Any]:
     process and seed: the method's blocks), of the configs whose
     move from the baseline can act inside a training step (a config moving only loop flags
     that act around the step, e.g. workers or plots, is left to the epochs method)."""
+    from qvit.paths import acts_inside_step
+    from qvit.variants import VARIANTS
+
     from .interleave import Session
-    from .loop import acts_inside_step
     from .runner import RunSpec
 
     ref = {c.name: c for c in configs}[baseline_name(spec, configs)].flags
-    configs = [c for c in configs if acts_inside_step(ref, c.flags)]
 
-    return [Session(tuple(RunSpec(config=c.name, flags=c.flags,
-                                  settings=spec.settings.replace(model=m,
-                                                                 seed=spec.settings.seed + b),
-                                  float_reference=c.float_reference) for c in configs),
-                    rounds=spec.rounds, index=b)
-            for b in range(spec.repeats) for m in spec.models]
+    def session(m: str, b: int) -> Session:
+        live = [c for c in configs
+                if acts_inside_step(ref, c.flags, family=VARIANTS[m][0])]
+        return Session(tuple(RunSpec(config=c.name, flags=c.flags,
+                                     settings=spec.settings.replace(
+                                         model=m, seed=spec.settings.seed + b),
+                                     float_reference=c.float_reference) for c in live),
+                       rounds=spec.rounds, index=b)
+
+    return [session(m, b) for b in range(spec.repeats) for m in spec.models]
 
 
 def write_design(spec: AblationSpec, configs: list[Config], run_ids: list[str],
@@ -525,7 +583,7 @@ def write_design(spec: AblationSpec, configs: list[Config], run_ids: list[str],
             "settings": spec.settings.model_dump(),
             "method": spec.method if spec.kind == "fractional" else None,
             "report": spec.report.model_dump(), "configs": [c.to_dict() for c in configs],
-            "run_ids": run_ids}
+            "not_run": not_run(spec), "run_ids": run_ids}
     _write_text(out_dir / "design.json", json.dumps(meta, indent=1, default=str) + "\n")
     if spec.source is not None:
         _write_text(out_dir / "spec.toml", spec.source)
@@ -561,10 +619,14 @@ def format_plan(spec: AblationSpec, configs: list[Config], runs: list[PlannedRun
              f"{st.dataset}, {st.device}, pretrained start {'on' if st.pretrained else 'off'}",
              "configs:"]
     width = max(len(c.name) for c in configs)
+    skipped = not_run(spec)
     for c in configs:
         tag = " (baseline)" if c.name == base else ""
         tag += " (float reference)" if c.float_reference else ""
         lines.append(f"  {c.name:<{width}}  {c.flags.describe()}{tag}")
+    if skipped:
+        lines.append("not run (no effect possible with these flags):")
+        lines += [f"  {n}: {why}" for n, why in skipped.items()]
     lines.append("plan (block: order):")
     for b in range(spec.repeats):
         row = [f"{r.model}/{r.config.name}" for r in runs if r.block == b]

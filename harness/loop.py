@@ -35,42 +35,8 @@ from qvit.flags import Flags
 
 from . import measure
 
-__all__ = ["why_no_effect", "acts_inside_step", "IN_STEP_LOOP_FLAGS", "NonFiniteLoss",
-           "TrainResult", "EvalResult", "build_optimizer", "train_step", "train_one_epoch",
+__all__ = ["NonFiniteLoss", "TrainResult", "EvalResult", "build_optimizer", "train_step", "train_one_epoch",
            "evaluate", "compile_seconds", "FaultInjector"]
-
-
-def why_no_effect(base, other, device_type: str) -> str | None:
-    """Why moving from flags ``base`` to ``other`` cannot change anything on this device
-    type (so a report shows "no effect possible here", not a ratio of noise); None if it
-    can. Judged on the flags that differ."""
-    moved = set(base.diff(other))
-    if not moved:
-        return "no flag differs"
-    reasons = {}
-    if device_type != "cuda":
-        reasons["cuda_synchronize_per_step"] = "torch.cuda.synchronize acts on CUDA only"
-    if base.preload_to_device and other.preload_to_device:
-        reasons["num_workers"] = "no DataLoader: the data is preloaded on the device"
-    if moved <= set(reasons):
-        return "; ".join(reasons[m] for m in sorted(moved))
-    return None
-
-
-# Loop flags whose work happens inside one training step (the optimizer's kernel, the
-# compiled model); the others act around it (data, host reads, syncs, plots, the scaler).
-IN_STEP_LOOP_FLAGS = ("fused_optimizer", "compile_model")
-
-
-_AROUND_STEP_LOOP_FLAGS = frozenset(Flags.names("loop")) - set(IN_STEP_LOOP_FLAGS)
-
-
-def acts_inside_step(base, other) -> bool:
-    """Whether moving from flags ``base`` to ``other`` can change one training step's
-    compute (what the step-interleaved method measures): a module flag or an in-step loop
-    flag moves."""
-    moved = set(base.diff(other))
-    return not moved or not moved <= _AROUND_STEP_LOOP_FLAGS
 
 
 class NonFiniteLoss(RuntimeError):

@@ -35,6 +35,7 @@ import numpy as np
 import pandas as pd
 
 from qvit import Flags
+from qvit.flags import RENAMED, migrate
 
 from .provenance import PROVENANCE_COLUMNS
 
@@ -94,6 +95,7 @@ def normalize(df: pd.DataFrame) -> pd.DataFrame:
     False: rows from a code version that lacked a column), unknown ones (a flag added by a
     newer version, in a table shared across commits) are kept after the known ones."""
     cols = columns()
+    df = _migrate_flag_columns(df)
     out = {}
     for c, dtype in cols.items():
         s = df[c] if c in df.columns else _filler(dtype, len(df), df.index)
@@ -107,6 +109,32 @@ def normalize(df: pd.DataFrame) -> pd.DataFrame:
         if c not in cols:
             out[c] = df[c]
     return pd.DataFrame(out, index=df.index).reset_index(drop=True)
+
+
+def _migrate_flag_columns(df: pd.DataFrame) -> pd.DataFrame:
+    """Rows recorded with qvit 0.1's flag columns (`qvit.flags.RENAMED`) get today's flag
+    columns for the code they ran (`qvit.flags.migrate`); a row whose 0.1 combination runs no
+    path of today keeps "" in the new choice columns. The old columns are kept after the
+    known ones, so nothing recorded is lost."""
+    old = [c for c in RENAMED if c in df.columns]
+    if not old or len(df) == 0:
+        return df
+    names = [n for n in Flags.names() if n in df.columns] + old
+    rows = []
+    for rec in df[names].to_dict("records"):
+        rec = {k: v for k, v in rec.items() if not (isinstance(v, float) and np.isnan(v))}
+        try:
+            rows.append(migrate(rec))
+        except ValueError:
+            rows.append({})
+    df = df.copy()
+    for n in Flags.names():
+        if n in df.columns and not any(n in r for r in rows):
+            continue
+        default = "" if Flags.spec(n).choices is not None else np.nan
+        df[n] = [r.get(n, df[n].iloc[i] if n in df.columns else default)
+                 for i, r in enumerate(rows)]
+    return df
 
 
 # --- files: lock, atomic write with the umask's mode, reading with recovery -------------------

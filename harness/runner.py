@@ -106,7 +106,7 @@ class RunSpec:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunSpec:
-        return cls(config=d["config"], flags=Flags(**d["flags"]),
+        return cls(config=d["config"], flags=Flags.from_dict(d["flags"]),
                    settings=RunSettings(**d["settings"]),
                    float_reference=d.get("float_reference", False), repeat=d.get("repeat", 0),
                    block=d.get("block", 0), order=d.get("order", 0))

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 __all__ = ["FlagSpec", "Flags", "PARITY_CLASSES", "PRESETS", "RENAMED", "SCOPES", "markdown_table",
-           "migrate"]
+           "renamed_table", "migrate"]
 
 # What toggling a flag may do to the numbers, from strongest to weakest guarantee.
 PARITY_CLASSES = (
@@ -418,6 +418,13 @@ def markdown_table() -> str:
                     f"{s.scope} | {_fmt(s.legacy)} | {_fmt(s.seed)} | {_fmt(s.best)} | "
                     f"{parity} | {'; '.join(needs) or '-'} | {'; '.join(over) or '-'} | "
                     f"{', '.join(where) or 'none'} | {s.help} |")
+    return "\n".join(rows)
+
+
+def renamed_table() -> str:
+    """The old spellings of docs/flags.md, rendered from `RENAMED` (a test keeps it equal)."""
+    rows = ["| qvit 0.1 flag | today |", "|---|---|"]
+    rows += [f"| `{old}=true` | `{new}` |" for old, new in RENAMED.items()]
     return "\n".join(rows)
 
 

@@ -24,7 +24,8 @@ from typing import Any
 
 from .flags import Flags
 
-__all__ = ["Paths", "inert", "why_inert", "why_same", "acts", "FAMILIES", "DEVICE_TYPES"]
+__all__ = ["Paths", "inert", "why_inert", "why_same", "acts", "acts_inside_step",
+           "AROUND_STEP", "FAMILIES", "DEVICE_TYPES"]
 
 FAMILIES = ("vit", "swin")  # a model family decides whether Swin-only paths exist
 DEVICE_TYPES = ("cpu", "cuda")
@@ -197,11 +198,14 @@ def why_inert(flags: Flags, name: str, value: Any = None, *, device_type: str | 
         reasons.append(f"it acts on {spec.device.upper()} only")
     if spec.family is not None and family is not None and family != spec.family:
         reasons.append(f"it acts in {spec.family} models only")
-    for key in (value, "*"):
+    # the requirement of this value, of every value, or (where this value needs nothing)
+    # of the values it could move to
+    keys = [value, "*"] + [k for k in spec.requires if k not in (value, "*")]
+    for key in keys:
         for other, allowed in spec.requires.get(key, {}).items():
             if getattr(flags, other) not in allowed:
                 need = " or ".join(f"{other}={_fmt(v)}" for v in allowed)
-                what = name if key == "*" else f"{name}={_fmt(value)}"
+                what = name if key == "*" else f"{name}={_fmt(key)}"
                 reasons.append(f"{what} needs {need}")
     for o in Flags.specs():
         note = o.overrides.get(getattr(flags, o.name), {}).get(name)
@@ -222,6 +226,24 @@ def why_same(base: Flags, other: Flags, *, device_type: str | None = None,
     if not moved:
         return "no flag differs"
     return "; ".join(f"{n}: {why_inert(other, n, **kw)}" for n in sorted(moved))
+
+
+# Loop parts whose work happens around a training step (data, host reads, syncs, plots,
+# the scaler's bookkeeping); every other part is the step's compute, which the
+# step-interleaved method measures.
+AROUND_STEP = frozenset({"cuda_sync", "loss_read", "grad_scaler", "plot_every", "data",
+                         "workers"})
+
+
+def acts_inside_step(base: Flags, other: Flags, *, device_type: str | None = None,
+                     family: str | None = None) -> bool:
+    """Whether moving from ``base`` to ``other`` can change one training step's compute:
+    some part that runs inside the step differs (equal flags, an A/A control, count as
+    acting: the control is measured like any config)."""
+    if base == other:
+        return True
+    kw = dict(device_type=device_type, family=family)
+    return bool(set(Paths.of(base, **kw).diff(Paths.of(other, **kw))) - AROUND_STEP)
 
 
 def _values(name: str) -> tuple[Any, ...]:

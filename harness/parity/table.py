@@ -12,6 +12,8 @@ import pandas as pd
 import torch
 
 from qvit import Flags
+from qvit.paths import why_same
+from qvit.variants import VARIANTS
 
 from .config import PARITY_COLUMNS, ParityConfig
 from .loop_flags import loop_parity_rows
@@ -20,10 +22,18 @@ from .module_flags import measure_flag, prepare_baseline
 __all__ = ["toggles", "parity_table", "run_parity"]
 
 
-def toggles(base: Flags, scope: str, flags: Iterable[str] | None, to: Flags | None
-            ) -> list[tuple[str, Any]]:
+def toggles(base: Flags, scope: str, flags: Iterable[str] | None, to: Flags | None,
+            *, family: str | None = None, acting: bool = True) -> list[tuple[str, Any]]:
     """(flag, value) pairs of ``scope`` to move alone from ``base``: to every other value of
-    each flag (both sides of a switch), or with ``to`` to its value where it differs."""
+    each flag (both sides of a switch), or with ``to`` to its value where it differs.
+    Only the moves that change what runs on a model of ``family`` (`qvit.paths`);
+    ``acting=False``: only the others (the moves that cannot act there)."""
+    return [(n, v) for n, v in _all_toggles(base, scope, flags, to)
+            if (why_same(base, base.replace(**{n: v}), family=family) is None) == acting]
+
+
+def _all_toggles(base: Flags, scope: str, flags: Iterable[str] | None, to: Flags | None
+                 ) -> list[tuple[str, Any]]:
     names = list(flags) if flags else list(Flags.names(scope))
     for n in names:
         Flags.spec(n)
@@ -66,11 +76,28 @@ def run_parity(cfg: ParityConfig, *, log: Callable[[str], None] | None = print
         torch.set_num_threads(previous)
 
 
+NO_EFFECT = "no effect possible"
+
+
+def _inert_row(model: str, base: Flags, name: str, value: Any, family: str) -> dict:
+    """A move that runs the base's code: not measured, said so."""
+    spec = Flags.spec(name)
+    return dict(model=model, flag=name, scope=spec.scope, change=spec.change,
+                base=base.describe(), from_value=getattr(base, name), to_value=value,
+                measured_class=NO_EFFECT, expected_class=NO_EFFECT, match="ok",
+                note=why_same(base, base.replace(**{name: value}), family=family))
+
+
 def _table(cfg: ParityConfig, log: Callable[[str], None] | None) -> pd.DataFrame:
     base_flags = Flags.preset(cfg.base)
     to_flags = Flags.preset(cfg.to) if cfg.to else None
     rows = []
-    module = toggles(base_flags, "module", cfg.flags, to_flags)
+    family = VARIANTS[cfg.model][0]
+    for scope in ("module", "loop") if cfg.loop else ("module",):
+        for name, value in toggles(base_flags, scope, cfg.flags, to_flags, family=family,
+                                   acting=False):
+            rows.append(_inert_row(cfg.model, base_flags, name, value, family))
+    module = toggles(base_flags, "module", cfg.flags, to_flags, family=family)
     if module:
         t0 = time.perf_counter()
         baseline = prepare_baseline(cfg, base_flags)
@@ -83,7 +110,7 @@ def _table(cfg: ParityConfig, log: Callable[[str], None] | None) -> pd.DataFrame
             if log:
                 log(f"[parity] {cfg.model} {name}={value}: {row['measured_class']} "
                     f"(expected {row['expected_class']}) {row['match']} [{row['seconds']}s]")
-    loop_t = toggles(base_flags, "loop", cfg.flags, to_flags) if cfg.loop else []
+    loop_t = toggles(base_flags, "loop", cfg.flags, to_flags, family=family) if cfg.loop else []
     if loop_t:
         rows.extend(loop_parity_rows(cfg.model, base_flags, loop_t, seed=cfg.seed,
                                      img_size=cfg.img_size, steps=cfg.loop_steps,

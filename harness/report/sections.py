@@ -17,17 +17,18 @@ import numpy as np
 import pandas as pd
 
 from qvit.flags import Flags
+from qvit.paths import why_same
+from qvit.variants import VARIANTS
 
 from .. import stats
 from ..ablate import AA_CONTROL, SEED_MINUTES
-from ..loop import why_no_effect
 from ..parity import SHOWN_COLUMNS
 from . import figures
 from .fmt import ci, isnan, md_table, mean_sd, pp, pp_ci
 
 __all__ = ["Context", "SECTIONS", "reliability", "setup"]
 
-NO_EFFECT = "no effect possible here"
+NO_EFFECT = "no effect possible with these flags"
 
 
 @dataclass
@@ -74,14 +75,16 @@ class Context:
         n = self.n_blocks
         return f"95% t-CI over {n} blocks" if n >= 2 else "no interval: 1 block"
 
-    def no_effect(self, config: str) -> str | None:
-        """Why ``config`` cannot differ from the baseline here (None: it can)."""
+    def no_effect(self, config: str, model: str) -> str | None:
+        """Why ``config`` cannot differ from the baseline on ``model`` here (None: it can):
+        the two run the same code paths (`qvit.paths.why_same`)."""
         c, base = self.configs.get(config), self.configs.get(self.baseline)
         if c is None or base is None or config in (self.baseline, AA_CONTROL):
             return None
         if c.float_reference != base.float_reference:
             return None
-        return why_no_effect(base.flags, c.flags, self.device_type)
+        family = VARIANTS[model][0] if model in VARIANTS else None
+        return why_same(base.flags, c.flags, device_type=self.device_type, family=family)
 
 
 def _row(ctx: Context, model: str, config: str) -> pd.Series | None:
@@ -193,7 +196,8 @@ def timeline(ctx: Context) -> tuple[str, list[str]]:
 
 
 def _speed_row(ctx: Context, r: pd.Series) -> dict[str, Any]:
-    why = "baseline" if r["config"] == ctx.baseline else ctx.no_effect(r["config"])
+    why = ("baseline" if r["config"] == ctx.baseline
+           else ctx.no_effect(r["config"], r["model"]))
     g = r.get
     row = {"model": r["model"], "config": r["config"],
            "epoch s": g("epoch_s_median", np.nan), "step ms": 1e3 * g("step_s_median", np.nan),
@@ -255,13 +259,13 @@ def speed(ctx: Context) -> tuple[str, list[str]]:
                 "compiled as the config is (`compile_model`) where the design has both. "
                 if "float_reference" in ctx.table and ctx.table["float_reference"].any()
                 else "") + f"`{NO_EFFECT}`: the flags this config moves "
-            f"cannot act on this device. Peak memory: {kind}. `(!)`: epoch-time IQR/median "
+            f"cannot act here (this device, this model, or the other flags: see qvit.paths). Peak memory: {kind}. `(!)`: epoch-time IQR/median "
             f"above {iqr:.0%}.\n\n" + md_table(table))
     findings = []
     for m in ctx.models:
         s = ctx.summary[(ctx.summary["model"] == m) &
                         ~ctx.summary["config"].isin([ctx.baseline, AA_CONTROL])]
-        s = s[[ctx.no_effect(c) is None for c in s["config"]]]
+        s = s[[ctx.no_effect(c, m) is None for c in s["config"]]]
         if "float_multiple" in s:
             s = s[s["float_multiple"].isna() | (s["float_multiple"] != 1)]
         if "speedup" in s:
@@ -330,7 +334,7 @@ def _per_flag(ctx: Context) -> pd.DataFrame:
         lo, hi = ("speedup_hi", "speedup_lo") if flip else ("speedup_lo", "speedup_hi")
         slo, shi = ("speedup_step_hi", "speedup_step_lo") if flip else \
             ("speedup_step_lo", "speedup_step_hi")
-        why = ctx.no_effect(r["config"])
+        why = ctx.no_effect(r["config"], r["model"])
         rows.append({"model": r["model"], "flag": c.flag,
                      "change": Flags.spec(c.flag).change or "",
                      "move": c.note.split(": ", 1)[-1],
@@ -386,7 +390,8 @@ def per_flag(ctx: Context) -> tuple[str, list[str]]:
             "runs whole epochs only for loop flags, no epoch ratio. Measured parity beside it "
             "where "
             "`parity.csv` is present.\n\n" + md_table(show)
-            + (f"\n![per-flag speedup]({ctx.figs['flags']})\n" if "flags" in ctx.figs else ""))
+            + (f"\n![per-flag speedup]({ctx.figs['flags']})\n" if "flags" in ctx.figs else "")
+            + _not_run_text(ctx))
     findings = []
     for col, what in (("flag_speedup", "epoch"), ("interleaved", "interleaved step")):
         ranked = _clear_effects(pf, col)
@@ -395,6 +400,17 @@ def per_flag(ctx: Context) -> tuple[str, list[str]]:
                             "(geometric mean over models): " + ", ".join(
                                 f"{f} x{v:.2f}" for f, v in ranked.head(3).items()))
     return text, findings
+
+
+def _not_run_text(ctx: Context) -> str:
+    """The one-flag configs the design left out: their move runs the base's code."""
+    skipped = ctx.meta.get("not_run") or {}
+    if not skipped:
+        return ""
+    rows = pd.DataFrame({"config": list(skipped), "timed": NO_EFFECT,
+                         "why (qvit.paths)": list(skipped.values())})
+    return ("\nNot run: these moves leave every code path of the base as it is (on every "
+            "model of the design), so there is nothing to time.\n\n" + md_table(rows))
 
 
 def _clear_effects(pf: pd.DataFrame, col: str) -> pd.Series:

@@ -91,7 +91,8 @@ def test_one_at_a_time_moves_each_flag_alone():
     configs = ablate.design_configs(s)
     legacy = Flags.preset("legacy")
     movable = [f.name for f in Flags.specs() if ablate.on_value(f.name) != f.legacy]
-    assert len(configs) == 1 + len(movable)
+    skipped = ablate.not_run(s)
+    assert len(configs) == 1 + len(movable) - len(skipped)
     assert configs[0].flags == legacy
     for c in configs[1:]:
         d = legacy.diff(c.flags)
@@ -100,7 +101,7 @@ def test_one_at_a_time_moves_each_flag_alone():
     # seed flags move to their seed value, beyond-seed flags to their best value
     by_flag = {c.flag: c for c in configs[1:]}
     assert by_flag["layernorm_newton"].flags.layernorm_newton == "no_grad"
-    assert by_flag["frexp_on_device"].flags.frexp_on_device is True
+    assert by_flag["requant_impl"].flags.requant_impl == "lean"
     assert "compile_model" not in by_flag  # its on-value equals legacy: nothing to move
 
 
@@ -116,7 +117,9 @@ def test_leave_one_out_moves_each_flag_back_from_seed():
     configs = ablate.design_configs(s)
     seed = Flags.preset("seed")
     differs = [f.name for f in Flags.specs() if f.seed != f.legacy]
-    assert configs[0].flags == seed and len(configs) == 1 + len(differs)
+    skipped = ablate.not_run(s)
+    assert configs[0].flags == seed and len(configs) == 1 + len(differs) - len(skipped)
+    assert all(c.name not in skipped for c in configs)
     for c in configs[1:]:
         assert seed.diff(c.flags) == {c.flag: (Flags.spec(c.flag).seed,
                                                Flags.spec(c.flag).legacy)}
@@ -137,14 +140,22 @@ def test_factorial_is_every_combination():
         assert {k for k in Flags.preset("seed").diff(c.flags)} <= set(flags)
 
 
+def _independent_flags() -> list[str]:
+    """Flags that move from legacy and act in every two-level run with one another: none
+    requires another or is overridden by another (those are nested factors, refused)."""
+    overridden = {n for o in Flags.specs() for ov in o.overrides.values() for n in ov}
+    overriding = {o.name for o in Flags.specs() if o.overrides}
+    return [f.name for f in Flags.specs() if ablate.on_value(f.name) != f.legacy
+            and not f.requires and f.name not in overridden | overriding]
+
+
 @pytest.mark.parametrize("method", ["plackett_burman", "resolution_iv"])
-@pytest.mark.parametrize("n_flags", [7, 23, 24, None])  # 24: pyDOE3 has no 28-run PB
+@pytest.mark.parametrize("n_flags", [7, None])
 def test_fractional_is_balanced_and_orthogonal(method, n_flags):
     import pyDOE3
 
-    flags = [f.name for f in Flags.specs() if ablate.on_value(f.name) != f.legacy][:n_flags]
-    if len(flags) < (n_flags or 0):
-        pytest.skip(f"only {len(flags)} flags declared")
+    flags = _independent_flags()[:n_flags]
+    assert len(flags) >= 7
     s = spec({"kind": "fractional", "method": method, "flags": flags})
     configs = [c for c in ablate.design_configs(s) if c.in_design]
     if method == "plackett_burman":
@@ -158,6 +169,22 @@ def test_fractional_is_balanced_and_orthogonal(method, n_flags):
     base = ablate.design_configs(s)[0]
     assert base.name == ablate.baseline_name(s, ablate.design_configs(s))
     assert base.flags == Flags.preset("legacy")
+
+
+@pytest.mark.parametrize("k", [7, 23, 24])  # 24: pyDOE3 has no 28-run PB
+def test_plackett_burman_matrix_is_balanced_and_orthogonal(k):
+    import pyDOE3
+
+    x = ablate._plackett_burman(pyDOE3, k)
+    assert x.shape[1] == k and len(x) % 4 == 0 and k < len(x) <= k + 12
+    assert (x.sum(axis=0) == 0).all()
+    assert (x.T @ x == len(x) * np.eye(k)).all()
+
+
+def test_fractional_over_an_overridden_flag_is_refused():
+    with pytest.raises(ValueError, match=r"'inline_ste' cannot act in run .*ste_impl=lean "
+                                         r"overrides it"):
+        spec({"kind": "fractional", "flags": ["ste_impl", "inline_ste", "use_frexp"]})
 
 
 def test_explicit_configs_with_float_reference():
@@ -233,3 +260,39 @@ def test_every_run_setting_is_an_option_of_both_commands():
     for name in RunSettings.model_fields:
         assert name in run_opts
         assert name in ablate_opts or name == "model"
+
+
+def test_leave_one_out_from_best_times_only_moves_that_act():
+    """A flag that cannot act under `best` (overridden by another choice, CUDA-only on a CPU
+    spec, Swin-only on a ViT, needing another flag) is not timed but listed with why."""
+    s = ablate.load_spec(ROOT / "ablations" / "leave_one_out_best.toml")
+    configs = ablate.design_configs(s)
+    skipped = ablate.not_run(s)
+    names = {c.name for c in configs}
+    assert set(skipped) == {"-inline_ste", "-layernorm_newton", "-cache_rel_pos_bias",
+                            "-cuda_synchronize_per_step", "-num_workers"}
+    assert not names & set(skipped)
+    assert "ste_impl=lean overrides it" in skipped["-inline_ste"]
+    assert "CUDA only" in skipped["-cuda_synchronize_per_step"]
+    assert "swin models only" in skipped["-cache_rel_pos_bias"]
+    assert "needs preload_to_device=false" in skipped["-num_workers"]
+    # every config that is run differs from the base in what it runs
+    from qvit.paths import why_same
+    base = configs[0].flags
+    for c in configs[1:]:
+        if c.name != AA:
+            assert why_same(base, c.flags, device_type="cpu", family="vit") is None, c.name
+    # on a Swin as well, the bias cache's move acts and is timed
+    swin = s.replace(models=("ivit_micro", "swin_micro"))
+    assert "-cache_rel_pos_bias" not in ablate.not_run(swin)
+    assert "-cache_rel_pos_bias" in {c.name for c in ablate.design_configs(swin)}
+
+
+def test_factorial_over_nested_factors_is_refused_in_one_line():
+    with pytest.raises(ValueError, match=r"'cache_exp_x0' cannot act in run .*needs "
+                                         r"cache_eval_act_scale=true") as e:
+        spec({"kind": "factorial", "base": "seed",
+              "flags": ["cache_eval_act_scale", "cache_exp_x0"],
+              "levels": {"cache_eval_act_scale": [False, True],
+                         "cache_exp_x0": [False, True]}})
+    assert "\n" not in str(e.value)

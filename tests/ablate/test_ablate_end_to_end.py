@@ -84,8 +84,8 @@ def test_identity_covers_code_settings_and_versions(tmp_path, monkeypatch):
     settings.code_digest.cache_clear()
     try:
         same = settings.code_digest()
-        (tmp_path / "qvit" / "primitives.py").write_text(
-            (tmp_path / "qvit" / "primitives.py").read_text() + "\n# edited\n")
+        (tmp_path / "qvit" / "ops" / "requant.py").write_text(
+            (tmp_path / "qvit" / "ops" / "requant.py").read_text() + "\n# edited\n")
         settings.code_digest.cache_clear()
         assert settings.code_digest() != same
     finally:

@@ -60,7 +60,7 @@ def test_grad_scaler_found_inf_check_counts():
 
 
 def test_qvit_legacy_frexp_counts_on_cpu():
-    from qvit.primitives import batch_frexp
+    from qvit.ops.requant import batch_frexp
 
     with count_host_syncs("cpu") as c:
         batch_frexp(torch.tensor([0.37, 1.5e-3]))

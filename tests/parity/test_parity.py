@@ -18,7 +18,8 @@ from harness import equivalence as E
 from harness import parity as H
 from qvit import Flags
 from qvit import modules as M
-from qvit import primitives as P
+from qvit.ops import int_exp as X
+from qvit.ops import requant as R
 
 MICRO = ("ivit_micro", "swin_micro")
 LEGACY = Flags.preset("legacy")
@@ -105,9 +106,9 @@ def _naive_x0(self, scaling_factor):
     """The seed's change 12: x0 cached in eval and never invalidated in training."""
     if self.flags.cache_exp_x0 and not self.training:
         if getattr(self, "_naive_x0", None) is None:
-            self._naive_x0 = P.exp_x0_int(scaling_factor)
+            self._naive_x0 = X.exp_x0_int(scaling_factor)
         return self._naive_x0
-    return P.exp_x0_int(scaling_factor)
+    return X.exp_x0_int(scaling_factor)
 
 
 @pytest.mark.parametrize("model", MICRO)
@@ -131,19 +132,19 @@ def test_naive_cache12_is_caught(baselines, model, monkeypatch):
 
 def test_requantization_without_final_rounding_is_caught(baselines, monkeypatch):
     """The float32 requantization path with its final round() dropped."""
-    orig = P._requantize_int
+    orig = R._requantize_int
 
-    def no_round(z_int, in_scale, out_scale, *, fp64, use_frexp, frexp_on_device, **kw):
+    def no_round(z_int, in_scale, out_scale, *, fp64, use_frexp, frexp, **kw):
         if fp64:
             return orig(z_int, in_scale, out_scale, fp64=fp64, use_frexp=use_frexp,
-                        frexp_on_device=frexp_on_device, **kw)
+                        frexp=frexp, **kw)
         new_scale = in_scale.float() / out_scale.float()
         if not use_frexp:
             return z_int.float() * new_scale
-        m, e = P.frexp31(new_scale, on_device=frexp_on_device)
+        m, e = R.FREXP[frexp](new_scale)
         return z_int.float() * m.float() / (2.0 ** e).float()
 
-    monkeypatch.setattr(P, "_requantize_int", no_round)
+    monkeypatch.setattr(R, "_requantize_int", no_round)
     row = H.measure_flag(baselines["ivit_micro"], "fp64_fixedpoint", False)
     assert row["measured_class"] == "differs" and row["match"] == "MISMATCH"
     assert row["deployment_frac_differ"] > 1e-2
@@ -153,29 +154,30 @@ def test_requantization_without_input_rounding_is_caught(baselines, monkeypatch)
     """The device-frexp path with round(pre_act / scale) dropped: subtle (a fraction of a
     percent of elements move by one step) but not the bit-exact path it is declared to be,
     and off the integer-only deployment."""
-    orig = P.fixedpoint_mul
+    orig = R.fixedpoint_mul
 
     def fixedpoint_mul(pre_act, pre_act_scale, num_bits, z_scale, identity=None,
-                       identity_scale=None, *, fp64, use_frexp, frexp_on_device, **rest):
-        kw = dict(fp64=fp64, use_frexp=use_frexp, frexp_on_device=frexp_on_device)
-        if not frexp_on_device:
+                       identity_scale=None, *, fp64, use_frexp, frexp="device", fused=False,
+                       **rest):
+        kw = dict(fp64=fp64, use_frexp=use_frexp, frexp=frexp, fused=fused)
+        if frexp != "device":
             return orig(pre_act, pre_act_scale, num_bits, z_scale, identity, identity_scale,
                         **kw, **rest)
-        shape = P.act_scale_shape(pre_act)
+        shape = R.act_scale_shape(pre_act)
         n = 2 ** (num_bits - 1) - 1
         with torch.no_grad():
             s = pre_act_scale.view(shape)
-            out = P._requantize_int(pre_act / s, s, z_scale, **kw)  # no torch.round
+            out = R._requantize_int(pre_act / s, s, z_scale, **kw)  # no torch.round
             if identity is not None:
                 si = identity_scale.view(shape)
-                out = P._requantize_int(identity / si, si, z_scale, **kw) + out
+                out = R._requantize_int(identity / si, si, z_scale, **kw) + out
             out = torch.clamp(out.float(), -n - 1, n)
         zs = z_scale.detach()
         sur = pre_act / zs if identity is None else pre_act / zs + identity / zs
         return sur + (out - sur).detach()
 
-    monkeypatch.setattr(P, "fixedpoint_mul", fixedpoint_mul)
-    row = H.measure_flag(baselines["ivit_micro"], "frexp_on_device", True)
+    monkeypatch.setattr(R, "fixedpoint_mul", fixedpoint_mul)
+    row = H.measure_flag(baselines["ivit_micro"], "requant_impl", "device_frexp")
     assert row["measured_class"] != "exact" and row["match"] == "MISMATCH"
     assert row["deployment_frac_differ"] > 0
 
@@ -196,12 +198,12 @@ def test_deployment_reference_is_the_legacy_requantization(bits, residual):
     ref = H.deployment_reference(x, pre_scale, out_scale, bits, ident, id_scale)
 
     def path(**kw):
-        return P.fixedpoint_mul(x, pre_scale, bits, out_scale, ident, id_scale, **kw)
+        return R.fixedpoint_mul(x, pre_scale, bits, out_scale, ident, id_scale, **kw)
 
-    legacy = path(fp64=True, use_frexp=True, frexp_on_device=False)
+    legacy = path(fp64=True, use_frexp=True, frexp="host")
     assert torch.equal(legacy.to(torch.int64), ref)
-    assert torch.equal(path(fp64=True, use_frexp=True, frexp_on_device=True), legacy)
-    seed = path(fp64=False, use_frexp=False, frexp_on_device=False)
+    assert torch.equal(path(fp64=True, use_frexp=True, frexp="device"), legacy)
+    seed = path(fp64=False, use_frexp=False)
     frac = (seed.to(torch.int64) != ref).float().mean().item()
     assert frac < 1e-2 and (seed.to(torch.int64) - ref).abs().max() <= 1
 

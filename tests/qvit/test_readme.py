@@ -1,14 +1,31 @@
-"""The README's flag table is the declaration's, rendered: one source of truth."""
+"""docs/flags.md's tables are the declaration's, rendered: one source of truth."""
 
 import re
 from pathlib import Path
 
-from qvit.flags import markdown_table
+import pytest
+
+from qvit.flags import markdown_table, renamed_table
+
+DOC = Path(__file__).parents[2] / "docs" / "flags.md"
 
 
-def test_readme_flag_table_matches_the_declaration():
-    text = (Path(__file__).parents[2] / "README.md").read_text()
-    block = re.search(r"<!-- flags-table:.*?-->\n(.*?)\n<!-- /flags-table -->", text, re.S)
-    assert block, "README lost its flags-table markers"
-    assert block.group(1) == markdown_table(), (
-        "README flag table is stale: paste qvit.flags.markdown_table() between the markers")
+@pytest.mark.parametrize("marker, render", [("flags-table", markdown_table),
+                                            ("renamed-table", renamed_table)])
+def test_docs_flag_tables_match_the_declaration(marker, render):
+    text = DOC.read_text()
+    block = re.search(rf"<!-- {marker}:.*?-->\n(.*?)\n<!-- /{marker} -->", text, re.S)
+    assert block, f"docs/flags.md lost its {marker} markers"
+    assert block.group(1) == render(), (
+        f"docs/flags.md {marker} is stale: paste qvit.flags.{render.__name__}() between "
+        "the markers")
+
+
+def test_no_flag_is_a_no_op_in_best_unless_the_table_says_so():
+    from qvit import Flags
+    from qvit.paths import inert
+
+    rows = {r.split("|")[1].strip().strip("`"): r for r in markdown_table().splitlines()[2:]}
+    for name in inert(Flags.preset("best")):
+        acts_in = rows[name].split("|")[10]
+        assert "best" not in acts_in, name
