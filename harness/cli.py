@@ -8,7 +8,7 @@
 
 ``run`` is an explicit ``configs`` design built from the command line: it goes through the
 same validation, sweep and report as ``ablate`` (one declaration of run settings,
-`harness.settings.RunSettings`, generates the options of both).
+`harness.spec.settings.RunSettings`, generates the options of both).
 """
 
 from __future__ import annotations
@@ -19,14 +19,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .options import add_options, values_from_args
-from .safety import friendly_errors
-from .settings import RunSettings
+from harness.errors import friendly_errors
+from harness.spec.options import add_options, values_from_args
+from harness.spec.settings import RunSettings
 
 __all__ = ["main", "run_parser", "ablate_parser", "spec_from_args", "prepare_ablate"]
 
-_DISPATCH = {"report": "harness.report", "parity": "harness.parity",
-             "pretrain": "harness.pretrain"}
+_DISPATCH = {"report": "harness.analysis.report", "parity": "harness.parity",
+             "pretrain": "harness.sweep.pretrain"}
 
 
 def run_parser(prog: str = "python -m harness run") -> argparse.ArgumentParser:
@@ -49,7 +49,7 @@ def run_parser(prog: str = "python -m harness run") -> argparse.ArgumentParser:
                    "once per block, training seed + block; >= 2 for intervals)")
     p.add_argument("--out", required=True, help="output folder (table, report)")
     add_options(p, RunSettings)
-    from .executor_options import add_arguments
+    from harness.spec.executor import add_arguments
 
     add_arguments(p)
     return p
@@ -73,7 +73,7 @@ def _configs(args) -> list[dict]:
 def spec_from_args(args, argv: list[str] | None = None):
     """The `AblationSpec` of a parsed ``run`` command (validated like a spec file);
     ``argv`` (default: this process's) is the command line its description quotes."""
-    from .ablate import parse_spec
+    from harness.spec.ablation import parse_spec
 
     settings = values_from_args(RunSettings, args)
     model = settings.pop("model", RunSettings.model_fields["model"].default)
@@ -89,14 +89,14 @@ def spec_from_args(args, argv: list[str] | None = None):
 
 @friendly_errors
 def cmd_run(argv: list[str]) -> int:
-    from .ablate import read_design
-    from .executor_options import options_from
+    from harness.spec.executor import options_from
+    from harness.spec.plan import read_design
 
     args = run_parser().parse_args(argv)
     spec = spec_from_args(args, argv)
     executor = options_from(None, args)
-    from . import records  # torch and timm load from here on, after every check
-    from .pipeline import run_spec
+    from harness import records  # torch and timm load from here on, after every check
+    from harness.pipeline import run_spec
 
     print(f"report: {run_spec(spec, Path(args.out), executor)}")
 
@@ -120,7 +120,7 @@ def ablate_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="print configs and plan, run nothing")
     p.add_argument("--no-report", action="store_true", help="do not write the report")
     add_options(p, RunSettings, exclude=("model",))  # any run setting, over the spec's
-    from .executor_options import add_arguments
+    from harness.spec.executor import add_arguments
 
     add_arguments(p)  # --executor local|slurm|..., --partition, --gpus-per-job, ...
     return p
@@ -128,8 +128,8 @@ def ablate_parser() -> argparse.ArgumentParser:
 
 def prepare_ablate(argv: list[str] | None) -> tuple[Any, Any, Path, argparse.Namespace]:
     """Parse and validate everything (no torch yet): the spec, the executor, the folder."""
-    from .ablate import load_spec
-    from .executor_options import options_from
+    from harness.spec.ablation import load_spec
+    from harness.spec.executor import options_from
 
     args = ablate_parser().parse_args(argv)
     spec = load_spec(args.spec)
@@ -143,14 +143,14 @@ def prepare_ablate(argv: list[str] | None) -> tuple[Any, Any, Path, argparse.Nam
 
 @friendly_errors
 def cmd_ablate(argv: list[str]) -> int:
-    from .ablate import design_configs, format_plan, plan
+    from harness.spec import design_configs, format_plan, plan
 
     spec, executor, out, args = prepare_ablate(argv)
     configs = design_configs(spec)
     print(format_plan(spec, configs, plan(spec, configs)))
     if args.dry_run:
         return 0
-    from .pipeline import run_spec  # torch and timm load here, after every check
+    from harness.pipeline import run_spec  # torch and timm load here, after every check
 
     path = run_spec(spec, out, executor, report=not args.no_report)
     if path is not None:

@@ -10,11 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .ablate import AblationSpec, design_configs, plan, sessions_of, to_runspecs, write_design
-from .executors import run_interleaved, run_sweep
-from .interleave import session_run_ids
-from .report import build_report
-from .safety import check_out_dir, owned_dir_lock
+from harness.analysis.report import build_report
+from harness.records.outdir import check_out_dir, owned_dir_lock
+from harness.run.interleave import session_run_ids
+from harness.spec import AblationSpec, design_configs, plan, write_design
+from harness.sweep.executors import run_interleaved, run_sweep
+from harness.sweep.runs import sessions_of, to_runspecs
 
 __all__ = ["run_spec"]
 

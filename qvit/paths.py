@@ -20,9 +20,10 @@ from __future__ import annotations
 import dataclasses
 import functools
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .flags import Flags
+if TYPE_CHECKING:  # (the declaration is read from the Flags given: flags.py imports this)
+    from .flags import Flags
 
 __all__ = ["Paths", "inert", "why_inert", "why_same", "acts", "acts_inside_step",
            "AROUND_STEP", "FAMILIES", "DEVICE_TYPES"]
@@ -174,14 +175,14 @@ def acts(flags: Flags, name: str, *, device_type: str | None = None,
     here = Paths.of(flags, device_type=device_type, family=family)
     current = getattr(flags, name)
     return any(Paths.of(flags.replace(**{name: v}), device_type=device_type, family=family)
-               != here for v in _values(name) if v != current)
+               != here for v in _values(flags, name) if v != current)
 
 
 def inert(flags: Flags, *, device_type: str | None = None, family: str | None = None
           ) -> dict[str, str]:
     """``{flag: why}`` for every flag that cannot act in ``flags``."""
     return {n: why_inert(flags, n, device_type=device_type, family=family)
-            for n in Flags.names() if not acts(flags, n, device_type=device_type,
+            for n in type(flags).names() if not acts(flags, n, device_type=device_type,
                                                family=family)}
 
 
@@ -191,7 +192,7 @@ def why_inert(flags: Flags, name: str, value: Any = None, *, device_type: str | 
     ``flags``, from the declarations: an unmet ``requires``, another flag's ``overrides``,
     a device or model family. One phrase, e.g. "ste_impl=lean overrides it (every STE is
     the lean Function)"."""
-    spec = Flags.spec(name)
+    spec = type(flags).spec(name)
     value = getattr(flags, name) if value is None else value
     reasons = []
     if spec.device is not None and device_type is not None and device_type != spec.device:
@@ -207,7 +208,7 @@ def why_inert(flags: Flags, name: str, value: Any = None, *, device_type: str | 
                 need = " or ".join(f"{other}={_fmt(v)}" for v in allowed)
                 what = name if key == "*" else f"{name}={_fmt(key)}"
                 reasons.append(f"{what} needs {need}")
-    for o in Flags.specs():
+    for o in type(flags).specs():
         note = o.overrides.get(getattr(flags, o.name), {}).get(name)
         if note is not None:
             reasons.append(f"{o.name}={_fmt(getattr(flags, o.name))} overrides it ({note})")
@@ -246,8 +247,8 @@ def acts_inside_step(base: Flags, other: Flags, *, device_type: str | None = Non
     return bool(set(Paths.of(base, **kw).diff(Paths.of(other, **kw))) - AROUND_STEP)
 
 
-def _values(name: str) -> tuple[Any, ...]:
-    spec = Flags.spec(name)
+def _values(flags: Flags, name: str) -> tuple[Any, ...]:
+    spec = type(flags).spec(name)
     if spec.type is bool:
         return (False, True)
     if spec.choices is not None:

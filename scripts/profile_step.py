@@ -26,7 +26,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
 import qvit
-from harness.settings import RunSettings
+from harness.spec.settings import RunSettings
 from qvit import Flags
 
 COUNTED = ("aten::mul", "aten::mul_", "aten::div", "aten::div_", "aten::copy_",
@@ -62,8 +62,8 @@ def _compiled(model, float_reference: bool):
     """The model under torch.compile with the harness's backend for it, kernels profiled."""
     import torch._inductor.config as inductor_config
 
-    from harness.loop import compile_model
-    from harness.runner import RunSpec
+    from harness.run.loop import compile_model
+    from harness.run.runner import RunSpec
 
     inductor_config.cpp.enable_kernel_profile = True
     spec = RunSpec("profile", Flags(), float_reference=float_reference)

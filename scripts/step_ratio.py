@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 import qvit
-from harness.settings import RunSettings
+from harness.spec.settings import RunSettings
 
 torch.set_num_threads(int(os.environ.get("NT", "1")))
 torch.manual_seed(0)

@@ -1,4 +1,4 @@
-"""harness.executors: options, the shard merge, the local executor (block after block, each
+"""harness.sweep.executors: options, the shard merge, the local executor (block after block, each
 in one child process), and a tiny spec end to end through submitit's local executor (the code
 path of the Slurm executor: one job per repeat block), with a job killed mid-block and a
 resume. The real Slurm cluster test is tests/test_slurm_real.py."""
@@ -18,9 +18,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from harness import ablate, cli, executors, records
-from harness.executors import ExecutorOptions, options_from, parse_options, parse_time_limit
-from harness.runner import INFLIGHT
+from harness import cli, records
+from harness import spec as ablate
+from harness.run.runner import INFLIGHT
+from harness.sweep import executors
+from harness.sweep import runs as sweep_runs
+from harness.sweep.executors import ExecutorOptions, options_from, parse_options, parse_time_limit
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -63,7 +66,7 @@ def write_tiny(folder: Path) -> Path:
 
 def tiny_specs(spec_path: Path):
     spec = ablate.load_spec(spec_path)
-    return ablate.to_runspecs(spec, ablate.plan(spec))
+    return sweep_runs.to_runspecs(spec, ablate.plan(spec))
 
 
 def harness_cmd(spec_path: Path, out: Path, *args: str) -> list[str]:
@@ -260,7 +263,7 @@ def test_local_executor_runs_blocks_here(tmp_path, monkeypatch, opts):
 def test_child_refuses_runs_of_another_identity(tmp_path, capsys):
     """A block's child whose run ids differ from the ones its parent planned (qvit/ or
     harness/ edited meanwhile) runs nothing and says why; the parent stops the sweep."""
-    from harness import runner
+    from harness.run import runner
 
     specs = tiny_specs(write_tiny(tmp_path))
     payload = tmp_path / "payload.json"
@@ -366,7 +369,7 @@ class _FakeExecutor:
         self.out, self.plan, self.submitted = out, plan, []
 
     def map_array(self, fn, payload, outs):
-        from harness.runner import RunSpec, base_row
+        from harness.run.runner import RunSpec, base_row
 
         states = self.plan[len(self.submitted)]
         self.submitted.append([d[0]["block"] for d in payload])
@@ -407,7 +410,7 @@ def test_sigterm_to_the_parent_stops_its_child(tmp_path):
         "time.sleep(60)\n")
     parent = subprocess.Popen(
         [sys.executable, "-c", "import sys; from pathlib import Path; "
-         "from harness.executors import spawn; "
+         "from harness.sweep.executors import spawn; "
          f"spawn('sleeper', {{}}, Path(r'{tmp_path}'), Path(r'{tmp_path}'))"],
         env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(tmp_path)])})
     pid_file = tmp_path / "pid"

@@ -1,4 +1,4 @@
-"""harness.host: the process settings of a run (threads, glibc's malloc policy)."""
+"""harness.run.process: the process settings of a run (threads, glibc's malloc policy)."""
 
 import ctypes
 import subprocess
@@ -7,12 +7,12 @@ import textwrap
 
 import pytest
 
-from harness import host
-from harness.settings import RunSettings
+from harness.run import process as host
+from harness.spec.settings import RunSettings
 
 _FAULTS = textwrap.dedent("""
     import resource, sys, torch
-    from harness.host import configure_process
+    from harness.run.process import configure_process
     configure_process(1, sys.argv[1] == "1")
     def faults():
         return resource.getrusage(resource.RUSAGE_SELF).ru_minflt

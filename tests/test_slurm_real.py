@@ -21,7 +21,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from harness import executors, records
+from harness import records
+from harness.sweep import executors
 from tests.test_executors import (
     ROOT,
     check_table,

@@ -25,7 +25,13 @@ def _imports(name: str, path: Path, modules: set[str]) -> set[str]:
     """Modules of ours that ``name`` imports, anywhere in the file."""
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     out = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    tree = ast.parse(path.read_text())
+    type_only = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If)
+                 and getattr(node.test, "id", None) == "TYPE_CHECKING"
+                 for n in ast.walk(node)}  # imports for annotations only: no runtime edge
+    for node in ast.walk(tree):
+        if id(node) in type_only:
+            continue
         if isinstance(node, ast.Import):
             targets = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -103,7 +109,7 @@ def test_short_files_and_functions(name, path):
 def test_one_training_step_in_the_harness():
     calls = [p for p in (ROOT / "harness").rglob("*.py") if ".backward(" in p.read_text()]
     assert [p.name for p in calls] == ["loop.py"]
-    assert (ROOT / "harness" / "loop.py").read_text().count(".backward(") == 1
+    assert (ROOT / "harness" / "run" / "loop.py").read_text().count(".backward(") == 1
 
 
 def test_no_private_names_imported_across_modules():
@@ -114,3 +120,58 @@ def test_no_private_names_imported_across_modules():
                 private = [a.name for a in node.names if a.name.startswith("_")
                            and not a.name.startswith("__")]
                 assert not private, f"{name} imports private {private} from {node.module}"
+
+
+# harness/ in the order of its pipeline: each package imports only packages before it
+# (analysis skips the run and sweep packages: building a report never loads the trainer);
+# the entry points (cli, pipeline) sit on top.
+LAYERS = ("errors", "spec", "records", "run", "sweep", "analysis", "parity")
+ALLOWED = {
+    "errors": set(), "spec": {"errors"}, "records": {"errors", "spec"},
+    "run": {"errors", "spec", "records"}, "sweep": {"errors", "spec", "records", "run"},
+    "analysis": {"errors", "spec", "records"},
+    "parity": {"errors", "spec", "records", "run", "analysis"},
+}
+
+
+def _layer(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[1] if parts[0] == "harness" and len(parts) > 1 else None
+
+
+def _upward_edges(graph: dict[str, set[str]]) -> list[str]:
+    bad = []
+    for name, targets in graph.items():
+        here = _layer(name)
+        if here not in ALLOWED:
+            continue  # the entry points and the package itself
+        for t in targets:
+            there = _layer(t)
+            if there is not None and there != here and there not in ALLOWED[here]:
+                bad.append(f"{name} -> {t}")
+    return sorted(bad)
+
+
+def test_harness_packages_import_only_downward():
+    graph = _graph()
+    layers = {_layer(n) for n in graph if n.startswith("harness.")}
+    assert layers - {None} <= set(ALLOWED) | {"cli", "pipeline", "__main__"}, layers
+    assert _upward_edges(graph) == []
+
+
+def test_the_layer_check_finds_an_upward_edge():
+    assert _upward_edges({"harness.analysis.stats": {"harness.run.loop"},
+                          "harness.run.loop": {"harness.spec.settings"}}) == [
+        "harness.analysis.stats -> harness.run.loop"]
+
+
+def test_building_a_report_imports_nothing_of_the_trainer():
+    import subprocess
+    import sys
+
+    code = ("import sys, harness.analysis.report, harness.analysis.equivalence; "
+            "print(sorted(m for m in sys.modules if m.split('.')[:2] in "
+            "(['harness', 'run'], ['harness', 'sweep'], ['harness', 'parity'])))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=ROOT, check=True).stdout
+    assert out.strip() == "[]"

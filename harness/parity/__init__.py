@@ -23,12 +23,12 @@ both run in lockstep on the same batches:
 
 Each flag is classified ``exact``, ``forward-exact-gradient-differs``, ``near-exact``
 (within the flag's declared bound, or `DEFAULT_BOUND`) or ``differs``; loop flags are
-classified from short harness runs (`harness.runner`), bit for bit on the final losses and
+classified from short harness runs (`harness.run.runner`), bit for bit on the final losses and
 top-1. A measured class that does not satisfy the declared one is a MISMATCH: printed
 loudly, and the CLI exits non-zero.
 
 Accuracy parity over a results table of harness sweeps (exact identity, or a TOST over
-seeds) lives in `harness.equivalence`.
+seeds) lives in `harness.analysis.equivalence`.
 
 The package by job: `config` (ParityConfig, the columns, the fixed model/data/optimizer),
 `deployment` (the int64 reference), `recorder` (forward hooks, teacher forcing, tensor
@@ -38,9 +38,9 @@ distances), `trajectory` (one model's recorded schedule), `classify` (parity cla
     python -m harness parity --model ivit_micro --out results/parity/ivit_micro
 """
 
-from .classify import classify, match_label, pair_expectation, satisfies
-from .cli import format_table, main
-from .config import (
+from harness.analysis.parity_classes import classify, match_label, pair_expectation, satisfies
+from harness.parity.cli import format_table, main
+from harness.parity.config import (
     DEFAULT_BOUND,
     PARITY_COLUMNS,
     SHOWN_COLUMNS,
@@ -49,12 +49,12 @@ from .config import (
     fixed_batches,
     parity_optimizer,
 )
-from .deployment import deployment_reference
-from .loop_flags import loop_parity_rows, optimizer_step_parity, run_harness
-from .module_flags import Baseline, measure_flag, prepare_baseline
-from .recorder import ActivationRecorder, Records, TensorStats, compare_records
-from .table import parity_table, run_parity, toggles
-from .trajectory import Trajectory, run_trajectory
+from harness.parity.deployment import deployment_reference
+from harness.parity.loop_flags import loop_parity_rows, optimizer_step_parity, run_harness
+from harness.parity.module_flags import Baseline, measure_flag, prepare_baseline
+from harness.parity.recorder import ActivationRecorder, Records, TensorStats, compare_records
+from harness.parity.table import parity_table, run_parity, toggles
+from harness.parity.trajectory import Trajectory, run_trajectory
 
 __all__ = [
     "PARITY_COLUMNS", "SHOWN_COLUMNS", "DEFAULT_BOUND", "ParityConfig", "Baseline",

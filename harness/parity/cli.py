@@ -15,9 +15,9 @@ from pathlib import Path
 import pandas as pd
 from pydantic import ValidationError
 
-from ..options import add_options, one_line, values_from_args
-from .config import SHOWN_COLUMNS, ParityConfig
-from .table import run_parity
+from harness.parity.config import SHOWN_COLUMNS, ParityConfig
+from harness.parity.table import run_parity
+from harness.spec.options import add_options, one_line, values_from_args
 
 __all__ = ["format_table", "main"]
 

@@ -1,4 +1,4 @@
-"""Loop flags, classified from short harness runs (`harness.runner`, bit for bit on the final
+"""Loop flags, classified from short harness runs (`harness.run.runner`, bit for bit on the final
 losses and top-1), and the optimizer step isolated for ``fused_optimizer``."""
 
 from __future__ import annotations
@@ -17,14 +17,14 @@ import pandas as pd
 import torch
 
 import qvit
+from harness import records
+from harness.analysis.parity_classes import match_label, pair_expectation
+from harness.parity.config import ParityConfig, build_model, fixed_batches
+from harness.parity.trajectory import rel_l2
+from harness.run import runner
+from harness.run.loop import build_optimizer, train_step
+from harness.spec.settings import RunSettings
 from qvit import Flags
-
-from .. import records, runner
-from ..loop import build_optimizer, train_step
-from ..settings import RunSettings
-from .classify import match_label, pair_expectation
-from .config import ParityConfig, build_model, fixed_batches
-from .trajectory import rel_l2
 
 __all__ = ["run_harness", "loop_parity_rows", "optimizer_step_parity"]
 

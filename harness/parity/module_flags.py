@@ -12,13 +12,19 @@ from typing import Any
 import torch
 from torch import nn
 
+from harness.analysis.parity_classes import classify, match_label, pair_expectation
+from harness.parity.config import ParityConfig, build_model, fixed_batches, parity_optimizer
+from harness.parity.recorder import TensorStats, compare_records
+from harness.parity.trajectory import (
+    Trajectory,
+    grads_rel,
+    rel_l2,
+    run_trajectory,
+    state_copy,
+    states_equal,
+)
+from harness.run.loop import train_step
 from qvit import Flags
-
-from ..loop import train_step
-from .classify import classify, match_label, pair_expectation
-from .config import ParityConfig, build_model, fixed_batches, parity_optimizer
-from .recorder import TensorStats, compare_records
-from .trajectory import Trajectory, grads_rel, rel_l2, run_trajectory, state_copy, states_equal
 
 __all__ = ["Baseline", "prepare_baseline", "measure_flag"]
 

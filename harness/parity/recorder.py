@@ -11,9 +11,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from harness.parity.deployment import deployment_reference
 from qvit.modules import QuantAct
-
-from .deployment import deployment_reference
 
 __all__ = ["Records", "TensorStats", "ActivationRecorder", "compare_records"]
 

@@ -11,13 +11,12 @@ import numpy as np
 import pandas as pd
 import torch
 
+from harness.parity.config import PARITY_COLUMNS, ParityConfig
+from harness.parity.loop_flags import loop_parity_rows
+from harness.parity.module_flags import measure_flag, prepare_baseline
 from qvit import Flags
 from qvit.paths import why_same
 from qvit.variants import VARIANTS
-
-from .config import PARITY_COLUMNS, ParityConfig
-from .loop_flags import loop_parity_rows
-from .module_flags import measure_flag, prepare_baseline
 
 __all__ = ["toggles", "parity_table", "run_parity"]
 

@@ -11,11 +11,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from harness.parity.config import ParityConfig, build_model, parity_optimizer
+from harness.parity.recorder import ActivationRecorder, Records, TensorStats
+from harness.run.loop import train_step
 from qvit import Flags
-
-from ..loop import train_step
-from .config import ParityConfig, build_model, parity_optimizer
-from .recorder import ActivationRecorder, Records, TensorStats
 
 __all__ = ["Trajectory", "run_trajectory", "state_copy", "states_equal", "rel_l2",
            "grads_rel"]

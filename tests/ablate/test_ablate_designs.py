@@ -6,7 +6,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness import ablate, cli
+from harness import cli
+from harness import spec as ablate
+from harness.spec import designs
+from harness.sweep import runs as sweep_runs
 from qvit import Flags
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,7 +38,7 @@ def test_shipped_specs_load_and_plan(path):
         moved = [set(configs[0].flags.diff(c.flags)) for c in by_epochs[1:-1]]
         assert moved and all(m & set(Flags.names("loop")) for m in moved)
         assert {configs[0].name, AA} <= {c.name for c in by_epochs}
-        inner = {c.config for x in ablate.sessions_of(s, configs) for c in x.specs}
+        inner = {c.config for x in sweep_runs.sessions_of(s, configs) for c in x.specs}
         assert inner >= {c.name for c in configs if c.flag in Flags.names("module")}
         assert not inner & {c.name for c in configs if c.flag in (
             "num_workers", "plot_every", "loss_item_per_step", "preload_to_device")}
@@ -54,7 +57,7 @@ def test_steps_method_alone_runs_no_whole_epochs():
     configs = ablate.design_configs(s)
     assert s.methods == ("steps",)
     assert ablate.epoch_configs(s, configs) == [] and ablate.plan(s, configs) == []
-    assert len(ablate.sessions_of(s, configs)) == len(s.models) * s.repeats
+    assert len(sweep_runs.sessions_of(s, configs)) == len(s.models) * s.repeats
 
 
 def test_timeline_stages_end_at_the_seed_preset():
@@ -175,7 +178,7 @@ def test_fractional_is_balanced_and_orthogonal(method, n_flags):
 def test_plackett_burman_matrix_is_balanced_and_orthogonal(k):
     import pyDOE3
 
-    x = ablate._plackett_burman(pyDOE3, k)
+    x = designs._plackett_burman(pyDOE3, k)
     assert x.shape[1] == k and len(x) % 4 == 0 and k < len(x) <= k + 12
     assert (x.sum(axis=0) == 0).all()
     assert (x.T @ x == len(x) * np.eye(k)).all()
@@ -253,7 +256,7 @@ def test_cli_overrides_and_dry_run(tmp_path, capsys):
 
 
 def test_every_run_setting_is_an_option_of_both_commands():
-    from harness.settings import RunSettings
+    from harness.spec.settings import RunSettings
 
     run_opts = {a.dest for a in cli.run_parser()._actions}
     ablate_opts = {a.dest for a in cli.ablate_parser()._actions}

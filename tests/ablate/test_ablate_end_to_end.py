@@ -4,7 +4,8 @@ setting, library version or source file makes other run ids (not reused)."""
 
 import pytest
 
-from harness import cli, records, settings
+from harness import cli, records
+from harness.spec import settings
 
 TINY = """
 name = "tiny"
@@ -52,14 +53,15 @@ def test_tiny_spec_end_to_end(tmp_path, monkeypatch):
     assert records.read_table(out).equals(table)
     # another setting is another identity: none of its runs counts as finished
     spec2, _, _, _ = cli.prepare_ablate([str(spec), "--out", str(out), "--steps-per-epoch", "3"])
-    from harness import ablate
+    from harness import spec as ablate
+    from harness.sweep import runs as sweep_runs
 
-    ids = {s.run_id for s in ablate.to_runspecs(spec2, ablate.plan(spec2))}
+    ids = {s.run_id for s in sweep_runs.to_runspecs(spec2, ablate.plan(spec2))}
     assert not ids & set(table["run_id"])
 
 
 def test_identity_covers_code_settings_and_versions(tmp_path, monkeypatch):
-    from harness.runner import RunSpec
+    from harness.run.runner import RunSpec
     from qvit.flags import Flags
 
     settings.code_digest.cache_clear()  # the tree as it is now

@@ -1,6 +1,7 @@
 """Every repeat is a block holding every (model, config) pair, shuffled per block, seeded."""
 
-from harness import ablate
+from harness import spec as ablate
+from harness.sweep import runs as sweep_runs
 
 RUN = {"models": ["ivit_micro", "swin_micro"], "epochs": 2, "repeats": 5, "seed": 7}
 
@@ -38,7 +39,7 @@ def test_more_repeats_keep_the_earlier_blocks():
 def test_runs_in_a_block_share_the_training_seed():
     s = make()
     runs = ablate.plan(s)
-    for r, spec in zip(runs, ablate.to_runspecs(s, runs), strict=True):
+    for r, spec in zip(runs, sweep_runs.to_runspecs(s, runs), strict=True):
         assert spec.settings.seed == s.settings.seed + r.block
         assert spec.repeat == spec.block == r.block and spec.order == r.order
         assert spec.flags == r.config.flags
@@ -50,7 +51,7 @@ def test_the_aa_control_is_the_baseline_again_and_can_be_left_out():
     configs = ablate.design_configs(s)
     aa = [c for c in configs if c.name == ablate.AA_CONTROL]
     assert len(aa) == 1 and aa[0].flags == configs[0].flags and not aa[0].in_design
-    specs = ablate.to_runspecs(s, ablate.plan(s, configs))
+    specs = sweep_runs.to_runspecs(s, ablate.plan(s, configs))
     ids = {(x.config, x.model, x.block): x.run_id for x in specs}
     assert ids[(ablate.AA_CONTROL, "ivit_micro", 0)] != ids[("legacy", "ivit_micro", 0)]
     off = ablate.parse_spec({"name": "t", "run": RUN, "design": {"kind": "timeline",

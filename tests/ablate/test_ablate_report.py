@@ -8,8 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from harness import ablate, report
-from harness.ablate import AA_CONTROL
+from harness import spec as ablate
+from harness.analysis import report
+from harness.spec import AA_CONTROL
+from harness.sweep import runs as sweep_runs
 
 from .synthetic import synthetic_runs, synthetic_steps
 
@@ -31,7 +33,7 @@ def fake_results(folder, spec_name, *, parity=False, repeats=5, times=None, nois
                        repeats=repeats, epochs=st.epochs, warmup_epochs=st.warmup_epochs,
                        noise=noise)
     if "steps" in spec.methods:  # the configs of its interleaved sessions
-        inner = {c.config for x in ablate.sessions_of(spec, configs) for c in x.specs}
+        inner = {c.config for x in sweep_runs.sessions_of(spec, configs) for c in x.specs}
         t = pd.concat([t, synthetic_steps({k: v for k, v in cfg.items() if k in inner},
                                           models=spec.models, sessions=repeats,
                                           rounds=spec.rounds, noise=noise)],

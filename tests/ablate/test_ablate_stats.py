@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from harness import stats
+from harness.analysis import stats
 
 from .synthetic import synthetic_runs, synthetic_steps
 

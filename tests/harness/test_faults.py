@@ -17,7 +17,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from harness import records, safety
+from harness import errors, records
+from harness.records import outdir as safety
 from qvit import Flags
 
 REPO = Path(__file__).resolve().parents[2]
@@ -135,7 +136,7 @@ def _python(code: str, *args: str, **kw) -> subprocess.Popen:
 
 _HOLD = """
     import sys
-    from harness.safety import owned_dir_lock
+    from harness.records.outdir import owned_dir_lock
     with owned_dir_lock(sys.argv[1]):
         print("held", flush=True)
         sys.stdin.read()
@@ -175,7 +176,8 @@ def test_a_lock_left_by_a_killed_process_is_taken_over(tmp_path):
 def test_the_refused_cli_says_one_line_and_leaves_the_holder_alone(tmp_path):
     cli = """
         import sys
-        from harness.safety import friendly_errors, owned_dir_lock
+        from harness.errors import friendly_errors
+        from harness.records.outdir import owned_dir_lock
 
         @friendly_errors
         def main(argv):
@@ -195,7 +197,7 @@ def test_the_refused_cli_says_one_line_and_leaves_the_holder_alone(tmp_path):
 def test_safety_imports_nothing_heavy():
     code = """
         import sys
-        import harness.safety
+        import harness.errors, harness.records.outdir, harness.spec.datasets
         print(sorted({"torch", "timm", "pandas", "numpy"} & set(sys.modules)))
     """
     out, err = _python(code).communicate("", timeout=60)
@@ -214,7 +216,7 @@ def test_disk_full_keeps_the_table(tmp_path, monkeypatch, capsys, writer):
     before = {p: p.read_bytes() for p in (tmp_path / records.TABLE, tmp_path / records.CSV)}
     monkeypatch.setattr(pd.DataFrame, writer, _disk_full)
 
-    @safety.friendly_errors(tmp_path)
+    @errors.friendly_errors(tmp_path)
     def main(argv):
         records.append_rows(tmp_path, [_row("new")])
         return 0
@@ -234,7 +236,7 @@ def test_disk_full_keeps_the_table(tmp_path, monkeypatch, capsys, writer):
 
 def test_friendly_errors_codes_and_what_propagates(tmp_path, capsys):
     def fails(exc):
-        @safety.friendly_errors(tmp_path)
+        @errors.friendly_errors(tmp_path)
         def main(argv):
             raise exc
         return main([])
@@ -254,7 +256,7 @@ def test_friendly_errors_codes_and_what_propagates(tmp_path, capsys):
         fails(RuntimeError("a bug"))  # not the user's to fix: the traceback stays
     with pytest.raises(FileNotFoundError):
         fails(FileNotFoundError(errno.ENOENT, "gone"))
-    with pytest.raises(SystemExit) as info, safety.friendly_errors() as fe:
+    with pytest.raises(SystemExit) as info, errors.friendly_errors() as fe:
         fe.what = tmp_path / "later"
         raise KeyboardInterrupt
     assert info.value.code == 130 and "kept in " + str(tmp_path / "later") in \

@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 
 from harness import records
-from harness.ablate import plan, read_design, to_runspecs
 from harness.cli import main, run_parser, spec_from_args
-from harness.runner import FAULT_ENV
+from harness.run.runner import FAULT_ENV
+from harness.spec import plan, read_design
+from harness.sweep.runs import to_runspecs
 
 HERE = Path(__file__).parent
 ROOT = HERE.parent.parent

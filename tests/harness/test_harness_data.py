@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from harness import data
-from harness.runner import validate_spec
-from harness.settings import RunSettings
+from harness.run import data
+from harness.run.runner import validate_spec
+from harness.spec.settings import RunSettings
 
 
 def _write_cifar(root, name="cifar10", n=6, label_max=None):
@@ -106,7 +106,7 @@ def test_unreadable_images_named_up_front_and_lazily(tmp_path):
     bad.write_bytes(bad.read_bytes()[:200])  # a JPEG cut short: PIL's verify() passes it
     with pytest.raises(ValueError, match=rf"^unreadable image {bad} \(.*\): remove or replace"):
         data.load_dataset("imagefolder", data_dir=str(tmp_path), img_size=24, num_classes=2)
-    from harness import safety
+    from harness.spec import datasets as safety
 
     assert safety.check_images([(str(bad), 0)], limit=0) is False  # too many: left to loading
     _, train, val = safety.imagefolder_layout(tmp_path)
@@ -117,7 +117,7 @@ def test_unreadable_images_named_up_front_and_lazily(tmp_path):
 
 
 def test_cifar_checked_without_loading(tmp_path):
-    from harness import safety
+    from harness.spec import datasets as safety
 
     with pytest.raises(ValueError, match="pass --data-dir"):
         safety.check_dataset("cifar10", tmp_path)

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness import runner
-from harness.loop import FaultInjector
-from harness.runner import FAULT_ENV, RunSpec, check_specs, execute_run
-from harness.settings import RunSettings
+from harness.run import runner
+from harness.run.loop import FaultInjector
+from harness.run.runner import FAULT_ENV, RunSpec, check_specs, execute_run
+from harness.spec.settings import RunSettings
 from qvit import Flags
 
 TINY = "harness_tiny:tiny_cnn"  # tests/harness/harness_tiny.py
@@ -101,7 +101,7 @@ def test_compile_model_knows_the_default_backend():
     compile_backend) before torch.compile looks the name up, for runs and sessions alike."""
     import torch
 
-    from harness import loop
+    from harness.run import loop
 
     assert RunSettings().compile_backend == "qvit_inductor"
     compiled = loop.compile_model(torch.nn.Linear(2, 2), RunSettings().compile_backend)
@@ -112,7 +112,7 @@ def test_compile_model_knows_the_default_backend():
 def test_float_reference_compiles_with_its_own_backend(tmp_path, monkeypatch):
     """compile_model on a float reference uses float_compile_backend (the fastest float),
     on a qvit model compile_backend (eager's bits), in runs and interleaved sessions alike."""
-    from harness import interleave, loop
+    from harness.run import interleave, loop
 
     used = []
     monkeypatch.setattr(loop, "compile_model", lambda m, b: used.append(b) or m)
@@ -134,7 +134,7 @@ def test_float_reference_attention_is_the_run_setting(attention):
     """The float reference computes attention as the run setting says (default explicit:
     the quantized models' form; timm's ViT default would be sdpa); the float-pretraining
     recipe pins it (one checkpoint per recipe)."""
-    from harness.pretrained import pretrain_settings
+    from harness.run.pretrained import pretrain_settings
 
     assert RunSettings().float_attention == "explicit"
     settings = RunSettings(model="ivit_micro", float_attention=attention, **BASE)

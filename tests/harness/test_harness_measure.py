@@ -2,7 +2,7 @@
 
 import torch
 
-from harness.measure import StepTimer, count_host_syncs, peak_memory_mb
+from harness.run.measure import StepTimer, count_host_syncs, peak_memory_mb
 
 
 def test_pure_compute_has_no_syncs():
@@ -13,7 +13,7 @@ def test_pure_compute_has_no_syncs():
 
 
 def test_optimizer_step_counters_on_the_host_are_not_reads():
-    from harness.loop import _host_step_counters
+    from harness.run.loop import _host_step_counters
 
     x = torch.randn(8, 4, requires_grad=True)
     opt = torch.optim.AdamW([x], foreach=False)
@@ -113,7 +113,7 @@ def test_cuda_sync_debug_cross_check_is_wired(monkeypatch):
     mode switch is recorded and a synchronizing op's warning is emitted by hand."""
     import warnings
 
-    import harness.loop as loop
+    import harness.run.loop as loop
 
     modes = []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)

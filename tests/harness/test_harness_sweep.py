@@ -15,9 +15,9 @@ import pandas as pd
 import pytest
 
 from harness import records
-from harness.ablate import read_design
-from harness.executors import JOBS_DIR
-from harness.runner import CHECKPOINTS, FAULT_ENV, INFLIGHT
+from harness.run.runner import CHECKPOINTS, FAULT_ENV, INFLIGHT
+from harness.spec import read_design
+from harness.sweep.executors import JOBS_DIR
 
 HERE = Path(__file__).parent
 ROOT = HERE.parent.parent

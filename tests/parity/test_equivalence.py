@@ -1,5 +1,5 @@
-"""harness.equivalence: TOST over seeds (statsmodels) and exact identity on a results table;
-zero-variance differences, a clear pass, a clear fail and the messages a user reads."""
+"""harness.analysis.equivalence: TOST over seeds (statsmodels) and exact identity on a results
+table; zero-variance differences, a clear pass, a clear fail and the messages a user reads."""
 
 import math
 
@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from harness.equivalence import (
+from harness.analysis.equivalence import (
     accuracy_parity,
     assert_accuracy_parity,
     tost_paired,

@@ -1,5 +1,5 @@
 """harness.parity: every flag against its declared parity class on the micro models, the
-int64 deployment reference, the classification rules, accuracy parity (harness.equivalence:
+int64 deployment reference, the classification rules, accuracy parity (harness.analysis.equivalence:
 exact / TOST over harness runs), and proof that the checks bite: naive versions of the seed's
 caches 10 and 12 and a requantization that drops a rounding step are all caught.
 
@@ -14,8 +14,8 @@ import pandas as pd
 import pytest
 import torch
 
-from harness import equivalence as E
 from harness import parity as H
+from harness.analysis import equivalence as E
 from qvit import Flags
 from qvit import modules as M
 from qvit.ops import int_exp as X

@@ -27,7 +27,8 @@ HOST_ONLY = {"eps"}
 
 
 def _moves(base: Flags, scope="module"):
-    return [(n, v) for n in Flags.names(scope) for v in _values(n) if v != getattr(base, n)]
+    return [(n, v) for n in Flags.names(scope) for v in _values(Flags(), n)
+            if v != getattr(base, n)]
 
 
 # --- the declarations explain what Paths finds ------------------------------------------------
@@ -48,9 +49,9 @@ def test_every_declaration_makes_something_inert():
     for spec in Flags.specs():
         for value, needs in spec.requires.items():
             for other, allowed in needs.items():
-                unmet = next(v for v in _values(other) if v not in allowed)
+                unmet = next(v for v in _values(Flags(), other) if v not in allowed)
                 base = legacy.replace(**{other: unmet})
-                vals = [v for v in _values(spec.name)] if value == "*" else [value]
+                vals = [v for v in _values(Flags(), spec.name)] if value == "*" else [value]
                 assert any(not acts(base.replace(**{spec.name: v}), spec.name)
                            or Paths.of(base.replace(**{spec.name: v}))
                            == Paths.of(base.replace(**{spec.name: spec.legacy}))
@@ -58,7 +59,7 @@ def test_every_declaration_makes_something_inert():
         for value, overridden in spec.overrides.items():
             base = legacy.replace(**{spec.name: value})
             for other in overridden:
-                moves = [base.replace(**{other: v}) for v in _values(other)]
+                moves = [base.replace(**{other: v}) for v in _values(Flags(), other)]
                 assert len({Paths.of(m) for m in moves}) < len(moves), (spec.name, other)
 
 

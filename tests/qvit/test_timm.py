@@ -94,7 +94,7 @@ def test_deit_average_pooling():
 
 
 def test_micro_configs_carry_the_statistics_the_harness_feeds_them():
-    from harness.data import MEAN_STD
+    from harness.run.data import MEAN_STD
 
     for name in MICRO:
         cfg = timm.create_model(f"qvit_{name}", num_classes=10).pretrained_cfg

@@ -7,9 +7,28 @@ from typing import Any
 
 from qvit import Flags
 
-from .config import DEFAULT_BOUND
+# Bound used to call a difference "near-exact" when the flag declares none.
+DEFAULT_BOUND = {"forward_frac_differ": 1e-3, "forward_max_steps": 1.0}
 
-__all__ = ["classify", "satisfies", "pair_expectation", "match_label"]
+# Every column of parity.csv, in order.
+PARITY_COLUMNS = [
+    "model", "flag", "scope", "change", "base", "from_value", "to_value", "measured_class",
+    "expected_class", "match", "forward_max_steps", "forward_frac_differ", "forward_elements",
+    "e2e_max_steps", "e2e_frac_differ", "logits_max_steps", "logits_frac_differ",
+    "grad_rel_diff", "input_grad_rel_diff",
+    "grads_equal", "params_equal_after_k", "params_rel_diff", "k_steps",
+    "eval_drift_max_steps", "deployment_frac_differ", "deployment_max_steps",
+    "deployment_elements", "deployment_frac_differ_base", "bound", "note", "seconds",
+]
+
+# The columns a reader is shown (the CLI's printed table, the reports); parity.csv keeps all.
+SHOWN_COLUMNS = ("model", "flag", "from_value", "to_value", "expected_class", "measured_class",
+                 "match", "forward_max_steps", "forward_frac_differ", "grad_rel_diff",
+                 "params_equal_after_k", "deployment_frac_differ")
+
+
+__all__ = ["classify", "satisfies", "pair_expectation", "match_label", "DEFAULT_BOUND",
+           "PARITY_COLUMNS", "SHOWN_COLUMNS"]
 
 
 def classify(m: dict, bound: dict[str, float] | None) -> str:

@@ -7,7 +7,6 @@ it contributes to the top of the report.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,15 +15,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from harness.analysis import stats
+from harness.analysis.parity_classes import SHOWN_COLUMNS
+from harness.analysis.report import figures
+from harness.analysis.report.fmt import ci, isnan, md_table, mean_sd, pp, pp_ci
+from harness.spec import AA_CONTROL, SEED_MINUTES
 from qvit.flags import Flags
 from qvit.paths import why_same
 from qvit.variants import VARIANTS
-
-from .. import stats
-from ..ablate import AA_CONTROL, SEED_MINUTES
-from ..parity import SHOWN_COLUMNS
-from . import figures
-from .fmt import ci, isnan, md_table, mean_sd, pp, pp_ci
 
 __all__ = ["Context", "SECTIONS", "reliability", "setup"]
 
@@ -259,7 +257,8 @@ def speed(ctx: Context) -> tuple[str, list[str]]:
                 "compiled as the config is (`compile_model`) where the design has both. "
                 if "float_reference" in ctx.table and ctx.table["float_reference"].any()
                 else "") + f"`{NO_EFFECT}`: the flags this config moves "
-            f"cannot act here (this device, this model, or the other flags: see qvit.paths). Peak memory: {kind}. `(!)`: epoch-time IQR/median "
+            f"cannot act here (this device, this model or the other flags: qvit.paths). "
+            f"Peak memory: {kind}. `(!)`: epoch-time IQR/median "
             f"above {iqr:.0%}.\n\n" + md_table(table))
     findings = []
     for m in ctx.models:
@@ -313,7 +312,7 @@ def accuracy(ctx: Context) -> tuple[str, list[str]]:
             f"({images} images: one image = {100 / max(images, 1):.2f} points; chance "
             f"{100 / classes:.0f}%), from {start}. The difference to `{ctx.baseline}` is "
             f"paired within blocks ({ctx.interval_label()}); the TOST verdict asks whether "
-            f"it lies within +-{margin:g} points (alpha 0.05, `harness.equivalence`).\n\n"
+            f"it lies within +-{margin:g} points (alpha 0.05, `harness.analysis.equivalence`).\n\n"
             + md_table(pd.DataFrame(rows))
             + (f"\n{len(untrained)} configs ran only the step-interleaved method (no "
                "training run, no accuracy here); what they do to the numbers is measured by "
@@ -405,12 +404,10 @@ def per_flag(ctx: Context) -> tuple[str, list[str]]:
 def _not_run_text(ctx: Context) -> str:
     """The one-flag configs the design left out: their move runs the base's code."""
     skipped = ctx.meta.get("not_run") or {}
-    if not skipped:
-        return ""
     rows = pd.DataFrame({"config": list(skipped), "timed": NO_EFFECT,
                          "why (qvit.paths)": list(skipped.values())})
     return ("\nNot run: these moves leave every code path of the base as it is (on every "
-            "model of the design), so there is nothing to time.\n\n" + md_table(rows))
+            "model of the design): nothing to time.\n\n" + md_table(rows)) if skipped else ""
 
 
 def _clear_effects(pf: pd.DataFrame, col: str) -> pd.Series:
@@ -486,7 +483,7 @@ def comparison(ctx: Context) -> tuple[str, list[str]]:
     path = Path(other)
     if not (path / "design.json").is_file() or path.resolve() == ctx.folder.resolve():
         return "", []
-    from . import load_design_table
+    from harness.analysis.report import load_design_table
 
     meta, table, _ = load_design_table(path)
     ref = stats.summarize(table, meta["baseline"])
@@ -595,11 +592,3 @@ def method(ctx: Context) -> tuple[str, list[str]]:
 
 SECTIONS = (reliability, timeline, speed, accuracy, per_flag, effects, parity, comparison,
             distributions, warnings, method)
-
-
-def findings_json(name: str, title: str, ctx: Context, findings: list[str]) -> str:
-    prov = provenance(ctx.table)
-    return json.dumps({"name": name, "title": title, "kind": ctx.meta["kind"],
-                       "models": ctx.models, "findings": findings,
-                       "machine": prov.get("machine"), "dates": prov.get("dates"),
-                       "commit": prov.get("git_commit")}, indent=1) + "\n"

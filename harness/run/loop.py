@@ -31,12 +31,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from qvit.flags import Flags
+from harness.run import measure
 
-from . import measure
-
-__all__ = ["NonFiniteLoss", "TrainResult", "EvalResult", "build_optimizer", "train_step", "train_one_epoch",
-           "evaluate", "compile_seconds", "FaultInjector"]
+__all__ = ["NonFiniteLoss", "TrainResult", "EvalResult", "build_optimizer", "train_step",
+           "train_one_epoch", "evaluate", "compile_seconds", "FaultInjector"]
 
 
 class NonFiniteLoss(RuntimeError):
@@ -178,7 +176,7 @@ def train_one_epoch(model: nn.Module, batches, epoch: int, *, optimizer, schedul
                     ) -> TrainResult:
     """One training epoch. No syncs are added inside it: one `phase_boundary` at each end;
     the loss is read per step only when ``flags.loss_item_per_step`` asks for it."""
-    from .data import normalize_batch
+    from harness.run.data import normalize_batch
 
     model.train()
     timer = measure.StepTimer(device)
@@ -333,7 +331,7 @@ def evaluate(model: nn.Module, batches, *, device: torch.device, mean_std, num_c
              ) -> EvalResult:
     """Top-1, top-5 and mean cross-entropy on the validation batches; every sum stays on the
     device until one read at the end."""
-    from .data import normalize_batch
+    from harness.run.data import normalize_batch
 
     model.eval()
     it = batches.epoch(0)

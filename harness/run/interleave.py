@@ -14,7 +14,7 @@ method measures model arithmetic and the optimizer step only, and the report say
 
 Rows go to the runs table with ``method = "steps"``, one per (config, round).
 
-    python -m harness.interleave PAYLOAD.json OUT      # the child process (executors.spawn)
+    python -m harness.run.interleave PAYLOAD.json OUT      # the child process (executors.spawn)
 """
 
 from __future__ import annotations
@@ -29,12 +29,13 @@ from typing import Any
 
 import torch
 
-from . import measure, records
-from .data import MEAN_STD, normalize_batch
-from .host import configure_process
-from .loop import build_optimizer, compile_model, train_step
-from .runner import RunSpec, base_row, build_model, resolve_device, validate_spec
-from .settings import digest
+from harness import records
+from harness.run import measure
+from harness.run.data import MEAN_STD, normalize_batch
+from harness.run.loop import build_optimizer, compile_model, train_step
+from harness.run.process import configure_process
+from harness.run.runner import RunSpec, base_row, build_model, resolve_device, validate_spec
+from harness.spec.settings import digest
 
 __all__ = ["Session", "session_run_ids", "measure_session", "main"]
 
@@ -72,7 +73,7 @@ def session_run_ids(session: Session) -> list[str]:
 
 
 def _models(session: Session, device: torch.device) -> tuple[list[tuple], Any]:
-    from .pretrained import start_from_pretrained
+    from harness.run.pretrained import start_from_pretrained
 
     first = session.specs[0].settings
     bundle = validate_spec(first)
@@ -113,7 +114,7 @@ def _timed_step(model, opt, x, y, device: torch.device) -> float:
 
 def measure_session(session: Session, out_dir: str | Path) -> None:
     """Run the session here; write one row per (config, round) to a shard per config."""
-    from .provenance import provenance
+    from harness.records.provenance import provenance
 
     first = session.specs[0].settings
     device = resolve_device(first.device)

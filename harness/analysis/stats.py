@@ -9,7 +9,7 @@ Intervals: a ratio is the geometric mean over blocks of baseline / config, with 
 on the log ratios (n - 1 degrees of freedom; exact for log-normal noise, and it keeps its
 coverage at small n where a percentile bootstrap does not). One block gives no interval
 ("n/a"). Accuracy differences get a paired t interval and a TOST equivalence verdict at a
-stated margin (`harness.equivalence`).
+stated margin (`harness.analysis.equivalence`).
 
 - `run_level(table)`: one row per run.
 - `summarize(table, baseline)`: per (model, config): epoch / train / step / data+loop
@@ -153,7 +153,7 @@ def _speedups(runs: pd.DataFrame, model: str, config: str, baseline: str) -> dic
 
 def _accuracy(runs: pd.DataFrame, model: str, config: str, baseline: str, g: pd.DataFrame,
               margin: float) -> dict:
-    from .equivalence import tost_paired
+    from harness.analysis.equivalence import tost_paired
 
     row: dict[str, Any] = {"top1_mean": float(g["top1"].mean()),
                            "top1_std": float(g["top1"].std(ddof=1)) if len(g) > 1 else np.nan}

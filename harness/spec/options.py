@@ -1,6 +1,6 @@
 """Command-line options generated from a pydantic settings model, and one-line errors.
 
-A settings model (`harness.settings.RunSettings`, the parity config, ...) is the one
+A settings model (`harness.spec.settings.RunSettings`, the parity config, ...) is the one
 declaration of its options: `add_options` gives every field a ``--kebab-case`` option with
 the field's description as help, `values_from_args` returns the options actually given (so a
 spec's values stay where the command line is silent), and the model validates them. No

@@ -2,7 +2,7 @@
 
 A user does not train an integer-only ViT from random weights: I-ViT loads a float DeiT/Swin
 checkpoint, lets QuantAct observe activation ranges, and fine-tunes. The harness does the
-same on its own data: `harness.pretrain.ensure_pretrained` trains the float twin of the
+same on its own data: `harness.sweep.pretrain.ensure_pretrained` trains the float twin of the
 model (`qvit.create_float_reference`, the same architecture and parameter names) on the
 run's dataset once and caches the state dict under ``$QVIT_CACHE`` (default
 ``~/.cache/qvit``), keyed by its own identity (model, dataset, size, classes, epochs, seed,
@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from .settings import RunSettings, digest, library_versions
+from harness.spec.settings import RunSettings, digest, library_versions
 
 __all__ = ["PRETRAIN_VERSION", "cache_dir", "pretrained_path", "pretrain_settings",
            "start_from_pretrained"]
@@ -52,7 +52,7 @@ def pretrained_path(s: RunSettings) -> Path:
 
 
 def _calibration_batches(bundle, s: RunSettings, device: torch.device, mean_std):
-    from .data import Batches, normalize_batch
+    from harness.run.data import Batches, normalize_batch
 
     batches = Batches(bundle.train, batch_size=s.batch_size, device=device, num_workers=0,
                       preload=False, shuffle=True, drop_last=True,
@@ -68,8 +68,7 @@ def start_from_pretrained(model: torch.nn.Module, spec, bundle, device: torch.de
     held-out top-1 (percent) for the table. A missing checkpoint is an error that says how
     to make it (the sweep makes them before any run starts)."""
     import qvit
-
-    from .data import MEAN_STD
+    from harness.run.data import MEAN_STD
 
     s = spec.settings
     path = pretrained_path(s)

@@ -3,25 +3,28 @@
 `build_report(folder)` reads the design the ablation saved (``design.json``: configs, run
 settings, and the run ids of this design) and the runs table, keeps the rows of this design's
 runs (rows of other identities are counted and named, never used), computes the statistics
-(`harness.stats`) and writes ``summary.csv``, the figures, ``report.md`` and ``report.json``,
-section by section (`sections.SECTIONS`). It writes only inside ``folder``. `write_index(root)`
-writes ``root/README.md`` listing the reports below a results root the user names:
+(`harness.analysis.stats`) and writes ``summary.csv``, the figures, ``report.md`` and
+``report.json``, section by section (`sections.SECTIONS`). It writes only inside
+``folder``. `write_index(root)` writes ``root/README.md`` listing the reports below a
+results root the user names:
 ``python -m harness report --index results``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from .. import records, stats
-from ..ablate import read_design
-from ..safety import friendly_errors
-from . import sections
-from .fmt import md_table
+from harness import records
+from harness.analysis import stats
+from harness.analysis.report import sections
+from harness.analysis.report.fmt import md_table
+from harness.errors import friendly_errors
+from harness.spec.plan import read_design
 
 __all__ = ["build_report", "write_index", "load_design_table", "main", "md_table"]
 
@@ -60,7 +63,7 @@ def build_report(folder: str | Path, *, figures: bool = True) -> Path:
         ctx = sections.Context(folder, meta, table, ignored, summary, order, None, "cpu")
         body, _ = sections.warnings(ctx)
         lines += ["No run finished an epoch; nothing to compare.\n", body]
-        return _write(folder, lines, sections.findings_json(meta["name"], title, ctx, []))
+        return _write(folder, lines, _findings_json(meta["name"], title, ctx, []))
     rank = {c: i for i, c in enumerate(order)}
     summary = summary.sort_values(["model", "config"], key=lambda s: s.map(rank)
                                   if s.name == "config" else s).reset_index(drop=True)
@@ -80,7 +83,7 @@ def build_report(folder: str | Path, *, figures: bool = True) -> Path:
               "## Raw tables\n\n- [runs.parquet](runs.parquet), [runs.csv](runs.csv) (every "
               "epoch of every run)\n- [summary.csv](summary.csv) (per model x config)\n"
               "- [design.json](design.json)\n"]
-    return _write(folder, lines, sections.findings_json(meta["name"], title, ctx, findings))
+    return _write(folder, lines, _findings_json(meta["name"], title, ctx, findings))
 
 
 def _write(folder: Path, lines: list[str], findings_json: str) -> Path:
@@ -138,3 +141,11 @@ def main(argv: list[str] | None = None) -> int:
                              f"results root (the parent of report folders)")
         print(f"index: {write_index(args.index)}")
     return 0
+
+
+def _findings_json(name: str, title: str, ctx: sections.Context, findings: list[str]) -> str:
+    prov = sections.provenance(ctx.table)
+    return json.dumps({"name": name, "title": title, "kind": ctx.meta["kind"],
+                       "models": ctx.models, "findings": findings,
+                       "machine": prov.get("machine"), "dates": prov.get("dates"),
+                       "commit": prov.get("git_commit")}, indent=1) + "\n"

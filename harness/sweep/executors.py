@@ -1,8 +1,8 @@
 """Where the runs of a sweep execute, and the sweep itself (`run_sweep`).
 
 The unit of work is a repeat block: every run of the block, in the block's shuffled order,
-one after another in ONE child process (``python -m harness.runner BLOCK.json OUT``,
-`harness.runner.execute_block`) on one machine and one device, so every speed ratio the
+one after another in ONE child process (``python -m harness.run.runner BLOCK.json OUT``,
+`harness.run.runner.execute_block`) on one machine and one device, so every speed ratio the
 statistics take (configs paired within a block) is measured on one device in one process
 life. `run_block` spawns that child and, if the child dies (the OOM killer, a signal), records
 the run it was in as failed and starts a new child for the rest. It is the one way a child
@@ -13,7 +13,7 @@ Every run writes its rows to ``<out>/shards/<run_id>.parquet`` as its epochs end
 checkpoint, so a killed run resumes after its last finished epoch). The submitting process
 is the only writer of ``runs.parquet`` / ``runs.csv``: it folds the shards in
 (`records.merge_shards`) after each block or job, and when it starts (what a killed earlier
-sweep left). Finished runs (same identity: `harness.settings.identity`) are skipped.
+sweep left). Finished runs (same identity: `harness.spec.settings.identity`) are skipped.
 
 Resume on a cluster: a job that dies (preempted, node failure, time limit, scancel) leaves
 the rest of its block unfinished; the block goes back to a job (up to ``retries`` times,
@@ -54,8 +54,16 @@ from typing import Any
 import pandas as pd
 from submitit.helpers import Checkpointable
 
-from . import records
-from .executor_options import (
+from harness import records
+from harness.run.runner import (
+    CODE_CHANGED,
+    CODE_CHANGED_MESSAGE,
+    INFLIGHT,
+    RunSpec,
+    base_row,
+    resolve_device,
+)
+from harness.spec.executor import (
     CLUSTER_EXECUTORS,
     EXECUTORS,
     ExecutorOptions,
@@ -64,7 +72,6 @@ from .executor_options import (
     parse_options,
     parse_time_limit,
 )
-from .runner import CODE_CHANGED, CODE_CHANGED_MESSAGE, INFLIGHT, RunSpec, base_row, resolve_device
 
 __all__ = ["EXECUTORS", "ExecutorOptions", "parse_options", "add_arguments", "options_from",
            "run_sweep", "run_block", "run_interleaved", "spawn", "BlockRunner",
@@ -198,7 +205,7 @@ def run_block(spec_dicts: list[dict], out_dir: str, progress: bool = False) -> d
     the run it was in and the rest go on in a new child. Finished runs are skipped, unless
     finished runs of the block were measured on another machine or device: then the whole
     block is redone here. Returns a summary (also ``<out>/jobs/blocks/block<b>.json``)."""
-    from .provenance import provenance
+    from harness.records.provenance import provenance
 
     out = Path(out_dir)
     specs = sorted((RunSpec.from_dict(d) for d in spec_dicts), key=lambda s: s.order)
@@ -232,7 +239,7 @@ def run_block(spec_dicts: list[dict], out_dir: str, progress: bool = False) -> d
     with contextlib.suppress(ValueError):  # (not in the main thread: no handler)
         signal.signal(signal.SIGTERM, _on_term)
     while todo and not stop:
-        rc = spawn("harness.runner", {"specs": [s.to_dict() for s in todo],
+        rc = spawn("harness.run.runner", {"specs": [s.to_dict() for s in todo],
                                       "run_ids": [s.run_id for s in todo],
                                       "inflight": str(work / INFLIGHT)}, out, work, progress)
         if rc == 0:
@@ -365,8 +372,8 @@ def _log(msg: str) -> None:
 
 def _prepare(specs: list, out: Path, validate: bool, progress: bool) -> None:
     """Before any run: specs valid (device, model, data), pretrained starts made."""
-    from .pretrain import ensure_pretrained
-    from .runner import check_specs
+    from harness.run.runner import check_specs
+    from harness.sweep.pretrain import ensure_pretrained
 
     check_specs(specs, validate=validate)
     made = set()
@@ -416,9 +423,9 @@ def run_sweep(specs: list, out_dir: str | os.PathLike,
 
 def run_interleaved(sessions: list, out_dir: str | os.PathLike, *, progress: bool = True
                     ) -> None:
-    """Step-interleaved sessions (`harness.interleave`), each in a child process here;
+    """Step-interleaved sessions (`harness.run.interleave`), each in a child process here;
     sessions whose rows the table holds are skipped."""
-    from .interleave import session_run_ids
+    from harness.run.interleave import session_run_ids
 
     out = Path(out_dir).resolve()
     have = set(records.merge_shards(out, remove=True)["run_id"])
@@ -428,7 +435,7 @@ def run_interleaved(sessions: list, out_dir: str | os.PathLike, *, progress: boo
         model = session.specs[0].model
         _log(f"step-interleaved session {i} (block {session.index}): {model}, "
              f"{len(session.specs)} configs x {session.rounds} rounds") if progress else None
-        rc = spawn("harness.interleave", session.to_dict(), out,
+        rc = spawn("harness.run.interleave", session.to_dict(), out,
                    out / JOBS_DIR / f"steps{i}", progress=False)
         records.merge_shards(out, remove=True)
         if rc != 0:

@@ -9,12 +9,12 @@ Two ways to say yes, chosen per pair of configs:
   ``alpha``. "No significant difference" is not evidence of equivalence; too few seeds or too
   wide a spread fail the test.
 
-The table is the one harness sweeps write (`harness.runner.run_sweep`, `python -m harness run`,
+The table is the one harness sweeps write (`harness.run.runner.run_sweep`, `python -m harness run`,
 `python -m harness ablate`): one row per run and epoch with ``config``, ``model``, ``seed``,
 ``repeat``, ``epoch``, ``status``, the metrics and one column per flag. Use it in your own
 pytest::
 
-    from harness.equivalence import assert_accuracy_parity
+    from harness.analysis.equivalence import assert_accuracy_parity
     from harness.records import read_table
 
     def test_best_keeps_accuracy():
@@ -35,9 +35,8 @@ import numpy as np
 import pandas as pd
 from statsmodels.stats.weightstats import CompareMeans, DescrStatsW, ttost_ind, ttost_paired
 
+from harness.analysis.parity_classes import pair_expectation
 from qvit import Flags
-
-from .parity.classify import pair_expectation
 
 __all__ = ["AccuracyParity", "accuracy_parity", "assert_accuracy_parity", "tost_paired",
            "tost_unpaired", "DEFAULT_MARGIN_PP"]

@@ -8,7 +8,7 @@
 its shard (`harness.records`) and a checkpoint after every epoch, so a run killed in epoch k
 resumes after epoch k-1 with nothing lost or duplicated; the first epoch after a resume is
 marked ``resumed`` and left out of timing statistics. `execute_block` runs the runs of one
-repeat block in their order; it is what a child process (``python -m harness.runner
+repeat block in their order; it is what a child process (``python -m harness.run.runner
 BLOCK.json OUT``) and a cluster job execute. Spawning children and sweeps: `executors`.
 """
 
@@ -29,13 +29,13 @@ import numpy as np
 import pandas as pd
 import torch
 
+from harness import records
+from harness.run import loop, measure
+from harness.run.data import MEAN_STD, Batches, check_labels, load_dataset, native_img_size
+from harness.run.plots import plot_learning_curves
+from harness.run.process import configure_process
+from harness.spec.settings import RunSettings, digest, identity
 from qvit import Flags
-
-from . import loop, measure, records
-from .data import MEAN_STD, Batches, check_labels, load_dataset, native_img_size
-from .host import configure_process
-from .plots import plot_learning_curves
-from .settings import RunSettings, digest, identity
 
 __all__ = ["RunSpec", "execute_run", "execute_block", "train_in_memory", "validate_spec",
            "check_specs", "resolve_device", "model_img_size", "build_model", "base_row",
@@ -293,7 +293,7 @@ def _setup(spec: RunSpec, device: torch.device) -> _State:
     from timm.scheduler import create_scheduler_v2
     from timm.utils import ModelEmaV3, NativeScaler
 
-    from .pretrained import start_from_pretrained
+    from harness.run.pretrained import start_from_pretrained
 
     s, flags = spec.settings, spec.flags
     _configure_torch(s, device)
@@ -450,7 +450,7 @@ def execute_run(spec: RunSpec, out_dir: str | os.PathLike, *, progress: bool = F
     """Train and evaluate one run here, resuming after its last finished epoch; one row per
     epoch goes to the run's shard as the epoch ends. An OOM, a NaN loss or an exception ends
     the run with a row whose status says so (not raised). Returns the run's rows."""
-    from .provenance import provenance
+    from harness.records.provenance import provenance
 
     out_dir = Path(out_dir)
     device = resolve_device(spec.settings.device)  # checked before the sweep started
@@ -483,7 +483,7 @@ def execute_block(specs: list[RunSpec], out_dir: str | os.PathLike, *,
                   inflight: Path | None = None, progress: bool = False) -> None:
     """The runs of one block, in their order, in this process; ``inflight`` names the run
     under way (for the parent to blame if this process dies)."""
-    from .plots import warm_up
+    from harness.run.plots import warm_up
 
     warm_up()
     for spec in sorted(specs, key=lambda s: s.order):
@@ -495,10 +495,10 @@ def execute_block(specs: list[RunSpec], out_dir: str | os.PathLike, *,
 
 
 def _main(argv: list[str] | None = None) -> int:
-    """Child entry point: ``python -m harness.runner BLOCK.json OUT [--progress]``."""
+    """Child entry point: ``python -m harness.run.runner BLOCK.json OUT [--progress]``."""
     import argparse
 
-    p = argparse.ArgumentParser(prog="python -m harness.runner")
+    p = argparse.ArgumentParser(prog="python -m harness.run.runner")
     p.add_argument("block")
     p.add_argument("out")
     p.add_argument("--progress", action="store_true")

@@ -1,6 +1,6 @@
 """The schema of an ablation spec file (``ablations/*.toml``): one pydantic model per TOML
-table, unknown keys forbidden. `harness.ablate.parse_spec` validates against it; the keys of
-``[run]`` that are run settings come from `harness.settings.RunSettings`, the rest (the
+table, unknown keys forbidden. `harness.spec.ablation.parse_spec` validates against it; the keys of
+``[run]`` that are run settings come from `harness.spec.settings.RunSettings`, the rest (the
 sweep: models, repeats, methods) from `SweepTable`."""
 
 from __future__ import annotations

@@ -34,10 +34,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from harness.records.provenance import PROVENANCE_COLUMNS
 from qvit import Flags
 from qvit.flags import RENAMED, migrate
-
-from .provenance import PROVENANCE_COLUMNS
 
 __all__ = ["STATUSES", "FINAL_STATUSES", "ID_COLUMNS", "METRIC_COLUMNS", "columns",
            "empty_table", "append_rows", "read_table", "drop_run",

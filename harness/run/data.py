@@ -10,11 +10,11 @@ normalizes on the device.
   network allows. Read by our own reader (torchvision's insists on the archive's md5).
 * ``imagefolder``: an ImageNet-layout tree, ``<data-dir>/train/<class>/*.jpg`` and
   ``<data-dir>/val/<class>/*.jpg``; resized and center-cropped to the model's size. Every
-  image of a split of at most 20000 files is checked up front (``safety.check_images``); an
+  image of a split of at most 20000 files is checked up front (``datasets.check_images``); an
   unreadable one is named in one line before training.
 * ``synthetic``: random images at any resolution, for pure speed runs.
 
-`check_dataset` (from `harness.safety`, which imports no torch) validates a dataset's name,
+`check_dataset` (from `harness.spec.datasets`, which imports no torch) validates a dataset's name,
 folder and layout without loading it.
 
 Batches come in the same order from the DataLoader (``num_workers`` processes) and from the
@@ -35,8 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from .safety import CIFAR as _CIFAR
-from .safety import (
+from harness.spec.datasets import CIFAR as _CIFAR
+from harness.spec.datasets import (
     DATASETS,
     IMG_EXTENSIONS,
     check_dataset,
@@ -44,7 +44,7 @@ from .safety import (
     imagefolder_layout,
     unreadable_image,
 )
-from .safety import cifar_files as _cifar_files
+from harness.spec.datasets import cifar_files as _cifar_files
 
 __all__ = ["DATASETS", "DataBundle", "load_dataset", "dataset_num_classes",
            "native_img_size", "check_labels", "Batches", "MEAN_STD", "normalize_batch",

@@ -1,5 +1,5 @@
 """Executor options: the ``[executor]`` table of a spec and its command-line options
-(imports nothing heavy, so specs are checked before torch loads). See `harness.executors`."""
+(imports nothing heavy, so specs are checked before torch loads). See `harness.sweep.executors`."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from .options import closest
+from harness.spec.options import closest
 
 __all__ = ["EXECUTORS", "CLUSTER_EXECUTORS", "ExecutorOptions", "parse_time_limit",
            "parse_options", "add_arguments", "options_from", "DEFAULT_TIME_LIMIT_MIN"]

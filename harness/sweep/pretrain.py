@@ -1,4 +1,4 @@
-"""Making the float-pretrained start of a run (`harness.pretrained` loads it).
+"""Making the float-pretrained start of a run (`harness.run.pretrained` loads it).
 
     python -m harness pretrain --model ivit_micro [--dataset digits]   # make or find it
 """
@@ -12,12 +12,11 @@ from pathlib import Path
 
 import torch
 
+from harness.errors import friendly_errors
+from harness.run.pretrained import pretrain_settings, pretrained_path
+from harness.run.runner import RunSpec, train_in_memory
+from harness.spec.settings import RunSettings
 from qvit import Flags
-
-from .pretrained import pretrain_settings, pretrained_path
-from .runner import RunSpec, train_in_memory
-from .safety import friendly_errors
-from .settings import RunSettings
 
 __all__ = ["ensure_pretrained"]
 
@@ -53,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m harness pretrain --model M [--dataset D] [--pretrain-epochs N] ...``"""
     import argparse
 
-    from .options import add_options, values_from_args
+    from harness.spec.options import add_options, values_from_args
 
     p = argparse.ArgumentParser(prog="python -m harness pretrain", description=(
         "Make (or find) the float-pretrained start of a model on a dataset: its float twin "

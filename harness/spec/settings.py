@@ -1,7 +1,7 @@
 """The one declaration of run settings, and the identity of a result.
 
 `RunSettings` lists everything a run is trained and measured with, once: the command line of
-``harness run`` / ``harness ablate`` (`harness.options`) and the ``[run]`` table of an
+``harness run`` / ``harness ablate`` (`harness.spec.options`) and the ``[run]`` table of an
 ablation spec are generated from it, and unknown keys are refused. Adding a setting is one
 field here (with its description) plus the code that reads it.
 
@@ -28,7 +28,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from .options import one_line
+from harness.spec.options import one_line
 
 __all__ = ["RunSettings", "DATASETS", "DEVICES_HELP", "code_digest", "library_versions",
            "machine", "identity", "digest"]
