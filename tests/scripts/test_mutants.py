@@ -9,12 +9,16 @@ import pytest
 ROOT = Path(__file__).parents[2]
 
 
-def _mutants():
+def _module():
     spec = importlib.util.spec_from_file_location("mutants", ROOT / "scripts" / "mutants.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules["mutants"] = module  # (its dataclasses look their module up)
     spec.loader.exec_module(module)
-    return module.MUTANTS
+    return module
+
+
+def _mutants():
+    return _module().MUTANTS
 
 
 @pytest.mark.parametrize("mutant", _mutants(), ids=lambda m: m.name)
@@ -28,3 +32,23 @@ def test_mutant_applies_once(mutant):
         path = test.split("::")[0]
         if path.endswith(".py"):
             assert (ROOT / path).is_file(), f"{mutant.name}: no {path}"
+
+
+def test_mutant_names_are_unique():
+    names = [m.name for m in _mutants()]
+    assert len(names) == len(set(names))
+
+
+def test_a_sibling_list_of_mutants_joins_the_check(tmp_path):
+    """scripts/mutants_ivit_constants.py's IVIT_CONSTANT_MUTANTS is appended when the file
+    exists; it may import the script as ``mutants``."""
+    module = _module()
+    extra = tmp_path / "extra_mutants.py"
+    extra.write_text(
+        "from mutants import M, REF\n"
+        "IVIT_CONSTANT_MUTANTS = [M('a', 'qvit/ivit.py', 'x', 'y', (REF,), 'w'),\n"
+        "                         ('b', 'qvit/ivit.py', 'x', 'z', (REF,), 'w')]\n")
+    got = module._extra_mutants(extra)
+    assert [m.name for m in got] == ["a", "b"]
+    assert all(isinstance(m, module.Mutant) for m in got)
+    assert module._extra_mutants(tmp_path / "absent.py") == []
