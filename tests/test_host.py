@@ -12,8 +12,9 @@ from harness.spec.settings import RunSettings
 
 _FAULTS = textwrap.dedent("""
     import resource, sys, torch
-    from harness.run.process import configure_process
-    configure_process(1, sys.argv[1] == "1")
+    from harness.run.process import apply_process_settings
+    from harness.spec.settings import RunSettings
+    apply_process_settings(RunSettings(threads=1, malloc_retain=sys.argv[1] == "1"))
     def faults():
         return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for _ in range(2):
@@ -51,3 +52,17 @@ def test_without_mallopt_the_setting_is_refused(monkeypatch):
 def test_malloc_retain_is_a_run_setting_and_off_by_default():
     assert RunSettings().malloc_retain is False
     assert RunSettings(malloc_retain=True).malloc_retain is True
+
+
+def test_process_settings_are_applied_and_read_back():
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        assert host.apply_process_settings(RunSettings(threads=1)) == {"threads": 1}
+        assert torch.get_num_threads() == 1
+        assert host.expected_threads(RunSettings(threads=3)) == 3
+        assert host.expected_threads(RunSettings()) == torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
+        torch.use_deterministic_algorithms(False)

@@ -39,7 +39,8 @@ def _cpu_model() -> str:
 
 
 @functools.cache
-def _static(device_type: str, device_index: int | None, exclude: str | None) -> dict:
+def _static(device_type: str, device_index: int | None, exclude: str | None, threads: int
+            ) -> dict:
     import timm
 
     commit = _git("rev-parse", "HEAD") or ""
@@ -53,7 +54,7 @@ def _static(device_type: str, device_index: int | None, exclude: str | None) -> 
     elif device_type == "mps":
         name = "Apple MPS"
     else:
-        name = f"cpu ({_cpu_model()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+        name = f"cpu ({_cpu_model()}, {os.cpu_count()} cores, {threads} threads)"
     return {
         "git_commit": commit,
         "git_dirty": bool(status) if status is not None else False,
@@ -66,9 +67,10 @@ def _static(device_type: str, device_index: int | None, exclude: str | None) -> 
     }
 
 
-def provenance(device: torch.device | str = "cpu", out_dir: str | os.PathLike | None = None
-               ) -> dict:
-    """The provenance columns for runs on ``device`` writing into ``out_dir``."""
+def provenance(device: torch.device | str = "cpu", out_dir: str | os.PathLike | None = None,
+               *, threads: int) -> dict:
+    """The provenance columns for runs on ``device`` with ``threads`` intra-op threads (the
+    record of `harness.run.process.apply_process_settings`) writing into ``out_dir``."""
     device = torch.device(device)
     exclude = None
     if out_dir is not None:
@@ -76,4 +78,4 @@ def provenance(device: torch.device | str = "cpu", out_dir: str | os.PathLike | 
             exclude = str(Path(out_dir).resolve().relative_to(_REPO))
         except ValueError:
             exclude = None
-    return dict(_static(device.type, device.index, exclude))
+    return dict(_static(device.type, device.index, exclude, threads))

@@ -33,7 +33,7 @@ from harness import records
 from harness.run import measure
 from harness.run.data import MEAN_STD, normalize_batch
 from harness.run.loop import build_optimizer, compile_model, train_step
-from harness.run.process import configure_process
+from harness.run.process import apply_process_settings
 from harness.run.runner import RunSpec, base_row, build_model, resolve_device, validate_spec
 from harness.spec.settings import digest
 
@@ -118,7 +118,7 @@ def measure_session(session: Session, out_dir: str | Path) -> None:
 
     first = session.specs[0].settings
     device = resolve_device(first.device)
-    configure_process(first.threads, first.malloc_retain)
+    process = apply_process_settings(first, device)
     pairs, bundle = _models(session, device)
     batches = _batches(bundle, first, device, 8)
     for r in range(session.warmup):
@@ -131,10 +131,10 @@ def measure_session(session: Session, out_dir: str | Path) -> None:
         rng.shuffle(order)
         for i in order:
             times[i].append(_timed_step(*pairs[i], *batches[r % len(batches)], device))
-    prov = provenance(device, out_dir)
+    prov = provenance(device, out_dir, **process)
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     for i, spec in enumerate(session.specs):
-        rows = [{**base_row(spec, prov), "run_id": session.run_id(spec, r),
+        rows = [{**base_row(spec, prov, process), "run_id": session.run_id(spec, r),
                  "block": session.index, "repeat": r, "order": 0, "method": "steps",
                  "epoch": 1, "warmup": False, "steps": 1, "train_s": t, "compute_s": t,
                  "step_s_median": t, "step_times": json.dumps([t]), "ended": stamp,

@@ -1,6 +1,9 @@
-"""Process-wide settings of a run: torch's intra-op threads and glibc's malloc policy.
+"""Process-wide settings of a run, applied in one place (`apply_process_settings`): torch's
+intra-op threads, glibc's malloc policy, deterministic algorithms and cuDNN autotuning. What
+it returns, read back after applying, is the one record of them (a row's ``threads``, the
+thread count in its ``device_name``).
 
-Both act on the whole process, so every config measured in one process (an interleaved
+Threads and malloc act on the whole process, so every config measured in one process (an interleaved
 session) runs under the same ones, and both are run settings (part of a result's identity).
 
 glibc returns freed memory at the top of the heap to the kernel once more than its trim
@@ -18,7 +21,7 @@ import ctypes.util
 
 import torch
 
-__all__ = ["configure_process", "retain_freed_memory"]
+__all__ = ["apply_process_settings", "expected_threads", "retain_freed_memory"]
 
 _M_TRIM_THRESHOLD = -1  # glibc's mallopt parameters (malloc.h)
 _M_MMAP_THRESHOLD = -3
@@ -41,9 +44,21 @@ def retain_freed_memory() -> None:
                                "malloc_retain = false")
 
 
-def configure_process(threads: int | None, malloc_retain: bool) -> None:
-    """Apply a run's process settings (before any model is built)."""
-    if threads is not None:
-        torch.set_num_threads(threads)
-    if malloc_retain:
+def apply_process_settings(settings, device: torch.device | str = "cpu") -> dict[str, int]:
+    """Apply a run's process settings (before any model is built: ``settings`` is a
+    `harness.spec.settings.RunSettings`) and return what is in force now: ``{"threads":
+    n}``, read back from torch, the value rows and provenance record."""
+    if settings.threads is not None:
+        torch.set_num_threads(settings.threads)
+    if settings.malloc_retain:
         retain_freed_memory()
+    torch.use_deterministic_algorithms(settings.deterministic, warn_only=True)
+    if torch.device(device).type == "cuda":
+        torch.backends.cudnn.benchmark = not settings.deterministic
+    return {"threads": torch.get_num_threads()}
+
+
+def expected_threads(settings) -> int:
+    """The thread count a run of ``settings`` will have (for a process that names its runs
+    without running them, e.g. a sweep's parent recording a dead child's run)."""
+    return settings.threads if settings.threads is not None else torch.get_num_threads()

@@ -33,7 +33,7 @@ from harness import records
 from harness.run import loop, measure
 from harness.run.data import MEAN_STD, Batches, check_labels, load_dataset, native_img_size
 from harness.run.plots import plot_learning_curves
-from harness.run.process import configure_process
+from harness.run.process import apply_process_settings
 from harness.spec.settings import RunSettings, digest, identity
 from qvit import Flags
 
@@ -237,12 +237,14 @@ def _classify(exc: BaseException) -> str:
     return "error"
 
 
-def base_row(spec: RunSpec, prov: dict) -> dict:
+def base_row(spec: RunSpec, prov: dict, process: dict[str, int]) -> dict:
+    """The columns every row of ``spec``'s run shares; ``process``: the process settings in
+    force (`apply_process_settings`), recorded as they were applied."""
     s = spec.settings
     row = dict(run_id=spec.run_id, config=spec.config, model=s.model, dataset=s.dataset,
                float_reference=spec.float_reference, repeat=spec.repeat, seed=s.seed,
                block=spec.block, order=spec.order, method="epochs",
-               code_digest=spec.identity()["code"], threads=torch.get_num_threads())
+               code_digest=spec.identity()["code"], **process)
     row.update(spec.flags.to_dict())
     row.update(prov)
     return row
@@ -270,14 +272,6 @@ class _State:
     history: list = field(default_factory=list)
 
 
-def _configure_torch(s: RunSettings, device: torch.device) -> None:
-    """The settings people train with, unless the spec asks otherwise; threads recorded."""
-    configure_process(s.threads, s.malloc_retain)
-    torch.use_deterministic_algorithms(s.deterministic, warn_only=True)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = not s.deterministic
-
-
 def _loss_fn(s: RunSettings):
     from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
@@ -296,7 +290,7 @@ def _setup(spec: RunSpec, device: torch.device) -> _State:
     from harness.run.pretrained import start_from_pretrained
 
     s, flags = spec.settings, spec.flags
-    _configure_torch(s, device)
+    apply_process_settings(s, device)
     bundle = validate_spec(s)
     _seed_everything(s.seed)
     model = build_model(spec).to(device)
@@ -454,12 +448,12 @@ def execute_run(spec: RunSpec, out_dir: str | os.PathLike, *, progress: bool = F
 
     out_dir = Path(out_dir)
     device = resolve_device(spec.settings.device)  # checked before the sweep started
-    base = base_row(spec, provenance(device, out_dir))
+    process = apply_process_settings(spec.settings, device)  # (again in _setup: idempotent)
+    base = base_row(spec, provenance(device, out_dir, **process), process)
     epoch = 1
     try:
         st = _setup(spec, device)
         start = _resume(out_dir, spec, st)
-        base["threads"] = torch.get_num_threads()
         for epoch in range(start + 1, spec.epochs + 1):
             row = _run_epoch(spec, st, epoch, resumed=start > 0 and epoch == start + 1,
                              progress=progress)

@@ -55,6 +55,7 @@ import pandas as pd
 from submitit.helpers import Checkpointable
 
 from harness import records
+from harness.run.process import expected_threads
 from harness.run.runner import (
     CODE_CHANGED,
     CODE_CHANGED_MESSAGE,
@@ -193,7 +194,8 @@ def _record_dead_run(spec, out: Path, rc: int, prov: dict) -> None:
            f"or a user)" if rc < 0 else f"run process exited with code {rc}")
     done = records.resumable_epochs(records.run_rows(out, spec.run_id), spec.run_id)
     epoch = done + 1
-    row = {**base_row(spec, prov), "epoch": epoch,
+    process = {"threads": expected_threads(spec.settings)}
+    row = {**base_row(spec, prov, process), "epoch": epoch,
            "warmup": epoch <= spec.settings.warmup_epochs, "status": "error",
            "error": f"{why}; job {_job_id()} on {socket.gethostname()}"}
     records.append_shard_rows(out, spec.run_id, [row])
@@ -214,7 +216,8 @@ def run_block(spec_dicts: list[dict], out_dir: str, progress: bool = False) -> d
         raise ValueError(f"a job runs one block, got blocks {sorted(blocks)}")
     block = blocks.pop()
     # the device the runs resolve to (auto: cuda where there is one), as their rows name it
-    prov = provenance(resolve_device(specs[0].settings.device), out)
+    prov = provenance(resolve_device(specs[0].settings.device), out,
+                      threads=expected_threads(specs[0].settings))
     me = (prov["hostname"], prov["device_name"])
     state = records.current_rows(out)
     done = _finished_ids(state, specs)
