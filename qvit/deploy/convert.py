@@ -228,7 +228,7 @@ def _deploy(model: QuantModel) -> DeployedModel:
         if isinstance(model, QuantViT):
             rec = probe["q_embed"]
             cls_int = torch.round(model.cls_token / rec["in"])
-            dep.cls_rq.copy_(conv.constant("q_embed", cls_int, False))
+            dep.cls_int.copy_(_int(cls_int, torch.int32, "the class token"))
             pos = probe["q_pos"]["out"]
             pos_int = torch.round(model.q_pos(model.pos_embed)[0] / pos)
             dep.pos_rq.copy_(conv.constant("q_embed", pos_int, True))

@@ -219,8 +219,9 @@ class DeployedViT(DeployedModel):
         self.q_input = InputQuant(8)
         self.patch_embed = PatchEmbed(in_chans, embed_dim, patch_size, norm=False)
         self.q_embed = Requant(16, 1)
-        # the class token and the position embedding, requantized to q_embed's scale
-        self.register_buffer("cls_rq", torch.zeros(1, 1, embed_dim, dtype=torch.int64))
+        # the class token (integer at the patch tokens' scale, unclamped, as QAT's
+        # q_embed rounds it) and the position embedding requantized to q_embed's scale
+        self.register_buffer("cls_int", torch.zeros(1, 1, embed_dim, dtype=torch.int32))
         self.register_buffer("pos_rq", torch.zeros(1, tokens, embed_dim, dtype=torch.int64))
         self.blocks = nn.ModuleList(
             Block(embed_dim, num_heads, mlp_hidden, tokens, qkv_bias, softmax_bits)
@@ -231,9 +232,9 @@ class DeployedViT(DeployedModel):
 
     def forward_features(self, x: Tensor) -> Tensor:
         """Integer tokens after the final I-LayerNorm (int64, per-channel scale)."""
-        x = self.q_embed.rescale(self.patch_embed(self.q_input(x)))
-        x = torch.cat((self.cls_rq.expand(x.shape[0], -1, -1), x), dim=1) + self.pos_rq
-        x = arith.clamp_bits(x, self.q_embed.bits)
+        x = self.patch_embed(self.q_input(x))
+        x = torch.cat((self.cls_int.expand(x.shape[0], -1, -1), x.to(torch.int32)), dim=1)
+        x = self.q_embed(x, offset=self.pos_rq)
         for blk in self.blocks:
             x = blk(x)
         return self.norm(x)
