@@ -116,10 +116,12 @@ def quantize(x: float, scale: float, num_bits: int) -> int:
 # On numpy object arrays of Python ints (any shape, the reduction over the last axis), each
 # written as the formula reads; Python's // and ** neither overflow nor round.
 
-__all__ += ["INT32_MAX", "round_div", "shift_exp", "shiftmax", "shift_gelu", "isqrt_newton",
+__all__ += ["NORM_ONE", "round_div", "shift_exp", "shiftmax", "shift_gelu", "isqrt_newton",
             "int_layernorm"]
 
-INT32_MAX = 2**31 - 1
+# I = 2^31: I-ViT's INT32_MAX (2^31 - 1) as its float32 arithmetic holds it, the constant
+# every trained model has computed floor(I / t) with (and clamped t to).
+NORM_ONE = 2**31
 
 
 def _ints(x) -> np.ndarray:
@@ -148,7 +150,7 @@ def shift_exp(b, x0: int, n: int) -> np.ndarray:
 
 def _normalize(e: np.ndarray, total: np.ndarray, output_bit: int) -> np.ndarray:
     """floor(e * floor(I / min(total, I)) / 2^(32 - bits))."""
-    factor = INT32_MAX // np.minimum(total, INT32_MAX)
+    factor = NORM_ONE // np.minimum(total, NORM_ONE)
     return (e * factor) // 2 ** (32 - output_bit)
 
 
@@ -182,4 +184,4 @@ def int_layernorm(x, bias_int) -> np.ndarray:
     x = _ints(x)
     y = x - round_div(x.sum(axis=-1, keepdims=True), x.shape[-1])
     std = np.vectorize(isqrt_newton, otypes=[object])((y * y).sum(axis=-1, keepdims=True))
-    return (y * (INT32_MAX // std)) // 2 + _ints(bias_int)
+    return (y * (NORM_ONE // std)) // 2 + _ints(bias_int)

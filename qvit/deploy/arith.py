@@ -17,15 +17,19 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["INT32_MAX", "NEWTON_START", "NEWTON_ITERATIONS", "EXP_SHIFT_CAP", "requantize",
+__all__ = ["NORM_ONE", "NEWTON_START", "NEWTON_ITERATIONS", "EXP_SHIFT_CAP", "requantize",
            "clamp_bits", "round_div", "shift_exp", "shiftmax", "shift_gelu", "isqrt_newton",
            "int_layernorm"]
 
-INT32_MAX = 2**31 - 1
+# The numerator of the integer divisions floor(I / t) (Shiftmax, ShiftGELU, I-LayerNorm) and
+# the clamp of t: I-ViT writes INT32_MAX = 2^31 - 1, but computes in float32, where that
+# constant is 2^31; 2^31 is what every trained model has computed with. (With 2^31 - 1,
+# ShiftGELU, whose sums reach 2^30, would halve its sigmoid wherever a sum is a power of 2.)
+NORM_ONE = 2**31
 NEWTON_START = 2**16  # I-LayerNorm's Newton sqrt: 10 steps from 2^16
 NEWTON_ITERATIONS = 10
 # shift_exp of a positive argument (ShiftGELU's exp(-max) where every channel is negative)
-# needs shifts beyond 63; from 2^40 on the value only enters a sum clamped to INT32_MAX,
+# needs shifts beyond 63; from 2^40 on the value only enters a sum clamped to NORM_ONE,
 # so the shift is capped there (the clamp then gives what the uncapped value gives).
 EXP_SHIFT_CAP = 40
 
@@ -68,10 +72,10 @@ def shift_exp(b: Tensor, x0: Tensor, n: int) -> Tensor:
 
 def shiftmax(x: Tensor, x0: Tensor, n: int, output_bit: int) -> Tensor:
     """Integer softmax over the last dim: floor(exp * floor(I / sum) / 2^(32 - bits)),
-    I = 2^31 - 1, the sum clamped to I; values in [0, 2^(bits-1) - 1]."""
+    I = 2^31 (`NORM_ONE`), the sum clamped to I; values in [0, 2^(bits-1) - 1]."""
     x = x.to(torch.int64)
     e = shift_exp(x - x.amax(dim=-1, keepdim=True), x0, n)
-    factor = torch.div(INT32_MAX, e.sum(dim=-1, keepdim=True).clamp_max(INT32_MAX),
+    factor = torch.div(NORM_ONE, e.sum(dim=-1, keepdim=True).clamp_max(NORM_ONE),
                        rounding_mode="floor")
     return ((e * factor) >> (32 - output_bit)).to(_DTYPES[16 if output_bit > 8 else 8])
 
@@ -83,8 +87,8 @@ def shift_gelu(x: Tensor, x0: Tensor, n: int, output_bit: int) -> Tensor:
     x = x.to(torch.int64)
     xm = x.amax(dim=-1, keepdim=True)
     e = shift_exp(x - xm, x0, n)
-    total = (e + shift_exp(-xm, x0, n)).clamp_max(INT32_MAX)
-    sig = (e * torch.div(INT32_MAX, total, rounding_mode="floor")) >> (32 - output_bit)
+    total = (e + shift_exp(-xm, x0, n)).clamp_max(NORM_ONE)
+    sig = (e * torch.div(NORM_ONE, total, rounding_mode="floor")) >> (32 - output_bit)
     return (x * sig).to(torch.int32)
 
 
@@ -102,4 +106,4 @@ def int_layernorm(x: Tensor, bias_int: Tensor) -> Tensor:
     x = x.to(torch.int64)
     y = x - round_div(x.sum(dim=-1, keepdim=True), x.shape[-1])
     std = isqrt_newton((y * y).sum(dim=-1, keepdim=True))
-    return ((y * torch.div(INT32_MAX, std, rounding_mode="floor")) >> 1) + bias_int
+    return ((y * torch.div(NORM_ONE, std, rounding_mode="floor")) >> 1) + bias_int
