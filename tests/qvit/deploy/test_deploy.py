@@ -145,3 +145,13 @@ def test_evaluate_deployed():
                       "disagreements"}
     with pytest.raises(ValueError, match="no batches"):
         evaluate_deployed(model, [])
+
+
+@pytest.mark.slow
+def test_compiled_deployed_model_is_exact():
+    """torch.compile (inductor, CPU) of the deployed Swin: the same integers (~90 s to
+    compile on one loaded core)."""
+    deployed = deploy(model_from("swin_micro", Flags()))
+    x = batch(13, n=8)[0]
+    with torch.no_grad():
+        assert torch.equal(torch.compile(deployed)(x), deployed(x))
