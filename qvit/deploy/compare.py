@@ -121,3 +121,52 @@ def evaluate_deployed(model: nn.Module, loader: Iterable, deployed: DeployedMode
         raise ValueError("evaluate_deployed got no batches")
     return dict(top1=hit_d / n, qat_top1=hit_q / n, agreement=agree / n, n=n,
                 logits_max_abs_diff=worst, disagreements=where)
+
+
+def local_differences(model: nn.Module, deployed: DeployedModel, images: Tensor,
+                      dtype: torch.dtype = torch.float32) -> dict[str, dict[str, Any]]:
+    """Where the QAT arithmetic itself moves an integer: each QAT I-LayerNorm, Shiftmax
+    and ShiftGELU run on the deployed model's own integer inputs (as value = q x scale,
+    in ``dtype``), against the deployed layer's output. With float64 (a float32 scale and
+    an 8/16-bit integer have an exact float64 product, and sums stay exact) what remains
+    is what float32 rounding does not explain."""
+    import copy
+
+    from ..modules import IntGELU as QGELU
+    from ..modules import IntLayerNorm as QLN
+    from ..modules import IntSoftmax as QSoftmax
+    from .convert import _probe
+
+    scales = _probe(model)
+    inputs: dict[str, Tensor] = {}
+    hooks = [m.register_forward_hook(
+        lambda mod, a, o, n=n: inputs.__setitem__(n, (a[0], o)))
+        for n, m in deployed.named_modules()
+        if isinstance(m, (layers.IntLayerNorm, layers.IntSoftmax, layers.IntGELU))]
+    try:
+        with torch.no_grad():
+            deployed(images)
+    finally:
+        for h in hooks:
+            h.remove()
+    twin = copy.deepcopy(model).to(dtype).eval()
+    if dtype != torch.float32:  # (the lean nodes are float32 only; under `best` the
+        # I-LayerNorm chain they fall back to refuses newton="in_layernorm": use the
+        # legacy paths, the same values)
+        from ..flags import Flags
+
+        twin.set_flags(Flags.preset("legacy"))
+    qat = dict(twin.named_modules())
+    out = {}
+    with torch.no_grad():
+        for name, (x_int, y_int) in inputs.items():
+            mod = qat[name]
+            if not isinstance(mod, (QLN, QSoftmax, QGELU)):
+                continue
+            s = scales[name]["in"].to(dtype)
+            y, ys = mod(x_int.to(dtype) * s.reshape(-1), s)
+            q = torch.round(y / ys).to(torch.int64)
+            diff = (q - y_int.to(torch.int64)).abs()
+            out[name] = dict(frac=(diff > 0).double().mean().item(),
+                             max_steps=int(diff.max().item()), numel=diff.numel())
+    return out

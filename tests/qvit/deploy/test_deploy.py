@@ -155,3 +155,23 @@ def test_compiled_deployed_model_is_exact():
     x = batch(13, n=8)[0]
     with torch.no_grad():
         assert torch.equal(torch.compile(deployed)(x), deployed(x))
+
+
+@pytest.mark.parametrize("name", MICRO)
+def test_every_local_difference_is_float32_rounding(name, monkeypatch):
+    """Each QAT I-LayerNorm, Shiftmax and ShiftGELU on the deployed model's own integer
+    inputs: in float32 they move integers (rounded sums and products, q x s / s off the
+    integer, floor(I / t) from a float reciprocal); the same QAT formulas in float64, with
+    I = 2^31 - 1 as float64 holds it (float32 holds 2^31, the deployed model's I), give
+    the deployed integers exactly, every element."""
+    from qvit.deploy import arith
+    from qvit.deploy.compare import local_differences
+
+    model = model_from(name, Flags.preset("best"))
+    x = batch(7, n=16)[0]
+    f32 = local_differences(model, deploy(model), x, torch.float32)
+    assert any(v["frac"] > 0 for v in f32.values())
+    monkeypatch.setattr(arith, "NORM_ONE", 2**31 - 1)
+    f64 = local_differences(model, deploy(model), x, torch.float64)
+    assert len(f64) == len(f32) > 0
+    assert {k: v for k, v in f64.items() if v["frac"]} == {}
