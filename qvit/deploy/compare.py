@@ -135,9 +135,9 @@ def local_differences(model: nn.Module, deployed: DeployedModel, images: Tensor,
     from ..modules import IntGELU as QGELU
     from ..modules import IntLayerNorm as QLN
     from ..modules import IntSoftmax as QSoftmax
-    from .convert import _probe
+    from .convert import probe_scales
 
-    scales = _probe(model)
+    scales = probe_scales(model)
     inputs: dict[str, Tensor] = {}
     hooks = [m.register_forward_hook(
         lambda mod, a, o, n=n: inputs.__setitem__(n, (a[0], o)))

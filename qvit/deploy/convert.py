@@ -21,7 +21,7 @@ from ..ops.requant import frexp_device
 from . import arith, layers
 from .model import DeployedModel, DeployedSwin, DeployedViT, Head
 
-__all__ = ["dyadic", "config_of", "deploy"]
+__all__ = ["dyadic", "probe_scales", "config_of", "deploy"]
 
 _PROBED = (qm.QuantAct, qm.QuantLinear, qm.QuantConv2d, qm.QuantMatMul, qm.IntLayerNorm,
            qm.IntSoftmax, qm.IntGELU)
@@ -42,7 +42,7 @@ def dyadic(in_scale: Tensor, out_scale: Tensor) -> tuple[Tensor, Tensor]:
     return m, e
 
 
-def _probe(model: QuantModel) -> dict[str, dict[str, Any]]:
+def probe_scales(model: QuantModel) -> dict[str, dict[str, Any]]:
     """One eval forward on zeros, recording each module's input and output scales."""
     seen: dict[str, dict[str, Any]] = {}
 
@@ -216,7 +216,7 @@ def deploy(model: nn.Module) -> DeployedModel:
 
 
 def _deploy(model: QuantModel) -> DeployedModel:
-    probe = _probe(model)
+    probe = probe_scales(model)
     p = next(model.parameters())
     dep = (DeployedViT if isinstance(model, QuantViT) else DeployedSwin)(
         **{k: v for k, v in config_of(model).items() if k != "family"}).to(p.device)
@@ -233,15 +233,15 @@ def _deploy(model: QuantModel) -> DeployedModel:
             pos_int = torch.round(model.q_pos(model.pos_embed)[0] / pos)
             dep.pos_rq.copy_(conv.constant("q_embed", pos_int, True))
             pairs = [(f"blocks.{i}.", b, d) for i, (b, d) in
-                     enumerate(zip(model.blocks, dep.blocks))]
+                     enumerate(zip(model.blocks, dep.blocks, strict=True))]
         else:
             if model.absolute_pos_embed is not None:
                 pos = probe["q_pos"]["out"]
                 pos_int = torch.round(model.q_pos(model.absolute_pos_embed)[0] / pos)
                 dep.pos_rq.copy_(conv.constant("q_embed", pos_int, True))
             pairs = [(f"layers.{i}.blocks.{j}.", b, d)
-                     for i, (s, ds) in enumerate(zip(model.layers, dep.layers))
-                     for j, (b, d) in enumerate(zip(s.blocks, ds.blocks))]
+                     for i, (s, ds) in enumerate(zip(model.layers, dep.layers, strict=True))
+                     for j, (b, d) in enumerate(zip(s.blocks, ds.blocks, strict=True))]
         for prefix, qb, db in pairs:
             _fill_attention(conv, qb, db, prefix)
     return dep.eval()

@@ -9,8 +9,6 @@ deployed model's state dict, intermediates and hooks line up with the trained mo
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from torch import Tensor, nn
 
@@ -68,8 +66,8 @@ class Requant(nn.Module):
         """rq(z) in int64, before any sum or clamp."""
         return arith.requantize(z, self.m, self.e, self.half_m1)
 
-    def forward(self, z: Tensor, identity: Optional[Tensor] = None,
-                offset: Optional[Tensor] = None) -> Tensor:
+    def forward(self, z: Tensor, identity: Tensor | None = None,
+                offset: Tensor | None = None) -> Tensor:
         t = self.rescale(z)
         if identity is not None:
             t = t + arith.requantize(identity, self.m_id, self.e_id, self.half_m1_id)

@@ -8,7 +8,7 @@ the requantizer of QAT's ``blocks.0.attn.q_qkv``.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -52,7 +52,7 @@ class Attention(nn.Module):
         self.proj = IntLinear(dim, dim)
         self.q_out = Requant(16, dim)
 
-    def forward(self, x: Tensor, mask: Optional[Tensor] = None) -> Tensor:
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         B, N, C = x.shape
         qkv = self.q_qkv(self.qkv(x)).view(B, N, 3, self.num_heads, C // self.num_heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4)
@@ -82,8 +82,8 @@ class Mlp(nn.Module):
         return self.q_out(self.fc2(self.q_act(self.act(self.q_fc1(self.fc1(x))))))
 
 
-def window_geometry(resolution: Optional[tuple[int, int]], window_size: Optional[int],
-                    shift_size: int) -> tuple[Optional[int], int]:
+def window_geometry(resolution: tuple[int, int] | None, window_size: int | None,
+                    shift_size: int) -> tuple[int | None, int]:
     """The QAT block's rule: one window covering the grid takes its size and no shift."""
     if window_size is not None and resolution is not None and min(resolution) <= window_size:
         return min(resolution), 0
@@ -95,8 +95,8 @@ class Block(nn.Module):
     Swin. The shift mask is integer: round(mask / scale) of the softmax input's scale."""
 
     def __init__(self, dim: int, num_heads: int, hidden: int, tokens: int, qkv_bias: bool,
-                 softmax_bits: int, resolution: Optional[tuple[int, int]] = None,
-                 window_size: Optional[int] = None, shift_size: int = 0):
+                 softmax_bits: int, resolution: tuple[int, int] | None = None,
+                 window_size: int | None = None, shift_size: int = 0):
         super().__init__()
         self.resolution = resolution
         self.window_size, self.shift_size = window_geometry(resolution, window_size,
@@ -271,7 +271,7 @@ class DeployedSwin(DeployedModel):
         self.register_buffer("pos_rq", torch.zeros(1, grid * grid, embed_dim,
                                                    dtype=torch.int64) if ape else None)
         stages, dim = [], embed_dim
-        for i, (depth, heads) in enumerate(zip(depths, num_heads)):
+        for i, (depth, heads) in enumerate(zip(depths, num_heads, strict=True)):
             out_dim = embed_dim * 2**i
             res = (grid // 2 ** max(i - 1, 0),) * 2
             stage = nn.Module()

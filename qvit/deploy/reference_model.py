@@ -80,8 +80,8 @@ class _Walk:
         if isinstance(mod, TerLinear):
             raise NotImplementedError("the reference models 8-bit weights, not ternary")
         w = _np(mod.weight).astype(F32).reshape(mod.weight.shape[0], -1)
-        ws = np.maximum(np.maximum(-w.min(axis=1), w.max(axis=1)) / F32(2 ** (mod.weight_bit - 1) - 1),
-                        F32(EPS)).astype(F32)
+        n = F32(2 ** (mod.weight_bit - 1) - 1)
+        ws = np.maximum(np.maximum(-w.min(axis=1), w.max(axis=1)) / n, F32(EPS)).astype(F32)
         w_int = np.clip(_round((F32(1) / ws)[:, None] * w), -128, 127)
         bs = (ws * in_scale.astype(F32)).astype(F32)
         b_int = None
