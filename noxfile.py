@@ -114,3 +114,14 @@ def slurm(session):
     session.run("bash", "scripts/slurm_local.sh", "start", external=True)
     session.run("pytest", "-q", "-m", "slurm", "tests/test_slurm_real.py", *session.posargs,
                 env={"QVIT_REAL_SLURM": "1"})
+
+
+@nox.session
+def deploy(session):
+    """Inference speed of the deployed integer models (qvit.deploy): deployed eager and
+    compiled vs the QAT eval (best) vs the float twin, interleaved rounds, images/s with
+    t intervals, on the micro models (batch 64) and DeiT-tiny / Swin-T at 224 (batch 8);
+    report in runs/deploy. Arguments go to scripts/deploy_speed.py."""
+    _install(session)
+    session.run("python", "scripts/deploy_speed.py", "--out", "runs/deploy", *session.posargs,
+                env={"OMP_NUM_THREADS": session.env.get("OMP_NUM_THREADS", "2")})

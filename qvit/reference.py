@@ -109,3 +109,79 @@ def quantize(x: float, scale: float, num_bits: int) -> int:
     q = round_half_even(Fraction(float(np.float32(inv * np.float32(x)))))
     n = 2 ** (num_bits - 1)
     return min(max(q, -n), n - 1)
+
+
+# --- I-ViT's integer nonlinearities (the deployed model's arithmetic, qvit.deploy) ---------
+#
+# On numpy object arrays of Python ints (any shape, the reduction over the last axis), each
+# written as the formula reads; Python's // and ** neither overflow nor round.
+
+__all__ += ["NORM_ONE", "round_div", "shift_exp", "shiftmax", "shift_gelu", "isqrt_newton",
+            "int_layernorm"]
+
+# I = 2^31: I-ViT's INT32_MAX (2^31 - 1) as its float32 arithmetic holds it, the constant
+# every trained model has computed floor(I / t) with (and clamped t to).
+NORM_ONE = 2**31
+
+
+def _ints(x) -> np.ndarray:
+    return np.asarray(x, dtype=object)
+
+
+def round_div(s, d: int) -> np.ndarray:
+    """round_half_even(s / d) elementwise (a rounded mean: s a sum of d integers)."""
+    return np.vectorize(lambda v: round_half_even(Fraction(int(v), d)), otypes=[object])(
+        _ints(s))
+
+
+def shift_exp(b, x0: int, n: int) -> np.ndarray:
+    """I-ViT's shift exp of integers b (scale s, x0 = floor(-1/s) < 0, shift bound n):
+    b + floor(b/2) - floor(b/16), at least n x0; q = floor(that / x0), r = that - x0 q;
+    floor((r/2 - x0) * 2^(n-q)), as Fractions (no shift bound: 2^(n-q) may be huge)."""
+
+    def one(v: int) -> int:
+        c = max(v + v // 2 - v // 16, n * x0)
+        q = c // x0
+        r = c - x0 * q
+        return math.floor((Fraction(r, 2) - x0) * Fraction(2) ** (n - q))
+
+    return np.vectorize(one, otypes=[object])(_ints(b))
+
+
+def _normalize(e: np.ndarray, total: np.ndarray, output_bit: int) -> np.ndarray:
+    """floor(e * floor(I / min(total, I)) / 2^(32 - bits))."""
+    factor = NORM_ONE // np.minimum(total, NORM_ONE)
+    return (e * factor) // 2 ** (32 - output_bit)
+
+
+def shiftmax(x, x0: int, n: int, output_bit: int) -> np.ndarray:
+    """I-ViT's integer softmax over the last axis."""
+    x = _ints(x)
+    e = shift_exp(x - x.max(axis=-1, keepdims=True), x0, n)
+    return _normalize(e, e.sum(axis=-1, keepdims=True), output_bit)
+
+
+def shift_gelu(x, x0: int, n: int, output_bit: int) -> np.ndarray:
+    """I-ViT's ShiftGELU: x * sigmoid, sigmoid = exp(x - max) / (exp(x - max) + exp(-max))
+    normalized as the softmax (max over the last axis; x0 of the scale 1.702 s)."""
+    x = _ints(x)
+    xm = x.max(axis=-1, keepdims=True)
+    e = shift_exp(x - xm, x0, n)
+    return x * _normalize(e, e + shift_exp(-xm, x0, n), output_bit)
+
+
+def isqrt_newton(v: int, iterations: int = 10, start: int = 2**16) -> int:
+    """I-LayerNorm's integer square root: ten steps k <- floor((k + floor(v/k)) / 2)."""
+    k = start
+    for _ in range(iterations):
+        k = (k + v // k) // 2
+    return k
+
+
+def int_layernorm(x, bias_int) -> np.ndarray:
+    """I-LayerNorm over the last axis: y = x - round_half_even(mean x), std =
+    isqrt_newton(sum y^2), floor(y * floor(I / std) / 2) + bias_int."""
+    x = _ints(x)
+    y = x - round_div(x.sum(axis=-1, keepdims=True), x.shape[-1])
+    std = np.vectorize(isqrt_newton, otypes=[object])((y * y).sum(axis=-1, keepdims=True))
+    return (y * (NORM_ONE // std)) // 2 + _ints(bias_int)

@@ -1,0 +1,11 @@
+"""Integer-only inference: `deploy(model)` turns a trained qvit model into a module that
+computes with integers only (int8 GEMMs with int32 accumulation, dyadic requantization,
+I-ViT's integer softmax, GELU and LayerNorm), bit-exact with `qvit.reference`."""
+
+from __future__ import annotations
+
+from .convert import config_of, deploy, dyadic
+from .model import DeployedModel, DeployedSwin, DeployedViT, from_config
+
+__all__ = ["deploy", "dyadic", "config_of", "from_config", "DeployedModel", "DeployedViT",
+           "DeployedSwin"]

@@ -1,0 +1,77 @@
+"""Integer GEMMs: int8 x int8 -> int32 by ``torch._int_mm`` where its shape rules allow,
+padded where needed, and an exact fallback elsewhere.
+
+``torch._int_mm`` (oneDNN on CPU, cuBLAS on CUDA) takes 2-D int8 operands; on CPU any
+shape, on CUDA M > 16 and K, N multiples of 8 (`pad_shapes` zero-pads: zero rows and
+columns add nothing to the sums). Products it cannot take (batched attention products,
+I-ViT DeiT's 16-bit softmax output times V) go to `exact_matmul`: a float GEMM of the
+integers, float32 where every partial sum is below 2^24 in magnitude and float64 where
+below 2^53 (every float sum of integers then is the integer sum, in any order), int64
+beyond. The bound is the caller's (K * max|a| * max|b|, known from the bit widths).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["int_mm_supported", "pad_shapes", "int_mm", "exact_dtype", "exact_matmul",
+           "linear_int8"]
+
+
+def int_mm_supported(a: Tensor, b: Tensor) -> bool:
+    """Whether ``torch._int_mm(a, b)`` takes these operands as they are."""
+    if a.dtype != torch.int8 or b.dtype != torch.int8 or a.dim() != 2 or b.dim() != 2:
+        return False
+    if a.device.type == "cpu":
+        return True
+    m, k = a.shape
+    n = b.shape[1]
+    return m > 16 and k % 8 == 0 and n % 8 == 0 and k >= 16 and n >= 8
+
+
+def pad_shapes(m: int, k: int, n: int) -> tuple[int, int, int]:
+    """The padded (M, K, N) that cuBLAS's int8 GEMM takes: M >= 17, K >= 16 and N >= 8,
+    K and N multiples of 8."""
+    return max(m, 17), max(-(-k // 8) * 8, 16), max(-(-n // 8) * 8, 8)
+
+
+def int_mm(a: Tensor, b: Tensor) -> Tensor:
+    """a (M, K) int8 @ b (K, N) int8 -> (M, N) int32, exactly."""
+    if int_mm_supported(a, b):
+        return torch._int_mm(a, b)
+    if a.dtype == torch.int8 and b.dtype == torch.int8 and a.dim() == 2 and b.dim() == 2 \
+            and a.device.type == "cuda":
+        m, k = a.shape
+        n = b.shape[1]
+        pm, pk, pn = pad_shapes(m, k, n)
+        ap = F.pad(a, (0, pk - k, 0, pm - m))
+        bp = F.pad(b, (0, pn - n, 0, pk - k))
+        return torch._int_mm(ap, bp.t().contiguous().t())[:m, :n]
+    return exact_matmul(a, b, a.shape[-1] * 128 * 128).to(torch.int32)
+
+
+def exact_dtype(bound: int) -> torch.dtype:
+    """The float type whose GEMM sums integers bounded by ``bound`` exactly (int64 if none)."""
+    if bound < 2**24:
+        return torch.float32
+    if bound < 2**53:
+        return torch.float64
+    return torch.int64
+
+
+def exact_matmul(a: Tensor, b: Tensor, bound: int) -> Tensor:
+    """``a @ b`` of integer tensors (batched as torch.matmul), exactly, given that every
+    |partial sum| is at most ``bound``; int64 result."""
+    dtype = exact_dtype(bound)
+    if dtype == torch.int64:
+        return torch.matmul(a.to(dtype), b.to(dtype))
+    return torch.matmul(a.to(dtype), b.to(dtype)).to(torch.int64)
+
+
+def linear_int8(x: Tensor, weight: Tensor) -> Tensor:
+    """x (..., K) int8 times weight (N, K) int8, transposed -> (..., N) int32."""
+    lead = x.shape[:-1]
+    out = int_mm(x.reshape(-1, x.shape[-1]), weight.t())
+    return out.view(*lead, weight.shape[0])

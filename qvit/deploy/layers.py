@@ -1,0 +1,163 @@
+"""The deployed model's leaf layers: integer tensors in, integer tensors out.
+
+Each holds what its QAT module computes from its weights and scales, as integers: int8
+weights, int32 biases, dyadic multipliers (m, e) and the integer constants of the
+nonlinearities. Only `InputQuant` takes a float (the image) and only the model's last
+multiply (logits = accumulator x scale) makes one. Names follow the QAT modules', so a
+deployed model's state dict, intermediates and hooks line up with the trained model's.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from . import arith
+from .intmm import exact_matmul, linear_int8
+
+__all__ = ["InputQuant", "Requant", "IntLinear", "IntPatchConv", "IntMatMul",
+           "IntLayerNorm", "IntSoftmax", "IntGELU"]
+
+
+def _zeros(*shape: int, dtype=torch.int64) -> Tensor:
+    return torch.zeros(shape, dtype=dtype)
+
+
+class InputQuant(nn.Module):
+    """The input quantizer: clamp(round(fl32(1 / scale) * x)) to int8, from a float image
+    (QuantAct's input quantization, as the QAT model computes it)."""
+
+    def __init__(self, bits: int = 8):
+        super().__init__()
+        self.bits = bits
+        self.register_buffer("scale", torch.ones(1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        n = 2 ** (self.bits - 1)
+        return torch.mul(1.0 / self.scale, x).round_().clamp_(-n, n - 1).to(torch.int8)
+
+
+class Requant(nn.Module):
+    """The dyadic requantizer of a QuantAct: clamp(rq(z) [+ rq_id(identity)] [+ offset])
+    to ``bits`` integers, rq(z) = round_half_even(z * m / 2^e), (m, e) per channel (last
+    dim) or per tensor; ``offset`` is a constant already requantized (a position
+    embedding, a relative position bias)."""
+
+    def __init__(self, bits: int, channels: int = 1, identity_channels: int = 0):
+        super().__init__()
+        self.bits = bits
+        for name, c in (("", channels), ("_id", identity_channels)):
+            if c:
+                self.register_buffer(f"m{name}", _zeros(c))
+                self.register_buffer(f"e{name}", _zeros(c))
+                self.register_buffer(f"half_m1{name}", _zeros(c))
+        self.has_identity = identity_channels > 0
+
+    def extra_repr(self) -> str:
+        return f"bits={self.bits}, channels={self.m.numel()}, identity={self.has_identity}"
+
+    def set_multiplier(self, m: Tensor, e: Tensor, identity: bool = False) -> None:
+        sfx = "_id" if identity else ""
+        getattr(self, f"m{sfx}").copy_(m)
+        getattr(self, f"e{sfx}").copy_(e)
+        getattr(self, f"half_m1{sfx}").copy_((1 << (e - 1)) - 1)
+
+    def rescale(self, z: Tensor) -> Tensor:
+        """rq(z) in int64, before any sum or clamp."""
+        return arith.requantize(z, self.m, self.e, self.half_m1)
+
+    def forward(self, z: Tensor, identity: Tensor | None = None,
+                offset: Tensor | None = None) -> Tensor:
+        t = self.rescale(z)
+        if identity is not None:
+            t = t + arith.requantize(identity, self.m_id, self.e_id, self.half_m1_id)
+        if offset is not None:
+            t = t + offset
+        return arith.clamp_bits(t, self.bits)
+
+
+class IntLinear(nn.Module):
+    """x int8 @ weight int8 (out, in)^T + bias int32: the int64 accumulator."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.register_buffer("weight", _zeros(out_features, in_features, dtype=torch.int8))
+        self.register_buffer("bias", _zeros(out_features, dtype=torch.int32) if bias else None)
+
+    def extra_repr(self) -> str:
+        return f"{self.in_features} -> {self.out_features}, bias={self.bias is not None}"
+
+    def forward(self, x: Tensor) -> Tensor:
+        acc = linear_int8(x, self.weight).to(torch.int64)
+        return acc if self.bias is None else acc + self.bias
+
+
+class IntPatchConv(IntLinear):
+    """The patch embedding's stride = kernel convolution as one GEMM over patches: (B, C,
+    H, W) int8 -> (B, H/p * W/p, out) int64, tokens in row-major patch order (the QAT
+    model's flatten(2).transpose(1, 2)); weight (out, C * p * p) in Conv2d's order."""
+
+    def __init__(self, in_chans: int, out_features: int, patch_size: int):
+        super().__init__(in_chans * patch_size**2, out_features)
+        self.patch_size = patch_size
+
+    def forward(self, x: Tensor) -> Tensor:
+        B, C, H, W = x.shape
+        p = self.patch_size
+        patches = x.view(B, C, H // p, p, W // p, p).permute(0, 2, 4, 1, 3, 5)
+        return super().forward(patches.reshape(B, (H // p) * (W // p), C * p * p))
+
+
+class IntMatMul(nn.Module):
+    """a @ b of integer activations (attention), exact (`exact_matmul`): ``bound`` is the
+    largest |partial sum|, K x max|a| x max|b|, from the operands' bit widths."""
+
+    def __init__(self, bound: int):
+        super().__init__()
+        self.bound = bound
+
+    def extra_repr(self) -> str:
+        return f"bound={self.bound}"
+
+    def forward(self, a: Tensor, b: Tensor) -> Tensor:
+        return exact_matmul(a, b, self.bound)
+
+
+class IntLayerNorm(nn.Module):
+    """I-LayerNorm (`arith.int_layernorm`) with the integer bias floor(bias / weight /
+    (sqrt(C) / 2^30)); the output scale (per channel) lives in the next requantizer."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.register_buffer("bias_int", _zeros(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return arith.int_layernorm(x, self.bias_int)
+
+
+class IntSoftmax(nn.Module):
+    """Shiftmax (`arith.shiftmax`) with x0 = floor(-1 / scale) of its input's scale."""
+
+    def __init__(self, output_bit: int, exp_bits: int = 15):
+        super().__init__()
+        self.output_bit, self.exp_bits = output_bit, exp_bits
+        self.register_buffer("x0", torch.full((), -1, dtype=torch.int64))
+
+    def extra_repr(self) -> str:
+        return f"output_bit={self.output_bit}"
+
+    def forward(self, x: Tensor) -> Tensor:
+        return arith.shiftmax(x, self.x0, self.exp_bits, self.output_bit)
+
+
+class IntGELU(nn.Module):
+    """ShiftGELU (`arith.shift_gelu`) with x0 = floor(-1 / (1.702 scale))."""
+
+    def __init__(self, output_bit: int = 8, exp_bits: int = 23):
+        super().__init__()
+        self.output_bit, self.exp_bits = output_bit, exp_bits
+        self.register_buffer("x0", torch.full((), -1, dtype=torch.int64))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return arith.shift_gelu(x, self.x0, self.exp_bits, self.output_bit)

@@ -1,0 +1,116 @@
+"""qvit.deploy.arith and intmm against qvit.reference at zero tolerance: the requantizer
+(ties, negative multipliers, per channel), the rounded mean, the shift exp (positive
+arguments past the shift cap too), Shiftmax, ShiftGELU, I-LayerNorm; the integer GEMMs."""
+
+from fractions import Fraction
+
+import numpy as np
+import pytest
+import torch
+
+from qvit import reference as R
+from qvit.deploy import arith, intmm
+from qvit.deploy.convert import dyadic
+
+
+def _np(t):
+    return t.numpy().astype(np.int64)
+
+
+def _eq(ours: torch.Tensor, ref) -> None:
+    assert np.array_equal(_np(ours), np.asarray(ref).astype(np.int64))
+
+
+def test_requantize_matches_reference():
+    g = torch.Generator().manual_seed(0)
+    z = torch.randint(-2**24, 2**24, (64, 6), generator=g)
+    z[0] = torch.tensor([1, 3, 5, -1, -3, -5])  # ties at ratio 1/2
+    scales = torch.tensor([1e-3, 2e-3, -5e-4, 0.5, 3.0, 7e-7], dtype=torch.float32)
+    out_scale = torch.tensor([0.0625], dtype=torch.float32)
+    m, e = dyadic(scales, out_scale)
+    got = arith.requantize(z, m, e, (1 << (e - 1)) - 1)
+    want = [[R.requantize(int(v), float(scales[c]), float(out_scale)) for c, v in
+             enumerate(row)] for row in z.tolist()]
+    _eq(got, want)
+    assert (_np(arith.requantize(torch.tensor([1, 3, -1, -3]), torch.tensor(1 << 30),
+                                 torch.tensor(31), torch.tensor((1 << 30) - 1)))
+            == [0, 2, 0, -2]).all()  # halves to even
+
+
+def test_dyadic_refuses_unreachable_shifts():
+    with pytest.raises(ValueError, match="degenerate"):
+        dyadic(torch.tensor([1e-12]), torch.tensor([1.0]))
+
+
+def test_round_div():
+    s = torch.arange(-50, 51)
+    for d in (1, 2, 4, 7, 48):
+        _eq(arith.round_div(s, d), R.round_div(s.numpy(), d))
+        want = [round(Fraction(int(v), d)) for v in s]  # Python's round: half to even
+        _eq(arith.round_div(s, d), want)
+
+
+@pytest.mark.parametrize("x0", [-1, -7, -116, -3000])
+@pytest.mark.parametrize("n", [15, 23])
+def test_shift_exp(x0, n):
+    b = torch.cat([torch.arange(-400, 1), torch.arange(1, 400, 7)])  # positive: GELU's -max
+    got = arith.shift_exp(b, torch.tensor(x0), n)
+    want = R.shift_exp(b.numpy(), x0, n)
+    small = np.asarray(want, dtype=object) < 2**40
+    assert np.array_equal(_np(got)[small], np.asarray(want)[small].astype(np.int64))
+    assert (_np(got)[~small] >= 2**39).all()  # capped, still beyond the clamp at 2^31
+
+
+@pytest.mark.parametrize("bits", [8, 16])
+def test_shiftmax(bits):
+    g = torch.Generator().manual_seed(bits)
+    x = torch.randint(-128, 128, (5, 3, 17), generator=g)
+    x[0, 0] = -10000  # masked entries
+    x[0, 0, 3] = 5
+    for x0 in (-3, -40):
+        got = arith.shiftmax(x, torch.tensor(x0), 15, bits)
+        _eq(got, R.shiftmax(x.numpy(), x0, 15, bits))
+        assert int(got.max()) < 2 ** (bits - 1) and int(got.min()) >= 0
+
+
+def test_shift_gelu():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randint(-128, 128, (6, 40), generator=g)
+    x[0] = -torch.arange(1, 41)  # every channel negative: exp(-max) of a positive argument
+    for x0 in (-2, -15, -116):
+        _eq(arith.shift_gelu(x, torch.tensor(x0), 23, 8), R.shift_gelu(x.numpy(), x0, 23, 8))
+
+
+def test_int_layernorm():
+    g = torch.Generator().manual_seed(2)
+    x = torch.randint(-2**15, 2**15, (7, 48), generator=g)
+    x[0] = 3  # zero variance
+    x[1] = torch.randint(-128, 128, (48,), generator=g)
+    bias = torch.randint(-2**20, 2**20, (48,), generator=g)
+    _eq(arith.int_layernorm(x, bias), R.int_layernorm(x.numpy(), bias.numpy()))
+
+
+@pytest.mark.parametrize("shape", [(17, 24, 8), (1, 3, 5), (64, 192, 576), (33, 20, 7)])
+def test_int_mm_exact(shape):
+    m, k, n = shape
+    g = torch.Generator().manual_seed(m)
+    a = torch.randint(-128, 128, (m, k), generator=g, dtype=torch.int8)
+    b = torch.randint(-128, 128, (k, n), generator=g, dtype=torch.int8)
+    want = a.long() @ b.long()
+    assert torch.equal(intmm.int_mm(a, b).long(), want)
+    pm, pk, pn = intmm.pad_shapes(m, k, n)  # the CUDA padding, checked here on the CPU
+    assert pm > 16 and pk % 8 == 0 and pn % 8 == 0
+    ap = torch.nn.functional.pad(a, (0, pk - k, 0, pm - m))
+    bp = torch.nn.functional.pad(b, (0, pn - n, 0, pk - k))
+    assert torch.equal(torch._int_mm(ap, bp)[:m, :n].long(), want)
+
+
+def test_exact_matmul_picks_an_exact_type():
+    assert intmm.exact_dtype(64 * 2**14) == torch.float32
+    assert intmm.exact_dtype(197 * 2**22) == torch.float64
+    assert intmm.exact_dtype(2**60) == torch.int64
+    g = torch.Generator().manual_seed(3)
+    a = torch.randint(0, 2**15, (2, 3, 50, 197), generator=g, dtype=torch.int16)
+    b = torch.randint(-128, 128, (2, 3, 197, 64), generator=g, dtype=torch.int8)
+    got = intmm.exact_matmul(a, b, 197 * 2**15 * 2**7)
+    assert torch.equal(got, a.long() @ b.long())
