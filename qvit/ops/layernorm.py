@@ -118,7 +118,10 @@ def int_sqrt_newton(var_int: Tensor, mode: str, *, ste: str = "inline",
 # --- I-LayerNorm --------------------------------------------------------------------------
 
 # `Paths.newton` of the chain -> int_sqrt_newton's mode (flag layernorm_newton's values)
-SQRT_MODES = {"ste": "ste", "no_grad": "no_grad", "node": "no_grad_sqrt_grad"}
+# Paths.newton -> the Newton sqrt's mode; "in_layernorm" (the lean node's own gradient,
+# the chain's) falls back to the node with that gradient where the chain runs instead
+SQRT_MODES = {"ste": "ste", "no_grad": "no_grad", "node": "no_grad_sqrt_grad",
+              "in_layernorm": "no_grad_sqrt_grad"}
 
 
 def layernorm_chain(x: Tensor, scale: Tensor, weight: Tensor, bias: Tensor,

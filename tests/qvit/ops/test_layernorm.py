@@ -109,3 +109,18 @@ def test_lean_layernorm_newton_modes_ste_and_node_are_one_path():
     best = Flags.preset("best")
     p = {m: best.replace(layernorm_newton=m).paths().newton for m in LN.NEWTON_MODES}
     assert p["ste"] == p["no_grad_sqrt_grad"] == "in_layernorm" and p["no_grad"] == "no_grad"
+
+
+def test_lean_layernorm_falls_back_to_the_chain_on_float64_input():
+    """Under `best` (lean LayerNorm, Newton "in_layernorm") a float64 input takes the chain,
+    which must know the lean node's Newton path (it raised KeyError: 'in_layernorm')."""
+    from qvit import Flags
+
+    g = torch.Generator().manual_seed(3)
+    x = (torch.randint(-60, 60, (2, 5, 16), generator=g) * 0.05).double()
+    s = torch.tensor([0.05], dtype=torch.float64)
+    g_out = torch.randn(2, 5, 16, generator=g, dtype=torch.float64)
+    best, legacy = _layernorm_runs(x, s, g_out, [Flags.preset("best"),
+                                                  Flags.preset("legacy")])
+    for a, b in zip(best[:4], legacy[:4], strict=True):
+        assert torch.equal(a, b)
