@@ -90,7 +90,7 @@ def spec_from_args(args, argv: list[str] | None = None):
 @friendly_errors
 def cmd_run(argv: list[str]) -> int:
     from harness.spec.executor import options_from
-    from harness.spec.plan import read_design
+    from harness.spec.planning import read_design
 
     args = run_parser().parse_args(argv)
     spec = spec_from_args(args, argv)

@@ -16,7 +16,7 @@ __all__ = ["PROVENANCE_COLUMNS", "provenance"]
 PROVENANCE_COLUMNS = ("git_commit", "git_dirty", "torch_version", "timm_version",
                       "cuda_version", "device_name", "cpu_model", "hostname")
 
-_REPO = Path(__file__).resolve().parent.parent
+_REPO = Path(__file__).resolve().parents[2]
 
 
 def _git(*args: str) -> str | None:

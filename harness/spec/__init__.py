@@ -1,7 +1,7 @@
 """What to run, decided before anything runs: run settings (`settings`, the one declaration
 of each setting, from which the CLI options come: `options`), executor options (`executor`),
 the spec file's schema (`schema`), datasets (`datasets`: the one list, checked without
-loading), ablation specs (`ablation`), their designs (`designs`) and plans (`plan`).
+loading), ablation specs (`ablation`), their designs (`designs`) and plans (`planning`).
 
 Imports no torch: a bad spec is refused within a second. The names below are the spec
 API in one place, loaded on first use (so `datasets` alone stays free of pydantic and qvit).
@@ -18,7 +18,7 @@ _API = {
                      "baseline_name", "design_configs", "device_type", "families",
                      "fractional", "not_run", "on_value"), "designs"),
     **dict.fromkeys(("PlannedRun", "block_orders", "epoch_configs", "format_plan", "plan",
-                     "read_design", "session_configs", "write_design"), "plan"),
+                     "read_design", "session_configs", "write_design"), "planning"),
     "SEED_MINUTES": "schema", "RunSettings": "settings",
 }
 

@@ -36,7 +36,7 @@ __all__ = ["RunSettings", "DATASETS", "DEVICES_HELP", "code_digest", "library_ve
 DATASETS = ("digits", "cifar10", "cifar100", "imagefolder", "synthetic")
 DEVICES_HELP = "cpu, cuda, cuda:N, mps or auto"
 _PACKAGES = ("torch", "timm", "torchvision", "numpy")
-_ROOT = Path(__file__).resolve().parent.parent
+_ROOT = Path(__file__).resolve().parents[2]
 
 
 class RunSettings(BaseModel):

@@ -139,7 +139,7 @@ def _write_json(path: Path, data: dict) -> None:
 
 def _child_env() -> dict:
     env = dict(os.environ)
-    root = str(Path(__file__).resolve().parent.parent)
+    root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in
                                                   env.get("PYTHONPATH", "").split(os.pathsep)
                                                   if p])

@@ -1,4 +1,4 @@
-"""A spec's plan (`harness.spec.plan`) as the run package's units: a `RunSpec` per planned
+"""A spec's plan (`harness.spec.planning`) as the run package's units: a `RunSpec` per planned
 run of whole epochs, a `Session` per step-interleaved block."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from harness.run.interleave import Session
 from harness.run.runner import RunSpec
 from harness.spec.ablation import AblationSpec
 from harness.spec.designs import Config
-from harness.spec.plan import PlannedRun, session_configs
+from harness.spec.planning import PlannedRun, session_configs
 
 __all__ = ["to_runspecs", "sessions_of"]
 

@@ -19,6 +19,7 @@ import pytest
 
 from harness import errors, records
 from harness.records import outdir as safety
+from harness.spec import datasets
 from qvit import Flags
 
 REPO = Path(__file__).resolve().parents[2]
@@ -320,15 +321,15 @@ def test_corrupt_image_named_before_anything_loads(tmp_path):
                 Image.new("RGB", (8, 8), (i * 50, 0, 0)).save(tmp_path / split / c / f"{i}.png")
     good = tmp_path / "train" / "bee" / "1.png"
     shutil.copy(good, tmp_path / "train" / "bee" / "2.png")
-    safety.check_dataset("imagefolder", tmp_path)
+    datasets.check_dataset("imagefolder", tmp_path)
     bad = tmp_path / "train" / "bee" / "3.jpg"
     bad.write_bytes(b"this is not an image")
     with pytest.raises(ValueError) as info:
-        safety.check_dataset("imagefolder", tmp_path)
+        datasets.check_dataset("imagefolder", tmp_path)
     assert str(info.value).startswith(f"unreadable image {bad} (")
     assert str(info.value).endswith("): remove or replace it") and "\n" not in str(info.value)
     bad.unlink()
     cut = tmp_path / "val" / "ant" / "0.png"
     cut.write_bytes(cut.read_bytes()[:-20])  # a PNG cut short
     with pytest.raises(ValueError, match=f"^unreadable image {cut} "):
-        safety.check_dataset("imagefolder", tmp_path)
+        datasets.check_dataset("imagefolder", tmp_path)

@@ -46,7 +46,7 @@ def _broken_links(folder: Path) -> set[str]:
 @pytest.mark.slow
 def test_run_two_configs_rerun_skips_and_report_rebuilds(tmp_path, capsys):
     args = ["run", *MODEL, "--flags", "legacy=legacy,num_workers=0", "--flags",
-            "fast=best,plot_every=1,num_workers=0", *TINY, "--out", str(tmp_path)]
+            "fast=best,plot_every=1", *TINY, "--out", str(tmp_path)]
     assert main(args) == 0
     t = records.read_table(tmp_path)
     assert sorted(t["config"].unique()) == ["fast", "legacy"] and len(t) == 4
@@ -103,7 +103,7 @@ def test_cuda_without_cuda_is_refused_up_front(tmp_path, capsys):
 def test_every_run_failed_ends_with_a_report_of_the_failures(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv(FAULT_ENV, '{"x": {"fault": "error", "epoch": 1},'
                                   ' "y": {"fault": "error", "epoch": 1}}')
-    argv = ["run", *MODEL, "--flags", "x=best,num_workers=0", "--flags",
+    argv = ["run", *MODEL, "--flags", "x=best", "--flags",
             "y=seed,num_workers=0", *TINY, "--out", str(tmp_path)]
     assert main(argv) == 1
     err = capsys.readouterr().err
@@ -118,7 +118,7 @@ def test_every_run_failed_ends_with_a_report_of_the_failures(tmp_path, capsys, m
 
 @pytest.mark.slow
 def test_one_epoch_counts_syncs_and_a_changed_setting_is_another_run(tmp_path):
-    base = ["run", *MODEL, "--flags", "c=best,num_workers=0", "--epochs", "1",
+    base = ["run", *MODEL, "--flags", "c=best", "--epochs", "1",
             "--steps-per-epoch", "2", "--eval-steps", "1", "--device", "cpu",
             "--no-pretrained", "--out", str(tmp_path)]
     assert main([*base, "--batch-size", "8"]) == 0
@@ -140,7 +140,7 @@ def test_one_epoch_counts_syncs_and_a_changed_setting_is_another_run(tmp_path):
 
 
 def test_run_ids_cover_every_setting(tmp_path):
-    base = ["--flags", "c=best,num_workers=0", "--out", str(tmp_path)]
+    base = ["--flags", "c=best", "--out", str(tmp_path)]
     ref = _run_ids(base)["c"]
     assert _run_ids(base)["c"] == ref  # the same command: the same run
     for extra in (["--epochs", "3"], ["--steps-per-epoch", "5"], ["--batch-size", "8"],

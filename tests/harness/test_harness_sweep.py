@@ -26,7 +26,7 @@ ARGS = ["--model", "harness_tiny:tiny_cnn", "--steps-per-epoch", "2", "--eval-st
 
 
 def _cmd(out, configs, epochs=2):
-    flags = [a for c in configs for a in ("--flags", f"{c}=best,num_workers=0")]
+    flags = [a for c in configs for a in ("--flags", f"{c}=best")]
     return [*ARGS, "--epochs", str(epochs), *flags, "--out", str(out)]
 
 

@@ -24,7 +24,7 @@ from harness.analysis import stats
 from harness.analysis.report import sections
 from harness.analysis.report.fmt import md_table
 from harness.errors import friendly_errors
-from harness.spec.plan import read_design
+from harness.spec.planning import read_design
 
 __all__ = ["build_report", "write_index", "load_design_table", "main", "md_table"]
 
