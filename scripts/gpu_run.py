@@ -226,8 +226,8 @@ def _commit() -> str:
             return q.stdout.strip()
     except (OSError, subprocess.TimeoutExpired):
         pass
-    stamp = ROOT / ".commit"  # written by scripts/gpu_run.sh where git is missing
-    return stamp.read_text().strip() if stamp.exists() else ""
+    stamp = ROOT / ".whl" / "COMMIT"  # written by scripts/gpu_wheels.sh (no .git there)
+    return " ".join(stamp.read_text().split()) if stamp.exists() else ""
 
 
 # --- 2. parity --------------------------------------------------------------------------------
@@ -375,6 +375,70 @@ def sync_probe(device: str) -> list[dict]:
     return out
 
 
+def sync_census(model_name: str, device: str, preset: str, *, batch: int,
+                img_size: int | None, num_classes: int = 10) -> dict:
+    """One training step of ``preset`` (after a warm-up step), its host syncs counted by
+    harness's counter and, on CUDA, by torch.cuda.set_sync_debug_mode('warn'), each CUDA
+    warning attributed to the Python line that made it: where the two counts differ, the
+    lines say which op. Data normalization is harness's (the loop's own per-batch step)."""
+    import collections
+    import warnings
+
+    import torch
+
+    import qvit
+
+    count_host_syncs = _import_first(("harness.measure", "harness.measure.syncs"),
+                                     "count_host_syncs")
+    normalize_batch = _import_first(("harness.data",), "normalize_batch")
+    dev = torch.device(device)
+    s = img_size or qvit.model_config(model_name)[1]["img_size"]
+    g = torch.Generator().manual_seed(0)
+    x8 = torch.randint(0, 256, (batch, 3, s, s), generator=g, dtype=torch.uint8).to(dev)
+    y = torch.randint(0, num_classes, (batch,), generator=g).to(dev)
+    ms = ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    torch.manual_seed(0)
+    flags = qvit.Flags.preset(preset)
+    model = qvit.create_model(model_name, num_classes=num_classes, img_size=img_size,
+                              flags=flags).to(dev)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=dev.type == "cuda"
+                            and flags.fused_optimizer, foreach=False if not
+                            (dev.type == "cuda" and flags.fused_optimizer) else None)
+
+    def step(count: bool):
+        x = normalize_batch(x8, ms)
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss
+
+    step(False)
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    sources: collections.Counter = collections.Counter()
+    debug = None
+    with count_host_syncs(dev) as c:
+        if dev.type == "cuda":
+            with warnings.catch_warnings(record=True) as rec:
+                warnings.simplefilter("always")
+                old = torch.cuda.get_sync_debug_mode()
+                torch.cuda.set_sync_debug_mode("warn")
+                try:
+                    step(True)
+                finally:
+                    torch.cuda.set_sync_debug_mode(old)
+            hits = [w for w in rec if "synchroniz" in str(w.message).lower()]
+            debug = len(hits)
+            sources.update(f"{Path(w.filename).name}:{w.lineno}" for w in hits)
+        else:
+            step(True)
+    return {"model": model_name, "preset": preset, "counter": c.count,
+            "counter_kinds": dict(c.by_kind), "cuda_debug": debug,
+            "cuda_debug_sources": dict(sources.most_common(12))}
+
+
 def phase_parity(args, log: Log, work: Path) -> Phase:
     ph = Phase("parity")
     import torch
@@ -389,11 +453,22 @@ def phase_parity(args, log: Log, work: Path) -> Phase:
             f"frexp device == host {r['frexp']['equal']} ({r['frexp']['values']} values); "
             f"control legacy==legacy eval {r['control_eval_equal']} step "
             f"{r['control_step_equal']} ({r['seconds']} s)")
+    census = []
+    for m in args.models:
+        for preset in ("legacy", "seed", "best"):
+            try:
+                r = sync_census(m, args.device, preset, batch=args.parity_batch,
+                                img_size=args.img_size)
+            except Exception as e:  # noqa: BLE001 - a diagnosis, not a verdict
+                r = {"model": m, "preset": preset, "error": f"{type(e).__name__}: {e}"}
+            census.append(r)
+            log(f"sync census {m} {preset}: counter {r.get('counter')} cuda debug "
+                f"{r.get('cuda_debug')} {r.get('cuda_debug_sources') or r.get('error', '')}")
     probe = sync_probe(args.device)
     for p in probe:
         log(f"sync probe {p['op']:18s} counter {p['counter']}  cuda debug {p['cuda_debug']}")
     ph.ok = all(r["equal"] for r in results)
-    ph.data = {"models": results, "sync_probe": probe}
+    ph.data = {"models": results, "sync_probe": probe, "sync_census": census}
     (work / "parity.json").write_text(json.dumps(ph.data, indent=1, default=str))
     return ph
 
@@ -691,6 +766,16 @@ def summarize(phases: dict[str, Phase], env: dict, work: Path, sizes: Sizes,
         lines += ["", "sync probe (one op each): " + ", ".join(
             f"{p['op']} {p['counter']}/{_fmt(p['cuda_debug'])}"
             for p in par.data.get("sync_probe", [])) + " (counter/CUDA debug)"]
+        census = par.data.get("sync_census") or []
+        if census:
+            lines += ["", "one training step, syncs (harness's normalize_batch + the model + "
+                      "AdamW): counter vs CUDA debug, and the lines CUDA's warnings came from",
+                      "", "| model | preset | counter | CUDA debug | CUDA's sources |",
+                      "|---|---|---|---|---|"]
+            lines += [f"| {r['model']} | {r['preset']} | {r.get('counter', '-')} | "
+                      f"{_fmt(r.get('cuda_debug'))} | "
+                      f"{r.get('error') or ', '.join(f'{k} x{v}' for k, v in (r.get('cuda_debug_sources') or {}).items())[:300]} |"
+                      for r in census]
     for key in ("timeline", "best"):
         ph = phases.get(key)
         if not ph or "out" not in ph.data:
