@@ -489,12 +489,39 @@ def run_ablation(which: str, args, sizes: Sizes, log: Log, work: Path) -> Phase:
         cmd += ["--threads", str(args.threads)]
     ph.data = {"cmd": shlex.join(cmd), "out": str(out), "spec": spec}
     log(f"$ {shlex.join(cmd)}")
-    with (work / f"{which}.log").open("w") as f:
-        q = subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, env=_env())
-    ph.ok = q.returncode == 0
+    rc, note = _call(cmd, work / f"{which}.log")
+    ph.ok = rc == 0
     if not ph.ok:
-        ph.note = f"exit {q.returncode}: " + _tail(work / f"{which}.log")
+        ph.note = (note or f"exit {rc}") + ": " + _tail(work / f"{which}.log")
     return ph
+
+
+DEADLINE = {"t": None}  # perf_counter time by which the script must have packed its files
+RESERVE_S = 45.0        # kept for the reports, the summary and the tarball
+
+
+def _call(cmd: list[str], log_path: Path, *, reserve: float = RESERVE_S) -> tuple[int, str]:
+    """Run ``cmd`` (its own process group) into ``log_path``; past the deadline minus
+    ``reserve`` the whole group is killed (the harness's block children too), so the script
+    still writes its summary before the device tool's limit. Returns (exit code, note)."""
+    import signal
+
+    timeout = None
+    if DEADLINE["t"] is not None:
+        timeout = max(DEADLINE["t"] - reserve - time.perf_counter(), 5.0)
+    with log_path.open("w") as f:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, env=_env(),
+                                start_new_session=True)
+        try:
+            return proc.wait(timeout=timeout), ""
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+            return -9, f"killed at the deadline after {timeout:.0f} s (partial results)"
 
 
 def _env() -> dict:
@@ -516,11 +543,10 @@ def run_report(folder: Path, log: Log, work: Path) -> Phase:
     ph = Phase(f"report {folder.name}")
     cmd = [sys.executable, "-m", "harness", "report", str(folder)]
     log(f"$ {shlex.join(cmd)}")
-    with (work / f"report_{folder.name}.log").open("w") as f:
-        q = subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, env=_env())
-    ph.ok = q.returncode == 0 and (folder / "report.md").exists()
+    rc, note = _call(cmd, work / f"report_{folder.name}.log", reserve=10.0)
+    ph.ok = rc == 0 and (folder / "report.md").exists()
     if not ph.ok:
-        ph.note = f"exit {q.returncode}: " + _tail(work / f"report_{folder.name}.log")
+        ph.note = (note or f"exit {rc}") + ": " + _tail(work / f"report_{folder.name}.log")
     return ph
 
 
@@ -834,6 +860,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                        help=f"(measurement default {getattr(d, name)}; smoke "
                        f"{getattr(SMOKE, name)})")
     p.add_argument("--compile", action="store_true", help="add best,compile_model=true")
+    p.add_argument("--deadline-min", type=float, default=9.0,
+                   help="minutes after which running harness commands are stopped so that "
+                   "the summary and the tarball are still written (under the device "
+                   "tool's timeout_s; 0: none)")
     args = p.parse_args(argv)
     if not args.out:
         p.error("--out (or $OUT) is required")
@@ -864,6 +894,7 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     log = Log(out / "run.log")
     t_start = time.perf_counter()
+    DEADLINE["t"] = t_start + args.deadline_min * 60 if args.deadline_min > 0 else None
     sizes = args.sizes
     log(f"gpu_run: {'smoke' if args.smoke else 'measurement'} on {args.device}; models "
         f"{','.join(args.models)}; sizes {' '.join(sizes.args())}")
