@@ -419,7 +419,12 @@ def sync_census(model_name: str, device: str, preset: str, *, batch: int,
         torch.cuda.synchronize()
     sources: collections.Counter = collections.Counter()
     debug = None
+    # a non-capturable optimizer keeps its step counters on the host by design (harness's
+    # loop declares them the same way): reading them is no device read
+    host_steps = [st["step"] for st in opt.state.values()
+                  if isinstance(st.get("step"), torch.Tensor) and st["step"].device.type == "cpu"]
     with count_host_syncs(dev) as c:
+        c.host_resident(host_steps)
         if dev.type == "cuda":
             with warnings.catch_warnings(record=True) as rec:
                 warnings.simplefilter("always")
