@@ -43,10 +43,11 @@ import subprocess
 import sys
 import tarfile
 import time
-import tomllib
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parent.parent
 SPECS = {"timeline": ROOT / "ablations" / "gpu_seed_timeline.toml",
@@ -803,10 +804,11 @@ def summarize(phases: dict[str, Phase], env: dict, work: Path, sizes: Sizes,
                       "AdamW): counter vs CUDA debug, and the lines CUDA's warnings came from",
                       "", "| model | preset | counter | CUDA debug | CUDA's sources |",
                       "|---|---|---|---|---|"]
-            lines += [f"| {r['model']} | {r['preset']} | {r.get('counter', '-')} | "
-                      f"{_fmt(r.get('cuda_debug'))} | "
-                      f"{r.get('error') or ', '.join(f'{k} x{v}' for k, v in (r.get('cuda_debug_sources') or {}).items())[:300]} |"
-                      for r in census]
+            for r in census:
+                where = r.get("error") or ", ".join(
+                    f"{k} x{v}" for k, v in (r.get("cuda_debug_sources") or {}).items())
+                lines.append(f"| {r['model']} | {r['preset']} | {r.get('counter', '-')} | "
+                             f"{_fmt(r.get('cuda_debug'))} | {where[:300]} |")
     for key in ("timeline", "best"):
         ph = phases.get(key)
         if not ph or "out" not in ph.data:

@@ -128,9 +128,10 @@ def test_sync_debug_cross_check_counts_only_sync_warnings_and_restores(monkeypat
     monkeypatch.setattr(torch.cuda, "get_sync_debug_mode", lambda: 0)
     monkeypatch.setattr(torch.cuda, "set_sync_debug_mode", modes.append)
     with count_host_syncs("cuda", cuda_debug=True) as c:
-        warnings.warn("called a synchronizing CUDA operation", UserWarning)
-        warnings.warn("called a synchronizing CUDA operation", UserWarning)  # not deduplicated
-        warnings.warn("something else entirely", UserWarning)
+        warnings.warn("called a synchronizing CUDA operation", UserWarning, stacklevel=1)
+        # a second, identical warning: counted again, not deduplicated
+        warnings.warn("called a synchronizing CUDA operation", UserWarning, stacklevel=1)
+        warnings.warn("something else entirely", UserWarning, stacklevel=1)
         torch.cuda.synchronize()  # the counter's own wrapper
     assert modes == ["warn", 0]
     assert c.cuda_debug_count == 2

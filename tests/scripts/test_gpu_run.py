@@ -10,12 +10,12 @@ import os
 import subprocess
 import sys
 import tarfile
-import tomllib
 from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
 import pytest
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[2]
 
