@@ -53,7 +53,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SPECS = {"timeline": ROOT / "ablations" / "gpu_seed_timeline.toml",
          "best": ROOT / "ablations" / "gpu_best.toml"}
 GPU_MODELS = ("deit_tiny_patch16_224", "swin_tiny_patch4_window7_224")
-INTERLEAVE_WARMUP = 3     # harness.interleave.Session.warmup: untimed rounds per session
+INTERLEAVE_WARMUP = 3     # harness.run.interleave.Session.warmup: untimed rounds per session
 SAFETY = 1.25             # predicted minutes are multiplied by this before they must fit
 COMPILED = {"name": "best_compiled", "flags": "best,compile_model=true",
             "note": "best, torch.compile (qvit_inductor)"}
@@ -347,7 +347,7 @@ def sync_probe(device: str) -> list[dict]:
     torch.cuda.set_sync_debug_mode: where the two disagree, which op it is."""
     import torch
 
-    count_host_syncs = _import_first(("harness.measure", "harness.measure.syncs"),
+    count_host_syncs = _import_first(("harness.run.measure",),
                                      "count_host_syncs")
     dev = torch.device(device)
     x = torch.arange(8, device=dev, dtype=torch.float32)
@@ -389,9 +389,9 @@ def sync_census(model_name: str, device: str, preset: str, *, batch: int,
 
     import qvit
 
-    count_host_syncs = _import_first(("harness.measure", "harness.measure.syncs"),
+    count_host_syncs = _import_first(("harness.run.measure",),
                                      "count_host_syncs")
-    normalize_batch = _import_first(("harness.data",), "normalize_batch")
+    normalize_batch = _import_first(("harness.run.data",), "normalize_batch")
     dev = torch.device(device)
     s = img_size or qvit.model_config(model_name)[1]["img_size"]
     g = torch.Generator().manual_seed(0)

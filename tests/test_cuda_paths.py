@@ -33,8 +33,8 @@ def _find(attr: str):
     """``attr`` from the harness module that defines it (where it lives may change)."""
     import harness
 
-    preferred = ("harness.measure", "harness.loop", "harness.data", "harness.provenance",
-                 "harness.runner", "harness.interleave")
+    preferred = ("harness.run.measure", "harness.run.loop", "harness.run.data",
+                 "harness.records.provenance", "harness.run.runner", "harness.run.interleave")
     names = list(preferred) + [i.name for i in pkgutil.walk_packages(harness.__path__,
                                                                      "harness.")]
     for name in names:
@@ -319,7 +319,7 @@ def _count_device_tensor_builds(monkeypatch):
 
 
 @pytest.mark.xfail(strict=True, reason=(
-    "harness/data.py normalize_batch builds mean and std with torch.tensor(..., "
+    "harness/run/data.py normalize_batch builds mean and std with torch.tensor(..., "
     "device=x.device) on every batch: on CUDA two blocking host-to-device copies (each a "
     "cudaMemcpy + stream sync) inside every timed and sync-counted training step of every "
     "config, invisible to the sync counter but counted by CUDA's sync debug mode. Fix: "
@@ -337,7 +337,7 @@ def test_normalize_batch_builds_no_device_tensor_per_batch(monkeypatch):
 
 
 @pytest.mark.xfail(strict=True, reason=(
-    "harness/loop.py evaluate: torch.tensor(float(y.shape[0]), device=device, "
+    "harness/run/loop.py evaluate: torch.tensor(float(y.shape[0]), device=device, "
     "dtype=torch.float64) per eval batch is a blocking host-to-device copy (a stream sync on "
     "CUDA) in a loop whose docstring says every sum stays on the device until one read. "
     "Fix: torch.full((), float(y.shape[0]), device=device, dtype=torch.float64), or count "
@@ -353,7 +353,7 @@ def test_evaluate_builds_no_device_tensor_per_batch(monkeypatch):
 
 
 @pytest.mark.xfail(strict=True, reason=(
-    "harness/measure.py _SyncDispatchMode counts device-to-host copies only; a blocking "
+    "harness/run/measure.py _SyncDispatchMode counts device-to-host copies only; a blocking "
     "host-to-device copy (aten::_to_copy / aten::copy_ from a CPU tensor to the device with "
     "non_blocking=False: tensor.to('cuda'), legacy's torch.tensor(...).to(device) per call, "
     "batch_frexp's m.to(device)) is a cudaMemcpy + stream sync that CUDA's sync debug mode "
