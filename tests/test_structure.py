@@ -185,3 +185,8 @@ def test_modules_that_name_the_repository_find_it():
 
     assert settings._ROOT == ROOT and provenance._REPO == ROOT
     assert any(p.name == "flags.py" for p in settings._sources())
+
+
+def test_no_two_test_files_share_a_name():
+    names = [p.name for p in (ROOT / "tests").rglob("test_*.py")]
+    assert sorted({n for n in names if names.count(n) > 1}) == []

@@ -120,7 +120,7 @@ def test_every_run_failed_ends_with_a_report_of_the_failures(tmp_path, capsys, m
 def test_one_epoch_counts_syncs_and_a_changed_setting_is_another_run(tmp_path):
     base = ["run", *MODEL, "--flags", "c=best", "--epochs", "1",
             "--steps-per-epoch", "2", "--eval-steps", "1", "--device", "cpu",
-            "--no-pretrained", "--out", str(tmp_path)]
+            "--no-pretrained", "--threads", "1", "--out", str(tmp_path)]
     assert main([*base, "--batch-size", "8"]) == 0
     t1 = records.read_table(tmp_path)
     assert len(t1) == 1 and not t1["warmup"].iloc[0]
@@ -136,6 +136,10 @@ def test_one_epoch_counts_syncs_and_a_changed_setting_is_another_run(tmp_path):
     assert second != first and sorted(t2["run_id"]) == sorted([first, second])  # run anew
     assert (t2["status"] == "ok").all()
     report = (tmp_path / "report.md").read_text()
+    # the process settings are recorded once, as applied: device_name names the threads
+    # column's count (it named the count from before the run set it)
+    for _, r in t2.iterrows():
+        assert r["threads"] == 1 and r["device_name"].endswith(", 1 threads)")
     assert "1 rows in this folder's table belong to runs of other identities" in report
 
 
