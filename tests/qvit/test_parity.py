@@ -95,8 +95,31 @@ def test_flag_toggle_keeps_its_declared_parity(bases, model_name, base, flag, va
     elif expected == "near-exact":  # requantization rounding: a few steps of logits at most
         assert rel_l2(got["logits"][0], ref["logits"][0]) < 0.05
         assert grads_rel_diff(got["grads"][0], ref["grads"][0]) < 0.05
+    elif expected == "differs":  # changes what trains: the numbers must move
+        with pytest.raises(AssertionError):
+            assert_bitwise_equal(got, ref, f"{base}:{flag}={value}")
     else:
         pytest.fail(f"no check for class {expected}")
+
+
+@pytest.mark.parametrize("model_name", MICRO)
+def test_layernorm_bias_grad_trains_every_bias_alike_on_every_path(bases, model_name):
+    """layernorm_bias_grad: the evals and the first loss as without it, every LayerNorm bias
+    gets a gradient and the other gradients of that step are unchanged; best equals legacy
+    with it bit for bit (the lean node's bias gradient is the chain's)."""
+    on = {p: small_trajectory(model_name, Flags.preset(p).replace(layernorm_bias_grad=True))
+          for p in ("legacy", "best")}
+    assert_bitwise_equal(on["best"], on["legacy"], f"{model_name} best vs legacy, bias grad")
+    ref = bases[(model_name, "legacy")]
+    assert torch.equal(on["legacy"]["logits"][0], ref["logits"][0])
+    assert torch.equal(on["legacy"]["loss"][0], ref["loss"][0])
+    grads = on["legacy"]["grads"][0]
+    new = set(grads) - set(ref["grads"][0])
+    assert new and all(n.endswith("bias") and "norm" in n for n in new)
+    model = small_model(model_name, LEGACY)
+    norms = {f"{n}.bias" for n, m in model.named_modules() if isinstance(m, torch.nn.LayerNorm)}
+    assert new == norms
+    assert all(torch.equal(grads[k], ref["grads"][0][k]) for k in ref["grads"][0])
 
 
 @pytest.mark.parametrize("model_name", MICRO)
