@@ -95,9 +95,6 @@ def test_flag_toggle_keeps_its_declared_parity(bases, model_name, base, flag, va
     elif expected == "near-exact":  # requantization rounding: a few steps of logits at most
         assert rel_l2(got["logits"][0], ref["logits"][0]) < 0.05
         assert grads_rel_diff(got["grads"][0], ref["grads"][0]) < 0.05
-    elif expected == "differs":  # changes what trains: the numbers must move
-        with pytest.raises(AssertionError):
-            assert_bitwise_equal(got, ref, f"{base}:{flag}={value}")
     else:
         pytest.fail(f"no check for class {expected}")
 
