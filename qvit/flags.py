@@ -166,6 +166,11 @@ class Flags:
         "`if torch.eq(min, max).all()`, a host sync per call")
     act_aminmax: bool = _ours(
         "QuantAct's batch range by one torch.aminmax pass instead of min() then max()")
+    layernorm_bias_grad: bool = _flag(
+        change=None, scope="module", legacy=False, seed=False, best=False, parity="differs",
+        help="IntLayerNorm's bias receives its straight-through gradient (through the floor "
+             "of bias / weight / scale, the weight there detached); off: I-ViT's frozen bias "
+             "(its forward reads bias.data.detach(): the LayerNorm biases never train)")
     # --- our implementations: one choice per operation (qvit/ops/<operation>.py) ----------
     ste_impl: str = _impl(
         ("reference", "lean"),

@@ -8,6 +8,7 @@ import warnings
 import torch
 import torch.utils.checkpoint
 from timm.layers import trunc_normal_
+from timm.models._features import feature_take_indices
 from torch import Tensor, nn
 
 from .blocks import (
@@ -193,6 +194,16 @@ class QuantModel(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_head_with_scale(*self.forward_features_with_scale(x))[0]
 
+    # --- timm's feature API (features_only=True wraps the model in timm's FeatureGetterNet)
+
+    @staticmethod
+    def _check_output_fmt(output_fmt: str, allowed: tuple[str, ...]) -> None:
+        if output_fmt not in allowed:
+            raise ValueError(f"output_fmt must be one of {allowed}, got {output_fmt!r}")
+
+    def _passthrough_norm(self) -> nn.Module:
+        return _NoHead()  # (x, scale) -> (x, scale): a pruned final norm
+
     @property
     def flags(self) -> Flags:
         return self._flags
@@ -274,6 +285,8 @@ class QuantViT(QuantModel):
         self.norm = int_layer_norm(embed_dim)
         self.q_head = QuantAct(8)
         self.head = QuantLinear(embed_dim, num_classes) if num_classes else _NoHead()
+        self.feature_info = [dict(module=f"blocks.{i}", num_chs=embed_dim, reduction=patch_size)
+                             for i in range(depth)]
         trunc_normal_(self.pos_embed, std=0.02)
         trunc_normal_(self.cls_token, std=0.02)
         self._finish_init()
@@ -296,16 +309,61 @@ class QuantViT(QuantModel):
     def _set_classifier(self, head: nn.Module) -> None:
         self.head = head
 
-    def forward_features_with_scale(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Tokens after the final norm (B, 1 + patches, C) and their scale."""
+    def _embed(self, x: Tensor) -> tuple[Tensor, Tensor]:
         x, scale = self.patch_embed(*self.q_input(x))
         x = torch.cat((self.cls_token.expand(x.shape[0], -1, -1), x), dim=1)  # shares scale
         pos, pos_scale = self.q_pos(self.pos_embed)
         x, scale = self.q_embed(x, scale, pos, pos_scale)
-        x = self.pos_drop(x)
+        return self.pos_drop(x), scale
+
+    def forward_features_with_scale(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Tokens after the final norm (B, 1 + patches, C) and their scale."""
+        x, scale = self._embed(x)
         for blk in self.blocks:
             x, scale = self._block(blk, x, scale)
         return self.norm(x, scale)
+
+    def forward_intermediates(self, x: Tensor, indices: int | list[int] | None = None,
+                              return_prefix_tokens: bool = False, norm: bool = False,
+                              stop_early: bool = False, output_fmt: str = "NCHW",
+                              intermediates_only: bool = False):
+        """timm's ViT API: the blocks' outputs at ``indices`` (last n if an int, all if
+        None), as values (their scales dropped), optionally through the final norm, as
+        (B, C, H, W) ("NCHW") or tokens ("NLC") without the class token (``return_prefix_
+        tokens``: (spatial, prefix) pairs); with the final features unless
+        ``intermediates_only`` (those of `forward_features`, after the last block run)."""
+        self._check_output_fmt(output_fmt, ("NCHW", "NLC"))
+        take, max_index = feature_take_indices(len(self.blocks), indices)
+        x, scale = self._embed(x)
+        inter = []
+        blocks = self.blocks[:max_index + 1] if stop_early else self.blocks
+        for i, blk in enumerate(blocks):
+            x, scale = self._block(blk, x, scale)
+            if i in take:
+                inter.append(self.norm(x, scale)[0] if norm else x)
+        n = self.num_prefix_tokens
+        prefix, inter = [y[:, :n] for y in inter], [y[:, n:] for y in inter]
+        if output_fmt == "NCHW":
+            H, W = self.patch_embed.grid_size
+            inter = [y.reshape(y.shape[0], H, W, -1).permute(0, 3, 1, 2).contiguous()
+                     for y in inter]
+        if return_prefix_tokens:
+            inter = list(zip(inter, prefix, strict=True))
+        if intermediates_only:
+            return inter
+        return self.norm(x, scale)[0], inter
+
+    def prune_intermediate_layers(self, indices: int | list[int] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> list[int]:
+        """timm's: drop the blocks after the last of ``indices`` (and the final norm, the
+        classifier where asked); returns the absolute indices kept."""
+        take, max_index = feature_take_indices(len(self.blocks), indices)
+        self.blocks = self.blocks[:max_index + 1]
+        if prune_norm:
+            self.norm = self._passthrough_norm()
+        if prune_head:
+            self.reset_classifier(0, "")
+        return take
 
     def forward_head_with_scale(self, x: Tensor, scale: Tensor, pre_logits: bool = False
                                 ) -> tuple[Tensor, Tensor]:
@@ -406,6 +464,8 @@ class QuantSwin(QuantModel):
                                     drop_path_impl))
             dim = out_dim
         self.layers = nn.ModuleList(stages)
+        self.feature_info = [dict(num_chs=embed_dim * 2**i, reduction=patch_size * 2**i,
+                                  module=f"layers.{i}") for i in range(len(depths))]
         self.num_features = self.head_hidden_size = dim
         self.feature_grid = (grid[0] // 2 ** (len(depths) - 1), grid[1] // 2 ** (len(depths) - 1))
         self.norm = int_layer_norm(dim)
@@ -451,19 +511,69 @@ class QuantSwin(QuantModel):
     def _unused_quantizers(self) -> set[str]:
         return {"q_pool"} if self.global_pool == "" else set()
 
-    def forward_features_with_scale(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Features after the final norm, (B, H, W, C) as timm's Swin, and their scale."""
+    def _embed(self, x: Tensor) -> tuple[Tensor, Tensor]:
         x, scale = self.patch_embed(*self.q_input(x))
         if self.absolute_pos_embed is not None:
             pos, pos_scale = self.q_pos(self.absolute_pos_embed)
             x, scale = self.q_embed(x, scale, pos, pos_scale)
         else:
             x, scale = self.q_embed(x, scale)
-        x = self.pos_drop(x)
+        return self.pos_drop(x), scale
+
+    def forward_features_with_scale(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Features after the final norm, (B, H, W, C) as timm's Swin, and their scale."""
+        x, scale = self._embed(x)
         for stage in self.layers:
             x, scale = stage(x, scale)
         x, scale = self.norm(x, scale)
         return x.view(x.shape[0], *self.feature_grid, x.shape[-1]), scale
+
+    def _stage_grid(self, i: int) -> tuple[int, int]:
+        grid = self.patch_embed.grid_size
+        return grid[0] // 2**i, grid[1] // 2**i
+
+    def forward_intermediates(self, x: Tensor, indices: int | list[int] | None = None,
+                              norm: bool = False, stop_early: bool = False,
+                              output_fmt: str = "NCHW", intermediates_only: bool = False):
+        """timm's Swin API: the stages' outputs at ``indices`` (last n if an int, all if
+        None) as values (their scales dropped), the last stage's through the final norm if
+        ``norm``, as (B, C, H, W) ("NCHW") or (B, H, W, C) ("NHWC"); with the final features
+        (B, H, W, C) unless ``intermediates_only`` (normed only where the last stage ran:
+        then those of `forward_features`)."""
+        self._check_output_fmt(output_fmt, ("NCHW", "NHWC"))
+        take, max_index = feature_take_indices(len(self.layers), indices)
+        x, scale = self._embed(x)
+        last = len(self.layers) - 1
+        inter = []
+        stages = self.layers[:max_index + 1] if stop_early else self.layers
+        i = 0
+        for i, stage in enumerate(stages):
+            x, scale = stage(x, scale)
+            if i in take:
+                y = self.norm(x, scale)[0] if norm and i == last else x
+                y = y.reshape(y.shape[0], *self._stage_grid(i), y.shape[-1])
+                inter.append(y.permute(0, 3, 1, 2).contiguous() if output_fmt == "NCHW" else y)
+        if intermediates_only:
+            return inter
+        if i == last:
+            x, scale = self.norm(x, scale)
+        return x.reshape(x.shape[0], *self._stage_grid(i), x.shape[-1]), inter
+
+    def prune_intermediate_layers(self, indices: int | list[int] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> list[int]:
+        """timm's: drop the stages after the last of ``indices``; the final norm (sized for
+        the last stage) and the classifier go with them, or where asked."""
+        take, max_index = feature_take_indices(len(self.layers), indices)
+        prune_end = max_index < len(self.layers) - 1
+        if prune_norm or prune_end:
+            self.norm = self._passthrough_norm()
+        self.layers = self.layers[:max_index + 1]
+        if prune_end:
+            self.num_features = self.head_hidden_size = self.feature_info[max_index]["num_chs"]
+            self.feature_grid = self._stage_grid(max_index)
+        if prune_head or prune_end:
+            self.reset_classifier(0, "")
+        return take
 
     def forward_head_with_scale(self, x: Tensor, scale: Tensor, pre_logits: bool = False
                                 ) -> tuple[Tensor, Tensor]:

@@ -341,9 +341,9 @@ class QuantMatMul(QuantModule):
 class IntLayerNorm(QuantModule, nn.LayerNorm):
     """I-LayerNorm (`qvit.ops.layernorm`): integer mean/variance, integer Newton sqrt,
     output scale sqrt(C)/2^30 x weight. The bias enters as integers of ``bias / weight``
-    (no gradient, as in I-ViT)."""
+    (no gradient, as in I-ViT, unless flag layernorm_bias_grad passes its STE's)."""
 
-    PATH_FIELDS = ("layernorm", "newton", "ste")
+    PATH_FIELDS = ("layernorm", "newton", "layernorm_bias", "ste")
 
     def __init__(self, normalized_shape: int, eps: float = 1e-6, elementwise_affine=True):
         nn.LayerNorm.__init__(self, normalized_shape, eps, elementwise_affine)
@@ -353,8 +353,11 @@ class IntLayerNorm(QuantModule, nn.LayerNorm):
 
     def _bind(self, p: Paths) -> None:
         self._lean = p.layernorm == "lean"
-        self._chain = partial(layernorm.layernorm_chain, newton=p.newton, ste=p.ste)
-        self._lean_node = partial(layernorm.layernorm_lean, newton=p.newton)
+        bias_grad = p.layernorm_bias == "straight_through"
+        self._chain = partial(layernorm.layernorm_chain, newton=p.newton, ste=p.ste,
+                              bias_grad=bias_grad)
+        self._lean_node = partial(layernorm.layernorm_lean, newton=p.newton,
+                                  bias_grad=bias_grad)
 
     def forward(self, x: Tensor, scaling_factor: Tensor) -> tuple[Tensor, Tensor]:
         args = (x, scaling_factor, self.weight, self.bias, self.dim_sqrt)

@@ -59,6 +59,8 @@ class Paths:
     * ``layernorm``: "chain" or "lean"; ``newton``: the Newton sqrt's gradient: "ste"
       (the STE chain), "no_grad" (none), "node" (one node replaying the chain's), or
       "in_layernorm" (inside the lean LayerNorm node, the chain's gradient);
+    * ``layernorm_bias``: "frozen" (I-ViT: the bias's integers are detached, no gradient) or
+      "straight_through" (flag layernorm_bias_grad: the floor's STE passes one);
     * ``rel_pos_bias_eval``: "every_call", "cached" (seed change 13) or "absent" (no
       relative position bias: not a Swin).
 
@@ -84,6 +86,7 @@ class Paths:
     exp_x0_eval: str
     layernorm: str
     newton: str
+    layernorm_bias: str
     rel_pos_bias_eval: str
     cuda_sync: str
     loss_read: str
@@ -153,6 +156,7 @@ def _paths(f: Flags, device_type: str | None, family: str | None) -> Paths:
         exp_x0_eval="cached" if f.cache_exp_x0 and f.cache_eval_act_scale else "every_call",
         layernorm="lean" if f.layernorm_impl == "lean" else "chain",
         newton=newton,
+        layernorm_bias="straight_through" if f.layernorm_bias_grad else "frozen",
         rel_pos_bias_eval=("absent" if family == "vit" else
                            "cached" if f.cache_rel_pos_bias and f.cache_eval_act_scale
                            else "every_call"),

@@ -65,19 +65,45 @@ def _variant(name: str, family: str, cfg: dict[str, Any] | None = None, **arch: 
             raise ValueError("qvit models have no pretrained quantized weights; create the "
                              "model, then qvit.load_float_weights(model, <timm checkpoint>) "
                              "or qvit.load_ivit_checkpoint(model, <I-ViT checkpoint>)")
-        if kwargs.pop("features_only", False):
-            raise ValueError("qvit models do not support features_only; use num_classes=0 "
-                             "(pooled features) or model.forward_features(x) (unpooled)")
+        features_only = kwargs.pop("features_only", False)
         kwargs.pop("cache_dir", None)
         from timm.models import resolve_pretrained_cfg
 
         cfg = resolve_pretrained_cfg(f"qvit_{name}", pretrained_cfg=pretrained_cfg,
                                      pretrained_cfg_overlay=pretrained_cfg_overlay)
+        if features_only:
+            return _feature_net(name, family, cfg.to_dict(), kwargs)
         return create_model(name, pretrained_cfg=cfg.to_dict(), **kwargs)
 
     _timm_entry.__name__ = f"qvit_{name}"
     _timm_entry.__module__ = __name__
     timm.models.register_model(_timm_entry)
+
+
+def _feature_net(name: str, family: str, cfg: dict[str, Any], kwargs: dict[str, Any]
+                 ) -> nn.Module:
+    """``features_only=True``: the model in timm's FeatureGetterNet (`forward_intermediates`,
+    pruned after the last index), with timm's default indices: the last 3 blocks of a ViT,
+    every stage of a Swin."""
+    from timm.models._features import FeatureGetterNet
+
+    feature_cls = kwargs.pop("feature_cls", "getter")
+    if feature_cls != "getter":
+        raise ValueError(f"qvit models give features through forward_intermediates: "
+                         f"feature_cls='getter' (timm's FeatureGetterNet), got {feature_cls!r}")
+    feature_cfg = dict(kwargs.pop("feature_cfg", None) or {})
+    feature_cfg.pop("feature_cls", None)
+    out_indices = kwargs.pop("out_indices", feature_cfg.pop("out_indices", None))
+    for key in ("output_fmt", "norm"):
+        if key in kwargs:
+            feature_cfg[key] = kwargs.pop(key)
+    kwargs.setdefault("num_classes", 0)
+    model = create_model(name, pretrained_cfg=cfg, **kwargs)
+    if out_indices is None:
+        out_indices = 3 if family == "vit" else tuple(range(len(model.feature_info)))
+    net = FeatureGetterNet(model, out_indices=out_indices, **feature_cfg)
+    net.pretrained_cfg = net.default_cfg = model.pretrained_cfg  # as timm's builder does
+    return net
 
 
 _MICRO = dict(mean=DIGITS_MEAN_STD[0], std=DIGITS_MEAN_STD[1], crop_pct=1.0,

@@ -1,7 +1,8 @@
 """I-LayerNorm: integer mean and variance, the integer Newton square root, and the output
 (floor(y * floor(I / sqrt_int(var)) / 2) + bias_int) at scale sqrt(C) / 2^30 * weight, with
 y = x/s - round(mean(x/s)); the bias enters as integers of bias / weight / scale with no
-gradient (as in I-ViT).
+gradient (as in I-ViT), or with its floor's straight-through gradient (`Paths.layernorm_bias`
+"straight_through", flag layernorm_bias_grad; the weight in it stays detached).
 
 The Newton sqrt's gradient (`Paths.newton`, flag layernorm_newton):
 ``ste`` (I-ViT: ten floor-STE steps under autograd), ``no_grad`` (seed change 5: none,
@@ -125,10 +126,11 @@ SQRT_MODES = {"ste": "ste", "no_grad": "no_grad", "node": "no_grad_sqrt_grad",
 
 
 def layernorm_chain(x: Tensor, scale: Tensor, weight: Tensor, bias: Tensor,
-                    dim_sqrt: Tensor, newton: str, ste: str = "inline"
+                    dim_sqrt: Tensor, newton: str, ste: str = "inline", bias_grad: bool = False
                     ) -> tuple[Tensor, Tensor]:
-    """The chain: values and output scale; gradients by autograd (none to the bias).
-    ``newton``: the sqrt's gradient, "ste", "no_grad" or "node" (`Paths.newton`)."""
+    """The chain: values and output scale; gradients by autograd (none to the bias unless
+    ``bias_grad``). ``newton``: the sqrt's gradient, "ste", "no_grad" or "node"
+    (`Paths.newton`)."""
     rnd, floor = ROUND[ste], FLOOR[ste]
     x_int = x / scale
     mean_int = rnd(x_int.mean(dim=-1, keepdim=True))
@@ -138,7 +140,7 @@ def layernorm_chain(x: Tensor, scale: Tensor, weight: Tensor, bias: Tensor,
     factor = floor(INT32_MAX / std_int)
     y_int = floor(y_int * factor / 2)
     out_scale = dim_sqrt / 2**OUT_SCALE_BITS
-    bias_int = floor(bias.detach() / weight.detach() / out_scale)
+    bias_int = floor((bias if bias_grad else bias.detach()) / weight.detach() / out_scale)
     out_scale = out_scale * weight
     return (y_int + bias_int) * out_scale, out_scale
 
@@ -152,6 +154,7 @@ class _IntLayerNormLean(Function):
 
     @staticmethod
     def forward(ctx, x, scale, weight, bias_int, s0, iterations, sqrt_grad):
+        # (bias_int's gradient, where it needs one, is the chain's: g * out_scale, summed)
         y = torch.div(x, scale)
         mean = y.mean(dim=-1, keepdim=True).round_()
         y.sub_(mean)
@@ -166,6 +169,7 @@ class _IntLayerNormLean(Function):
         s.mul_(0.5).floor_().add_(bias_int)
         out_scale = s0 * weight
         ctx.sqrt_grad = sqrt_grad
+        ctx.bias_shape = bias_int.shape
         ctx.save_for_backward(y, s, factor, recip, out_scale, scale, s0,
                               *(newton if sqrt_grad else ()))
         return torch.mul(s, out_scale)
@@ -176,7 +180,9 @@ class _IntLayerNormLean(Function):
         g_weight = None
         if ctx.needs_input_grad[2]:
             g_weight = torch.mul(g_out, s).sum_to_size(out_scale.shape).mul_(s0)
-        g = torch.mul(g_out, out_scale).mul_(0.5)  # into s, through the floor, / 2
+        g = torch.mul(g_out, out_scale)
+        g_bias = g.sum_to_size(ctx.bias_shape) if ctx.needs_input_grad[3] else None
+        g.mul_(0.5)  # into s, through the floor, / 2
         if ctx.sqrt_grad:
             g_factor = torch.mul(g, y).sum_to_size(factor.shape)
             g_std = g_factor.mul_(INT32_MAX).neg_().mul_(recip * recip)
@@ -185,7 +191,7 @@ class _IntLayerNormLean(Function):
         else:
             g.mul_(factor)
         g.add_(g.sum_to_size(factor.shape).neg_().div_(y.shape[-1]))  # mean's, then x/s's
-        return g.div_(scale), None, g_weight, None, None, None, None
+        return g.div_(scale), None, g_weight, g_bias, None, None, None
 
 
 def layernorm_node(x: Tensor, scale: Tensor, weight: Tensor, bias_int: Tensor, s0: Tensor,
@@ -196,12 +202,16 @@ def layernorm_node(x: Tensor, scale: Tensor, weight: Tensor, bias_int: Tensor, s
 
 
 def layernorm_lean(x: Tensor, scale: Tensor, weight: Tensor, bias: Tensor, dim_sqrt: Tensor,
-                   newton: str, ste: str = "inline") -> tuple[Tensor, Tensor]:
+                   newton: str, ste: str = "inline", bias_grad: bool = False
+                   ) -> tuple[Tensor, Tensor]:
     """The lean node: the chain's values and output scale, gradients to ``x`` and
-    ``weight`` as the chain's; ``newton`` "no_grad" passes none through the sqrt, any other
-    the chain's (ste and node are bit-identical)."""
+    ``weight`` (and with ``bias_grad`` to ``bias``) as the chain's; ``newton`` "no_grad"
+    passes none through the sqrt, any other the chain's (ste and node are bit-identical)."""
     out_scale = dim_sqrt / 2**OUT_SCALE_BITS
-    with torch.no_grad():
-        bias_int = torch.floor(bias / weight / out_scale)
+    if bias_grad:  # the floor's STE outside the node, as the chain's
+        bias_int = FLOOR["inline"](bias / weight.detach() / out_scale)
+    else:
+        with torch.no_grad():
+            bias_int = torch.floor(bias / weight / out_scale)
     y = layernorm_node(x, scale, weight, bias_int, out_scale, sqrt_grad=newton != "no_grad")
     return y, out_scale * weight

@@ -162,3 +162,26 @@ def test_weights_quantized_per_output_channel_as_the_reference(cls):
             zip(rows.tolist(), want_scale.tolist(), strict=True)]
     assert w_int.reshape(5, -1).tolist() == want
     assert len(set(scale.tolist())) == 5
+
+
+@pytest.mark.parametrize("preset", ["legacy", "best"])
+def test_layernorm_bias_grad_is_the_straight_through_gradient(preset):
+    """With layernorm_bias_grad the bias receives what a float LayerNorm's would: the sum of
+    the output's gradient over the tokens (through the floor's STE; float rounding aside);
+    without it, none (I-ViT)."""
+    g = torch.Generator().manual_seed(3)
+    ln = IntLayerNorm(16)
+    with torch.no_grad():
+        ln.weight.copy_(1 + 0.2 * torch.randn(16, generator=g))
+        ln.bias.copy_(0.1 * torch.randn(16, generator=g))
+    x = torch.round(torch.randn(2, 5, 16, generator=g) * 3000) * 1e-3
+    up = torch.randn(2, 5, 16, generator=g)
+    for on in (False, True):
+        ln.flags = Flags.preset(preset).replace(layernorm_bias_grad=on)
+        ln.zero_grad(set_to_none=True)
+        y, _ = ln(x, torch.tensor([1e-3]))
+        (y * up).sum().backward()
+        if not on:
+            assert ln.bias.grad is None
+        else:
+            torch.testing.assert_close(ln.bias.grad, up.sum(dim=(0, 1)), rtol=1e-5, atol=1e-6)

@@ -100,6 +100,26 @@ def test_flag_toggle_keeps_its_declared_parity(bases, model_name, base, flag, va
 
 
 @pytest.mark.parametrize("model_name", MICRO)
+def test_layernorm_bias_grad_trains_every_bias_alike_on_every_path(bases, model_name):
+    """layernorm_bias_grad: the evals and the first loss as without it, every LayerNorm bias
+    gets a gradient and the other gradients of that step are unchanged; best equals legacy
+    with it bit for bit (the lean node's bias gradient is the chain's)."""
+    on = {p: small_trajectory(model_name, Flags.preset(p).replace(layernorm_bias_grad=True))
+          for p in ("legacy", "best")}
+    assert_bitwise_equal(on["best"], on["legacy"], f"{model_name} best vs legacy, bias grad")
+    ref = bases[(model_name, "legacy")]
+    assert torch.equal(on["legacy"]["logits"][0], ref["logits"][0])
+    assert torch.equal(on["legacy"]["loss"][0], ref["loss"][0])
+    grads = on["legacy"]["grads"][0]
+    new = set(grads) - set(ref["grads"][0])
+    assert new and all(n.endswith("bias") and "norm" in n for n in new)
+    model = small_model(model_name, LEGACY)
+    norms = {f"{n}.bias" for n, m in model.named_modules() if isinstance(m, torch.nn.LayerNorm)}
+    assert new == norms
+    assert all(torch.equal(grads[k], ref["grads"][0][k]) for k in ref["grads"][0])
+
+
+@pytest.mark.parametrize("model_name", MICRO)
 def test_best_equals_legacy_through_five_adamw_steps_from_scratch(model_name):
     """Fresh models (first-call range initialisation included), drop path on, lr 1e-3; Swin
     with its absolute position embedding."""

@@ -1,12 +1,17 @@
 """timm's model contract (the concerns of timm's tests/test_models.py, one test each,
 parametrized over the registry's CPU-sized models), calibration, and I-ViT checkpoints."""
 
+import os
 import re
+import subprocess
+import sys
 import warnings
+from pathlib import Path
 
 import pytest
 import timm
 import torch
+from timm.models._features import FeatureGetterNet
 from timm.optim import create_optimizer_v2
 
 import qvit
@@ -102,8 +107,154 @@ def test_micro_configs_carry_the_statistics_the_harness_feeds_them():
         assert cfg["input_size"] == (3, 32, 32) and cfg["num_classes"] == 1000
     big = qvit.create_model("ivit_micro", num_classes=10, img_size=64)
     assert big.pretrained_cfg["input_size"] == (3, 64, 64)  # the size it was built for
-    with pytest.raises(ValueError, match="features_only"):
-        timm.create_model("qvit_ivit_micro", features_only=True)
+    with pytest.raises(ValueError, match="feature_cls='getter'"):
+        timm.create_model("qvit_ivit_micro", features_only=True, feature_cls="hook")
+
+
+@pytest.mark.parametrize("name", MICRO)
+def test_backward_reaches_every_parameter_with_layernorm_bias_grad(name):
+    """timm's test_model_backward: every parameter gets a gradient, once the LayerNorm
+    biases get theirs (layernorm_bias_grad; I-ViT's are frozen)."""
+    model = timm.create_model(f"qvit_{name}", num_classes=42,
+                              flags="best,layernorm_bias_grad=true").train()
+    model(_input(model, 2)).mean().backward()
+    assert [n for n, p in model.named_parameters() if p.grad is None] == []
+
+
+# --- timm's feature API --------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", MICRO)
+def test_forward_intermediates_follows_timms_contract(name):
+    """timm's test_model_forward_intermediates: one intermediate per feature_info entry
+    (channels, reduction), the final output equal to forward_features; indices as last-n or
+    a list, intermediates_only, stop_early, the output formats and the final norm."""
+    model = model_from(name, Flags()).eval()
+    x = batch(5, 2)[0]
+    info = timm.models.FeatureInfo(model.feature_info, len(model.feature_info))
+    with torch.no_grad():
+        out, inter = model.forward_intermediates(x)
+        assert torch.equal(out, model.forward_features(x))
+        assert len(inter) == len(model.feature_info)
+        for c, r, y in zip(info.channels(), info.reduction(), inter, strict=True):
+            assert y.shape == (2, c, 32 // r, 32 // r) and not torch.isnan(y).any()
+        last = model.forward_intermediates(x, indices=1, intermediates_only=True)
+        assert len(last) == 1 and torch.equal(last[0], inter[-1])
+        first = model.forward_intermediates(x, indices=[0], stop_early=True,
+                                            intermediates_only=True)
+        assert torch.equal(first[0], inter[0])
+        other = "NLC" if name == "ivit_micro" else "NHWC"
+        flat = model.forward_intermediates(x, output_fmt=other, intermediates_only=True)
+        assert flat[0].shape[-1] == info.channels()[0]
+        with pytest.raises(ValueError, match="output_fmt"):
+            model.forward_intermediates(x, output_fmt="NDHWC")
+        normed = model.forward_intermediates(x, indices=1, norm=True, intermediates_only=True)
+        if name == "swin_micro":  # the final norm on the last stage: forward_features'
+            assert torch.equal(normed[0], out.permute(0, 3, 1, 2))
+        else:  # on every block; the last one's is forward_features' (class token aside)
+            assert torch.equal(normed[0].flatten(2).transpose(1, 2), out[:, 1:])
+        if name == "ivit_micro":
+            pairs = model.forward_intermediates(x, indices=1, return_prefix_tokens=True,
+                                                intermediates_only=True)
+            assert pairs[0][1].shape == (2, 1, model.embed_dim)
+        model.set_grad_checkpointing()
+        assert torch.equal(model.forward_intermediates(x)[0], out)
+
+
+@pytest.mark.parametrize("name", MICRO)
+def test_forward_intermediates_are_the_same_under_every_preset(name):
+    x = batch(6, 2)[0]
+    got = {}
+    for preset in ("legacy", "seed", "best"):
+        model = model_from(name, Flags.preset(preset)).eval()
+        with torch.no_grad():
+            got[preset] = model.forward_intermediates(x, norm=True)
+    for preset in ("seed", "best"):
+        assert torch.equal(got[preset][0], got["legacy"][0]) == (preset == "best")
+    for a, b in zip(got["best"][1], got["legacy"][1], strict=True):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("name", MICRO)
+def test_features_only_is_timms_feature_getter_net(name):
+    """timm's test_model_forward_features / _intermediates_features: features_only=True gives
+    timm's FeatureGetterNet with its feature_info, timm's default indices, the outputs of
+    forward_intermediates at them; the model behind is pruned after the last index."""
+    net = timm.create_model(f"qvit_{name}", features_only=True, flags="legacy").eval()
+    assert isinstance(net, FeatureGetterNet)
+    assert net.default_cfg["input_size"] == (3, 32, 32)
+    n = len(net.model.feature_info)
+    want = list(range(n - 3, n)) if name == "ivit_micro" else list(range(n))
+    assert net.out_indices == want
+    full = model_from(name, Flags.preset("legacy")).eval()
+    net.model.load_state_dict(full.state_dict(), strict=False)
+    x = batch(8, 1)[0]
+    with torch.no_grad():
+        outs = net(x)
+        ref = full.forward_intermediates(x, indices=want, intermediates_only=True)
+    assert [o.shape[1] for o in outs] == net.feature_info.channels()
+    assert all(torch.equal(a, b) for a, b in zip(outs, ref, strict=True))
+    picked = timm.create_model(f"qvit_{name}", features_only=True, out_indices=(0,))
+    assert picked.feature_info.channels() == [full.feature_info[0]["num_chs"]]
+    if name == "swin_micro":  # pruned to the first stage: its norm and head are gone
+        assert len(picked.model.layers) == 1 and picked.model.num_classes == 0
+
+
+# timm's own tests/test_models.py against these models, where a checkout of timm is given
+# (QVIT_TIMM_CHECKOUT=<pytorch-image-models>): timm's classification of ViT-style models
+# (NON_STD_FILTERS) extended to qvit's DeiTs, forward_intermediates' tests (FEAT_INTER_FILTERS)
+# to qvit's registry, fx and torchscript left out.
+TIMM_CHECKOUT = os.environ.get("QVIT_TIMM_CHECKOUT")
+
+
+def timm_test_file(checkout: str, dest) -> str:
+    """A copy of timm's tests/test_models.py that also tests the qvit_* models (registered
+    by importing qvit), creating them with $QVIT_TIMM_FLAGS where that is set."""
+    src = (Path(checkout) / "tests" / "test_models.py").read_text()
+    edits = [
+        ("from timm.models import get_notrace_modules, get_notrace_functions\n",
+         "from timm.models import get_notrace_modules, get_notrace_functions\n"
+         "import qvit  # registers the qvit_* models\n"
+         "if os.environ.get('QVIT_TIMM_FLAGS'):\n"
+         "    _timm_create_model = create_model\n"
+         "    def create_model(name, *args, **kwargs):\n"
+         "        if name.startswith('qvit_'):\n"
+         "            kwargs['flags'] = os.environ['QVIT_TIMM_FLAGS']\n"
+         "        return _timm_create_model(name, *args, **kwargs)\n"),
+        ("NUM_NON_STD = len(NON_STD_FILTERS)",
+         "NON_STD_FILTERS += ['qvit_deit*', 'qvit_ivit*']\n"
+         "FEAT_INTER_FILTERS += ['registry']\n"
+         "NUM_NON_STD = len(NON_STD_FILTERS)"),
+    ]
+    for old, new in edits:
+        if old not in src:
+            raise ValueError(f"timm's test_models.py changed: {old.strip()!r} not found")
+        src = src.replace(old, new, 1)
+    path = Path(dest) / "test_models.py"
+    path.write_text("import os\n" + src)
+    (Path(dest) / "pytest.ini").write_text("[pytest]\n")
+    return str(path)
+
+
+@pytest.mark.skipif(not TIMM_CHECKOUT, reason="QVIT_TIMM_CHECKOUT (a timm checkout) not set")
+@pytest.mark.parametrize("flags, failing", [
+    ("best,layernorm_bias_grad=true", 0),
+    ("best", 4),  # test_model_backward: I-ViT's frozen LayerNorm biases get no gradient
+])
+def test_timms_own_model_tests_pass(flags, failing, tmp_path):
+    path = timm_test_file(TIMM_CHECKOUT, tmp_path)
+    env = {**os.environ, "QVIT_TIMM_FLAGS": flags, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(Path(qvit.__file__).parents[1]),
+                                          os.environ.get("PYTHONPATH", "")])}
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-c",
+         str(tmp_path / "pytest.ini"), path, "-k", "qvit_ and not fx and not torchscript",
+         "-W", "ignore::pytest.PytestUnknownMarkWarning"],
+        env=env, capture_output=True, text=True, cwd=tmp_path)
+    tail = run.stdout[-3000:]
+    failed = re.findall(r"^FAILED (\S+)", run.stdout, re.M)
+    assert "passed" in tail, tail
+    assert len(failed) == failing, tail
+    assert all("test_model_backward[" in f for f in failed), tail
 
 
 @pytest.mark.parametrize("name", CPU_MODELS)
