@@ -194,11 +194,12 @@ def test_no_per_step_synchronize_without_the_flag(monkeypatch, fake_cuda):
 
 
 def test_cuda_synchronize_per_step_has_no_effect_on_the_cpu(fake_cuda):
-    why_no_effect = _find("why_no_effect")
+    from qvit.paths import why_same
+
     legacy = Flags.preset("legacy")
     other = legacy.replace(cuda_synchronize_per_step=False)
-    assert why_no_effect(legacy, other, "cpu")
-    assert why_no_effect(legacy, other, "cuda") is None
+    assert "CUDA only" in why_same(legacy, other, device_type="cpu")
+    assert why_same(legacy, other, device_type="cuda") is None
 
 
 # --- data: pinned memory, non-blocking copies, preload_to_device ------------------------------
@@ -286,7 +287,7 @@ def test_provenance_names_the_cuda_device(monkeypatch):
     if hasattr(mod, "_static"):
         mod._static.cache_clear()
     try:
-        p = provenance("cuda")
+        p = provenance("cuda", threads=1)
         assert p["device_name"] == "NVIDIA H100 80GB HBM3"
     finally:
         if hasattr(mod, "_static"):

@@ -379,7 +379,7 @@ class _FakeExecutor:
             state = states.get(specs[0].block, "FINISHED")
             for s in specs[:1] if state != "FINISHED" else specs:
                 prov = {"hostname": "node1", "device_name": "cpu"}
-                row = {**base_row(s, prov), "epoch": 1, "status": "ok", "top1": 1.0}
+                row = {**base_row(s, prov, {"threads": 1}), "epoch": 1, "status": "ok", "top1": 1.0}
                 records.write_shard(self.out, s.run_id, [row])
             jobs.append(_FakeJob(self.out, f"{len(self.submitted)}_{specs[0].block}", state))
         return jobs
