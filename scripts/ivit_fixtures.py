@@ -14,8 +14,9 @@ configuration into ``--out``:
   every quantized module in call order, as value / scale and scale, the loss, the input's and
   every parameter's gradient, and the parameters after the step.
 
-The architectures are in `CONFIGS` (the test builds qvit's twins from the same entries);
-the I-ViT commit is recorded in each file (``meta``).
+Each file carries what the test needs to repeat the run (``meta``: the I-ViT commit, the
+architecture, the optimizer's settings, the number of steps; the inputs and labels), so
+the test reads nothing of this script.
 
     python scripts/ivit_fixtures.py --ivit /path/to/I-ViT --commit <sha> \\
         --out tests/qvit/fixtures
@@ -124,6 +125,7 @@ def train_record(model, cfg, state_names) -> dict[str, np.ndarray]:
         loss.backward()
         opt.step()
         out[f"step{step}/loss"] = loss.detach().numpy()
+        out[f"step{step}/x"], out[f"step{step}/y"] = x.detach().numpy(), y.numpy()
         if step:
             continue
         for i, (_, _, v, s) in enumerate(calls):
@@ -275,7 +277,8 @@ def main(argv=None) -> None:
     for name in CONFIGS:
         fixtures[name] = model_fixture(models, qu, name)
     for name, arrays in fixtures.items():
-        arrays["meta"] = np.array(json.dumps({**meta, "config": CONFIGS.get(name)}))
+        extra = dict(config=CONFIGS[name], adamw=ADAMW, steps=STEPS) if name in CONFIGS else {}
+        arrays["meta"] = np.array(json.dumps({**meta, **extra}))
         path = args.out / f"ivit_{name}.npz"
         np.savez_compressed(path, **arrays)
         print(f"{path}: {len(arrays)} arrays, {path.stat().st_size // 1024} KiB")
