@@ -176,6 +176,26 @@ def model_fixture(models, qu, name: str) -> dict[str, np.ndarray]:
     return out
 
 
+def _requant_31bit_case(qu) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x, scale) of integers z whose requantized value rounds otherwise with a 30-bit
+    multiplier than with I-ViT's 31 bits (the largest z sets the range, so the ratio of
+    scales is known beforehand); found with I-ViT's own batch_frexp."""
+    s_in = torch.tensor([0.0123])
+    z_max = 1_000_003
+    probe = qu.QuantAct(16).train()
+    probe(torch.tensor([[float(z_max)]]) * s_in, s_in)
+    ratio = (s_in.double() / probe.act_scaling_factor.float().double()).view(1)
+    z = torch.arange(1, z_max, dtype=torch.float64)
+    out = {}
+    for bits in (30, 31):
+        m, e = qu.quant_utils.batch_frexp(ratio, max_bit=bits)
+        out[bits] = torch.round(z * m.double() / 2.0 ** e)
+    differ = z[out[30] != out[31]][:63]
+    assert len(differ), "no z tells 30 from 31 bits: choose another z_max"
+    zs = torch.cat([torch.tensor([float(z_max)]), differ.float()]).view(1, -1)
+    return (zs * s_in).requires_grad_(True), s_in
+
+
 def module_fixture(qu) -> dict[str, np.ndarray]:
     """Each module class alone; arrays keyed ``<case>/...``."""
     g = torch.Generator().manual_seed(7)
@@ -224,6 +244,8 @@ def module_fixture(qu) -> dict[str, np.ndarray]:
     calls = [(leaf(torch.round(rnd(2, 5, 6, scale=40)) * s_in), s_in,
               leaf(torch.round(rnd(2, 5, 6, scale=900)) * s_id), s_id) for _ in range(2)]
     run("act_requant", qu.QuantAct(16), calls)
+    # requantization where the 31st bit of the dyadic multiplier decides the rounding
+    run("act_requant_31bits", qu.QuantAct(16), [_requant_31bit_case(qu)])
     # the linear layers: per-channel 8-bit weights, 32-bit bias at weight x input scale
     lin = qu.QuantLinear(12, 10)
     conv = qu.QuantConv2d(3, 6, kernel_size=2, stride=2)

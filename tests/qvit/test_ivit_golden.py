@@ -201,6 +201,7 @@ def _modules(fx: dict) -> dict:
         return module
 
     cases = {"act_input": qm.QuantAct(8), "act_requant": qm.QuantAct(16),
+             "act_requant_31bits": qm.QuantAct(16),
              "linear": with_params(qm.QuantLinear(12, 10), "linear"),
              "conv": with_params(qm.QuantConv2d(3, 6, 2, stride=2), "conv"),
              "matmul": qm.QuantMatMul(),
