@@ -69,9 +69,9 @@ def random_parameters_(model: torch.nn.Module, seed: int) -> None:
 
 def record_quantized_modules(model: torch.nn.Module, types_: tuple[str, ...] = QUANT_TYPES):
     """Forward hooks on every quantized module; returns the list they fill, in call order,
-    with (module name, class name, output as `compact` integers, scale). IntSoftmax's input is recorded
-    too (as a call of its own, class "IntSoftmax.input"): Swin's window mask is added
-    there, and the softmax's clamp hides its value from every output."""
+    with (module name, class name, output as `compact` integers, scale). IntSoftmax's
+    input is recorded too (as a call of its own, class "IntSoftmax.input"): Swin's window
+    mask is added there, and the softmax's clamp hides its value from every output."""
     calls: list[tuple[str, str, np.ndarray, np.ndarray]] = []
 
     def hook(name, module, args, out):
