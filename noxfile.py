@@ -98,6 +98,9 @@ def mutants(session):
     _install(session)
     session.run("python", "scripts/mutants.py", *(session.posargs or ["--jobs", "2"]),
                 env={"OMP_NUM_THREADS": "1"})
+    # I-ViT's constants, caught by the official I-ViT's fixtures (issue #28)
+    session.run("python", "scripts/mutants_ivit_constants.py",
+                *(session.posargs or ["--jobs", "2"]), env={"OMP_NUM_THREADS": "1"})
 
 
 @nox.session

@@ -14,8 +14,9 @@ configuration into ``--out``:
   every quantized module in call order, as value / scale and scale, the loss, the input's and
   every parameter's gradient, and the parameters after the step.
 
-The architectures are in `CONFIGS` (the test builds qvit's twins from the same entries);
-the I-ViT commit is recorded in each file (``meta``).
+Each file carries what the test needs to repeat the run (``meta``: the I-ViT commit, the
+architecture, the optimizer's settings, the number of steps; the inputs and labels), so
+the test reads nothing of this script.
 
     python scripts/ivit_fixtures.py --ivit /path/to/I-ViT --commit <sha> \\
         --out tests/qvit/fixtures
@@ -68,9 +69,9 @@ def random_parameters_(model: torch.nn.Module, seed: int) -> None:
 
 def record_quantized_modules(model: torch.nn.Module, types_: tuple[str, ...] = QUANT_TYPES):
     """Forward hooks on every quantized module; returns the list they fill, in call order,
-    with (module name, class name, output as `compact` integers, scale). IntSoftmax's input
-    is recorded too (as a call of its own, class "IntSoftmax.input"): Swin's window mask is added
-    there, and the softmax's clamp hides its value from every output."""
+    with (module name, class name, output as `compact` integers, scale). IntSoftmax's
+    input is recorded too (as a call of its own, class "IntSoftmax.input"): Swin's window
+    mask is added there, and the softmax's clamp hides its value from every output."""
     calls: list[tuple[str, str, np.ndarray, np.ndarray]] = []
 
     def hook(name, module, args, out):
@@ -124,6 +125,7 @@ def train_record(model, cfg, state_names) -> dict[str, np.ndarray]:
         loss.backward()
         opt.step()
         out[f"step{step}/loss"] = loss.detach().numpy()
+        out[f"step{step}/x"], out[f"step{step}/y"] = x.detach().numpy(), y.numpy()
         if step:
             continue
         for i, (_, _, v, s) in enumerate(calls):
@@ -174,6 +176,26 @@ def model_fixture(models, qu, name: str) -> dict[str, np.ndarray]:
     return out
 
 
+def _requant_31bit_case(qu) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x, scale) of integers z whose requantized value rounds otherwise with a 30-bit
+    multiplier than with I-ViT's 31 bits (the largest z sets the range, so the ratio of
+    scales is known beforehand); found with I-ViT's own batch_frexp."""
+    s_in = torch.tensor([0.0123])
+    z_max = 1_000_003
+    probe = qu.QuantAct(16).train()
+    probe(torch.tensor([[float(z_max)]]) * s_in, s_in)
+    ratio = (s_in.double() / probe.act_scaling_factor.float().double()).view(1)
+    z = torch.arange(1, z_max, dtype=torch.float64)
+    out = {}
+    for bits in (30, 31):
+        m, e = qu.quant_utils.batch_frexp(ratio, max_bit=bits)
+        out[bits] = torch.round(z * m.double() / 2.0 ** e)
+    differ = z[out[30] != out[31]][:63]
+    assert len(differ), "no z tells 30 from 31 bits: choose another z_max"
+    zs = torch.cat([torch.tensor([float(z_max)]), differ.float()]).view(1, -1)
+    return (zs * s_in).requires_grad_(True), s_in
+
+
 def module_fixture(qu) -> dict[str, np.ndarray]:
     """Each module class alone; arrays keyed ``<case>/...``."""
     g = torch.Generator().manual_seed(7)
@@ -222,6 +244,8 @@ def module_fixture(qu) -> dict[str, np.ndarray]:
     calls = [(leaf(torch.round(rnd(2, 5, 6, scale=40)) * s_in), s_in,
               leaf(torch.round(rnd(2, 5, 6, scale=900)) * s_id), s_id) for _ in range(2)]
     run("act_requant", qu.QuantAct(16), calls)
+    # requantization where the 31st bit of the dyadic multiplier decides the rounding
+    run("act_requant_31bits", qu.QuantAct(16), [_requant_31bit_case(qu)])
     # the linear layers: per-channel 8-bit weights, 32-bit bias at weight x input scale
     lin = qu.QuantLinear(12, 10)
     conv = qu.QuantConv2d(3, 6, kernel_size=2, stride=2)
@@ -275,7 +299,8 @@ def main(argv=None) -> None:
     for name in CONFIGS:
         fixtures[name] = model_fixture(models, qu, name)
     for name, arrays in fixtures.items():
-        arrays["meta"] = np.array(json.dumps({**meta, "config": CONFIGS.get(name)}))
+        extra = dict(config=CONFIGS[name], adamw=ADAMW, steps=STEPS) if name in CONFIGS else {}
+        arrays["meta"] = np.array(json.dumps({**meta, **extra}))
         path = args.out / f"ivit_{name}.npz"
         np.savez_compressed(path, **arrays)
         print(f"{path}: {len(arrays)} arrays, {path.stat().st_size // 1024} KiB")

@@ -11,9 +11,9 @@ shift bounds, the Newton iterations and start, the window mask value, the range 
 the requantizer's 31 bits) to I-ViT's, and the arithmetic around them.
 """
 
-import importlib.util
 import json
 import warnings
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -26,12 +26,9 @@ from qvit import modules as qm
 from qvit.ivit import _swin_rename
 from qvit.models import QuantSwin, QuantViT
 
-ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = Path(__file__).parent / "fixtures"
-_spec = importlib.util.spec_from_file_location("ivit_fixtures",
-                                               ROOT / "scripts" / "ivit_fixtures.py")
-gen = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(gen)  # the generator's configs, inputs, recording and optimizer
+QUANT_TYPES = ("QuantAct", "QuantLinear", "QuantConv2d", "QuantMatMul", "IntLayerNorm",
+               "IntGELU", "IntSoftmax")
 
 PRESETS = ("legacy", "best")
 
@@ -53,11 +50,43 @@ def load(name: str) -> dict:
         return {k: z[k] for k in z.files}
 
 
+def meta(fx: dict) -> dict:
+    return json.loads(str(fx["meta"]))
+
+
+def compact(x: torch.Tensor, s: torch.Tensor) -> np.ndarray:
+    """As scripts/ivit_fixtures.py stores a module output: the integers q (int32) where
+    x == q * s exactly, else x / s (float32)."""
+    x, s = x.detach(), s.detach()
+    q = torch.round(x / s)
+    if torch.equal(q * s, x) and q.abs().max() < 2**31:
+        return q.numpy().astype(np.int32)
+    return (x / s).numpy()
+
+
+def record_quantized_modules(model: torch.nn.Module) -> list:
+    """(name, class, compact output, scale) of every quantized module's call, in call order;
+    IntSoftmax's input too (class "IntSoftmax.input": the window mask is added there)."""
+    calls = []
+
+    def hook(name, module, args, out):
+        kind = type(module).__name__
+        if kind == "IntSoftmax":
+            calls.append((name, kind + ".input", compact(args[0], args[1]),
+                          args[1].detach().numpy().copy()))
+        calls.append((name, kind, compact(*out), out[1].detach().numpy().copy()))
+
+    for name, m in model.named_modules():
+        if type(m).__name__ in QUANT_TYPES:
+            m.register_forward_hook(partial(hook, name))
+    return calls
+
+
 def test_fixtures_name_the_ivit_commit_they_came_from():
     for name in ("modules", "deit", "swin"):
-        meta = json.loads(str(load(name)["meta"]))
-        assert meta["source"] == "https://github.com/zkkli/I-ViT"
-        assert meta["commit"] == "380ba99144e7dedf428477826a6b3060bf9b85d2"
+        m = meta(load(name))
+        assert m["source"] == "https://github.com/zkkli/I-ViT"
+        assert m["commit"] == "380ba99144e7dedf428477826a6b3060bf9b85d2"
 
 
 def assert_same_integers(got: np.ndarray, ref: np.ndarray, what: str) -> None:
@@ -87,8 +116,10 @@ def assert_equal_tensor(got: torch.Tensor, ref: np.ndarray, what: str) -> None:
 # --- the models ------------------------------------------------------------------------------
 
 def _model(name: str, flags: Flags, fx: dict):
-    cfg = {k: v for k, v in gen.CONFIGS[name].items() if k not in ("family", "batch")}
-    family = gen.CONFIGS[name]["family"]
+    config = meta(fx)["config"]
+    cfg = {k: v for k, v in config.items() if k not in ("family", "batch")}
+    cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()}
+    family = config["family"]
     cls = QuantViT if family == "vit" else QuantSwin
     model = cls(flags=flags, drop_path_rate=0.0, **cfg).train()
     # I-ViT's state: its parameters and (unobserved) quantizer scales, loaded by its names
@@ -104,15 +135,14 @@ def _model(name: str, flags: Flags, fx: dict):
 
 
 def _run(name: str, flags: Flags, fx: dict):
-    cfg = gen.CONFIGS[name]
     model, rename = _model(name, flags, fx)
-    calls = gen.record_quantized_modules(model)
-    opt = torch.optim.AdamW(model.parameters(), **gen.ADAMW)
+    calls = record_quantized_modules(model)
+    opt = torch.optim.AdamW(model.parameters(), **meta(fx)["adamw"])
     got = {"calls": [], "loss": []}
-    for step in range(gen.STEPS):
+    for step in range(meta(fx)["steps"]):
         calls.clear()
-        x, y = gen.batch(cfg, step)
-        x.requires_grad_(True)
+        x = torch.from_numpy(fx[f"step{step}/x"]).clone().requires_grad_(True)
+        y = torch.from_numpy(fx[f"step{step}/y"])
         loss = torch.nn.functional.cross_entropy(model(x), y)
         opt.zero_grad()
         loss.backward()
@@ -128,7 +158,7 @@ def _run(name: str, flags: Flags, fx: dict):
 
 
 @pytest.mark.parametrize("preset", PRESETS)
-@pytest.mark.parametrize("name", list(gen.CONFIGS))
+@pytest.mark.parametrize("name", ["deit", "swin"])
 def test_training_equals_official_ivit_bit_for_bit(name, preset):
     fx = load(name)
     got, rename = _run(name, Flags.preset(preset), fx)
@@ -152,7 +182,7 @@ def test_training_equals_official_ivit_bit_for_bit(name, preset):
     assert set(got["params"]) == set(after)
     for n, p in got["params"].items():
         assert_equal_tensor(p, after[n], f"{n} after an AdamW step")
-    for step in range(1, gen.STEPS):  # the momentum of the ranges, the updated weights
+    for step in range(1, meta(fx)["steps"]):  # the momentum of the ranges, the updated weights
         assert_equal_tensor(got["loss"][step], fx[f"step{step}/loss"], f"loss of step {step}")
 
 
@@ -171,6 +201,7 @@ def _modules(fx: dict) -> dict:
         return module
 
     cases = {"act_input": qm.QuantAct(8), "act_requant": qm.QuantAct(16),
+             "act_requant_31bits": qm.QuantAct(16),
              "linear": with_params(qm.QuantLinear(12, 10), "linear"),
              "conv": with_params(qm.QuantConv2d(3, 6, 2, stride=2), "conv"),
              "matmul": qm.QuantMatMul(),
@@ -201,7 +232,7 @@ def test_each_module_equals_official_ivit_bit_for_bit(preset):
             x, s = module(*args)
             what = f"{case} ({preset}) output {i}"
             assert_same_scale(s.detach().numpy(), d[f"out{i}/scale"], what)
-            assert_same_integers(gen.compact(x, s), d[f"out{i}/int"], what)
+            assert_same_integers(compact(x, s), d[f"out{i}/int"], what)
             loss = loss + (x * torch.from_numpy(d[f"up{i}"])).sum()
         loss.backward()
         for i, args in enumerate(args_of):
