@@ -90,17 +90,16 @@ def speed_compiled(session):
 
 @nox.session
 def mutants(session):
-    """The curated mutation check: 36 subtle mutations of qvit/ (rounding modes, bit widths
-    and clamps, cache keys, momentum order, scale shapes, gradient order, the lean nodes),
+    """The curated mutation check: subtle mutations of qvit/ (rounding modes, bit widths
+    and clamps, cache keys, momentum order, scale shapes, gradient order, the lean nodes,
+    the flags' dependency declarations, and I-ViT's constants from
+    scripts/mutants_ivit_constants.py, which scripts/mutants.py appends),
     each applied in a scratch copy with the tests that must catch it; fails if any survives.
     Not in `tests` (it reruns test subsets per mutant). Arguments go to scripts/mutants.py
     (-k NAME, --jobs N; default --jobs 2: two mutants at once, one core each)."""
     _install(session)
     session.run("python", "scripts/mutants.py", *(session.posargs or ["--jobs", "2"]),
                 env={"OMP_NUM_THREADS": "1"})
-    # I-ViT's constants, caught by the official I-ViT's fixtures (issue #28)
-    session.run("python", "scripts/mutants_ivit_constants.py",
-                *(session.posargs or ["--jobs", "2"]), env={"OMP_NUM_THREADS": "1"})
 
 
 @nox.session
