@@ -289,8 +289,7 @@ def _setup(spec: RunSpec, device: torch.device) -> _State:
 
     from harness.run.pretrained import start_from_pretrained
 
-    s, flags = spec.settings, spec.flags
-    apply_process_settings(s, device)
+    s, flags = spec.settings, spec.flags  # (process settings: applied by the caller)
     bundle = validate_spec(s)
     _seed_everything(s.seed)
     model = build_model(spec).to(device)
@@ -431,7 +430,9 @@ def train_in_memory(spec: RunSpec, *, progress: bool = False
     Failures raise. Returns the model and one row per epoch."""
     from tqdm.auto import tqdm
 
-    st = _setup(spec, resolve_device(spec.settings.device))
+    device = resolve_device(spec.settings.device)
+    apply_process_settings(spec.settings, device)
+    st = _setup(spec, device)
     rows = []
     for epoch in tqdm(range(1, spec.epochs + 1), desc=f"{spec.model} {spec.config}",
                       unit="epoch", disable=not (progress and sys.stderr.isatty())):
@@ -448,7 +449,7 @@ def execute_run(spec: RunSpec, out_dir: str | os.PathLike, *, progress: bool = F
 
     out_dir = Path(out_dir)
     device = resolve_device(spec.settings.device)  # checked before the sweep started
-    process = apply_process_settings(spec.settings, device)  # (again in _setup: idempotent)
+    process = apply_process_settings(spec.settings, device)
     base = base_row(spec, provenance(device, out_dir, **process), process)
     epoch = 1
     try:

@@ -2,14 +2,8 @@
 
 A spec (``ablations/*.toml``) is declarative: what to train (``[run]``), which configs to
 compare (``[design]``) and what to print beside the measurements (``[report]``). Every
-config is a ``qvit.Flags`` generated from the one flag declaration:
-
-- ``timeline``: cumulative stages by seed change number (legacy -> stage1 .. stage4 -> seed);
-- ``one_at_a_time``: each flag moved alone from the base (legacy) to its "on" value;
-- ``leave_one_out``: each flag moved alone back from the base (seed) to its legacy value;
-- ``factorial``: every combination of two levels of a named subset of flags;
-- ``fractional``: a Plackett-Burman screen or a resolution IV fraction (pyDOE3) over flags;
-- ``configs``: an explicit list of named configs (``Flags.parse`` strings).
+config is a ``qvit.Flags`` generated from the one flag declaration by a design
+(`harness.spec.designs` lists them).
 
 Running a design: every repeat is a block holding every (model, config) pair, in an order
 shuffled per block from the spec's seed, so that the machine's drift falls on all configs

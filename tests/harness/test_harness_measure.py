@@ -121,8 +121,10 @@ def test_cuda_sync_debug_cross_check_is_wired(monkeypatch):
     monkeypatch.setattr(torch.cuda, "set_sync_debug_mode", modes.append)
     with count_host_syncs("cuda", cuda_debug=True) as c:
         warnings.warn("called a synchronizing CUDA operation", UserWarning, stacklevel=1)
+        # a second, identical warning: counted again, not deduplicated
+        warnings.warn("called a synchronizing CUDA operation", UserWarning, stacklevel=1)
         warnings.warn("an unrelated warning", UserWarning, stacklevel=1)
-    assert modes == ["warn", 0] and c.cuda_debug_count == 1
+    assert modes == ["warn", 0] and c.cuda_debug_count == 2
     with count_host_syncs("cpu", cuda_debug=True) as c:  # off CUDA: nothing to cross-check
         pass
     assert c.cuda_debug_count is None
