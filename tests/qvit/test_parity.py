@@ -5,7 +5,7 @@ evals that hit the caches; `best` against `legacy` bit for bit (forward, every g
 parameters and ranges); the models' requantizers against the exact deployment reference
 (`qvit.reference`, which shares no code with them).
 
-(tests/parity holds the harness's parity *instrument* to account; this is the qvit one.)"""
+(tests/harness/parity holds the harness's parity *instrument* to account; this is the qvit one.)"""
 
 import numpy as np
 import pytest

@@ -12,7 +12,7 @@ from harness.spec import designs
 from harness.sweep import runs as sweep_runs
 from qvit import Flags
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 SPECS = sorted((ROOT / "ablations").glob("*.toml"))
 
 RUN = {"models": ["ivit_micro"], "epochs": 2, "repeats": 3}

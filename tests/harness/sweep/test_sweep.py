@@ -19,7 +19,7 @@ from harness.run.runner import CHECKPOINTS, FAULT_ENV, INFLIGHT
 from harness.spec import read_design
 from harness.sweep.executors import JOBS_DIR
 
-HERE = Path(__file__).parent
+HERE = Path(__file__).resolve().parents[1]  # tests/harness: harness_tiny.py
 ROOT = HERE.parent.parent
 ARGS = ["--model", "harness_tiny:tiny_cnn", "--steps-per-epoch", "2", "--eval-steps", "1",
         "--batch-size", "8", "--device", "cpu", "--no-pretrained"]

@@ -1,5 +1,5 @@
 """The Slurm executor on a real (single-node) Slurm cluster: `bash scripts/slurm_local.sh
-start`, then ``QVIT_REAL_SLURM=1 pytest -m slurm tests/test_slurm_real.py`` (what
+start`, then ``QVIT_REAL_SLURM=1 pytest -m slurm tests/harness/sweep/test_slurm_real.py`` (what
 ``nox -s slurm`` does). Skipped unless QVIT_REAL_SLURM=1.
 
 A tiny spec (ivit_micro, 2 configs x 2 blocks, 1 epoch of 2 steps, CPU) goes through
@@ -23,7 +23,7 @@ import pytest
 
 from harness import records
 from harness.sweep import executors
-from tests.test_executors import (
+from tests.harness.sweep.test_executors import (
     ROOT,
     check_table,
     child_env,

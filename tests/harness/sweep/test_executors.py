@@ -1,7 +1,7 @@
 """harness.sweep.executors: options, the shard merge, the local executor (block after block, each
 in one child process), and a tiny spec end to end through submitit's local executor (the code
 path of the Slurm executor: one job per repeat block), with a job killed mid-block and a
-resume. The real Slurm cluster test is tests/test_slurm_real.py."""
+resume. The real Slurm cluster test is tests/harness/sweep/test_slurm_real.py."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from harness.sweep import executors
 from harness.sweep import runs as sweep_runs
 from harness.sweep.executors import ExecutorOptions, options_from, parse_options, parse_time_limit
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[3]
 
 TINY = """
 name = "tiny_cluster"
@@ -56,7 +56,7 @@ time_limit = 10
 NUMBERS = ["steps", "top1", "top5", "train_loss", "eval_loss"]
 
 
-# --- helpers shared with tests/test_slurm_real.py -------------------------------------------
+# --- helpers shared with tests/harness/sweep/test_slurm_real.py -------------------------------------------
 
 def write_tiny(folder: Path) -> Path:
     path = folder / "tiny_cluster.toml"

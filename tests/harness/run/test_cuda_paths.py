@@ -120,7 +120,7 @@ def test_peak_memory_reads_the_cuda_allocator(fake_cuda):
 
 
 def test_sync_debug_cross_check_counts_the_counters_own_synchronize(monkeypatch, fake_cuda):
-    """(The warning counting itself: tests/harness/test_harness_measure.py.)"""
+    """(The warning counting itself: tests/harness/run/test_measure.py.)"""
     count_host_syncs = _find("count_host_syncs")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_sync_debug_mode", lambda: 0)

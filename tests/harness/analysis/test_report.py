@@ -15,7 +15,7 @@ from harness.sweep import runs as sweep_runs
 
 from .synthetic import synthetic_runs, synthetic_steps
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def fake_results(folder, spec_name, *, parity=False, repeats=5, times=None, noise=0.02):

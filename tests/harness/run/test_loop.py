@@ -15,7 +15,7 @@ from harness.spec.settings import RunSettings
 from qvit import Flags
 
 TINY = "harness_tiny:tiny_cnn"  # tests/harness/harness_tiny.py
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # harness_tiny.py
 BASE = dict(epochs=2, steps_per_epoch=3, eval_steps=2, batch_size=8, device="cpu",
             pretrained=False)
 
