@@ -32,12 +32,12 @@ import torch
 from harness import records
 from harness.run import measure
 from harness.run.data import MEAN_STD, normalize_batch
-from harness.run.loop import build_optimizer, compile_model, train_step
+from harness.run.loop import build_optimizer, compile_model, compile_seconds, train_step
 from harness.run.process import apply_process_settings
 from harness.run.runner import RunSpec, base_row, build_model, resolve_device, validate_spec
 from harness.spec.settings import digest
 
-__all__ = ["Session", "session_run_ids", "measure_session", "main"]
+__all__ = ["Session", "session_run_ids", "session_summary", "measure_session", "main"]
 
 
 @dataclass(frozen=True)
@@ -70,6 +70,14 @@ class Session:
 
 def session_run_ids(session: Session) -> list[str]:
     return [session.run_id(s, r) for s in session.specs for r in range(session.rounds)]
+
+
+def session_summary(session: Session, table) -> str:
+    """A finished session in a few words: each config's median step time."""
+    ids = set(session_run_ids(session))
+    rows = table[table["run_id"].isin(ids) & (table["status"] == "ok")]
+    med = rows.groupby("config", sort=False)["train_s"].median()
+    return "step median " + ", ".join(f"{c} {1e3 * t:.1f} ms" for c, t in med.items())
 
 
 def _models(session: Session, device: torch.device) -> tuple[list[tuple], Any]:
@@ -112,18 +120,37 @@ def _timed_step(model, opt, x, y, device: torch.device) -> float:
     return time.perf_counter() - t0
 
 
-def measure_session(session: Session, out_dir: str | Path) -> None:
-    """Run the session here; write one row per (config, round) to a shard per config."""
+def _warm_up(session: Session, pairs, batches, device: torch.device, say) -> None:
+    """The untimed rounds; compiled models compile in the first (said, with its seconds)."""
+    compiled = [s.config for s in session.specs if s.flags.compile_model]
+    if compiled:
+        say(f"compiling {session.specs[0].model} {', '.join(compiled)} (torch.compile, in "
+            f"the warm-up rounds)")
+    t0, c0 = time.perf_counter(), compile_seconds()
+    for r in range(session.warmup):
+        for model, opt in pairs:
+            _timed_step(model, opt, *batches[r % len(batches)], device)
+    if compiled:
+        say(f"compiled in {compile_seconds() - c0:.1f} s (warm-up rounds "
+            f"{time.perf_counter() - t0:.1f} s)")
+
+
+def measure_session(session: Session, out_dir: str | Path, *, progress: bool = False
+                    ) -> None:
+    """Run the session here; write one row per (config, round) to a shard per config.
+    ``progress``: say when models compile and how long it took (on stderr)."""
     from harness.records.provenance import provenance
+
+    def say(line: str) -> None:
+        if progress:
+            print(f"[{time.strftime('%H:%M:%S')}] {line}", file=sys.stderr, flush=True)
 
     first = session.specs[0].settings
     device = resolve_device(first.device)
     process = apply_process_settings(first, device)
     pairs, bundle = _models(session, device)
     batches = _batches(bundle, first, device, 8)
-    for r in range(session.warmup):
-        for model, opt in pairs:
-            _timed_step(model, opt, *batches[r % len(batches)], device)
+    _warm_up(session, pairs, batches, device, say)
     times: dict[int, list[float]] = {i: [] for i in range(len(pairs))}
     rng = random.Random(f"qvit-interleave:{first.seed}")
     for r in range(session.rounds):
@@ -146,7 +173,8 @@ def measure_session(session: Session, out_dir: str | Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     payload, out = argv[0], argv[1]
-    measure_session(Session.from_dict(json.loads(Path(payload).read_text())), out)
+    measure_session(Session.from_dict(json.loads(Path(payload).read_text())), out,
+                    progress="--progress" in argv[2:])
     return 0
 
 

@@ -424,10 +424,11 @@ def _run_epoch(spec: RunSpec, st: _State, epoch: int, resumed: bool, progress: b
     return row
 
 
-def train_in_memory(spec: RunSpec, *, progress: bool = False
+def train_in_memory(spec: RunSpec, *, progress: bool = False, on_epoch=None
                     ) -> tuple[torch.nn.Module, list[dict]]:
     """Train one run here, keeping nothing on disk (the pretrained start's float training).
-    Failures raise. Returns the model and one row per epoch."""
+    Failures raise. Returns the model and one row per epoch (each also given to
+    ``on_epoch`` as it ends, where one is given)."""
     from tqdm.auto import tqdm
 
     device = resolve_device(spec.settings.device)
@@ -437,6 +438,8 @@ def train_in_memory(spec: RunSpec, *, progress: bool = False
     for epoch in tqdm(range(1, spec.epochs + 1), desc=f"{spec.model} {spec.config}",
                       unit="epoch", disable=not (progress and sys.stderr.isatty())):
         rows.append(_run_epoch(spec, st, epoch, resumed=False, progress=False))
+        if on_epoch is not None:
+            on_epoch(rows[-1])
     return st.model, rows
 
 

@@ -48,6 +48,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -73,12 +74,14 @@ from harness.spec.executor import (
     parse_options,
     parse_time_limit,
 )
+from harness.sweep.progress import Progress, RunWatcher
 
 __all__ = ["EXECUTORS", "ExecutorOptions", "parse_options", "add_arguments", "options_from",
            "run_sweep", "run_block", "run_interleaved", "spawn", "BlockRunner",
            "block_identities", "blocks_needing_work", "parse_time_limit", "squeue_states"]
 
 JOBS_DIR = "jobs"  # <out>/jobs: submitit's folders (pickles, logs) and block records
+TICK_S = 1.0  # how often a waiting sweep looks at its children's progress
 # Slurm job states after which the job is over (squeue %T). Anything else (PENDING,
 # RUNNING, REQUEUED, COMPLETING, SUSPENDED, ...) is still on its way.
 TERMINAL_STATES = ("COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "NODE_FAIL", "PREEMPTED",
@@ -146,9 +149,11 @@ def _child_env() -> dict:
     return env
 
 
-def spawn(module: str, payload: dict, out: Path, work: Path, progress: bool = False) -> int:
+def spawn(module: str, payload: dict, out: Path, work: Path, progress: bool = False,
+          tick: Callable[[], None] | None = None) -> int:
     """The one way the harness runs a child: ``python -m MODULE PAYLOAD.json OUT`` with the
-    payload written to ``work/payload.json``; stopping the parent stops the child."""
+    payload written to ``work/payload.json``; stopping the parent stops the child. ``tick``
+    is called about every second while the child runs (the sweep's progress)."""
     path = work / "payload.json"
     _write_json(path, payload)
     cmd = [sys.executable, "-m", module, str(path), str(out)]
@@ -157,6 +162,11 @@ def spawn(module: str, payload: dict, out: Path, work: Path, progress: bool = Fa
     proc = subprocess.Popen(cmd, env=_child_env(), stdin=subprocess.DEVNULL)
     try:
         with _sigterm_raises():
+            while tick is not None:
+                try:
+                    return proc.wait(timeout=TICK_S)
+                except subprocess.TimeoutExpired:
+                    tick()
             return proc.wait()
     except BaseException:  # stopped (Ctrl-C, a signal, a requeue): stop the child too
         proc.kill()
@@ -201,7 +211,8 @@ def _record_dead_run(spec, out: Path, rc: int, prov: dict) -> None:
     records.append_shard_rows(out, spec.run_id, [row])
 
 
-def run_block(spec_dicts: list[dict], out_dir: str, progress: bool = False) -> dict:
+def run_block(spec_dicts: list[dict], out_dir: str, progress: bool = False,
+              tick: Callable[[], None] | None = None) -> dict:
     """Run one repeat block here (the body of a job, or of a local sweep's step): its
     unfinished runs in their order in one child process; a child that dies is blamed for
     the run it was in and the rest go on in a new child. Finished runs are skipped, unless
@@ -227,7 +238,7 @@ def run_block(spec_dicts: list[dict], out_dir: str, progress: bool = False) -> d
                "pid": os.getpid(), "started": time.time(), "state": "running",
                "runs": [s.run_id for s in specs], "todo": [s.run_id for s in todo],
                "redo_whole_block_from": sorted(map(list, others))}
-    work = out / JOBS_DIR / "blocks" / f"block{block}"
+    work = _block_work(out, block)
     _write_json(work.with_suffix(".json"), summary)
     if others:
         print(f"[block {block}] finished runs were measured on {sorted(others)}, this job "
@@ -244,7 +255,7 @@ def run_block(spec_dicts: list[dict], out_dir: str, progress: bool = False) -> d
     while todo and not stop:
         rc = spawn("harness.run.runner", {"specs": [s.to_dict() for s in todo],
                                       "run_ids": [s.run_id for s in todo],
-                                      "inflight": str(work / INFLIGHT)}, out, work, progress)
+                                      "inflight": str(work / INFLIGHT)}, out, work, progress, tick)
         if rc == 0:
             break
         if rc == CODE_CHANGED:  # the child would record under other run ids: stop here
@@ -261,6 +272,10 @@ def run_block(spec_dicts: list[dict], out_dir: str, progress: bool = False) -> d
                            f"{stop[0]} (scancel or time limit); its unfinished runs are "
                            f"left to redo")
     return summary
+
+
+def _block_work(out: Path, block: int) -> Path:
+    return out / JOBS_DIR / "blocks" / f"block{block}"
 
 
 def _read_inflight(path: Path) -> str | None:
@@ -407,14 +422,21 @@ def run_sweep(specs: list, out_dir: str | os.PathLike,
     blocks = _by_block(specs)
     say(f"{len(blocks)} blocks, {len(blocks) - len(todo)} finished already; "
         f"{len(todo)} to run ({options.kind})")
+    watcher = _watcher(specs, table, out, options, len(todo), progress)
+    say = watcher.progress.say if progress else say
     try:
         if options.kind in CLUSTER_EXECUTORS:
-            _run_jobs(specs, blocks, todo, out, options, say)
+            _run_jobs(specs, blocks, todo, out, options, say, watcher)
         else:
             for b in todo:
-                run_block([s.to_dict() for s in blocks[b]], str(out), progress=progress)
+                watcher.watch([b])
+                watcher.progress.at(f"block {list(blocks).index(b) + 1}/{len(blocks)}")
+                run_block([s.to_dict() for s in blocks[b]], str(out), progress=progress,
+                          tick=watcher.poll)
+                watcher.poll()
                 records.merge_shards(out, remove=True)
     finally:
+        watcher.progress.close()
         records.merge_shards(out, remove=True)
     table = records.read_table(out)
     left = blocks_needing_work(table, specs)
@@ -424,26 +446,44 @@ def run_sweep(specs: list, out_dir: str | os.PathLike,
     return table
 
 
+def _watcher(specs, table, out: Path, options: ExecutorOptions, n_blocks: int,
+             progress: bool) -> RunWatcher:
+    """The sweep's progress, fed by watching its children's shards."""
+    done = _finished_ids(table, specs)
+    pending = {s.run_id: (s.model, s.config) for s in specs if s.run_id not in done}
+    parallel = (options.max_parallel or n_blocks) if options.kind in CLUSTER_EXECUTORS else 1
+    bar = Progress(pending, total=len(specs), unit="runs", title="sweep", enabled=progress,
+                   parallel=max(1, parallel))
+    return RunWatcher(specs, out, bar, lambda b: _block_work(out, b) / INFLIGHT)
+
+
 def run_interleaved(sessions: list, out_dir: str | os.PathLike, *, progress: bool = True
                     ) -> None:
     """Step-interleaved sessions (`harness.run.interleave`), each in a child process here;
     sessions whose rows the table holds are skipped."""
-    from harness.run.interleave import session_run_ids
+    from harness.run.interleave import session_run_ids, session_summary
 
     out = Path(out_dir).resolve()
     have = set(records.merge_shards(out, remove=True)["run_id"])
-    for i, session in enumerate(sessions):
-        if set(session_run_ids(session)) <= have:
-            continue
-        model = session.specs[0].model
-        _log(f"step-interleaved session {i} (block {session.index}): {model}, "
-             f"{len(session.specs)} configs x {session.rounds} rounds") if progress else None
-        rc = spawn("harness.run.interleave", session.to_dict(), out,
-                   out / JOBS_DIR / f"steps{i}", progress=False)
-        records.merge_shards(out, remove=True)
-        if rc != 0:
-            _log(f"step-interleaved session {i} ({model}) failed (exit {rc}); its rows are "
-                 f"missing from the report; rerun to retry")
+    pending = {str(i): s.specs[0].model for i, s in enumerate(sessions)
+               if not set(session_run_ids(s)) <= have}
+    with Progress(pending, total=len(sessions), unit="sessions", title="step-interleaved",
+                  enabled=progress) as bar:
+        for i, session in enumerate(sessions):
+            if str(i) not in pending:
+                continue
+            model = session.specs[0].model
+            bar.at(f"block {session.index}")
+            bar.start(str(i), f"{model}, {len(session.specs)} configs x {session.rounds} "
+                              f"rounds")
+            rc = spawn("harness.run.interleave", session.to_dict(), out,
+                       out / JOBS_DIR / f"steps{i}", progress=progress, tick=bar.tick)
+            table = records.merge_shards(out, remove=True)
+            if rc != 0:
+                bar.finish(str(i), False, f"{model}: FAILED (exit {rc}); its rows are missing "
+                                          f"from the report; rerun to retry")
+            else:
+                bar.finish(str(i), True, f"{model}: {session_summary(session, table)}")
 
 
 def _submit(ex, blocks, todo, out: Path, kind: str, say) -> dict:
@@ -458,12 +498,15 @@ def _submit(ex, blocks, todo, out: Path, kind: str, say) -> dict:
     return job_of
 
 
-def _wait(job_of: dict, out: Path, options: ExecutorOptions, say) -> dict[int, str]:
+def _wait(job_of: dict, out: Path, options: ExecutorOptions, say, watcher: RunWatcher
+          ) -> dict[int, str]:
     """Poll the jobs until each has ended; merge shards whenever one ends."""
     final: dict[int, str] = {}
     last: dict[int, str] = {}
     while len(final) < len(job_of):
-        time.sleep(options.poll_s)
+        for _ in range(max(1, round(options.poll_s / TICK_S))):
+            time.sleep(min(TICK_S, options.poll_s))
+            watcher.poll()
         squeue = squeue_states() if options.kind == "slurm" else None
         changed = False
         for b, job in job_of.items():
@@ -482,7 +525,8 @@ def _wait(job_of: dict, out: Path, options: ExecutorOptions, say) -> dict[int, s
     return final
 
 
-def _run_jobs(specs, blocks, todo, out: Path, options: ExecutorOptions, say) -> None:
+def _run_jobs(specs, blocks, todo, out: Path, options: ExecutorOptions, say,
+              watcher: RunWatcher) -> None:
     """Blocks as a job array; blocks whose job died are resubmitted up to
     ``options.retries`` times (not after a cancel)."""
     on_cuda = any(str(s.settings.device).startswith("cuda") for s in specs)
@@ -493,7 +537,8 @@ def _run_jobs(specs, blocks, todo, out: Path, options: ExecutorOptions, say) -> 
     try:
         while todo:
             job_of = _submit(ex, blocks, todo, out, options.kind, say)
-            final = _wait(job_of, out, options, say)
+            watcher.watch(todo, started=False)
+            final = _wait(job_of, out, options, say, watcher)
             left = blocks_needing_work(records.merge_shards(out, remove=False), specs)
             cancelled |= {b for b in left if final.get(b) == "CANCELLED"}
             todo = [b for b in left if b not in cancelled]

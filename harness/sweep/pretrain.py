@@ -8,6 +8,7 @@ from __future__ import annotations
 import fcntl
 import os
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -16,6 +17,7 @@ from harness.errors import friendly_errors
 from harness.run.pretrained import pretrain_settings, pretrained_path
 from harness.run.runner import RunSpec, train_in_memory
 from harness.spec.settings import RunSettings
+from harness.sweep.progress import EpochLog, format_eta
 from qvit import Flags
 
 __all__ = ["ensure_pretrained"]
@@ -36,14 +38,19 @@ def ensure_pretrained(s: RunSettings, *, progress: bool = True) -> Path:
               f"({s.pretrain_epochs} epochs; cached in {path})", file=sys.stderr, flush=True)
         spec = RunSpec("float-pretrain", Flags.preset("best"), pretrain_settings(s),
                        float_reference=True)
-        model, rows = train_in_memory(spec, progress=progress)
+        t0 = time.monotonic()
+        # on a terminal a bar over the epochs; off one (logs), a line every few seconds
+        log = EpochLog(f"pretraining {s.model}", spec.epochs) \
+            if progress and not sys.stderr.isatty() else None
+        model, rows = train_in_memory(spec, progress=progress, on_epoch=log)
         state = {"model": model.state_dict(), "top1": float(rows[-1]["top1"]),
                  "epochs": len(rows)}
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         torch.save(state, tmp)
         os.replace(tmp, path)
-        print(f"float {s.model} on {s.dataset}: held-out top-1 {state['top1']:.1f}%",
-              file=sys.stderr, flush=True)
+        print(f"float {s.model} on {s.dataset}: held-out top-1 {state['top1']:.1f}% "
+              f"(pretrained in {format_eta(time.monotonic() - t0)})", file=sys.stderr,
+              flush=True)
     return path
 
 
