@@ -1,10 +1,12 @@
 """``python -m harness``: ``run`` (train configs of one model, record the table, report),
-``ablate`` (a declarative spec), ``report``, ``parity``, ``pretrain``.
+``ablate`` (a declarative spec), ``compare`` (two results: faster, slower or the same),
+``report``, ``parity``, ``pretrain``.
 
     python -m harness run --model ivit_micro --flags seed --epochs 3 --out runs/demo
     python -m harness run --model swin_micro --flags legacy --flags seed --flags fast=best \\
         --repeats 5 --steps-per-epoch 10 --out runs/cmp
     python -m harness ablate ablations/seed_timeline.toml --device cpu
+    python -m harness compare runs/before runs/after --fail-slower 5%
 
 ``run`` is an explicit ``configs`` design built from the command line: it goes through the
 same validation, sweep and report as ``ablate`` (one declaration of run settings,
@@ -23,7 +25,8 @@ from harness.errors import friendly_errors
 from harness.spec.options import add_options, values_from_args
 from harness.spec.settings import RunSettings
 
-__all__ = ["main", "run_parser", "ablate_parser", "spec_from_args", "prepare_ablate"]
+__all__ = ["main", "run_parser", "ablate_parser", "compare_parser", "spec_from_args",
+           "prepare_ablate"]
 
 _DISPATCH = {"report": "harness.analysis.report", "parity": "harness.parity",
              "pretrain": "harness.sweep.pretrain"}
@@ -158,9 +161,54 @@ def cmd_ablate(argv: list[str]) -> int:
     return 0
 
 
+def compare_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m harness compare", description=(
+            "Compare two results of the same design, B against A: per (model, config) the "
+            "ratio B/A of epoch, step and interleaved step time with t intervals, the top-1 "
+            "difference with its TOST verdict, and a verdict (faster / slower / same within "
+            "the A/A noise). Only the code may differ: rows of another machine, run settings "
+            "or library versions are refused."))
+    p.add_argument("a", metavar="A", help="the base: a results folder, FOLDER@REV (its rows "
+                   "measured at git revision REV) or a revision of B's folder")
+    p.add_argument("b", metavar="B", help="compared with A: a folder, FOLDER@REV or a "
+                   "revision of A's folder")
+    p.add_argument("--fail-slower", metavar="PCT", help="exit 1 when any ratio's interval "
+                   "lies wholly above 1 + PCT (B slower by more than PCT), e.g. 5%%")
+    p.add_argument("--out", metavar="FILE.md", help="also write the table there, and the "
+                   "figure of the ratios beside it (FILE.png)")
+    return p
+
+
+@friendly_errors
+def cmd_compare(argv: list[str]) -> int:
+    from harness.analysis import compare as cmp
+
+    args = compare_parser().parse_args(argv)
+    threshold = cmp.parse_percent(args.fail_slower) if args.fail_slower else None
+    a = cmp.load_side(args.a, other=args.b)
+    b = cmp.load_side(args.b, other=args.a)
+    result = cmp.compare(a, b)
+    figure = None
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        figure = cmp.plot_ratios(result, out.with_suffix(".png")).name
+    text = cmp.to_markdown(result, a, b, figure)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text)
+    if threshold is None:
+        return 0
+    slower = cmp.slower_than(result, threshold)
+    for line in slower:
+        print(f"slower: {line}", file=sys.stderr)
+    return 1 if slower else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands = ["run", "ablate", *_DISPATCH]
+    commands = ["run", "ablate", "compare", *_DISPATCH]
     if not argv or argv[0] in ("-h", "--help"):
         print(f"usage: python -m harness {{{','.join(commands)}}} ...\n\n{__doc__}")
         return 0 if argv else 2
@@ -169,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_run(rest)
     if cmd == "ablate":
         return cmd_ablate(rest)
+    if cmd == "compare":
+        return cmd_compare(rest)
     if cmd in _DISPATCH:
         return int(importlib.import_module(_DISPATCH[cmd]).main(rest) or 0)
     print(f"error: unknown command {cmd!r}; use one of: {', '.join(commands)}",
