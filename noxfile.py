@@ -54,6 +54,17 @@ def report(session):
 
 
 @nox.session
+def compare(session):
+    """Compare two results of one design, B against A (`python -m harness compare`): B/A
+    ratios with intervals and verdicts, e.g. `nox -s compare -- runs/before runs/after
+    --fail-slower 5%` (exits 1 when B is slower by more than 5%)."""
+    _install(session)
+    if len(session.posargs) < 2:
+        session.error("give two results: nox -s compare -- A B [--fail-slower 5%] [--out F.md]")
+    session.run("python", "-m", "harness", "compare", *session.posargs)
+
+
+@nox.session
 def parity(session):
     """Parity tables of every flag on the micro models (python -m harness parity)."""
     _install(session)

@@ -41,7 +41,7 @@ import pandas as pd
 from harness import records
 from harness.analysis import stats
 from harness.analysis.equivalence import DEFAULT_MARGIN_PP, accuracy_parity
-from harness.analysis.report.fmt import ci, md_table, pp, pp_ci
+from harness.analysis.report.fmt import ci, md_table, pp_ci
 from harness.spec import AA_CONTROL
 from harness.spec.planning import read_design
 
@@ -334,7 +334,8 @@ def plot_ratios(result: pd.DataFrame, path: Path) -> Path:
     for ax, model in zip(axes[0], models, strict=True):
         for i, name in enumerate(names):
             s = data[(data["model"] == model) & (data["ratio"] == name)]
-            y = np.array([configs.index(c) for c in s["config"]]) + (i - (len(names) - 1) / 2) * 0.25
+            y = np.array([configs.index(c) for c in s["config"]]) \
+                + (i - (len(names) - 1) / 2) * 0.25
             v = s["B/A"].to_numpy(float)
             lo, hi = s["lo"].to_numpy(float), s["hi"].to_numpy(float)
             err = np.abs(np.vstack([v - np.where(np.isfinite(lo), lo, v),

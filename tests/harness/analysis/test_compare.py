@@ -61,6 +61,7 @@ def test_a_folder_against_itself_is_the_same_everywhere(capsys):
     assert out.count("| same |") == len(result) == 10  # 2 models x 5 configs
 
 
+@pytest.mark.slow
 def test_two_committed_folders_of_one_machine_and_settings(tmp_path):
     """The seed timeline and the `best` design: measured alike at other commits; configs
     both hold are compared, one whose flags differ under the same name says so."""
@@ -95,6 +96,7 @@ def test_rows_measured_unlike_are_refused_naming_what_differs(capsys, a, b, diff
         assert what in err
 
 
+@pytest.mark.slow
 def test_a_planted_slowdown_fails_the_check_and_a_small_change_does_not(tmp_path, capsys):
     slow = _planted(MICRO, tmp_path / "slow", 1.20)
     assert main(["compare", str(MICRO), str(slow), "--fail-slower", "5%"]) == 1
@@ -111,6 +113,7 @@ def test_a_planted_slowdown_fails_the_check_and_a_small_change_does_not(tmp_path
     assert (faster["verdict"] == "faster").all()
 
 
+@pytest.mark.slow
 def test_rows_of_two_revisions_in_one_table(tmp_path, capsys):
     folder = _planted(MICRO, tmp_path / "two", 1.20, commit="f" * 40)
     old = records.read_table(MICRO)["git_commit"].iloc[0]
