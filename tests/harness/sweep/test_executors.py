@@ -240,7 +240,7 @@ def test_local_executor_runs_blocks_here(tmp_path, monkeypatch, opts):
     specs = tiny_specs(write_tiny(tmp_path))
     calls = []
 
-    def fake_run_block(spec_dicts, out_dir, progress=False):
+    def fake_run_block(spec_dicts, out_dir, progress=False, tick=None):
         calls.append([(d["block"], d["order"], d["config"]) for d in spec_dicts])
         for d in spec_dicts:  # finish the block's runs, as its child would
             spec = next(s for s in specs if s.block == d["block"] and s.order == d["order"])
