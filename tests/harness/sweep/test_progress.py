@@ -21,7 +21,7 @@ import pytest
 from harness import records
 from harness.run.runner import FAULT_ENV, RunSpec
 from harness.spec.settings import RunSettings
-from harness.sweep.progress import Progress, RunWatcher, format_eta
+from harness.sweep.progress import EpochLog, Progress, RunWatcher, format_eta
 from qvit import Flags
 
 HERE = Path(__file__).resolve().parents[1]  # tests/harness: harness_tiny.py
@@ -80,6 +80,22 @@ def test_disabled_progress_says_nothing():
     p.finish("a", False, "A: FAILED")
     p.close()
     assert out.getvalue() == ""
+
+
+def test_pretraining_off_a_terminal_logs_its_epochs_every_few_seconds():
+    out = io.StringIO()
+    log = EpochLog("pretraining ivit_micro", 30, every_s=3600.0, stream=out)
+    for epoch in range(1, 31):
+        log({"epoch": epoch, "top1": 50.0 + epoch})
+    lines = out.getvalue().splitlines()  # within the hour: the last epoch only
+    assert len(lines) == 1 and lines[0].endswith(
+        "pretraining ivit_micro: epoch 30/30, top-1 80.0%, elapsed 00:00, ETA 00:00")
+    out = io.StringIO()
+    log = EpochLog("pretraining ivit_micro", 3, every_s=0.0, stream=out)
+    for epoch in range(1, 4):
+        log({"epoch": epoch, "top1": 50.0})
+    assert [line.split(": ", 1)[1][:12] for line in out.getvalue().splitlines()] == \
+        ["epoch 1/3, t", "epoch 2/3, t", "epoch 3/3, t"]
 
 
 def _spec(config, block=0, epochs=2, **flags):
@@ -198,3 +214,48 @@ def test_a_bar_on_a_terminal_with_a_decreasing_eta(tmp_path):
     etas = [_seconds(m.group(1)) for f in bars if (m := re.search(r"ETA ([\d:]+),", f))]
     assert len(etas) >= 2 and etas[0] > etas[-1] == 0, bars
     assert not any("] run " in f for f in frames)  # no log lines on a terminal
+
+
+def test_interleaved_sessions_report_progress_and_compile_warm_ups(tmp_path, capsys,
+                                                                 monkeypatch):
+    """Step-interleaved sessions: a line per finished session with each config's median
+    step and the ETA, a failed session counted; a compiled config says it compiles in the
+    warm-up rounds and how long that took."""
+    from harness.run import interleave
+    from harness.sweep import executors
+
+    sys.path.insert(0, str(HERE))  # harness_tiny, imported in this process
+    monkeypatch.setattr(interleave, "compile_model", lambda model, backend: model)
+    settings = RunSettings(model="harness_tiny:tiny_cnn", batch_size=8, device="cpu",
+                           pretrained=False)
+    specs = (RunSpec("a", Flags.preset("best"), settings),
+             RunSpec("b", Flags.preset("best").replace(compile_model=True), settings))
+    sessions = [interleave.Session(specs, rounds=2, warmup=1, index=i) for i in range(3)]
+
+    def spawn_here(module, payload, out, work, progress=False, tick=None):
+        session = interleave.Session.from_dict(payload)
+        if session.index == 1:
+            return 1  # a session whose child died
+        interleave.measure_session(session, out, progress=progress)
+        return 0
+
+    monkeypatch.setattr(executors, "spawn", spawn_here)
+    executors.run_interleaved(sessions, tmp_path, progress=True)
+    lines = [line.split("] ", 1)[1] for line in capsys.readouterr().err.splitlines()]
+    assert lines[0] == ("compiling harness_tiny:tiny_cnn b (torch.compile, in the warm-up "
+                        "rounds)")
+    assert re.fullmatch(r"compiled in \d+\.\d s \(warm-up rounds \d+\.\d s\)", lines[1])
+    assert re.match(r"session 1/3 \(block 0\) harness_tiny:tiny_cnn: step median "
+                    r"a \d+\.\d ms, b \d+\.\d ms; failed 0; elapsed \d\d:\d\d, "
+                    r"ETA \d\d:\d\d$",
+                    lines[2]), lines[2]
+    assert lines[3].startswith("session 2/3 (block 1) harness_tiny:tiny_cnn: FAILED "
+                               "(exit 1)")
+    assert "; failed 1;" in lines[3]
+    assert lines[-1].startswith("session 3/3 (block 2)") and lines[-1].endswith("ETA 00:00")
+    assert len(lines) == 7 and lines[4].startswith("compiling")  # session 3 compiles too
+    executors.run_interleaved(sessions, tmp_path, progress=True)  # only the failed one again
+    assert "] session 3/3 (block 1) " in capsys.readouterr().err  # 2 of 3 done before
+    monkeypatch.setattr(executors, "spawn", lambda *a, **k: 1)
+    executors.run_interleaved(sessions, tmp_path, progress=False)
+    assert capsys.readouterr().err == ""  # progress=False: silent
