@@ -55,6 +55,8 @@ import pandas as pd
 from submitit.helpers import Checkpointable
 
 from harness import records
+from harness.errors import IO_FAULT_EXIT, FaultChannel
+from harness.records.files import write_text
 from harness.run.process import expected_threads
 from harness.run.runner import (
     CODE_CHANGED,
@@ -132,9 +134,7 @@ def _job_id() -> str:
 
 def _write_json(path: Path, data: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True, default=str) + "\n")
-    os.replace(tmp, path)
+    write_text(path, json.dumps(data, indent=1, sort_keys=True, default=str) + "\n")
 
 
 def _child_env() -> dict:
@@ -148,20 +148,43 @@ def _child_env() -> dict:
 
 def spawn(module: str, payload: dict, out: Path, work: Path, progress: bool = False) -> int:
     """The one way the harness runs a child: ``python -m MODULE PAYLOAD.json OUT`` with the
-    payload written to ``work/payload.json``; stopping the parent stops the child."""
+    payload written to ``work/payload.json``; stopping the parent stops the child. The
+    child ignores Ctrl-C (the parent stops it; its traceback would say nothing); a write
+    its disk refused ends it with `IO_FAULT_EXIT` and is raised here, as an OSError."""
     path = work / "payload.json"
     _write_json(path, payload)
     cmd = [sys.executable, "-m", module, str(path), str(out)]
     if progress:
         cmd.append("--progress")
-    proc = subprocess.Popen(cmd, env=_child_env(), stdin=subprocess.DEVNULL)
+    channel = FaultChannel()
+    with _sigint_ignored():  # inherited by the child, kept through exec
+        proc = subprocess.Popen(cmd, env={**_child_env(), **channel.env},
+                                stdin=subprocess.DEVNULL, pass_fds=channel.pass_fds)
     try:
         with _sigterm_raises():
-            return proc.wait()
+            rc = proc.wait()
     except BaseException:  # stopped (Ctrl-C, a signal, a requeue): stop the child too
         proc.kill()
         proc.wait()
         raise
+    finally:
+        fault = channel.close()  # the write the child's disk refused, if it named one
+    if rc == IO_FAULT_EXIT and fault is not None:
+        raise fault
+    return rc
+
+
+@contextlib.contextmanager
+def _sigint_ignored():
+    try:
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 @contextlib.contextmanager
@@ -235,9 +258,12 @@ def run_block(spec_dicts: list[dict], out_dir: str, progress: bool = False) -> d
         for s in todo:
             records.discard_run(out, s.run_id)
     stop = []  # SIGTERM (scancel, the end of a time limit): start no more runs
+    previous = signal.getsignal(signal.SIGTERM)
 
     def _on_term(signum, frame):
         stop.append(signum)
+        if callable(previous):  # a local sweep's (`errors.signals_raise`): stop at once
+            previous(signum, frame)
 
     with contextlib.suppress(ValueError):  # (not in the main thread: no handler)
         signal.signal(signal.SIGTERM, _on_term)
@@ -414,8 +440,11 @@ def run_sweep(specs: list, out_dir: str | os.PathLike,
             for b in todo:
                 run_block([s.to_dict() for s in blocks[b]], str(out), progress=progress)
                 records.merge_shards(out, remove=True)
-    finally:
-        records.merge_shards(out, remove=True)
+    except BaseException:  # keep what finished; on a full disk the shards keep it
+        with contextlib.suppress(OSError, ValueError):
+            records.merge_shards(out, remove=True)
+        raise
+    records.merge_shards(out, remove=True)
     table = records.read_table(out)
     left = blocks_needing_work(table, specs)
     if left:

@@ -9,6 +9,7 @@ during a write; a read-only or forbidden output folder; a corrupt image in an Im
 import errno
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
@@ -224,8 +225,10 @@ def test_disk_full_keeps_the_table(tmp_path, monkeypatch, capsys, writer):
 
     assert main([]) == 1
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("disk full while writing ")
-    assert "the table keeps every finished epoch; free space and rerun the same command" in err
+    name = records.TABLE if writer == "to_parquet" else records.CSV
+    assert err.count("\n") == 1, err
+    assert err.startswith(f"cannot write {tmp_path / name}: no space left on device (ENOSPC); ")
+    assert err.endswith(f"kept in {tmp_path}; free space and rerun the same command to resume\n")
     assert not list(tmp_path.glob(".*.tmp"))  # no half-written file left behind
     monkeypatch.undo()
     if writer == "to_parquet":  # nothing was replaced
@@ -243,16 +246,28 @@ def test_friendly_errors_codes_and_what_propagates(tmp_path, capsys):
         return main([])
 
     assert fails(KeyboardInterrupt()) == 130
-    assert capsys.readouterr().err == (f"interrupted; finished runs are kept in {tmp_path}; "
-                                       f"rerun the same command to resume\n")
+    assert capsys.readouterr().err == (f"interrupted (Ctrl-C); finished runs are kept in "
+                                       f"{tmp_path}; rerun the same command to resume\n")
+    assert fails(errors.Terminated(signal.SIGTERM)) == 143
+    assert capsys.readouterr().err.startswith("stopped by SIGTERM; finished runs are kept in ")
     assert fails(ValueError("stages = [2, 3] is not a list of stage names")) == 2
     assert capsys.readouterr().err == "error: stages = [2, 3] is not a list of stage names\n"
     wrapped = RuntimeError("writer died")
     wrapped.__cause__ = OSError(errno.ENOSPC, "No space left on device", "/x/runs.csv")
     assert fails(wrapped) == 1  # the disk-full cause is found behind a wrapper
-    assert capsys.readouterr().err.startswith("disk full while writing /x/runs.csv;")
+    assert capsys.readouterr().err.startswith(
+        "cannot write /x/runs.csv: no space left on device (ENOSPC); finished runs are kept")
     assert fails(OSError(errno.EROFS, "Read-only file system", "/ro/runs.csv")) == 1
-    assert capsys.readouterr().err.startswith("cannot write /ro/runs.csv (Read-only file")
+    err = capsys.readouterr().err
+    assert err.startswith("cannot write /ro/runs.csv: read-only file system (EROFS); ")
+    assert "; make it writable and rerun the same command" in err
+    assert fails(OSError(errno.EIO, "Input/output error", "/d/x.pt")) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("cannot write /d/x.pt: input/output error (EIO); ")
+    assert "; check the disk and rerun the same command" in err
+    # pyarrow leaves the errno in its message only
+    assert fails(OSError("Error writing bytes to file. Detail: [errno 122] Disk quota")) == 1
+    assert "disk quota exceeded (EDQUOT); " in capsys.readouterr().err
     with pytest.raises(RuntimeError, match="a bug"):
         fails(RuntimeError("a bug"))  # not the user's to fix: the traceback stays
     with pytest.raises(FileNotFoundError):
