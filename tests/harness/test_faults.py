@@ -476,10 +476,10 @@ def test_a_checkpoint_the_disk_refuses_is_handed_to_the_parent_not_recorded(
         disk.close()
 
 
-def _spec(out, configs=("a",), repeats=1):
+def _spec(out, configs=("a",), repeats=1, epochs=1):
     from harness.cli import run_parser, spec_from_args
 
-    return spec_from_args(run_parser().parse_args(_run_args(out, configs, repeats=repeats)),
+    return spec_from_args(run_parser().parse_args(_run_args(out, configs, epochs, repeats)),
                           [])
 
 
@@ -599,22 +599,27 @@ def _wait_in_epoch2(out: Path, config: str, proc, timeout: float = 600) -> int:
                                         ("child", signal.SIGTERM)])
 def test_a_stopped_sweep_ends_in_one_line_and_keeps_its_finished_runs(tmp_path, target, sig):
     """SIGTERM to the sweep, Ctrl-C (SIGINT to its process group, as a terminal sends it):
-    one line, exit 128+signal, no traceback, the child stopped, run a kept; the same
-    command resumes b. SIGTERM to the block's child (as the OOM killer's SIGKILL): the run
-    it was in is recorded as failed and the sweep ends non-zero, no traceback."""
-    hang = {"b": {"fault": "hang", "epoch": 2, "step": 0}}
-    proc = _harness_run(tmp_path, ("a", "b"), hang, epochs=2)
-    child = _wait_in_epoch2(tmp_path, "b", proc)
+    one line, exit 128+signal, no traceback, the child stopped, the first run kept; the
+    same command resumes the second. SIGTERM to the block's child (as the OOM killer's
+    SIGKILL): the run it was in is recorded as failed and the sweep ends non-zero, no
+    traceback."""
+    from harness.spec import plan
+
+    spec = _spec(tmp_path, ("a", "b"), epochs=2)
+    first, last = (r.config.name for r in sorted(plan(spec, design_configs(spec)),
+                                            key=lambda r: r.order))
+    proc = _harness_run(tmp_path, ("a", "b"), {last: {"fault": "hang", "epoch": 2}}, epochs=2)
+    child = _wait_in_epoch2(tmp_path, last, proc)
     {"parent": lambda: os.kill(proc.pid, sig), "group": lambda: os.killpg(proc.pid, sig),
      "child": lambda: os.kill(child, sig)}[target]()
     rc, log = _finish(proc, timeout=300)
     ids = _ids(tmp_path)
     assert "Traceback" not in log, log
     t = records.read_table(tmp_path)
-    assert list(t[t["run_id"] == ids["a"]]["status"]) == ["ok", "ok"], log
+    assert list(t[t["run_id"] == ids[first]]["status"]) == ["ok", "ok"], log
     if target == "child":
         assert rc == 1, log
-        b = t[t["run_id"] == ids["b"]].sort_values("epoch")
+        b = t[t["run_id"] == ids[last]].sort_values("epoch")
         assert list(b["status"]) == ["ok", "error"] and "SIGTERM" in b["error"].iloc[1]
         return
     stopped = "stopped by SIGTERM" if sig == signal.SIGTERM else "interrupted (Ctrl-C)"

@@ -140,3 +140,14 @@ def test_writes_keep_the_umask(tmp_path):
     finally:
         os.umask(old)
     assert path.stat().st_mode & 0o777 == 0o640
+
+
+def test_parity_refuses_a_users_folder_before_measuring(tmp_path, capsys):
+    from harness.parity import main
+
+    (tmp_path / "parity.csv").write_text("my,own\n")
+    assert main(["--model", "ivit_micro", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --out {tmp_path} is not a harness folder") and \
+        "would overwrite parity.csv" in err and err.count("\n") == 1
+    assert (tmp_path / "parity.csv").read_text() == "my,own\n"
