@@ -12,8 +12,6 @@ import os
 import subprocess
 from pathlib import Path
 
-from harness.records import files
-
 
 class Disk:
     def __init__(self, path: Path, monkeypatch, size: str = "16m"):
@@ -26,6 +24,8 @@ class Disk:
         self.full = False
         self._filler = path / ".filler"
         if not self.real:
+            from harness.records import files
+
             real_fsync = os.fsync
 
             def fsync(fd):
