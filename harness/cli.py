@@ -101,7 +101,7 @@ def cmd_run(argv: list[str]) -> int:
     from harness import records  # torch and timm load from here on, after every check
     from harness.pipeline import run_spec
 
-    print(f"report: {run_spec(spec, Path(args.out), executor)}")
+    print(f"report: {run_spec(spec, Path(args.out), executor, command='run')}")
 
     table = records.read_table(args.out)
     ids = set((read_design(args.out) or {}).get("run_ids") or table["run_id"])

@@ -10,13 +10,15 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from pathlib import Path
 
 import pandas as pd
 from pydantic import ValidationError
 
+from harness.errors import friendly_errors
 from harness.parity.config import SHOWN_COLUMNS, ParityConfig
 from harness.parity.table import run_parity
+from harness.records.files import write_text
+from harness.records.outdir import claim_out_dir
 from harness.spec.options import add_options, one_line, values_from_args
 
 __all__ = ["format_table", "main"]
@@ -60,16 +62,18 @@ def _configs(p: argparse.ArgumentParser, args: argparse.Namespace) -> list[Parit
         p.error(one_line(e, model=ParityConfig))
 
 
+@friendly_errors
 def main(argv: list[str] | None = None) -> int:
     p = _parser()
     args = p.parse_args(argv)
     mismatches = []
     configs = _configs(p, args)
+    root = claim_out_dir(args.out, "parity", ",".join(c.model for c in configs))
     for cfg in configs:
         df = run_parity(cfg, log=lambda s: print(s, file=sys.stderr, flush=True))
-        out = Path(args.out) / cfg.model if len(configs) > 1 else Path(args.out)
+        out = root / cfg.model if len(configs) > 1 else root
         out.mkdir(parents=True, exist_ok=True)
-        df.to_csv(out / "parity.csv", index=False)
+        write_text(out / "parity.csv", df.to_csv(index=False))
         print(f"\n== parity of {cfg.model} (base {cfg.base}"
               + (f" -> {cfg.to}" if cfg.to else "") + f"): {out / 'parity.csv'}")
         print(format_table(df))

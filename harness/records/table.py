@@ -1,9 +1,10 @@
 """The runs table: one row per (run, epoch), as pandas, in ``<out>/runs.parquet`` and
 ``<out>/runs.csv`` (two copies of one table; each recovers the other).
 
-Every write is a read-modify-atomic-replace under a lock file, so a crash loses at most the
-epoch in flight and concurrent writers on one machine do not interleave. Tables are written
-with mode ``0o666 & ~umask`` (0644 under the usual umask), like every other output.
+Every write is a read-modify-atomic-replace (`harness.records.files`) under a lock file, so a
+crash or a full disk loses at most the epoch in flight and concurrent writers on one machine
+do not interleave. Tables are written with mode ``0o666 & ~umask`` (0644 under the usual
+umask), like every other output.
 
 Reading takes ``runs.parquet``; when it is missing, truncated or otherwise unreadable and
 ``runs.csv`` is intact, the csv is read instead, one line says so, and the parquet is
@@ -27,13 +28,13 @@ import contextlib
 import fcntl
 import os
 import sys
-import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from harness.records.files import atomic_file, write_text
 from harness.records.provenance import PROVENANCE_COLUMNS
 from qvit import Flags
 from qvit.flags import RENAMED, migrate
@@ -136,7 +137,7 @@ def _migrate_flag_columns(df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
-# --- files: lock, atomic write with the umask's mode, reading with recovery -------------------
+# --- files: lock, atomic write, reading with recovery ------------------------------------------
 
 @contextlib.contextmanager
 def _locked(out_dir: Path) -> Iterator[None]:
@@ -149,37 +150,12 @@ def _locked(out_dir: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _umask() -> int:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    mask = os.umask(0o022)  # no /proc: read it by setting it (and put it back at once)
-    os.umask(mask)
-    return mask
-
-
 def _atomic_write(df: pd.DataFrame, path: Path, fmt: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; tables are shared like the rest
-        os.close(fd)
-        fd = -1
-        if fmt == "parquet":
-            df.to_parquet(tmp, index=False)
-        else:
-            df.to_csv(tmp, index=False)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if fd >= 0:
-            os.close(fd)
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    if fmt == "parquet":
+        with atomic_file(path) as fh:
+            df.to_parquet(fh, index=False)
+    else:
+        write_text(path, df.to_csv(index=False))
 
 
 def _read_csv(path: Path) -> pd.DataFrame:

@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from harness import records
+from harness.errors import child_main
 from harness.run import measure
 from harness.run.data import MEAN_STD, normalize_batch
 from harness.run.loop import build_optimizer, compile_model, compile_seconds, train_step
@@ -170,6 +171,7 @@ def measure_session(session: Session, out_dir: str | Path, *, progress: bool = F
         records.write_shard(out_dir, f"{spec.run_id}-steps", rows)
 
 
+@child_main
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     payload, out = argv[0], argv[1]

@@ -6,6 +6,8 @@ import io
 import os
 from pathlib import Path
 
+from harness.records.files import save_figure
+
 __all__ = ["plot_learning_curves", "warm_up"]
 
 
@@ -37,11 +39,10 @@ def plot_learning_curves(history: list[dict], path: str | os.PathLike | None, ti
         return None
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    try:
+        return save_figure(fig, path, dpi=90)
+    finally:
+        plt.close(fig)
 
 
 def warm_up() -> None:

@@ -30,6 +30,8 @@ import pandas as pd
 import torch
 
 from harness import records
+from harness.errors import child_main, io_fault
+from harness.records.files import save_torch, write_text
 from harness.run import loop, measure
 from harness.run.data import MEAN_STD, Batches, check_labels, load_dataset, native_img_size
 from harness.run.plots import plot_learning_curves
@@ -340,9 +342,7 @@ def _save_checkpoint(out_dir: Path, spec: RunSpec, st: _State, epoch: int) -> No
              "history": json.dumps(st.history, default=float)}
     path = _checkpoint_path(out_dir, spec)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    save_torch(state, path)
 
 
 def _resume(out_dir: Path, spec: RunSpec, st: _State) -> int:
@@ -467,6 +467,8 @@ def execute_run(spec: RunSpec, out_dir: str | os.PathLike, *, progress: bool = F
     except KeyboardInterrupt:
         raise
     except BaseException as exc:  # noqa: BLE001 - every failure is recorded, the sweep goes on
+        if io_fault(exc) is not None:
+            raise  # the disk's fault, not the run's: the sweep stops, the run resumes later
         status = _classify(exc)
         tb = "".join(traceback.format_exception_only(type(exc), exc)).strip()
         if status == "error":
@@ -486,12 +488,13 @@ def execute_block(specs: list[RunSpec], out_dir: str | os.PathLike, *,
     warm_up()
     for spec in sorted(specs, key=lambda s: s.order):
         if inflight is not None:
-            inflight.write_text(json.dumps({"run_id": spec.run_id, "pid": os.getpid()}))
+            write_text(inflight, json.dumps({"run_id": spec.run_id, "pid": os.getpid()}))
         execute_run(spec, out_dir, progress=progress)
     if inflight is not None:
         inflight.unlink(missing_ok=True)
 
 
+@child_main
 def _main(argv: list[str] | None = None) -> int:
     """Child entry point: ``python -m harness.run.runner BLOCK.json OUT [--progress]``."""
     import argparse

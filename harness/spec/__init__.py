@@ -18,7 +18,7 @@ _API = {
                      "baseline_name", "design_configs", "device_type", "families",
                      "fractional", "not_run", "on_value"), "designs"),
     **dict.fromkeys(("PlannedRun", "block_orders", "epoch_configs", "format_plan", "plan",
-                     "read_design", "session_configs", "write_design"), "planning"),
+                     "read_design", "session_configs", "design_files"), "planning"),
     "SEED_MINUTES": "schema", "RunSettings": "settings",
 }
 

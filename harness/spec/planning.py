@@ -22,7 +22,7 @@ from qvit.paths import acts_inside_step
 from qvit.variants import VARIANTS
 
 __all__ = ["PlannedRun", "block_orders", "epoch_configs", "plan", "session_configs",
-           "write_design", "read_design", "format_plan"]
+           "design_files", "read_design", "format_plan"]
 
 
 
@@ -84,11 +84,12 @@ def session_configs(spec: AblationSpec, configs: list[Config], model: str) -> li
     return [c for c in configs if acts_inside_step(ref, c.flags, family=VARIANTS[model][0])]
 
 
-def write_design(spec: AblationSpec, configs: list[Config], run_ids: list[str],
-                 out_dir: Path) -> None:
-    """What the report needs besides the table: the spec, the configs, and the run ids of
-    this plan (rows of other identities in the table are not this design's)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+def design_files(spec: AblationSpec, configs: list[Config], run_ids: list[str]
+                 ) -> dict[str, str]:
+    """What the report needs besides the table, as file name -> text (written by
+    `harness.records.files.write_design`): ``design.json`` (the spec, the configs, and the
+    run ids of this plan: rows of other identities in the table are not this design's) and
+    the spec's source as ``spec.toml``."""
     meta = {"name": spec.name, "kind": spec.kind, "description": spec.description,
             "baseline": baseline_name(spec, configs), "models": list(spec.models),
             "repeats": spec.repeats, "methods": list(spec.methods), "rounds": spec.rounds,
@@ -97,15 +98,10 @@ def write_design(spec: AblationSpec, configs: list[Config], run_ids: list[str],
             "method": spec.method if spec.kind == "fractional" else None,
             "report": spec.report.model_dump(), "configs": [c.to_dict() for c in configs],
             "not_run": not_run(spec), "run_ids": run_ids}
-    _write_text(out_dir / "design.json", json.dumps(meta, indent=1, default=str) + "\n")
+    files = {"design.json": json.dumps(meta, indent=1, default=str) + "\n"}
     if spec.source is not None:
-        _write_text(out_dir / "spec.toml", spec.source)
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+        files["spec.toml"] = spec.source
+    return files
 
 
 def read_design(out_dir: str | Path) -> dict[str, Any] | None:

@@ -56,6 +56,8 @@ import pandas as pd
 from submitit.helpers import Checkpointable
 
 from harness import records
+from harness.errors import IO_FAULT_EXIT, FaultChannel
+from harness.records.files import write_text
 from harness.run.process import expected_threads
 from harness.run.runner import (
     CODE_CHANGED,
@@ -135,9 +137,7 @@ def _job_id() -> str:
 
 def _write_json(path: Path, data: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True, default=str) + "\n")
-    os.replace(tmp, path)
+    write_text(path, json.dumps(data, indent=1, sort_keys=True, default=str) + "\n")
 
 
 def _child_env() -> dict:
@@ -153,25 +153,50 @@ def spawn(module: str, payload: dict, out: Path, work: Path, progress: bool = Fa
           tick: Callable[[], None] | None = None) -> int:
     """The one way the harness runs a child: ``python -m MODULE PAYLOAD.json OUT`` with the
     payload written to ``work/payload.json``; stopping the parent stops the child. ``tick``
-    is called about every second while the child runs (the sweep's progress)."""
+    is called about every second while the child runs (the sweep's progress). The child
+    ignores Ctrl-C (the parent stops it; its traceback would say nothing); a write its disk
+    refused ends it with `IO_FAULT_EXIT` and is raised here, as an OSError."""
     path = work / "payload.json"
     _write_json(path, payload)
     cmd = [sys.executable, "-m", module, str(path), str(out)]
     if progress:
         cmd.append("--progress")
-    proc = subprocess.Popen(cmd, env=_child_env(), stdin=subprocess.DEVNULL)
+    channel = FaultChannel()
+    with _sigint_ignored():  # inherited by the child, kept through exec
+        proc = subprocess.Popen(cmd, env={**_child_env(), **channel.env},
+                                stdin=subprocess.DEVNULL, pass_fds=channel.pass_fds)
     try:
         with _sigterm_raises():
-            while tick is not None:
+            rc = None
+            while tick is not None and rc is None:
                 try:
-                    return proc.wait(timeout=TICK_S)
+                    rc = proc.wait(timeout=TICK_S)
                 except subprocess.TimeoutExpired:
                     tick()
-            return proc.wait()
+            if rc is None:
+                rc = proc.wait()
     except BaseException:  # stopped (Ctrl-C, a signal, a requeue): stop the child too
         proc.kill()
         proc.wait()
         raise
+    finally:
+        fault = channel.close()  # the write the child's disk refused, if it named one
+    if rc == IO_FAULT_EXIT and fault is not None:
+        raise fault
+    return rc
+
+
+@contextlib.contextmanager
+def _sigint_ignored():
+    try:
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 @contextlib.contextmanager
@@ -246,9 +271,12 @@ def run_block(spec_dicts: list[dict], out_dir: str, progress: bool = False,
         for s in todo:
             records.discard_run(out, s.run_id)
     stop = []  # SIGTERM (scancel, the end of a time limit): start no more runs
+    previous = signal.getsignal(signal.SIGTERM)
 
     def _on_term(signum, frame):
         stop.append(signum)
+        if callable(previous):  # a local sweep's (`errors.signals_raise`): stop at once
+            previous(signum, frame)
 
     with contextlib.suppress(ValueError):  # (not in the main thread: no handler)
         signal.signal(signal.SIGTERM, _on_term)
@@ -435,9 +463,13 @@ def run_sweep(specs: list, out_dir: str | os.PathLike,
                           tick=watcher.poll)
                 watcher.poll()
                 records.merge_shards(out, remove=True)
+    except BaseException:  # keep what finished; on a full disk the shards keep it
+        with contextlib.suppress(OSError, ValueError):
+            records.merge_shards(out, remove=True)
+        raise
     finally:
         watcher.progress.close()
-        records.merge_shards(out, remove=True)
+    records.merge_shards(out, remove=True)
     table = records.read_table(out)
     left = blocks_needing_work(table, specs)
     if left:

@@ -6,14 +6,12 @@
 from __future__ import annotations
 
 import fcntl
-import os
 import sys
 import time
 from pathlib import Path
 
-import torch
-
 from harness.errors import friendly_errors
+from harness.records.files import save_torch
 from harness.run.pretrained import pretrain_settings, pretrained_path
 from harness.run.runner import RunSpec, train_in_memory
 from harness.spec.settings import RunSettings
@@ -45,9 +43,7 @@ def ensure_pretrained(s: RunSettings, *, progress: bool = True) -> Path:
         model, rows = train_in_memory(spec, progress=progress, on_epoch=log)
         state = {"model": model.state_dict(), "top1": float(rows[-1]["top1"]),
                  "epochs": len(rows)}
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, path)
+        save_torch(state, path)
         print(f"float {s.model} on {s.dataset}: held-out top-1 {state['top1']:.1f}% "
               f"(pretrained in {format_eta(time.monotonic() - t0)})", file=sys.stderr,
               flush=True)

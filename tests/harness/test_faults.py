@@ -7,8 +7,11 @@ during a write; a read-only or forbidden output folder; a corrupt image in an Im
 """
 
 import errno
+import fnmatch
+import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
@@ -18,8 +21,10 @@ import pandas as pd
 import pytest
 
 from harness import errors, records
+from harness.analysis.report import build_report
+from harness.records import files
 from harness.records import outdir as safety
-from harness.spec import datasets
+from harness.spec import datasets, design_configs
 from qvit import Flags
 
 REPO = Path(__file__).resolve().parents[2]
@@ -207,15 +212,23 @@ def test_safety_imports_nothing_heavy():
 
 # --- disk full ------------------------------------------------------------------------------
 
-def _disk_full(*args, **kwargs):
-    raise OSError(errno.ENOSPC, "No space left on device")
+def _disk_full_for(monkeypatch, name: str) -> None:
+    """Writes of ``name`` (through the atomic write: its temporary file) fail with ENOSPC."""
+    real = os.fsync
+
+    def fsync(fd):
+        if Path(os.readlink(f"/proc/self/fd/{fd}")).name.startswith(f".{name}."):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(fd)
+
+    monkeypatch.setattr(files.os, "fsync", fsync)
 
 
 @pytest.mark.parametrize("writer", ["to_parquet", "to_csv"])
 def test_disk_full_keeps_the_table(tmp_path, monkeypatch, capsys, writer):
     _table(tmp_path)
     before = {p: p.read_bytes() for p in (tmp_path / records.TABLE, tmp_path / records.CSV)}
-    monkeypatch.setattr(pd.DataFrame, writer, _disk_full)
+    _disk_full_for(monkeypatch, records.TABLE if writer == "to_parquet" else records.CSV)
 
     @errors.friendly_errors(tmp_path)
     def main(argv):
@@ -224,8 +237,10 @@ def test_disk_full_keeps_the_table(tmp_path, monkeypatch, capsys, writer):
 
     assert main([]) == 1
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("disk full while writing ")
-    assert "the table keeps every finished epoch; free space and rerun the same command" in err
+    name = records.TABLE if writer == "to_parquet" else records.CSV
+    assert err.count("\n") == 1, err
+    assert err.startswith(f"cannot write {tmp_path / name}: no space left on device (ENOSPC); ")
+    assert err.endswith(f"kept in {tmp_path}; free space and rerun the same command to resume\n")
     assert not list(tmp_path.glob(".*.tmp"))  # no half-written file left behind
     monkeypatch.undo()
     if writer == "to_parquet":  # nothing was replaced
@@ -243,16 +258,28 @@ def test_friendly_errors_codes_and_what_propagates(tmp_path, capsys):
         return main([])
 
     assert fails(KeyboardInterrupt()) == 130
-    assert capsys.readouterr().err == (f"interrupted; finished runs are kept in {tmp_path}; "
-                                       f"rerun the same command to resume\n")
+    assert capsys.readouterr().err == (f"interrupted (Ctrl-C); finished runs are kept in "
+                                       f"{tmp_path}; rerun the same command to resume\n")
+    assert fails(errors.Terminated(signal.SIGTERM)) == 143
+    assert capsys.readouterr().err.startswith("stopped by SIGTERM; finished runs are kept in ")
     assert fails(ValueError("stages = [2, 3] is not a list of stage names")) == 2
     assert capsys.readouterr().err == "error: stages = [2, 3] is not a list of stage names\n"
     wrapped = RuntimeError("writer died")
     wrapped.__cause__ = OSError(errno.ENOSPC, "No space left on device", "/x/runs.csv")
     assert fails(wrapped) == 1  # the disk-full cause is found behind a wrapper
-    assert capsys.readouterr().err.startswith("disk full while writing /x/runs.csv;")
+    assert capsys.readouterr().err.startswith(
+        "cannot write /x/runs.csv: no space left on device (ENOSPC); finished runs are kept")
     assert fails(OSError(errno.EROFS, "Read-only file system", "/ro/runs.csv")) == 1
-    assert capsys.readouterr().err.startswith("cannot write /ro/runs.csv (Read-only file")
+    err = capsys.readouterr().err
+    assert err.startswith("cannot write /ro/runs.csv: read-only file system (EROFS); ")
+    assert "; make it writable and rerun the same command" in err
+    assert fails(OSError(errno.EIO, "Input/output error", "/d/x.pt")) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("cannot write /d/x.pt: input/output error (EIO); ")
+    assert "; check the disk and rerun the same command" in err
+    # pyarrow leaves the errno in its message only
+    assert fails(OSError("Error writing bytes to file. Detail: [errno 122] Disk quota")) == 1
+    assert "disk quota exceeded (EDQUOT); " in capsys.readouterr().err
     with pytest.raises(RuntimeError, match="a bug"):
         fails(RuntimeError("a bug"))  # not the user's to fix: the traceback stays
     with pytest.raises(FileNotFoundError):
@@ -333,3 +360,276 @@ def test_corrupt_image_named_before_anything_loads(tmp_path):
     cut.write_bytes(cut.read_bytes()[:-20])  # a PNG cut short
     with pytest.raises(ValueError, match=f"^unreadable image {cut} "):
         datasets.check_dataset("imagefolder", tmp_path)
+
+
+# --- sweeps (issue 27): a user's --out, a full disk, a stop signal ----------------------------
+
+HERE = Path(__file__).resolve().parent  # harness_tiny.py: the children import it from here
+TINY = ["--model", "harness_tiny:tiny_cnn", "--steps-per-epoch", "2", "--eval-steps", "1",
+        "--batch-size", "8", "--device", "cpu", "--no-pretrained", "--threads", "1"]
+
+
+def _run_args(out, configs=("a",), epochs=1, repeats=1):
+    flags = [a for c in configs for a in ("--flags", f"{c}=best")]
+    return [*TINY, "--epochs", str(epochs), "--repeats", str(repeats), *flags,
+            "--out", str(out)]
+
+
+def _env(fault=None):
+    from harness.run.runner import FAULT_ENV
+
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(HERE)]),
+               OMP_NUM_THREADS="1")
+    env.pop(FAULT_ENV, None)
+    if fault:
+        env[FAULT_ENV] = json.dumps(fault)
+    return env
+
+
+def _harness_run(out, configs=("a",), fault=None, epochs=1, **kw):
+    return subprocess.Popen([sys.executable, "-m", "harness", "run",
+                             *_run_args(out, configs, epochs)], cwd=REPO, env=_env(fault),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True, **kw)
+
+
+def _finish(proc, timeout=600) -> tuple[int, str]:
+    try:
+        log, _ = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    return proc.returncode, log
+
+
+def _last_line(log: str) -> str:
+    return [line for line in log.splitlines() if line.strip()][-1]
+
+
+def _ids(out) -> dict[str, str]:
+    from harness.spec import read_design
+
+    return {rid.split("-", 1)[0]: rid for rid in read_design(out)["run_ids"]}
+
+
+def test_a_users_folder_given_as_out_is_refused_and_untouched(tmp_path):
+    """The issue's case: ``harness run --out`` a folder holding the user's report.md and
+    summary.csv replaced both without a word."""
+    (tmp_path / "report.md").write_text("# my own report\n")
+    (tmp_path / "summary.csv").write_text("mine,yes\n")
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    rc, log = _finish(_harness_run(tmp_path))
+    assert rc == 2 and log.count("\n") == 1, log
+    assert log == (f"error: --out {tmp_path} is not a harness folder (no .harness.json) and "
+                   f"would overwrite report.md, summary.csv: name a new or empty folder; the "
+                   f"harness writes only into folders it made\n")
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+@pytest.fixture
+def disk(tmp_path, monkeypatch):
+    from tests.harness.full_disk import Disk
+
+    d = Disk(tmp_path / "disk", monkeypatch)
+    yield d
+    d.close()
+
+
+def _checkpoint_payload(work: Path, out: Path) -> Path:
+    from harness.cli import run_parser, spec_from_args
+    from harness.spec import design_configs, plan
+    from harness.sweep.runs import to_runspecs
+
+    spec = spec_from_args(run_parser().parse_args(_run_args(out)), [])
+    specs = to_runspecs(spec, plan(spec, design_configs(spec)))
+    work.mkdir(parents=True)
+    path = files.write_text(work / "payload.json", json.dumps(
+        {"specs": [s.to_dict() for s in specs], "run_ids": [s.run_id for s in specs],
+         "inflight": str(work / "inflight.json")}))
+    return path
+
+
+def test_a_checkpoint_the_disk_refuses_is_handed_to_the_parent_not_recorded(
+        tmp_path, monkeypatch):
+    """In a block's child: the disk refuses the checkpoint (ENOSPC), the child records no
+    failed run (the run is not at fault and resumes later), names the write to its parent
+    on the fault channel and exits with IO_FAULT_EXIT."""
+    from harness.run import runner
+    from tests.harness.full_disk import Disk
+
+    monkeypatch.syspath_prepend(str(HERE))
+    out = tmp_path / "out"
+    disk = Disk(out / runner.CHECKPOINTS, monkeypatch, size="1m")
+    try:
+        payload = _checkpoint_payload(tmp_path / "work", out)
+        channel = errors.FaultChannel()
+        monkeypatch.setenv(*next(iter(channel.env.items())))
+        disk.fill()
+        assert runner._main([str(payload), str(out)]) == errors.IO_FAULT_EXIT
+        fault = channel.close()
+        (run_id,) = json.loads(payload.read_text())["run_ids"]
+        assert fault.errno == errno.ENOSPC
+        assert fault.filename == str(out / runner.CHECKPOINTS / f"{run_id}.pt")
+        assert len(records.run_rows(out, run_id)) == 0  # no "error" row: nothing to blame
+    finally:
+        disk.close()
+
+
+def _spec(out, configs=("a",), repeats=1, epochs=1):
+    from harness.cli import run_parser, spec_from_args
+
+    return spec_from_args(run_parser().parse_args(_run_args(out, configs, epochs, repeats)),
+                          [])
+
+
+@pytest.mark.slow
+def test_disk_full_at_a_table_and_a_report_write_then_resume(disk, monkeypatch, tmp_path):
+    """A sweep of two blocks whose disk fills after the first block (the table's write
+    fails), then, with space again, fills before the report (its first write fails): each
+    stop is one SweepStopped line naming the file, the errno's meaning and the finished
+    runs kept. With space, the same call finishes; the table holds every run once and the
+    report equals one built from the same runs by an undisturbed sweep."""
+    from harness import pipeline
+    from harness.records import table as table_module
+
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(REPO), str(HERE)]))
+    monkeypatch.syspath_prepend(str(HERE))
+    out = disk.path / "sweep"
+    spec = _spec(out, repeats=2)
+    merge, merges = table_module.merge_shards, []
+
+    def merge_then_fill(*args, **kwargs):  # the merge after block 0: the disk is full
+        merges.append(1)
+        if len(merges) == 2:
+            disk.fill()
+        return merge(*args, **kwargs)
+
+    monkeypatch.setattr(table_module, "merge_shards", merge_then_fill)
+    with pytest.raises(errors.SweepStopped) as info:
+        pipeline.run_spec(spec, out, progress=False)
+    assert str(info.value) == (
+        f"cannot write {out / 'runs.parquet'}: no space left on device (ENOSPC); 1 of 2 runs "
+        f"finished and kept in {out}; free space and rerun the same command to resume")
+    assert info.value.code == 1
+    monkeypatch.setattr(table_module, "merge_shards", merge)
+    disk.free()
+
+    build = pipeline.build_report
+    monkeypatch.setattr(pipeline, "build_report", lambda folder: (disk.fill(), build(folder))[1])
+    with pytest.raises(errors.SweepStopped) as info:
+        pipeline.run_spec(spec, out, progress=False)
+    assert str(info.value).startswith(
+        f"cannot write {out / 'summary.csv'}: no space left on device (ENOSPC); 2 of 2 runs "
+        f"finished and kept in {out}; free space")
+    monkeypatch.setattr(pipeline, "build_report", build)
+    disk.free()
+
+    assert pipeline.run_spec(spec, out, progress=False) == out / "report.md"
+    t = records.read_table(out)
+    assert len(t) == 2 and set(t["status"]) == {"ok"} and not t.duplicated("run_id").any()
+    assert not [p for p in out.rglob("*.tmp")]  # no half-written file anywhere
+    tops = {p.name for p in out.iterdir()} - {".filler"}
+    assert all(any(fnmatch.fnmatch(n, o) for o in safety.OUTPUTS) for n in tops), tops
+
+    ref = tmp_path / "undisturbed"  # the same runs, recorded without a fault
+    files.write_design(spec, design_configs(spec), list(t["run_id"]), ref)
+    records.append_rows(ref, t.to_dict("records"))
+    build_report(ref)
+    for name in ("report.md", "summary.csv", "report.json"):
+        assert (out / name).read_text() == (ref / name).read_text(), name
+
+
+@pytest.mark.slow
+def test_disk_full_at_a_checkpoint_stops_the_sweep_in_one_line(disk, tmp_path):
+    """The issue's case, on a real full file system: a block's child cannot write its
+    checkpoint; the sweep ends in one line naming it, no traceback, the finished run kept;
+    with space again the same command finishes the rest."""
+    if not disk.real:
+        pytest.skip("needs a real small file system (mount -t tmpfs, as root)")
+    out = tmp_path / "out"
+    assert _finish(_harness_run(out, ("a",)))[0] == 0  # a finished earlier
+    disk.close()
+    from tests.harness.full_disk import Disk
+
+    full = Disk(out / "checkpoints", pytest.MonkeyPatch(), size="1m")
+    try:
+        full.fill()
+        rc, log = _finish(_harness_run(out, ("a", "b")))
+        ids = _ids(out)
+        assert rc == 1 and "Traceback" not in log, log
+        assert _last_line(log) == (
+            f"cannot write {out}/checkpoints/{ids['b']}.pt: no space left on device (ENOSPC); "
+            f"1 of 2 runs finished and kept in {out}; free space and rerun the same command "
+            f"to resume"), log
+        assert ids["b"] not in set(records.current_rows(out)["run_id"])  # nothing blamed
+        full.free()
+        rc, log = _finish(_harness_run(out, ("a", "b")))
+        assert rc == 0, log
+        t = records.read_table(out)
+        assert sorted(t["run_id"]) == sorted(ids.values()) and set(t["status"]) == {"ok"}
+    finally:
+        full.close()
+
+
+def _wait_in_epoch2(out: Path, config: str, proc, timeout: float = 600) -> int:
+    """The pid of the block's child once ``config``'s run recorded epoch 1 and hangs in
+    epoch 2."""
+    import time
+
+    inflight = out / "jobs" / "blocks" / "block0" / "inflight.json"
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert proc.poll() is None, proc.communicate()[0]
+        try:
+            info = json.loads(inflight.read_text())
+        except (OSError, ValueError):
+            info = {}
+        shard = out / "shards" / f"{info.get('run_id', '')}.parquet"
+        if info.get("run_id", "").startswith(f"{config}-") and shard.is_file():
+            rows = records.read_shard(shard)
+            if rows is not None and (rows["epoch"] == 1).any():
+                return int(info["pid"])
+        time.sleep(0.2)
+    pytest.fail(f"run {config} never reached epoch 2")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target,sig", [("parent", signal.SIGTERM), ("group", signal.SIGINT),
+                                        ("child", signal.SIGTERM)])
+def test_a_stopped_sweep_ends_in_one_line_and_keeps_its_finished_runs(tmp_path, target, sig):
+    """SIGTERM to the sweep, Ctrl-C (SIGINT to its process group, as a terminal sends it):
+    one line, exit 128+signal, no traceback, the child stopped, the first run kept; the
+    same command resumes the second. SIGTERM to the block's child (as the OOM killer's
+    SIGKILL): the run it was in is recorded as failed and the sweep ends non-zero, no
+    traceback."""
+    from harness.spec import plan
+
+    spec = _spec(tmp_path, ("a", "b"), epochs=2)
+    first, last = (r.config.name for r in sorted(plan(spec, design_configs(spec)),
+                                            key=lambda r: r.order))
+    proc = _harness_run(tmp_path, ("a", "b"), {last: {"fault": "hang", "epoch": 2}}, epochs=2)
+    child = _wait_in_epoch2(tmp_path, last, proc)
+    {"parent": lambda: os.kill(proc.pid, sig), "group": lambda: os.killpg(proc.pid, sig),
+     "child": lambda: os.kill(child, sig)}[target]()
+    rc, log = _finish(proc, timeout=300)
+    ids = _ids(tmp_path)
+    assert "Traceback" not in log, log
+    t = records.read_table(tmp_path)
+    assert list(t[t["run_id"] == ids[first]]["status"]) == ["ok", "ok"], log
+    if target == "child":
+        assert rc == 1, log
+        b = t[t["run_id"] == ids[last]].sort_values("epoch")
+        assert list(b["status"]) == ["ok", "error"] and "SIGTERM" in b["error"].iloc[1]
+        return
+    stopped = "stopped by SIGTERM" if sig == signal.SIGTERM else "interrupted (Ctrl-C)"
+    assert rc == 128 + sig and _last_line(log) == (
+        f"{stopped}; 1 of 2 runs finished and kept in {tmp_path}; rerun the same command to "
+        f"resume"), log
+    with pytest.raises(ProcessLookupError):
+        os.kill(child, 0)  # the child went with the sweep
+    rc, log = _finish(_harness_run(tmp_path, ("a", "b"), epochs=2))
+    assert rc == 0, log
+    t = records.read_table(tmp_path)
+    assert len(t) == 4 and set(t["status"]) == {"ok"}
+    assert not t.duplicated(["run_id", "epoch"]).any()

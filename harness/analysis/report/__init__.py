@@ -24,6 +24,8 @@ from harness.analysis import stats
 from harness.analysis.report import sections
 from harness.analysis.report.fmt import md_table
 from harness.errors import friendly_errors
+from harness.records.files import write_text
+from harness.records.outdir import harness_folder
 from harness.spec.planning import read_design
 
 __all__ = ["build_report", "write_index", "load_design_table", "main", "md_table"]
@@ -67,7 +69,7 @@ def build_report(folder: str | Path, *, figures: bool = True) -> Path:
     rank = {c: i for i, c in enumerate(order)}
     summary = summary.sort_values(["model", "config"], key=lambda s: s.map(rank)
                                   if s.name == "config" else s).reset_index(drop=True)
-    summary.to_csv(folder / "summary.csv", index=False)
+    write_text(folder / "summary.csv", summary.to_csv(index=False))
     parity = pd.read_csv(folder / "parity.csv") if (folder / "parity.csv").is_file() else None
     ctx = sections.Context(folder, meta, table, ignored, summary, order, parity,
                            _device_type(table), figures)
@@ -87,9 +89,8 @@ def build_report(folder: str | Path, *, figures: bool = True) -> Path:
 
 
 def _write(folder: Path, lines: list[str], findings_json: str) -> Path:
-    path = folder / "report.md"
-    path.write_text("\n".join(lines))
-    (folder / "report.json").write_text(findings_json)
+    path = write_text(folder / "report.md", "\n".join(lines))
+    write_text(folder / "report.json", findings_json)
     return path
 
 
@@ -117,9 +118,7 @@ def write_index(root: str | Path) -> Path:
                 lines.append(f"**{name}**: " + "; ".join(info["findings"]) + "\n")
     else:
         lines.append("_No reports yet._\n")
-    path = root / "README.md"
-    path.write_text("\n".join(lines))
-    return path
+    return write_text(root / "README.md", "\n".join(lines))
 
 
 @friendly_errors
@@ -134,6 +133,10 @@ def main(argv: list[str] | None = None) -> int:
     for d in map(Path, args.dirs):
         if not d.is_dir():
             raise ValueError(f"no folder {str(d)!r}")
+        if not harness_folder(d):
+            raise ValueError(f"{d} is not a folder written by the harness (no .harness.json "
+                             f"and no design.json of a sweep): name one that `harness run` or "
+                             f"`harness ablate` wrote")
         print(f"report: {build_report(d, figures=not args.no_figures)}")
     if args.index:
         if not Path(args.index).is_dir():

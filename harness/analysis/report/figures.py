@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from harness.records.files import save_figure
+
 __all__ = ["timeline", "flag_speedup", "accuracy_vs_speed", "epoch_times", "effects"]
 
 FIG_DPI = 110
@@ -35,7 +37,7 @@ def _plain_log_x(ax) -> None:
 
 def _save(fig, path: Path) -> str:
     fig.tight_layout()
-    fig.savefig(path, dpi=FIG_DPI)
+    save_figure(fig, path, dpi=FIG_DPI)
     import matplotlib.pyplot as plt
 
     plt.close(fig)
@@ -133,7 +135,7 @@ def epoch_times(epochs, order, path):
                         height=max(3.0, 0.3 * len(order) + 1.2), aspect=1.1, fliersize=2)
     g.set_titles("{col_name} (measured epochs)")
     path = Path(path)
-    g.figure.savefig(path, dpi=FIG_DPI, bbox_inches="tight")
+    save_figure(g.figure, path, dpi=FIG_DPI, bbox_inches="tight")
     import matplotlib.pyplot as mpl
 
     mpl.close(g.figure)

@@ -19,6 +19,7 @@ from harness.analysis import stats
 from harness.analysis.parity_classes import SHOWN_COLUMNS
 from harness.analysis.report import figures
 from harness.analysis.report.fmt import ci, isnan, md_table, mean_sd, pp, pp_ci
+from harness.records.files import write_text
 from harness.spec import AA_CONTROL, SEED_MINUTES
 from qvit.flags import Flags
 from qvit.paths import why_same
@@ -361,7 +362,7 @@ def per_flag(ctx: Context) -> tuple[str, list[str]]:
     pf = _per_flag(ctx)
     if pf.empty:
         return "", []
-    pf.to_csv(ctx.folder / "per_flag.csv", index=False)
+    write_text(ctx.folder / "per_flag.csv", pf.to_csv(index=False))
     live = pf[(pf["no_effect"] == "") & pf["flag_speedup"].notna()]
     if len(live) and ctx.figures:
         ctx.figs["flags"] = figures.flag_speedup(
@@ -429,7 +430,7 @@ def effects(ctx: Context) -> tuple[str, list[str]]:
     eff = stats.effects(ctx.by_epochs, levels)
     if eff.empty:
         return "", []
-    eff.to_csv(ctx.folder / "effects.csv", index=False)
+    write_text(ctx.folder / "effects.csv", eff.to_csv(index=False))
     if ctx.figures:
         ctx.figs["effects"] = figures.effects(eff, ctx.folder / "fig_effects.png")
     e = eff[eff["response"].isin(["epoch_s", "top1"])].copy()

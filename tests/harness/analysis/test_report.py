@@ -10,6 +10,7 @@ import pytest
 
 from harness import spec as ablate
 from harness.analysis import report
+from harness.records.files import write_design
 from harness.spec import AA_CONTROL
 from harness.sweep import runs as sweep_runs
 
@@ -39,7 +40,7 @@ def fake_results(folder, spec_name, *, parity=False, repeats=5, times=None, nois
                                           rounds=spec.rounds, noise=noise)],
                       ignore_index=True)
     folder.mkdir(parents=True, exist_ok=True)
-    ablate.write_design(spec, configs, sorted(set(t["run_id"])), folder)
+    write_design(spec, configs, sorted(set(t["run_id"])), folder)
     t.to_csv(folder / "runs.csv", index=False)
     if parity:
         pd.DataFrame({"model": ["ivit_micro"] * 2, "flag": ["use_frexp", "inline_ste"],
