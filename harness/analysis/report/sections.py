@@ -97,6 +97,14 @@ def _drop_empty(df: pd.DataFrame) -> pd.DataFrame:
                or c in ("model", "config")]]
 
 
+DEPLOYED_COLUMNS = ("deployed top-1 %", "agreement with QAT eval")  # (eval_deployed)
+
+
+def _without_empty(df: pd.DataFrame, optional: tuple[str, ...]) -> pd.DataFrame:
+    """Without those of the ``optional`` columns no row fills."""
+    return df.drop(columns=[c for c in optional if c in df and df[c].map(isnan).all()])
+
+
 def _rounds_label(ctx: Context) -> str:
     s = ctx.summary
     if "n_sessions" not in s or not s["n_sessions"].notna().any():
@@ -144,7 +152,7 @@ def reliability(ctx: Context) -> tuple[str, list[str]]:
             f"time in every block (and every interleaved round) under the name "
             f"`{AA_CONTROL}`; its ratio to the baseline shows what noise alone looks like "
             f"({ctx.interval_label()}{_rounds_label(ctx)}).\n\n"
-            + md_table(_drop_empty(pd.DataFrame(rows))) + "\n" + verdict)
+            + md_table(_without_empty(pd.DataFrame(rows), DEPLOYED_COLUMNS)) + "\n" + verdict)
     if bad:
         findings.insert(0, "UNRELIABLE: A/A interval excludes 1 on " + ", ".join(bad))
     return text, findings
@@ -298,7 +306,9 @@ def accuracy(ctx: Context) -> tuple[str, list[str]]:
                      "d top-1 pts": "" if base else pp_ci(r["top1_diff"], r["top1_diff_lo"],
                                                           r["top1_diff_hi"]),
                      f"TOST at +-{margin:g} pts": verdict,
-                     "float start top-1 %": r.get("pretrained_top1", np.nan)})
+                     "float start top-1 %": r.get("pretrained_top1", np.nan),
+                     "deployed top-1 %": r.get("deployed_top1", np.nan),
+                     "agreement with QAT eval": r.get("deployed_agreement", np.nan)})
         if not base and eq is False:
             findings.append(f"{r['model']}/{r['config']}: top-1 {pp(r['top1_diff'])} pts vs "
                             f"{ctx.baseline}, not shown equivalent at +-{margin:g}")
@@ -312,8 +322,12 @@ def accuracy(ctx: Context) -> tuple[str, list[str]]:
             f"({images} images: one image = {100 / max(images, 1):.2f} points; chance "
             f"{100 / classes:.0f}%), from {start}. The difference to `{ctx.baseline}` is "
             f"paired within blocks ({ctx.interval_label()}); the TOST verdict asks whether "
-            f"it lies within +-{margin:g} points (alpha 0.05, `harness.analysis.equivalence`).\n\n"
-            + md_table(pd.DataFrame(rows))
+            f"it lies within +-{margin:g} points (alpha 0.05, `harness.analysis.equivalence`)."
+            + (" Deployed: the integer model (`qvit.deploy`) of the same weights on the same "
+               "images; agreement: the fraction of its top-1 predictions equal to the QAT "
+               "eval's (the lowest over the runs)." if "deployed_top1" in s and
+               s["deployed_top1"].notna().any() else "") + "\n\n"
+            + md_table(_without_empty(pd.DataFrame(rows), DEPLOYED_COLUMNS))
             + (f"\n{len(untrained)} configs ran only the step-interleaved method (no "
                "training run, no accuracy here); what they do to the numbers is measured by "
                "`harness parity` (bitwise, per flag).\n" if untrained else ""))
@@ -506,7 +520,7 @@ def comparison(ctx: Context) -> tuple[str, list[str]]:
             f"[{other}]({Path('..') / other if not path.is_absolute() else path}) — measured "
             f"on {prov.get('machine', '?')} at commit {prov.get('git_commit', '?')} "
             f"({prov.get('dates', '?')}), not on this machine. Compare ratios, not seconds.\n\n"
-            + md_table(_drop_empty(pd.DataFrame(rows))))
+            + md_table(_without_empty(pd.DataFrame(rows), DEPLOYED_COLUMNS)))
     return text, []
 
 
