@@ -97,14 +97,6 @@ def _drop_empty(df: pd.DataFrame) -> pd.DataFrame:
                or c in ("model", "config")]]
 
 
-DEPLOYED_COLUMNS = ("deployed top-1 %", "agreement with QAT eval")  # (eval_deployed)
-
-
-def _without_empty(df: pd.DataFrame, optional: tuple[str, ...]) -> pd.DataFrame:
-    """Without those of the ``optional`` columns no row fills."""
-    return df.drop(columns=[c for c in optional if c in df and df[c].map(isnan).all()])
-
-
 def _rounds_label(ctx: Context) -> str:
     s = ctx.summary
     if "n_sessions" not in s or not s["n_sessions"].notna().any():
@@ -152,7 +144,7 @@ def reliability(ctx: Context) -> tuple[str, list[str]]:
             f"time in every block (and every interleaved round) under the name "
             f"`{AA_CONTROL}`; its ratio to the baseline shows what noise alone looks like "
             f"({ctx.interval_label()}{_rounds_label(ctx)}).\n\n"
-            + md_table(_without_empty(pd.DataFrame(rows), DEPLOYED_COLUMNS)) + "\n" + verdict)
+            + md_table(_drop_empty(pd.DataFrame(rows))) + "\n" + verdict)
     if bad:
         findings.insert(0, "UNRELIABLE: A/A interval excludes 1 on " + ", ".join(bad))
     return text, findings
@@ -316,18 +308,17 @@ def accuracy(ctx: Context) -> tuple[str, list[str]]:
     if len(low):
         findings.append("top-1 below 90% for " + ", ".join(
             f"{r.model}/{r.config} ({r.top1_mean:.1f}%)" for r in low.itertuples()))
+    table = pd.DataFrame(rows)  # deployed (qvit.deploy) where runs had eval_deployed
+    if not (len(table) and table["deployed top-1 %"].notna().any()):
+        table = table.drop(columns=["deployed top-1 %", "agreement with QAT eval"], errors="ignore")
     start = "a float-pretrained start (the float twin trained on this data, calibrated)" if \
         settings.get("pretrained") else "random weights"
     text = (f"## Accuracy\n\nTop-1 after the last epoch on the whole held-out split "
             f"({images} images: one image = {100 / max(images, 1):.2f} points; chance "
             f"{100 / classes:.0f}%), from {start}. The difference to `{ctx.baseline}` is "
             f"paired within blocks ({ctx.interval_label()}); the TOST verdict asks whether "
-            f"it lies within +-{margin:g} points (alpha 0.05, `harness.analysis.equivalence`)."
-            + (" Deployed: the integer model (`qvit.deploy`) of the same weights on the same "
-               "images; agreement: the fraction of its top-1 predictions equal to the QAT "
-               "eval's (the lowest over the runs)." if "deployed_top1" in s and
-               s["deployed_top1"].notna().any() else "") + "\n\n"
-            + md_table(_without_empty(pd.DataFrame(rows), DEPLOYED_COLUMNS))
+            f"it lies within +-{margin:g} points (alpha 0.05, `harness.analysis.equivalence`).\n\n"
+            + md_table(table)
             + (f"\n{len(untrained)} configs ran only the step-interleaved method (no "
                "training run, no accuracy here); what they do to the numbers is measured by "
                "`harness parity` (bitwise, per flag).\n" if untrained else ""))
@@ -520,7 +511,7 @@ def comparison(ctx: Context) -> tuple[str, list[str]]:
             f"[{other}]({Path('..') / other if not path.is_absolute() else path}) — measured "
             f"on {prov.get('machine', '?')} at commit {prov.get('git_commit', '?')} "
             f"({prov.get('dates', '?')}), not on this machine. Compare ratios, not seconds.\n\n"
-            + md_table(_without_empty(pd.DataFrame(rows), DEPLOYED_COLUMNS)))
+            + md_table(_drop_empty(pd.DataFrame(rows))))
     return text, []
 
 
