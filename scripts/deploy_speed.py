@@ -113,7 +113,7 @@ def bench_model(name: str, args) -> tuple[list[dict], dict]:
     return rows, info
 
 
-def _exactness_model(name: str, start: str):
+def _exactness_model(name: str, start: str, images: int | None):
     """The QAT model the exactness is measured on, and the held-out images (normalized)
     with their labels, in batches of 64: digits at the model's size."""
     from harness.run.data import MEAN_STD, Batches, normalize_batch
@@ -136,15 +136,17 @@ def _exactness_model(name: str, start: str):
         qvit.calibrate(model, [normalize_batch(x[:64], MEAN_STD[s.dataset])])
     val = Batches(bundle.val, batch_size=64, device=torch.device("cpu"), num_workers=0,
                   preload=True, shuffle=False, drop_last=False, max_steps=None, seed=0)
-    batches = [(normalize_batch(x, MEAN_STD[s.dataset]), y) for x, y in val.epoch(0)]
-    return model.eval(), batches
+    x, y = (torch.cat(t) for t in zip(*val.epoch(0), strict=True))
+    x, y = normalize_batch(x[:images], MEAN_STD[s.dataset]), y[:images]
+    return model.eval(), list(zip(x.split(64), y.split(64), strict=True))
 
 
-def exactness(name: str, start: str) -> tuple[list[dict], dict]:
-    """Per requantizer (pooled over the held-out split) and for the whole model."""
+def exactness(name: str, start: str, images: int | None = None) -> tuple[list[dict], dict]:
+    """Per requantizer (pooled over the held-out split, or its first ``images``) and for
+    the whole model."""
     from qvit.deploy.compare import evaluate_deployed, layer_differences
 
-    model, batches = _exactness_model(name, start)
+    model, batches = _exactness_model(name, start, images)
     dep = deploy(model)
     per: dict[str, dict] = {}
     for x, _ in batches:
@@ -219,13 +221,13 @@ def markdown(rows: list[dict], infos: dict, meta: dict, layers: list[dict],
     return "\n".join(out) + "\n"
 
 
-def _meta(args, out: Path) -> dict:
+def _meta(args, out: Path, argv: list[str]) -> dict:
     from harness.records.provenance import provenance
 
     return dict(provenance("cpu", out, threads=torch.get_num_threads()),
                 threads=torch.get_num_threads(), omp=os.environ.get("OMP_NUM_THREADS"),
                 rounds=args.rounds, iters=args.iters, python=sys.version.split()[0],
-                command="python scripts/deploy_speed.py " + " ".join(sys.argv[1:]),
+                command="python scripts/deploy_speed.py " + " ".join(argv),
                 started=time.strftime("%Y-%m-%dT%H:%M"))
 
 
@@ -241,6 +243,8 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--exactness", choices=("pretrained", "random", "off"), default="pretrained",
                    help="the micro models' exactness on digits: from the float-pretrained "
                    "start (made and cached by the harness if missing), random weights, or off")
+    p.add_argument("--held-out-images", type=int, default=None,
+                   help="exactness on the first N held-out images (default: all 364)")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
     if args.rounds < 2:
@@ -252,7 +256,7 @@ def parse(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse(argv)
-    meta = _meta(args, args.out)
+    meta = _meta(args, args.out, sys.argv[1:] if argv is None else argv)
     rows, infos, layers, whole = [], {}, [], []
     for name in args.models:
         r, info = bench_model(name, args)
@@ -261,7 +265,7 @@ def main(argv=None) -> int:
         print(pd.DataFrame(r).drop(columns="rounds").to_string(index=False), flush=True)
     if args.exactness != "off":
         for name in (m for m in args.models if "micro" in m):
-            per, w = exactness(name, args.exactness)
+            per, w = exactness(name, args.exactness, args.held_out_images)
             layers += per
             whole.append(w)
             print(w, flush=True)
