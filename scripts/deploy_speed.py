@@ -7,10 +7,18 @@ machine's load hits every variant alike). Each round times ``--iters`` forwards 
 variant; images/s per round; reported as the median and the mean with its Student-t
 interval over the ``--rounds`` rounds (scipy.stats, n - 1 degrees of freedom), and each
 variant's speed relative to the QAT eval (ratio of medians). Writes speed.csv, speed.json
-(with torch version, machine and commit) and speed.md to ``--out``.
+and speed.csv, exactness.csv, report.json and report.md (commit, machine, versions, dates)
+to ``--out``.
 
-    OMP_NUM_THREADS=2 python scripts/deploy_speed.py --out runs/deploy
-    python scripts/deploy_speed.py --models ivit_micro --rounds 3 --iters 1 --out /tmp/d
+Exactness (the micro models, ``--exactness pretrained``): each model as I-ViT starts QAT (the
+float twin trained on digits by the harness, cached, loaded and calibrated), deployed, and
+run beside its QAT eval on the whole held-out split: per requantizer the fraction of
+elements that differ and the largest difference in steps, the logits' largest difference,
+top-1 of both and their agreement (`qvit.deploy.compare`).
+
+    OMP_NUM_THREADS=2 python scripts/deploy_speed.py --out results/deploy
+    python scripts/deploy_speed.py --models ivit_micro --rounds 2 --iters 1 --batch 4 \
+        --exactness random --out /tmp/d
 """
 
 from __future__ import annotations
@@ -18,20 +26,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import torch
 from scipy import stats
 
-import qvit
-from qvit import Flags
-from qvit.deploy import deploy
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # qvit, harness from a checkout
+
+import qvit  # noqa: E402
+from qvit import Flags  # noqa: E402
+from qvit.deploy import deploy  # noqa: E402
 
 VARIANTS = ("deployed", "deployed_compiled", "qat_best", "float")
 BATCH = {"ivit_micro": 64, "swin_micro": 64, "deit_tiny_patch16_224": 8,
@@ -84,7 +93,6 @@ def bench_model(name: str, args) -> tuple[list[dict], dict]:
             out = fns["deployed_compiled"](x)
             info["compile_s"] = time.perf_counter() - t
             info["compiled_exact"] = bool(torch.equal(out, ref))
-        info["top1_agreement_vs_qat"] = (qat(x).argmax(1) == ref.argmax(1)).double().mean().item()
         variants = [v for v in VARIANTS if v in args.variants]
         for v in variants:  # warm-up
             for _ in range(args.warmup):
@@ -97,75 +105,179 @@ def bench_model(name: str, args) -> tuple[list[dict], dict]:
             for v in order:
                 per[v].append(_timed(fns[v], x, args.iters))
     rows = []
-    base = statistics.median(per["qat_best"]) if "qat_best" in per else None
+    qat_median, float_median = (statistics.median(per[v]) for v in ("qat_best", "float"))
     for v in variants:
         s = _summary(per[v])
-        rows.append(dict(model=name, batch=batch, variant=v, **s,
-                         vs_qat=s["median"] / base if base else float("nan"),
-                         rounds=per[v]))
+        rows.append(dict(model=name, batch=batch, variant=v, **s, vs_qat=s["median"] / qat_median,
+                         vs_float=s["median"] / float_median, rounds=per[v]))
     return rows, info
 
 
-def _commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+def _exactness_model(name: str, start: str, images: int | None):
+    """The QAT model the exactness is measured on, and the held-out images (normalized)
+    with their labels, in batches of 64: digits at the model's size."""
+    from harness.run.data import MEAN_STD, Batches, normalize_batch
+    from harness.run.pretrained import start_from_pretrained
+    from harness.run.runner import RunSpec, build_model, validate_spec
+    from harness.spec.settings import RunSettings
+
+    s = RunSettings(model=name, dataset="digits", device="cpu", pretrained=start == "pretrained")
+    spec = RunSpec("best", Flags.preset("best"), s)
+    bundle = validate_spec(s)
+    torch.manual_seed(0)
+    model = build_model(spec)
+    if start == "pretrained":
+        from harness.sweep.pretrain import ensure_pretrained
+
+        ensure_pretrained(s, progress=False)
+        start_from_pretrained(model, spec, bundle, torch.device("cpu"))
+    else:
+        x, _ = bundle.train.all()
+        qvit.calibrate(model, [normalize_batch(x[:64], MEAN_STD[s.dataset])])
+    val = Batches(bundle.val, batch_size=64, device=torch.device("cpu"), num_workers=0,
+                  preload=True, shuffle=False, drop_last=False, max_steps=None, seed=0)
+    x, y = (torch.cat(t) for t in zip(*val.epoch(0), strict=True))
+    x, y = normalize_batch(x[:images], MEAN_STD[s.dataset]), y[:images]
+    return model.eval(), list(zip(x.split(64), y.split(64), strict=True))
 
 
-def _markdown(rows: list[dict], infos: dict, meta: dict) -> str:
-    lines = ["# Deployed integer model: inference speed", "",
-             f"commit {meta['commit']}, torch {meta['torch']}, {meta['machine']}, "
-             f"{meta['threads']} threads; {meta['rounds']} interleaved rounds x "
-             f"{meta['iters']} forwards; images/s: median, mean and its 95% Student-t "
-             "interval (n - 1 df); x QAT = ratio of medians to the QAT eval (`best`).", "",
-             "| model | batch | variant | median img/s | mean [95% t-interval] | IQR/median "
-             "| x QAT |", "|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['model']} | {r['batch']} | {r['variant']} | {r['median']:.1f} | "
-                     f"{r['mean']:.1f} [{r['ci95_lo']:.1f}, {r['ci95_hi']:.1f}] | "
-                     f"{r['iqr_over_median']:.2f} | {r['vs_qat']:.2f} |")
-    lines += ["", "| model | compile s | compiled == eager | top-1 agreement (bench batch) |",
-              "|---|---|---|---|"]
-    for m, i in infos.items():
-        lines.append(f"| {m} | {i.get('compile_s', float('nan')):.1f} | "
-                     f"{i.get('compiled_exact', '-')} | {i['top1_agreement_vs_qat']:.3f} |")
-    return "\n".join(lines) + "\n"
+def exactness(name: str, start: str, images: int | None = None) -> tuple[list[dict], dict]:
+    """Per requantizer (pooled over the held-out split, or its first ``images``) and for
+    the whole model."""
+    from qvit.deploy.compare import evaluate_deployed, layer_differences
+
+    model, batches = _exactness_model(name, start, images)
+    dep = deploy(model)
+    per: dict[str, dict] = {}
+    for x, _ in batches:
+        for layer, d in layer_differences(model, dep, x)["layers"].items():
+            p = per.setdefault(layer, dict(differ=0.0, numel=0, max_steps=0))
+            p["differ"] += d["frac"] * d["numel"]
+            p["numel"] += d["numel"]
+            p["max_steps"] = max(p["max_steps"], d["max_steps"])
+    layers = [dict(model=name, layer=k, frac_differ=v["differ"] / v["numel"],
+                   max_steps=v["max_steps"], elements=v["numel"]) for k, v in per.items()]
+    r = evaluate_deployed(model, batches, dep)
+    whole = dict(model=name, start=start, images=r["n"], qat_top1=100 * r["qat_top1"],
+                 deployed_top1=100 * r["top1"], agreement=r["agreement"],
+                 disagreements=len(r["disagreements"]),
+                 logits_max_abs_diff=r["logits_max_abs_diff"],
+                 layers_differing=sum(v["frac_differ"] > 0 for v in layers),
+                 layers=len(layers), max_steps=max(v["max_steps"] for v in layers))
+    return layers, whole
 
 
-def main(argv=None) -> int:
+def _setup_rows(meta: dict) -> list[tuple[str, str]]:
+    return [("command", f"`{meta['command']}`"), ("git_commit", meta["git_commit"]),
+            ("dirty tree", str(meta["git_dirty"])), ("machine", meta["device_name"]),
+            ("torch", meta["torch_version"]), ("timm", meta["timm_version"]),
+            ("torch threads", str(meta["threads"])), ("OMP_NUM_THREADS", str(meta["omp"])),
+            ("dates", f"{meta['started']} .. {meta['ended']}")]
+
+
+def markdown(rows: list[dict], infos: dict, meta: dict, layers: list[dict],
+             whole: list[dict]) -> str:
+    """report.md: setup, speed, exactness, method."""
+    speed = pd.DataFrame(rows).drop(columns=["rounds"], errors="ignore")
+    out = ["# Deployed integer model: inference speed and exactness", "",
+           "`qvit.deploy` (integer GEMMs, dyadic requantizers, integer Shiftmax, ShiftGELU "
+           "and I-LayerNorm) against the QAT model's eval (`best` flags) and the float twin "
+           "(timm, same architecture), in one process on the CPU.", "", "## Setup", "",
+           "|  | value |", "|---|---|", *(f"| {k} | {v} |" for k, v in _setup_rows(meta)),
+           "", "## Speed", "",
+           f"Images/s over {meta['rounds']} interleaved rounds x {meta['iters']} forwards per "
+           "variant (the order shuffled per round): median, and mean with its 95% Student-t "
+           "interval (n - 1 df); x QAT: ratio of medians to the QAT eval; x float: to the "
+           "float twin's eager forward.", "",
+           "| model | batch | variant | median img/s | mean [95% t-interval] | IQR/median "
+           "| x QAT | x float |", "|---|---|---|---|---|---|---|---|"]
+    for r in speed.itertuples():
+        out.append(f"| {r.model} | {r.batch} | {r.variant} | {r.median:.1f} | {r.mean:.1f} "
+                   f"[{r.ci95_lo:.1f}, {r.ci95_hi:.1f}] | {r.iqr_over_median:.2f} | "
+                   f"{r.vs_qat:.2f} | {r.vs_float:.2f} |")
+    out += ["", "| model | compile s | compiled == eager (bits) |", "|---|---|---|"]
+    out += [f"| {m} | {i.get('compile_s', float('nan')):.1f} | "
+            f"{i.get('compiled_exact', '-')} |" for m, i in infos.items()]
+    if whole:
+        out += ["", "## Exactness against the QAT eval", "",
+                "Each micro model deployed and run beside its QAT eval on the whole held-out "
+                "split (digits): top-1 of both, their agreement (fraction of equal "
+                "predictions), the logits' largest absolute difference, and per requantizer "
+                "the fraction of elements that differ and the largest difference in steps. "
+                "The deployed model is bit-exact with `qvit.reference`; what differs here is "
+                "float32 rounding in the QAT eval (docs/deploy.md).", "",
+                "| model | start | images | QAT top-1 % | deployed top-1 % | agreement | "
+                "disagreements | logits max diff | layers differing | max steps |",
+                "|---|---|---|---|---|---|---|---|---|---|"]
+        out += [f"| {w['model']} | {w['start']} | {w['images']} | {w['qat_top1']:.2f} | "
+                f"{w['deployed_top1']:.2f} | {w['agreement']:.4f} | {w['disagreements']} | "
+                f"{w['logits_max_abs_diff']:.3g} | {w['layers_differing']}/{w['layers']} | "
+                f"{w['max_steps']} |" for w in whole]
+        out += ["", "Per requantizer (those that differ anywhere; all: exactness.csv):", "",
+                "| model | requantizer | elements differing | max steps | elements |",
+                "|---|---|---|---|---|"]
+        out += [f"| {v['model']} | {v['layer']} | {v['frac_differ']:.2e} | "
+                f"{v['max_steps']} | {v['elements']} |" for v in layers if v["frac_differ"]]
+    return "\n".join(out) + "\n"
+
+
+def _meta(args, out: Path, argv: list[str]) -> dict:
+    from harness.records.provenance import provenance
+
+    return dict(provenance("cpu", out, threads=torch.get_num_threads()),
+                threads=torch.get_num_threads(), omp=os.environ.get("OMP_NUM_THREADS"),
+                rounds=args.rounds, iters=args.iters, python=sys.version.split()[0],
+                command="python scripts/deploy_speed.py " + " ".join(argv),
+                started=time.strftime("%Y-%m-%dT%H:%M"))
+
+
+def parse(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--models", nargs="+", default=list(BATCH))
+    p.add_argument("--models", nargs="+", default=list(BATCH), choices=list(BATCH))
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     p.add_argument("--batch", type=int, default=None, help="default: 64 micro, 8 at 224")
     p.add_argument("--rounds", type=int, default=10)
     p.add_argument("--iters", type=int, default=5, help="forwards per round and variant")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--exactness", choices=("pretrained", "random", "off"), default="pretrained",
+                   help="the micro models' exactness on digits: from the float-pretrained "
+                   "start (made and cached by the harness if missing), random weights, or off")
+    p.add_argument("--held-out-images", type=int, default=None,
+                   help="exactness on the first N held-out images (default: all 364)")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
     if args.rounds < 2:
         p.error("--rounds must be at least 2 (a t-interval needs n >= 2)")
-    meta = dict(commit=_commit(), torch=torch.__version__, machine=platform.processor()
-                or platform.machine(), threads=torch.get_num_threads(), rounds=args.rounds,
-                iters=args.iters, omp=os.environ.get("OMP_NUM_THREADS"),
-                python=sys.version.split()[0])
-    rows, infos = [], {}
+    if "qat_best" not in args.variants or "float" not in args.variants:
+        p.error("--variants must include qat_best and float (the ratios' denominators)")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse(argv)
+    meta = _meta(args, args.out, sys.argv[1:] if argv is None else argv)
+    rows, infos, layers, whole = [], {}, [], []
     for name in args.models:
         r, info = bench_model(name, args)
         rows += r
         infos[name] = info
-        print(_markdown(r, {name: info}, meta), flush=True)
+        print(pd.DataFrame(r).drop(columns="rounds").to_string(index=False), flush=True)
+    if args.exactness != "off":
+        for name in (m for m in args.models if "micro" in m):
+            per, w = exactness(name, args.exactness, args.held_out_images)
+            layers += per
+            whole.append(w)
+            print(w, flush=True)
+    meta["ended"] = time.strftime("%Y-%m-%dT%H:%M")
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "speed.json").write_text(json.dumps(dict(meta=meta, rows=rows, info=infos),
-                                                    indent=1))
-    with open(args.out / "speed.csv", "w") as f:
-        keys = [k for k in rows[0] if k != "rounds"]
-        f.write(",".join(keys) + "\n")
-        for r in rows:
-            f.write(",".join(str(r[k]) for k in keys) + "\n")
-    (args.out / "speed.md").write_text(_markdown(rows, infos, meta))
+    (args.out / "report.json").write_text(json.dumps(
+        dict(meta=meta, speed=rows, compile=infos, exactness=whole), indent=1, default=str))
+    pd.DataFrame(rows).drop(columns="rounds").to_csv(args.out / "speed.csv", index=False)
+    if layers:
+        pd.DataFrame(layers).to_csv(args.out / "exactness.csv", index=False)
+    (args.out / "report.md").write_text(markdown(rows, infos, meta, layers, whole))
+    print(f"report: {args.out / 'report.md'}")
     return 0
 
 

@@ -21,6 +21,13 @@ pytest::
         table = read_table("runs/cmp")  # e.g. python -m harness run ... --out runs/cmp
         assert_accuracy_parity(table, "best", "legacy", margin=1.0)  # within one point
 
+The deployed integer model (runs with ``eval_deployed``: `qvit.deploy` evaluated after the
+last epoch) is asked about by its config's name with ``:deployed`` appended, its top-1 read
+from ``deployed_top1``: ``assert_accuracy_parity(table, "best:deployed", "best")`` asks
+whether deployment keeps best's accuracy (paired run for run), ``("best:deployed",
+"legacy")`` compares it with another config's QAT eval; ``metric="deployed_top1"``
+compares two configs' deployed models.
+
 Top-1 and top-5 are in percent. The default margin, `DEFAULT_MARGIN_PP` = 1.0 point, is
 about 3.6 images of the default held-out split (364 digits): small enough to catch a real
 loss, large enough that one flipped image is not one.
@@ -39,9 +46,11 @@ from harness.analysis.parity_classes import pair_expectation
 from qvit import Flags
 
 __all__ = ["AccuracyParity", "accuracy_parity", "assert_accuracy_parity", "tost_paired",
-           "tost_unpaired", "DEFAULT_MARGIN_PP"]
+           "tost_unpaired", "DEFAULT_MARGIN_PP", "DEPLOYED"]
 
 DEFAULT_MARGIN_PP = 1.0  # top-1/top-5 points
+DEPLOYED = ":deployed"  # "best:deployed": the deployed integer model of best's runs
+_PERCENT_METRICS = ("top1", "top5", "deployed_top1")
 
 
 @dataclass(frozen=True)
@@ -121,6 +130,23 @@ def _finals(table: pd.DataFrame, config: str, model: str | None) -> pd.DataFrame
     return t.sort_values("epoch").groupby(keys, dropna=False).tail(1).set_index(keys)
 
 
+def _deployed_side(finals: pd.DataFrame, config: str, metric: str) -> pd.DataFrame:
+    """``finals`` with ``metric`` read from the deployed model's column."""
+    if metric != "top1":
+        raise ValueError(f"{config}{DEPLOYED}: the deployed model records top-1 only "
+                         f"(deployed_top1), not {metric!r}; ask metric='top1'")
+    return _with_values(finals.assign(top1=finals.get("deployed_top1", np.nan)),
+                        f"{config}{DEPLOYED}", "top1")
+
+
+def _with_values(finals: pd.DataFrame, label: str, metric: str) -> pd.DataFrame:
+    if metric in finals and finals[metric].isna().all():
+        raise ValueError(f"{label} has no {metric} in the table: the deployed model is "
+                         "evaluated by runs with eval_deployed (--eval-deployed), of "
+                         "quantized configs only")
+    return finals
+
+
 def _differing_flags(table: pd.DataFrame, a: str, b: str) -> dict[str, tuple]:
     out = {}
     for name in Flags.names():
@@ -175,6 +201,13 @@ def _tost(fa: pd.DataFrame, fb: pd.DataFrame, config_a: str, config_b: str, metr
                               f"[{ci[0]:.4g}, {ci[1]:.4g}] vs margin +-{margin:g}")
 
 
+def _side(config: str) -> tuple[str, bool]:
+    """("best", True) for "best:deployed"; (config, False) otherwise."""
+    if config.endswith(DEPLOYED):
+        return config[: -len(DEPLOYED)], True
+    return config, False
+
+
 def accuracy_parity(table: pd.DataFrame, config_a: str, config_b: str, *,
                     metric: str = "top1", margin: float | None = None, alpha: float = 0.05,
                     exact: bool | None = None, model: str | None = None,
@@ -188,13 +221,21 @@ def accuracy_parity(table: pd.DataFrame, config_a: str, config_b: str, *,
     ``exact=False``: a TOST equivalence test over seeds (paired where the seeds match, Welch
     otherwise): equivalent when the difference lies within +-``margin`` at level ``alpha``;
     "no significant difference" is not evidence of equivalence. ``exact=None`` picks exact
-    when every flag the two configs differ in is declared ``exact``.
+    when every flag the two configs differ in is declared ``exact``. A config named
+    ``NAME:deployed`` (`DEPLOYED`) is NAME's deployed integer model (its ``deployed_top1``).
     """
-    fa, fb = _finals(table, config_a, model), _finals(table, config_b, model)
-    if margin is None and metric in ("top1", "top5"):
+    (name_a, dep_a), (name_b, dep_b) = _side(config_a), _side(config_b)
+    fa, fb = _finals(table, name_a, model), _finals(table, name_b, model)
+    if dep_a or dep_b:  # the deployed eval records no loss
+        fa = _deployed_side(fa, name_a, metric) if dep_a else fa
+        fb = _deployed_side(fb, name_b, metric) if dep_b else fb
+        losses = ()
+    elif metric.startswith("deployed_"):
+        fa, fb = _with_values(fa, name_a, metric), _with_values(fb, name_b, metric)
+    if margin is None and metric in _PERCENT_METRICS:
         margin = DEFAULT_MARGIN_PP
     if exact is None:
-        diff = _differing_flags(table, config_a, config_b)
+        diff = _differing_flags(table, name_a, name_b)
         exact = bool(diff) and all(pair_expectation(n, *v) == "exact" for n, v in diff.items())
     if metric not in fa:
         raise ValueError(f"metric {metric!r} not in the table; columns: {list(fa.columns)}")
@@ -218,7 +259,10 @@ def assert_accuracy_parity(table: pd.DataFrame, config_a: str, config_b: str, *,
     exact. ``exact``: True demands identical final results run for run,
     False a TOST at level ``alpha``, None (default) exact where every flag the two configs
     differ in is declared ``exact`` (`qvit.flags`). ``model``: restrict to one model of the
-    table. See `accuracy_parity` for ``losses``.
+    table. See `accuracy_parity` for ``losses``. ``config_a`` or ``config_b`` named
+    ``NAME:deployed``: NAME's deployed integer model (runs with ``eval_deployed``), e.g.
+    ``assert_accuracy_parity(table, "best:deployed", "best", exact=True)``: its top-1
+    equals the QAT eval's run for run.
 
     Raises AssertionError when not equivalent, with the numbers: the differing values for the
     exact check; p, n, the mean difference and the confidence interval against the margin for

@@ -88,7 +88,7 @@ def run_level(table: pd.DataFrame) -> pd.DataFrame:
             steps = float(g["steps"].median()) if "steps" in g else np.nan
             row["other_s"] = row.get("train_s", np.nan) - steps * row["step_s"]
         for col in ("top1", "top5", "eval_loss", "train_loss", "eval_images",
-                    "pretrained_top1"):
+                    "pretrained_top1", "deployed_top1", "deployed_agreement"):
             if col in last:
                 row[col] = last[col]
         mine = ok[ok["run_id"] == run_id]
@@ -235,7 +235,8 @@ def summarize(table: pd.DataFrame, baseline: str, *, iqr_warn: float = IQR_WARN,
             row.update(_accuracy(runs, model, config, baseline, g, margin))
         for col, how in (("syncs_per_step", "median"), ("cuda_debug_syncs_per_step", "median"),
                          ("peak_mem_mb", "max"),
-                         ("eval_images", "median"), ("pretrained_top1", "median")):
+                         ("eval_images", "median"), ("pretrained_top1", "median"),
+                         ("deployed_top1", "mean"), ("deployed_agreement", "min")):
             if col in g:
                 row[col] = float(getattr(g[col], how)())
         against = float_config or _float_of(floats, g)

@@ -66,6 +66,7 @@ METRIC_COLUMNS = {
     "cuda_debug_syncs_per_step": "float64", "sync_kinds": "string", "top1": "float64",
     "top5": "float64", "eval_images": "int64",
     "train_loss": "float64", "eval_loss": "float64", "pretrained_top1": "float64",
+    "deployed_top1": "float64", "deployed_agreement": "float64",
     "ended": "string", "status": "string", "error": "string",
 }
 _FLAG_DTYPES = {bool: "bool", int: "int64", str: "string"}

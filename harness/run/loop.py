@@ -34,7 +34,8 @@ import torch.nn.functional as F
 from harness.run import measure
 
 __all__ = ["NonFiniteLoss", "TrainResult", "EvalResult", "build_optimizer", "train_step",
-           "train_one_epoch", "evaluate", "compile_seconds", "FaultInjector"]
+           "train_one_epoch", "evaluate", "evaluate_deployed", "compile_seconds",
+           "FaultInjector"]
 
 
 class NonFiniteLoss(RuntimeError):
@@ -352,3 +353,18 @@ def evaluate(model: nn.Module, batches, *, device: torch.device, mean_std, num_c
     eval_s = time.perf_counter() - t0
     return EvalResult(eval_s, 100.0 * c1 / max(n, 1.0), 100.0 * c5 / max(n, 1.0),
                       loss / max(n, 1.0), int(n))
+
+
+def evaluate_deployed(model: nn.Module, batches, *, mean_std) -> dict[str, float]:
+    """The deployed integer model of ``model`` (`qvit.deploy`) on the validation batches,
+    beside ``model``'s own eval: ``deployed_top1`` (percent, as ``top1``) and
+    ``deployed_agreement`` (fraction of images whose top-1 prediction equals the QAT
+    model's). Not timed: it runs after the epoch's measurements."""
+    from harness.run.data import normalize_batch
+    from qvit.deploy import deploy
+    from qvit.deploy.compare import evaluate_deployed as compare
+
+    qat = getattr(model, "_orig_mod", model)  # a compiled model's module
+    r = compare(model, ((normalize_batch(x, mean_std), y) for x, y in batches.epoch(0)),
+                deploy(qat))
+    return {"deployed_top1": 100.0 * r["top1"], "deployed_agreement": r["agreement"]}

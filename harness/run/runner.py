@@ -189,6 +189,13 @@ def validate_spec(settings: RunSettings, *, load_data: bool = True):
             f"images are {native}x{native}: pass --img-size {native} (img_size = {native} in "
             f"a spec's [run]) to build the model for them, or use dataset "
             f"synthetic/imagefolder (which take the model's size)")
+    if settings.eval_deployed and ":" in settings.model:  # (qvit's own models deploy)
+        from qvit.deploy.convert import check_deployable
+
+        try:
+            check_deployable(build_model(RunSpec("probe", Flags(), settings)), calibrated=False)
+        except ValueError as e:
+            raise ValueError(f"eval_deployed: model {settings.model}: {e}") from None
     if not load_data:
         return None
     bundle = load_dataset(settings.dataset, data_dir=settings.data_dir, img_size=size,
@@ -208,7 +215,8 @@ def check_specs(specs: list[RunSpec], *, validate: bool = True) -> None:
         checked: set = set()
         for s in specs:
             st = s.settings
-            key = (st.model, st.dataset, st.data_dir, st.img_size, st.num_classes, st.device)
+            key = (st.model, st.dataset, st.data_dir, st.img_size, st.num_classes, st.device,
+                   st.eval_deployed)
             if key not in checked:
                 validate_spec(st)
                 checked.add(key)
@@ -420,6 +428,8 @@ def _run_epoch(spec: RunSpec, st: _State, epoch: int, resumed: bool, progress: b
         plot_learning_curves(st.history, None, f"{s.model} {spec.config}")
     row["plot_s"] = time.perf_counter() - t_plot
     row["epoch_s"] = time.perf_counter() - t0  # train + eval + plot: what the seed timed
+    if s.eval_deployed and epoch == s.epochs and not spec.float_reference:  # (untimed)
+        row.update(loop.evaluate_deployed(eval_model, st.val_batches, mean_std=st.mean_std))
     row["ended"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     return row
 

@@ -59,6 +59,10 @@ class RunSettings(BaseModel):
                                         "epoch (none: a full pass)")
     eval_steps: int | None = Field(None, ge=1, description="cap on evaluation batches (none: "
                                    "the whole held-out split)")
+    eval_deployed: bool = Field(False, description="after the last epoch, also evaluate the "
+                                "deployed integer model (qvit.deploy) on the held-out split: "
+                                "deployed_top1 and deployed_agreement (fraction of predictions "
+                                "equal to the QAT eval's); NaN for a float reference")
     batch_size: int = Field(64, ge=1, description="training batch size")
     eval_batch_size: int | None = Field(None, ge=1, description="eval batch (none: "
                                         "batch_size)")

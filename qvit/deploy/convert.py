@@ -21,7 +21,7 @@ from ..ops.requant import frexp_device
 from . import arith, layers
 from .model import DeployedModel, DeployedSwin, DeployedViT, Head
 
-__all__ = ["dyadic", "probe_scales", "config_of", "deploy"]
+__all__ = ["dyadic", "probe_scales", "config_of", "check_deployable", "deploy"]
 
 _PROBED = (qm.QuantAct, qm.QuantLinear, qm.QuantConv2d, qm.QuantMatMul, qm.IntLayerNorm,
            qm.IntSoftmax, qm.IntGELU)
@@ -96,7 +96,10 @@ def config_of(model: QuantModel) -> dict[str, Any]:
                 ape=model.absolute_pos_embed is not None)
 
 
-def _check(model: nn.Module) -> None:
+def check_deployable(model: nn.Module, *, calibrated: bool = True) -> None:
+    """Refuse (ValueError, one line) a model `deploy` cannot deploy: not a qvit QuantViT or
+    QuantSwin, no classifier, a pooling it does not compute, and (``calibrated``) activation
+    ranges never observed. ``calibrated=False``: the architecture only (before training)."""
     if not isinstance(model, (QuantViT, QuantSwin)):
         kind = ("a float model" if not any(isinstance(m, qm.QuantModule)
                                            for m in model.modules()) else "not a qvit model")
@@ -106,7 +109,7 @@ def _check(model: nn.Module) -> None:
     if model.num_classes == 0:
         raise ValueError("deploy needs a classifier (num_classes > 0); the deployed model "
                          "returns logits")
-    empty = model.uncalibrated_quantizers()
+    empty = model.uncalibrated_quantizers() if calibrated else []
     if empty:
         raise ValueError(f"deploy: {len(empty)} activation ranges were never observed "
                          f"(e.g. {empty[0]}); run qvit.calibrate(model, batches) or train "
@@ -205,7 +208,7 @@ def deploy(model: nn.Module) -> DeployedModel:
     constants; float only in the input quantizer and the logits. In eval mode, on the
     model's device. Refuses (ValueError, one line) anything else: a float model, an
     uncalibrated one, a model without a classifier."""
-    _check(model)
+    check_deployable(model)
     modes = {m: m.training for m in model.modules()}
     try:
         model.eval()  # (the quantizers called below must not observe)

@@ -7,7 +7,8 @@ columns add nothing to the sums). Products it cannot take (batched attention pro
 I-ViT DeiT's 16-bit softmax output times V) go to `exact_matmul`: a float GEMM of the
 integers, float32 where every partial sum is below 2^24 in magnitude and float64 where
 below 2^53 (every float sum of integers then is the integer sum, in any order), int64
-beyond. The bound is the caller's (K * max|a| * max|b|, known from the bit widths).
+beyond. The bound is the caller's (K * max|a| * max|b|, known from the bit widths). Under
+ONNX export the product is an integer MatMul (int32 where the bound allows).
 """
 
 from __future__ import annotations
@@ -64,6 +65,9 @@ def exact_dtype(bound: int) -> torch.dtype:
 def exact_matmul(a: Tensor, b: Tensor, bound: int) -> Tensor:
     """``a @ b`` of integer tensors (batched as torch.matmul), exactly, given that every
     |partial sum| is at most ``bound``; int64 result."""
+    if torch.onnx.is_in_onnx_export():  # an integer MatMul in the graph (`qvit.deploy.onnx`)
+        dtype = torch.int32 if bound < 2**31 else torch.int64
+        return torch.matmul(a.to(dtype), b.to(dtype)).to(torch.int64)
     dtype = exact_dtype(bound)
     if dtype == torch.int64:
         return torch.matmul(a.to(dtype), b.to(dtype))

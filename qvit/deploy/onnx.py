@@ -1,80 +1,162 @@
-"""ONNX export of the deployed model's building block with integer operators: an int8
-GEMM by ``MatMulInteger`` (int32 accumulation), the int32 bias, and the dyadic
-requantizer in int64 arithmetic, run by ONNX Runtime (optional: ``pip install
-qvit[onnx]``).
+"""ONNX export of the whole deployed model with integer operators, run by ONNX Runtime
+(optional: ``pip install qvit[onnx]``: onnx, onnxscript, onnxruntime).
 
-ONNX has no arithmetic shift for signed integers (``BitShift`` is unsigned only) and its
-integer ``Div`` truncates toward zero, so floor(t / 2^e) is written exactly as
-(t - Mod(t, 2^e)) / 2^e, ``Mod`` with fmod=0 taking the divisor's sign (a multiple of 2^e
-divided by 2^e: no rounding). The whole models are not exported yet (see docs/deploy.md).
+`to_onnx(deployed)` is ``torch.onnx.export`` (the dynamo exporter, opset 18) of the
+deployed ``nn.Module`` itself, so the graph is the PyTorch deployment's arithmetic, op for
+op: the int8 GEMMs (``torch._int_mm``) become ``MatMulInteger`` (int32 accumulation), the
+attention products integer ``MatMul`` (int32 where the bound of their sums allows, int64
+otherwise: `qvit.deploy.intmm.exact_matmul` under export), and every requantizer, Shiftmax,
+ShiftGELU, I-LayerNorm (its Newton square root unrolled), window shift, mask and relative
+position bias int32/int64 arithmetic. Float only at the input quantizer and the logits.
+
+Three integer operations have no exact ONNX counterpart in the exporter's own library, so
+this module translates them (`TRANSLATIONS`): ``torch._int_mm`` (none), signed ``>>`` and
+``<<`` (ONNX ``BitShift`` is unsigned only) and integer floor division, which the
+exporter's library computes through float32 (inexact beyond 2^24: floor(2^31 / sum)
+would move). ONNX's integer ``Div`` truncates toward zero; floor(a / b) is that quotient
+minus one where the remainder is nonzero and the signs differ; x >> e is floor(x / 2^e);
+x << e is the unsigned shift of x's two's complement bits (what torch computes).
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
+import torch
+from torch import Tensor
 
-from .layers import IntLinear, Requant
+from .model import DeployedModel
 
-__all__ = ["linear_requant_graph", "save_linear_requant"]
+__all__ = ["OPSET", "TRANSLATIONS", "to_onnx", "save_onnx", "ort_session", "run_onnx"]
 
-_OUT = {8: 3, 16: 5}  # onnx.TensorProto INT8, INT16
+OPSET = 18
+TRANSLATIONS = ("aten._int_mm -> MatMulInteger", "aten.__rshift__ / bitwise_right_shift",
+                "aten.__lshift__ / bitwise_left_shift", "aten.div(rounding_mode='floor')")
 
 
-def _onnx():
+def _need(module: str):
+    import importlib
+
     try:
-        import onnx
-        from onnx import TensorProto, helper, numpy_helper
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError("ONNX export needs the onnx package: pip install qvit[onnx]") from e
-    return onnx, TensorProto, helper, numpy_helper
+        return importlib.import_module(module)
+    except ImportError:
+        raise ImportError(f"ONNX export needs {module.split('.')[0]}: pip install "
+                          "qvit[onnx] (onnx, onnxscript, onnxruntime)") from None
 
 
-def linear_requant_graph(linear: IntLinear, requant: Requant, opset: int = 17):
-    """The ONNX model of ``requant(linear(x))`` for x int8 (M, K): int8 (or int16) out."""
-    onnx, TP, helper, nph = _onnx()
-    w = linear.weight.cpu().numpy().T.copy()  # (K, N) int8
-    m = requant.m.cpu().numpy().astype(np.int64)
-    e = requant.e.cpu().numpy().astype(np.int64)
-    n = 2 ** (requant.bits - 1)
-    inits = [nph.from_array(w, "W"), nph.from_array(np.zeros((), np.int8), "zp"),
-             nph.from_array(m, "m"), nph.from_array(np.left_shift(np.int64(1), e), "D"),
-             nph.from_array((np.left_shift(np.int64(1), e - 1) - 1), "half_m1"),
-             nph.from_array(np.array(2, np.int64), "two"),
-             nph.from_array(np.array(-n, np.int64), "lo"),
-             nph.from_array(np.array(n - 1, np.int64), "hi")]
-    nodes = [helper.make_node("MatMulInteger", ["x", "W", "zp", "zp"], ["acc32"]),
-             helper.make_node("Cast", ["acc32"], ["acc"], to=TP.INT64)]
-    z = "acc"
-    if linear.bias is not None:
-        inits.append(nph.from_array(linear.bias.cpu().numpy().astype(np.int64), "b"))
-        nodes.append(helper.make_node("Add", ["acc", "b"], ["z"]))
-        z = "z"
+def _translation_table() -> dict:
+    """{aten op: onnxscript function}: the exact integer translations (module docstring)."""
+    onnxscript = _need("onnxscript")
+    ir, op = onnxscript.ir, getattr(onnxscript, f"opset{OPSET}")
+    U64 = ir.DataType.UINT64
 
-    def floor_div(t: str, out: str) -> list:  # floor(t / D), exactly
-        return [helper.make_node("Mod", [t, "D"], [out + "_r"], fmod=0),
-                helper.make_node("Sub", [t, out + "_r"], [out + "_m"]),
-                helper.make_node("Div", [out + "_m", "D"], [out])]
+    def as_value(v, dtype):
+        if isinstance(v, (int, float)):
+            return op.Constant(value=ir.tensor(v, dtype=dtype))
+        return v if v.dtype == dtype else op.Cast(v, to=dtype)
 
-    nodes += [helper.make_node("Mul", [z, "m"], ["prod"]), *floor_div("prod", "fl"),
-              helper.make_node("Mod", ["fl", "two"], ["parity"], fmod=0),
-              helper.make_node("Add", ["prod", "half_m1"], ["t0"]),
-              helper.make_node("Add", ["t0", "parity"], ["t1"]), *floor_div("t1", "rq"),
-              helper.make_node("Clip", ["rq", "lo", "hi"], ["clipped"]),
-              helper.make_node("Cast", ["clipped"], ["y"], to=_OUT[requant.bits])]
-    graph = helper.make_graph(
-        nodes, "qvit_linear_requant",
-        [helper.make_tensor_value_info("x", TP.INT8, ["M", linear.in_features])],
-        [helper.make_tensor_value_info("y", _OUT[requant.bits], ["M", linear.out_features])],
-        inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-    onnx.checker.check_model(model)
-    return model
+    def floor_div(a, b):  # either may be a Python integer (torch.div(2**31, t))
+        dtype = (b if isinstance(a, (int, float)) else a).dtype
+        a, b = as_value(a, dtype), as_value(b, dtype)
+        q = op.Div(a, b)  # truncated toward zero
+        zero = as_value(0, dtype)
+        inexact = op.Not(op.Equal(op.Sub(a, op.Mul(q, b)), zero))
+        signs_differ = op.Xor(op.Less(a, zero), op.Less(b, zero))
+        return op.Sub(q, op.Cast(op.And(inexact, signs_differ), to=dtype))
+
+    def div_mode(a, b, rounding_mode=None):
+        dtype = (b if isinstance(a, (int, float)) else a).dtype
+        if rounding_mode != "floor" or not dtype.is_integer():
+            raise NotImplementedError(f"qvit.deploy.onnx: div with rounding_mode="
+                                      f"{rounding_mode!r} on {dtype} is not deployed")
+        return floor_div(a, b)
+
+    def unsigned_shift_left(a, e):  # on the two's complement bits, as torch's shift
+        return op.BitShift(a, as_value(e, U64), direction="LEFT")
+
+    def lshift(a, e):
+        return op.Cast(unsigned_shift_left(op.Cast(a, to=U64), e), to=a.dtype)
+
+    def rshift(a, e):  # floor(a / 2^e)
+        return floor_div(a, op.Cast(unsigned_shift_left(as_value(1, U64), e), to=a.dtype))
+
+    def int_mm(a, b):
+        return op.MatMulInteger(a, b)
+
+    A = torch.ops.aten
+    return {A._int_mm.default: int_mm, A.div.Tensor_mode: div_mode,
+            A.div.Scalar_mode: div_mode, A.__rshift__.Tensor: rshift,
+            A.__rshift__.Scalar: rshift, A.bitwise_right_shift.Tensor: rshift,
+            A.bitwise_right_shift.Tensor_Scalar: rshift, A.__lshift__.Tensor: lshift,
+            A.__lshift__.Scalar: lshift, A.bitwise_left_shift.Tensor: lshift,
+            A.bitwise_left_shift.Tensor_Scalar: lshift}
 
 
-def save_linear_requant(linear: IntLinear, requant: Requant, path: str | Path) -> Path:
-    onnx = _onnx()[0]
+def _one_line(exc: BaseException, what: str) -> str:
+    text = str(exc)
+    missing = re.search(r"No ONNX function found for <OpOverload\(op='([^']+)'", text)
+    if missing:
+        return (f"{what}: no exact ONNX translation for {missing.group(1)} (qvit.deploy.onnx "
+                f"translates {', '.join(TRANSLATIONS)}; add it to _translation_table)")
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    cause = next((ln for ln in lines if ln.startswith("<class ")), None)  # its summary
+    return f"{what}: {cause or (lines[0] if lines else type(exc).__name__)}"
+
+
+def to_onnx(deployed: DeployedModel, example: Tensor | None = None, *,
+            dynamic_batch: bool = True):
+    """The ONNX model (``onnx.ModelProto``) of a deployed model: float32 images (B, C, H,
+    W) in, float32 logits out, integer operators in between (module docstring).
+    ``example``: an input to trace with (default: two zero images of the model's size);
+    ``dynamic_batch``: the batch dimension symbolic. Refuses (one line) what does not
+    export: a model that is not a `DeployedModel`, an op without an exact translation."""
+    if not isinstance(deployed, DeployedModel):
+        raise ValueError(f"to_onnx takes a deployed model (qvit.deploy.deploy(model)), got "
+                         f"{type(deployed).__name__}")
+    _need("onnx")
+    table = _translation_table()
+    cfg = deployed.config
+    if example is None:
+        example = torch.zeros(2, cfg["in_chans"], cfg["img_size"], cfg["img_size"],
+                              device=next(deployed.buffers()).device)
+    dynamic = ({0: torch.export.Dim("batch", min=1)},) if dynamic_batch else None
+    was_training = deployed.training
+    deployed.eval()
+    try:
+        program = torch.onnx.export(deployed, (example,), dynamo=True, opset_version=OPSET,
+                                    input_names=["images"], output_names=["logits"],
+                                    dynamic_shapes=dynamic, custom_translation_table=table,
+                                    optimize=False, verbose=False)
+    except Exception as e:  # noqa: BLE001 - the exporter's errors are pages long
+        raise RuntimeError(_one_line(e, f"ONNX export of {type(deployed).__name__}")) \
+            from None
+    finally:
+        deployed.train(was_training)
+    return program.model_proto
+
+
+def save_onnx(deployed: DeployedModel, path: str | Path, **kw) -> Path:
+    """`to_onnx` written to ``path``."""
+    onnx = _need("onnx")
     path = Path(path)
-    onnx.save(linear_requant_graph(linear, requant), str(path))
+    onnx.save(to_onnx(deployed, **kw), str(path))
     return path
+
+
+def ort_session(model, threads: int | None = None):
+    """An ONNX Runtime CPU session of an ONNX model (a ModelProto or a path)."""
+    ort = _need("onnxruntime")
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+    data = model if isinstance(model, (str, Path)) else model.SerializeToString()
+    return ort.InferenceSession(str(data) if isinstance(data, Path) else data, opts,
+                                providers=["CPUExecutionProvider"])
+
+
+def run_onnx(session, images: Tensor | np.ndarray) -> np.ndarray:
+    """Logits of ``images`` from an `ort_session`."""
+    x = images.detach().cpu().numpy() if isinstance(images, Tensor) else images
+    return session.run(None, {session.get_inputs()[0].name: x.astype(np.float32)})[0]

@@ -299,7 +299,9 @@ def accuracy(ctx: Context) -> tuple[str, list[str]]:
                      "d top-1 pts": "" if base else pp_ci(r["top1_diff"], r["top1_diff_lo"],
                                                           r["top1_diff_hi"]),
                      f"TOST at +-{margin:g} pts": verdict,
-                     "float start top-1 %": r.get("pretrained_top1", np.nan)})
+                     "float start top-1 %": r.get("pretrained_top1", np.nan),
+                     "deployed top-1 %": r.get("deployed_top1", np.nan),
+                     "agreement with QAT eval": r.get("deployed_agreement", np.nan)})
         if not base and eq is False:
             findings.append(f"{r['model']}/{r['config']}: top-1 {pp(r['top1_diff'])} pts vs "
                             f"{ctx.baseline}, not shown equivalent at +-{margin:g}")
@@ -307,6 +309,9 @@ def accuracy(ctx: Context) -> tuple[str, list[str]]:
     if len(low):
         findings.append("top-1 below 90% for " + ", ".join(
             f"{r.model}/{r.config} ({r.top1_mean:.1f}%)" for r in low.itertuples()))
+    table = pd.DataFrame(rows)  # deployed (qvit.deploy) where runs had eval_deployed
+    if not (len(table) and table["deployed top-1 %"].notna().any()):
+        table = table.drop(columns=["deployed top-1 %", "agreement with QAT eval"], errors="ignore")
     start = "a float-pretrained start (the float twin trained on this data, calibrated)" if \
         settings.get("pretrained") else "random weights"
     text = (f"## Accuracy\n\nTop-1 after the last epoch on the whole held-out split "
@@ -314,7 +319,7 @@ def accuracy(ctx: Context) -> tuple[str, list[str]]:
             f"{100 / classes:.0f}%), from {start}. The difference to `{ctx.baseline}` is "
             f"paired within blocks ({ctx.interval_label()}); the TOST verdict asks whether "
             f"it lies within +-{margin:g} points (alpha 0.05, `harness.analysis.equivalence`).\n\n"
-            + md_table(pd.DataFrame(rows))
+            + md_table(table)
             + (f"\n{len(untrained)} configs ran only the step-interleaved method (no "
                "training run, no accuracy here); what they do to the numbers is measured by "
                "`harness parity` (bitwise, per flag).\n" if untrained else ""))
