@@ -383,12 +383,15 @@ def _resume(out_dir: Path, spec: RunSpec, st: _State) -> int:
     return epoch
 
 
-def _first_steps(batches: Batches, steps: int | None) -> Batches:
-    """The same batches (preloaded tensors shared), only the first ``steps`` of an epoch."""
+def _first_steps(batches: Batches, steps: int | None, num_workers: int | None = None
+                 ) -> Batches:
+    """The same batches (preloaded tensors shared), only the first ``steps`` of an epoch
+    (and, given, through ``num_workers`` loader processes)."""
     if steps is None or steps >= len(batches):
         return batches
     capped = copy.copy(batches)
     capped.steps = steps
+    capped.num_workers = batches.num_workers if num_workers is None else num_workers
     return capped
 
 
@@ -425,7 +428,8 @@ def _run_epoch(spec: RunSpec, st: _State, epoch: int, resumed: bool, progress: b
     if st.scheduler is not None:
         st.scheduler.step(epoch)
     eval_model = st.ema.module if st.ema is not None else st.train_model
-    ev = loop.evaluate(eval_model, _first_steps(st.val_batches, 1 if warm else None),
+    # the warm-up's one batch: the model's first calls in eval (workers start in every epoch)
+    ev = loop.evaluate(eval_model, _first_steps(st.val_batches, 1, 0) if warm else st.val_batches,
                        device=st.device, mean_std=st.mean_std, num_classes=s.num_classes
                        ) if evaluate else loop.EvalResult(0.0, math.nan, math.nan, math.nan, 0)
     row = dict(epoch=epoch, warmup=warm, resumed=resumed, counted=bool(tr.counted_steps),

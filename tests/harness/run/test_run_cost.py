@@ -77,3 +77,16 @@ def test_the_runs_of_a_block_load_the_dataset_once(tmp_path, monkeypatch):
     runner._load_dataset.cache_clear()
     execute_block([_spec("a", epochs=2), _spec("b", epochs=2)], tmp_path)
     assert len(calls) == 1
+
+
+def test_the_warmup_evaluates_without_loader_workers(tmp_path, monkeypatch):
+    """Workers start in every epoch's loaders (measured there); the warm-up's one batch is
+    for the model's first calls in eval."""
+    seen = []
+    real = runner.loop.evaluate
+    monkeypatch.setattr(runner.loop, "evaluate", lambda m, batches, **k: seen.append(
+        (len(batches), batches.num_workers)) or real(m, batches, **k))
+    spec = RunSpec("w", Flags.parse("best,preload_to_device=false,num_workers=2"), RunSettings(**BASE, warmup_steps=2))
+    df = execute_run(spec, tmp_path)
+    assert (df["status"] == "ok").all(), df["error"].tolist()
+    assert seen == [(1, 0), (3, 2), (3, 2)]
