@@ -86,7 +86,8 @@ def test_the_warmup_evaluates_without_loader_workers(tmp_path, monkeypatch):
     real = runner.loop.evaluate
     monkeypatch.setattr(runner.loop, "evaluate", lambda m, batches, **k: seen.append(
         (len(batches), batches.num_workers)) or real(m, batches, **k))
-    spec = RunSpec("w", Flags.parse("best,preload_to_device=false,num_workers=2"), RunSettings(**BASE, warmup_steps=2))
+    spec = RunSpec("w", Flags.parse("best,preload_to_device=false,num_workers=2"),
+                   RunSettings(**BASE, warmup_steps=2))
     df = execute_run(spec, tmp_path)
     assert (df["status"] == "ok").all(), df["error"].tolist()
     assert seen == [(1, 0), (3, 2), (3, 2)]
