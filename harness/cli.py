@@ -183,6 +183,7 @@ def compare_parser() -> argparse.ArgumentParser:
 @friendly_errors
 def cmd_compare(argv: list[str]) -> int:
     from harness.analysis import compare as cmp
+    from harness.records.files import write_text
 
     args = compare_parser().parse_args(argv)
     threshold = cmp.parse_percent(args.fail_slower) if args.fail_slower else None
@@ -197,7 +198,7 @@ def cmd_compare(argv: list[str]) -> int:
     text = cmp.to_markdown(result, a, b, figure)
     print(text)
     if args.out:
-        Path(args.out).write_text(text)
+        write_text(args.out, text)
     if threshold is None:
         return 0
     slower = cmp.slower_than(result, threshold)

@@ -42,6 +42,7 @@ from harness import records
 from harness.analysis import stats
 from harness.analysis.equivalence import DEFAULT_MARGIN_PP, accuracy_parity
 from harness.analysis.report.fmt import ci, md_table, pp_ci
+from harness.records.files import save_figure
 from harness.spec import AA_CONTROL
 from harness.spec.planning import read_design
 
@@ -351,7 +352,7 @@ def plot_ratios(result: pd.DataFrame, path: Path) -> Path:
     axes[0][0].invert_yaxis()
     axes[0][-1].legend(loc="best", fontsize="small")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
     return path
 

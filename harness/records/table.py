@@ -64,7 +64,7 @@ METRIC_COLUMNS = {
     "compile_s": "float64", "step_s_median": "float64", "step_times": "string",
     "images_per_s": "float64", "peak_mem_mb": "float64", "syncs_per_step": "float64",
     "cuda_debug_syncs_per_step": "float64", "sync_kinds": "string", "top1": "float64",
-    "top5": "float64", "eval_images": "int64",
+    "top5": "float64", "eval_images": "int64", "setup_s": "float64",
     "train_loss": "float64", "eval_loss": "float64", "pretrained_top1": "float64",
     "deployed_top1": "float64", "deployed_agreement": "float64",
     "ended": "string", "status": "string", "error": "string",

@@ -173,10 +173,12 @@ def train_one_epoch(model: nn.Module, batches, epoch: int, *, optimizer, schedul
                     loss_fn, flags, device: torch.device, mean_std, mixup=None, ema=None,
                     scaler=None, clip_grad: float | None = None, count_syncs: bool = False,
                     count_steps: int | None = None,
-                    updates_done: int = 0, progress=None, fault: FaultInjector | None = None
-                    ) -> TrainResult:
+                    updates_done: int = 0, progress=None, fault: FaultInjector | None = None,
+                    epoch_steps: int | None = None) -> TrainResult:
     """One training epoch. No syncs are added inside it: one `phase_boundary` at each end;
-    the loss is read per step only when ``flags.loss_item_per_step`` asks for it."""
+    the loss is read per step only when ``flags.loss_item_per_step`` asks for it.
+    ``epoch_steps``: the steps of a whole epoch, over which the epoch-end read counts in
+    ``syncs_per_step`` (default: the steps run; a shortened warm-up epoch passes more)."""
     from harness.run.data import normalize_batch
 
     model.train()
@@ -236,7 +238,7 @@ def train_one_epoch(model: nn.Module, batches, epoch: int, *, optimizer, schedul
     per_step = float("nan")
     syncs = dict(window.kinds)
     if window.steps:
-        per_step = sum(window.kinds.values()) / window.steps + end.count / steps
+        per_step = sum(window.kinds.values()) / window.steps + end.count / (epoch_steps or steps)
         syncs.update({f"{k}@epoch_end": v for k, v in end.by_kind.items()})
     debug = window.cuda_debug / window.steps if window.steps and window.cuda_debug is not None \
         else math.nan

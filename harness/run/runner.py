@@ -14,6 +14,8 @@ BLOCK.json OUT``) and a cluster job execute. Spawning children and sweeps: `exec
 
 from __future__ import annotations
 
+import copy
+import functools
 import json
 import math
 import os
@@ -198,10 +200,19 @@ def validate_spec(settings: RunSettings, *, load_data: bool = True):
             raise ValueError(f"eval_deployed: model {settings.model}: {e}") from None
     if not load_data:
         return None
-    bundle = load_dataset(settings.dataset, data_dir=settings.data_dir, img_size=size,
-                          num_classes=settings.num_classes, seed=settings.seed)
+    bundle = _load_dataset(settings.dataset, settings.data_dir, size, settings.num_classes,
+                           settings.seed)
     check_labels(bundle, settings.num_classes)
     return bundle
+
+
+@functools.lru_cache(maxsize=1)
+def _load_dataset(dataset: str, data_dir: str | None, img_size: int, num_classes: int,
+                  seed: int):
+    """The runs of a block share one loaded dataset (read-only: batches copy out of it)
+    instead of each loading it again in its set-up."""
+    return load_dataset(dataset, data_dir=data_dir, img_size=img_size,
+                        num_classes=num_classes, seed=seed)
 
 
 def check_specs(specs: list[RunSpec], *, validate: bool = True) -> None:
@@ -380,26 +391,44 @@ def _resume(out_dir: Path, spec: RunSpec, st: _State) -> int:
     return epoch
 
 
-def _run_epoch(spec: RunSpec, st: _State, epoch: int, resumed: bool, progress: bool) -> dict:
+def _first_steps(batches: Batches, steps: int | None, num_workers: int | None = None
+                 ) -> Batches:
+    """The same batches (preloaded tensors shared), only the first ``steps`` of an epoch
+    (and, given, through ``num_workers`` loader processes)."""
+    if steps is None or steps >= len(batches):
+        return batches
+    capped = copy.copy(batches)
+    capped.steps = steps
+    capped.num_workers = batches.num_workers if num_workers is None else num_workers
+    return capped
+
+
+def _run_epoch(spec: RunSpec, st: _State, epoch: int, resumed: bool, progress: bool, *,
+               evaluate: bool = True) -> dict:
+    """One epoch and its row. A warm-up epoch measures nothing: it trains ``warmup_steps``
+    steps (first calls, optimizer state, the sync count) and evaluates one batch (the
+    evaluation's first calls), without plots. ``evaluate=False``: no evaluation at all."""
     s = spec.settings
     t0 = time.perf_counter()
     c0 = loop.compile_seconds()
     measure.reset_peak_memory(st.device)
     warm = epoch <= s.warmup_epochs
     count = s.count_syncs == "all" or (s.count_syncs == "first" and epoch == 1)
+    train_batches = _first_steps(st.train_batches, s.warmup_steps if warm else None)
     bar = None
     if progress and sys.stderr.isatty():
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(st.train_batches), desc=f"{spec.config} epoch {epoch}",
+        bar = tqdm(total=len(train_batches), desc=f"{spec.config} epoch {epoch}",
                    position=1, leave=False, unit="step")
     try:
-        tr = loop.train_one_epoch(st.train_model, st.train_batches, epoch, optimizer=st.optimizer,
+        tr = loop.train_one_epoch(st.train_model, train_batches, epoch, optimizer=st.optimizer,
                              scheduler=st.scheduler, loss_fn=st.loss_fn, flags=spec.flags,
                              device=st.device, mean_std=st.mean_std, mixup=st.mixup,
                              ema=st.ema, scaler=st.scaler, clip_grad=s.clip_grad,
                              count_syncs=count, count_steps=s.sync_count_steps,
-                             updates_done=st.updates, progress=bar, fault=st.fault)
+                             updates_done=st.updates, progress=bar, fault=st.fault,
+                             epoch_steps=len(st.train_batches))
     finally:
         if bar is not None:
             bar.close()
@@ -407,8 +436,10 @@ def _run_epoch(spec: RunSpec, st: _State, epoch: int, resumed: bool, progress: b
     if st.scheduler is not None:
         st.scheduler.step(epoch)
     eval_model = st.ema.module if st.ema is not None else st.train_model
-    ev = loop.evaluate(eval_model, st.val_batches, device=st.device, mean_std=st.mean_std,
-                  num_classes=s.num_classes)
+    # the warm-up's one batch: the model's first calls in eval (workers start in every epoch)
+    ev = loop.evaluate(eval_model, _first_steps(st.val_batches, 1, 0) if warm else st.val_batches,
+                       device=st.device, mean_std=st.mean_std, num_classes=s.num_classes
+                       ) if evaluate else loop.EvalResult(0.0, math.nan, math.nan, math.nan, 0)
     row = dict(epoch=epoch, warmup=warm, resumed=resumed, counted=bool(tr.counted_steps),
                steps=tr.steps, train_s=tr.train_s, startup_s=tr.startup_s, data_s=tr.data_s,
                compute_s=tr.compute_s, eval_s=ev.eval_s, compile_s=loop.compile_seconds() - c0,
@@ -423,7 +454,7 @@ def _run_epoch(spec: RunSpec, st: _State, epoch: int, resumed: bool, progress: b
     st.history.append({k: row[k] for k in ("epoch", "train_loss", "eval_loss", "top1",
                                            "top5")})
     t_plot = time.perf_counter()
-    if epoch % spec.flags.plot_every == 0 or epoch == s.epochs:
+    if not warm and (epoch % spec.flags.plot_every == 0 or epoch == s.epochs):
         # the seed drew learning curves inside its timed epoch; rendered, not kept
         plot_learning_curves(st.history, None, f"{s.model} {spec.config}")
     row["plot_s"] = time.perf_counter() - t_plot
@@ -438,7 +469,8 @@ def train_in_memory(spec: RunSpec, *, progress: bool = False, on_epoch=None
                     ) -> tuple[torch.nn.Module, list[dict]]:
     """Train one run here, keeping nothing on disk (the pretrained start's float training).
     Failures raise. Returns the model and one row per epoch (each also given to
-    ``on_epoch`` as it ends, where one is given)."""
+    ``on_epoch`` as it ends, where one is given); only the last epoch is evaluated (its
+    accuracy is the one kept)."""
     from tqdm.auto import tqdm
 
     device = resolve_device(spec.settings.device)
@@ -447,7 +479,8 @@ def train_in_memory(spec: RunSpec, *, progress: bool = False, on_epoch=None
     rows = []
     for epoch in tqdm(range(1, spec.epochs + 1), desc=f"{spec.model} {spec.config}",
                       unit="epoch", disable=not (progress and sys.stderr.isatty())):
-        rows.append(_run_epoch(spec, st, epoch, resumed=False, progress=False))
+        rows.append(_run_epoch(spec, st, epoch, resumed=False, progress=False,
+                               evaluate=epoch == spec.epochs))
         if on_epoch is not None:
             on_epoch(rows[-1])
     return st.model, rows
@@ -466,11 +499,14 @@ def execute_run(spec: RunSpec, out_dir: str | os.PathLike, *, progress: bool = F
     base = base_row(spec, provenance(device, out_dir, **process), process)
     epoch = 1
     try:
+        t0 = time.perf_counter()
         st = _setup(spec, device)
         start = _resume(out_dir, spec, st)
+        setup_s = time.perf_counter() - t0  # on the first row this process writes
         for epoch in range(start + 1, spec.epochs + 1):
             row = _run_epoch(spec, st, epoch, resumed=start > 0 and epoch == start + 1,
                              progress=progress)
+            row["setup_s"], setup_s = setup_s, math.nan
             _save_checkpoint(out_dir, spec, st, epoch)
             records.append_shard_rows(out_dir, spec.run_id, [{**base, **row}])
         _checkpoint_path(out_dir, spec).unlink(missing_ok=True)

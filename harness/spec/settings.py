@@ -57,6 +57,9 @@ class RunSettings(BaseModel):
                                "statistics (first calls, compile, allocator growth)")
     steps_per_epoch: int | None = Field(None, ge=1, description="cap on training steps per "
                                         "epoch (none: a full pass)")
+    warmup_steps: int | None = Field(None, ge=2, description="training steps of each warm-up "
+                                     "epoch (none: as many as a measured epoch; 2: the first "
+                                     "step's first calls and one step to count syncs in)")
     eval_steps: int | None = Field(None, ge=1, description="cap on evaluation batches (none: "
                                    "the whole held-out split)")
     eval_deployed: bool = Field(False, description="after the last epoch, also evaluate the "

@@ -15,6 +15,7 @@ it changed), so the same watching serves local children and Slurm jobs alike.
 from __future__ import annotations
 
 import json
+import math
 import statistics
 import sys
 import time
@@ -287,6 +288,8 @@ class EpochLog:
             return
         self.last = now
         eta = (now - self.t0) / epoch * (self.epochs - epoch)
+        top1 = float(row.get("top1", float("nan")))  # only evaluated epochs have one
+        acc = "" if math.isnan(top1) else f"top-1 {top1:.1f}%, "
         print(f"[{time.strftime('%H:%M:%S')}] {self.what}: epoch {epoch}/{self.epochs}, "
-              f"top-1 {float(row['top1']):.1f}%, elapsed {format_eta(now - self.t0)}, "
-              f"ETA {format_eta(eta)}", file=self.stream, flush=True)
+              f"{acc}elapsed {format_eta(now - self.t0)}, ETA {format_eta(eta)}",
+              file=self.stream, flush=True)

@@ -21,7 +21,7 @@ import pandas as pd
 
 from harness import records
 from harness.analysis import stats
-from harness.analysis.report import sections
+from harness.analysis.report import budget, sections
 from harness.analysis.report.fmt import md_table
 from harness.errors import friendly_errors
 from harness.records.files import write_text
@@ -105,11 +105,12 @@ def write_index(root: str | Path) -> Path:
              "`ablations/`); each says where its figures came from. Rebuild them from their "
              "tables with `nox -s report`.\n"]
     if entries:
-        lines += ["| report | design | models | machine | dates | commit |",
-                  "|---|---|---|---|---|---|"]
+        lines += ["| report | design | models | detection limit (A/A) | machine | dates | "
+                  "commit |", "|---|---|---|---|---|---|---|"]
         for name, info in entries:
             lines.append(f"| [{info.get('title') or name}]({name}/report.md) | "
                          f"{info.get('kind', '')} | {', '.join(info.get('models', []))} | "
+                         f"{_index_limits(info.get('detection_limits') or {})} | "
                          f"{info.get('machine') or ''} | {info.get('dates') or ''} | "
                          f"{(info.get('commit') or '')[:10]} |")
         lines.append("")
@@ -119,6 +120,15 @@ def write_index(root: str | Path) -> Path:
     else:
         lines.append("_No reports yet._\n")
     return write_text(root / "README.md", "\n".join(lines))
+
+
+def _index_limits(limits: dict[str, dict[str, float]]) -> str:
+    """The largest detection limit over models, per measure: none larger is missed."""
+    worst: dict[str, float] = {}
+    for by_measure in limits.values():
+        for measure, v in by_measure.items():
+            worst[measure] = max(v, worst.get(measure, 0.0))
+    return budget.limit_text(worst)
 
 
 @friendly_errors
@@ -148,7 +158,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _findings_json(name: str, title: str, ctx: sections.Context, findings: list[str]) -> str:
     prov = sections.provenance(ctx.table)
+    limits = budget.limits_by_model(budget.detection_limits(ctx.summary))
     return json.dumps({"name": name, "title": title, "kind": ctx.meta["kind"],
                        "models": ctx.models, "findings": findings,
+                       "detection_limits": limits,
                        "machine": prov.get("machine"), "dates": prov.get("dates"),
                        "commit": prov.get("git_commit")}, indent=1) + "\n"

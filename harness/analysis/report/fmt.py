@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-__all__ = ["md_table", "ci", "pp", "pp_ci", "mean_sd", "isnan"]
+__all__ = ["md_table", "ci", "pp", "pp_ci", "mean_sd", "isnan", "drop_empty"]
 
 
 def isnan(v: Any) -> bool:
@@ -23,6 +23,12 @@ def _cell(v: Any, digits: int = 3) -> str:
     if isinstance(v, (float, np.floating)):
         return f"{v:.{digits}g}" if abs(v) < 10 ** digits else f"{v:.0f}"
     return str(v).replace("|", "\\|")
+
+
+def drop_empty(df: pd.DataFrame) -> pd.DataFrame:
+    """Without the columns no row fills (a method the design did not use)."""
+    return df[[c for c in df.columns if df[c].map(lambda v: not isnan(v) and v != "").any()
+               or c in ("model", "config")]]
 
 
 def md_table(df: pd.DataFrame, digits: int = 3) -> str:

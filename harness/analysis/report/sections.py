@@ -17,15 +17,15 @@ import pandas as pd
 
 from harness.analysis import stats
 from harness.analysis.parity_classes import SHOWN_COLUMNS
-from harness.analysis.report import figures
-from harness.analysis.report.fmt import ci, isnan, md_table, mean_sd, pp, pp_ci
+from harness.analysis.report import budget, figures
+from harness.analysis.report.fmt import ci, drop_empty, isnan, md_table, mean_sd, pp, pp_ci
 from harness.records.files import write_text
 from harness.spec import AA_CONTROL, SEED_MINUTES
 from qvit.flags import Flags
 from qvit.paths import why_same
 from qvit.variants import VARIANTS
 
-__all__ = ["Context", "SECTIONS", "reliability", "setup"]
+__all__ = ["Context", "SECTIONS", "setup"]
 
 NO_EFFECT = "no effect possible with these flags"
 
@@ -74,6 +74,20 @@ class Context:
         n = self.n_blocks
         return f"95% t-CI over {n} blocks" if n >= 2 else "no interval: 1 block"
 
+    def row(self, model: str, config: str) -> pd.Series | None:
+        """The summary row of (model, config), or None."""
+        s = self.summary
+        r = s[(s["model"] == model) & (s["config"] == config)]
+        return r.iloc[0] if len(r) else None
+
+    def rounds_label(self) -> str:
+        """The interleaved method's n, or "" where the design has none."""
+        s = self.summary
+        if "n_sessions" not in s or not s["n_sessions"].notna().any():
+            return ""
+        return (f"; interleaved: 95% t-CI over {int(s['n_sessions'].max())} sessions, "
+                f"{int(s['n_rounds'].max())} paired rounds in all")
+
     def no_effect(self, config: str, model: str) -> str | None:
         """Why ``config`` cannot differ from the baseline on ``model`` here (None: it can):
         the two run the same code paths (`qvit.paths.why_same`)."""
@@ -86,70 +100,11 @@ class Context:
         return why_same(base.flags, c.flags, device_type=self.device_type, family=family)
 
 
-def _row(ctx: Context, model: str, config: str) -> pd.Series | None:
-    s = ctx.summary
-    r = s[(s["model"] == model) & (s["config"] == config)]
-    return r.iloc[0] if len(r) else None
-
-
-def _drop_empty(df: pd.DataFrame) -> pd.DataFrame:
-    """Without the columns no row fills (a method the design did not use)."""
-    return df[[c for c in df.columns if df[c].map(lambda v: not isnan(v) and v != "").any()
-               or c in ("model", "config")]]
-
-
-def _rounds_label(ctx: Context) -> str:
-    s = ctx.summary
-    if "n_sessions" not in s or not s["n_sessions"].notna().any():
-        return ""
-    return (f"; interleaved: 95% t-CI over {int(s['n_sessions'].max())} sessions, "
-            f"{int(s['n_rounds'].max())} paired rounds in all")
-
-
 def _has(r: pd.Series, col: str) -> bool:
     return not isnan(r.get(col, np.nan))
 
 
 # --- sections ------------------------------------------------------------------------------------
-
-def reliability(ctx: Context) -> tuple[str, list[str]]:
-    """The A/A null control: the baseline measured twice under two names."""
-    rows, findings, bad = [], [], []
-    for m in ctx.models:
-        r = _row(ctx, m, AA_CONTROL)
-        if r is None:
-            continue
-        epoch = ci(r.get("speedup", np.nan), r.get("speedup_lo"), r.get("speedup_hi"))
-        step = ci(r.get("speedup_step", np.nan), r.get("speedup_step_lo", np.nan),
-                  r.get("speedup_step_hi", np.nan))
-        inter = ci(r.get("speedup_interleaved", np.nan), r.get("speedup_interleaved_lo", np.nan),
-                   r.get("speedup_interleaved_hi", np.nan))
-        rows.append({"model": m, "A/A epoch ratio": epoch, "A/A step ratio": step,
-                     "A/A step ratio, interleaved": inter})
-        for lo, hi in ((r.get("speedup_lo", np.nan), r.get("speedup_hi", np.nan)),
-                       (r.get("speedup_interleaved_lo", np.nan),
-                        r.get("speedup_interleaved_hi", np.nan))):
-            if not isnan(lo) and not (lo <= 1 <= hi) and m not in bad:
-                bad.append(m)
-        findings.append(f"{m}: A/A null control (the baseline twice) "
-                        + "; ".join(f"{k} {v}" for k, v in (("epoch", epoch), ("step", step),
-                                                              ("interleaved step", inter)) if v))
-    if not rows:
-        return "", []
-    verdict = ("**UNRELIABLE**: the A/A interval excludes 1 on " + ", ".join(bad)
-               + " — the machine's noise or drift is larger than the intervals say; rerun "
-               "on an idle machine before reading any ratio.\n") if bad else (
-        "The A/A intervals contain 1: the design's intervals are consistent with its "
-        "noise.\n")
-    text = ("## Reliability: the A/A null control\n\nThe baseline config was run a second "
-            f"time in every block (and every interleaved round) under the name "
-            f"`{AA_CONTROL}`; its ratio to the baseline shows what noise alone looks like "
-            f"({ctx.interval_label()}{_rounds_label(ctx)}).\n\n"
-            + md_table(_drop_empty(pd.DataFrame(rows))) + "\n" + verdict)
-    if bad:
-        findings.insert(0, "UNRELIABLE: A/A interval excludes 1 on " + ", ".join(bad))
-    return text, findings
-
 
 def timeline(ctx: Context) -> tuple[str, list[str]]:
     if ctx.meta["kind"] != "timeline":
@@ -170,7 +125,7 @@ def timeline(ctx: Context) -> tuple[str, list[str]]:
             row["seed min"] = f"{reference[i]:g}"
             row["seed ratio"] = f"{reference[0] / reference[i]:.2f}"
         for m in ctx.models:
-            r = _row(ctx, m, name)
+            r = ctx.row(m, name)
             if r is not None:
                 row[f"{m} epoch ratio"] = ci(r["speedup"], r["speedup_lo"], r["speedup_hi"])
                 row[f"{m} step ratio"] = ci(r["speedup_step"], r["speedup_step_lo"],
@@ -236,7 +191,7 @@ def _speed_row(ctx: Context, r: pd.Series) -> dict[str, Any]:
 def speed(ctx: Context) -> tuple[str, list[str]]:
     """Per config: where the time goes (epoch / step compute / data and loop), each ratio
     with its interval, so every speedup is attributed."""
-    table = _drop_empty(pd.DataFrame([_speed_row(ctx, r) for _, r in ctx.summary.iterrows()]))
+    table = drop_empty(pd.DataFrame([_speed_row(ctx, r) for _, r in ctx.summary.iterrows()]))
     iqr = (ctx.meta.get("report") or {}).get("iqr_warn", stats.IQR_WARN)
     kind = "CUDA allocator peak" if ctx.device_type == "cuda" else \
         "process peak RSS within the epoch"
@@ -251,9 +206,9 @@ def speed(ctx: Context) -> tuple[str, list[str]]:
             f"epoch after a resume excluded. " + (
                 f"**interleaved step**: every config's model in one process takes one "
                 f"training step in turn, round after round in a shuffled order, paired "
-                f"within rounds ({_rounds_label(ctx)[2:]}): model arithmetic and optimizer "
+                f"within rounds ({ctx.rounds_label()[2:]}): model arithmetic and optimizer "
                 f"only, the most precise figure on a noisy machine. "
-                if _rounds_label(ctx) else "") + (
+                if ctx.rounds_label() else "") + (
                 "**/ float**: config step / float reference step, paired, against the float "
                 "compiled as the config is (`compile_model`) where the design has both. "
                 if "float_reference" in ctx.table and ctx.table["float_reference"].any()
@@ -383,14 +338,14 @@ def per_flag(ctx: Context) -> tuple[str, list[str]]:
             pf["interleaved"], pf["interleaved_lo"], pf["interleaved_hi"], pf["no_effect"],
             strict=True)],
         "d top-1 pts": [pp(v) for v in pf["top1_diff"]]})
-    show = _drop_empty(show)
+    show = drop_empty(show)
     if ctx.parity is not None and {"model", "flag"} <= set(ctx.parity):
         pcols = [c for c in ("model", "flag", "expected_class", "measured_class")
                  if c in ctx.parity]
         show = show.merge(ctx.parity[pcols].drop_duplicates(["model", "flag"]),
                           on=["model", "flag"], how="left")
     text = ("## Per-flag speedup\n\nOne config per flag, moved alone; epoch and step "
-            f"(arithmetic) ratios ({ctx.interval_label()}{_rounds_label(ctx)}); a flag "
+            f"(arithmetic) ratios ({ctx.interval_label()}{ctx.rounds_label()}); a flag "
             "that acts inside the model has its interleaved step ratio and, where the design "
             "runs whole epochs only for loop flags, no epoch ratio. Measured parity beside it "
             "where "
@@ -512,7 +467,7 @@ def comparison(ctx: Context) -> tuple[str, list[str]]:
             f"[{other}]({Path('..') / other if not path.is_absolute() else path}) — measured "
             f"on {prov.get('machine', '?')} at commit {prov.get('git_commit', '?')} "
             f"({prov.get('dates', '?')}), not on this machine. Compare ratios, not seconds.\n\n"
-            + md_table(_drop_empty(pd.DataFrame(rows))))
+            + md_table(drop_empty(pd.DataFrame(rows))))
     return text, []
 
 
@@ -559,8 +514,9 @@ def _epoch_setup(ctx: Context, st: dict) -> list[tuple[str, str]]:
                      f"{st.get('steps_per_epoch') or 'all'} steps/epoch, eval on "
                      f"{st.get('eval_steps') or 'the whole held-out split'}"),
             ("epochs", f"{st.get('epochs')} per run ({st.get('warmup_epochs')} warm-up, not "
-                       f"measured)"),
-            ("blocks", f"{ctx.n_blocks} (each: every model x config, shuffled, one process)")]
+                       f"measured{budget.warmup_text(ctx.by_epochs)})"),
+            ("blocks", f"{ctx.n_blocks} (each: every model x config, shuffled, one process)"),
+            ("a run costs", budget.cost_text(budget.run_costs(ctx.by_epochs)))]
 
 
 def setup(ctx: Context) -> str:
@@ -574,7 +530,7 @@ def setup(ctx: Context) -> str:
             ("models", ", ".join(ctx.models)),
             *(_epoch_setup(ctx, st) if len(ctx.by_epochs) else
               [("data", f"{st.get('dataset')}, batch {st.get('batch_size')}"),
-               ("method", f"steps only{_rounds_label(ctx)} (no whole epochs)")]),
+               ("method", f"steps only{ctx.rounds_label()} (no whole epochs)")]),
             ("start", "float-pretrained + calibrated" if st.get("pretrained") else "random"),
             ("device", f"{st.get('device')}; deterministic algorithms "
                        f"{'on' if st.get('deterministic') else 'off'}"
@@ -596,5 +552,5 @@ def method(ctx: Context) -> tuple[str, list[str]]:
             "versions and machine) belongs to this design.\n"), []
 
 
-SECTIONS = (reliability, timeline, speed, accuracy, per_flag, effects, parity, comparison,
+SECTIONS = (budget.reliability, timeline, speed, accuracy, per_flag, effects, parity, comparison,
             distributions, warnings, method)

@@ -162,3 +162,88 @@ def test_committed_reference_is_shown_beside_and_labelled(tmp_path):
     meta["report"]["compare_with"] = str(here)  # a folder is not its own reference
     (here / "design.json").write_text(json.dumps(meta))
     assert "Beside the committed" not in report.build_report(here, figures=False).read_text()
+
+
+def _aa_limit(t: pd.DataFrame, model: str, measure: str, baseline: str = "legacy"
+             ) -> float:
+    """The A/A interval's half-width as a percentage, from the runs table alone: per block,
+    the baseline's measured value over the A/A control's, t on the log ratios over blocks
+    (interleaved: per round, one mean per session, t over sessions)."""
+    import json
+    import math
+
+    from scipy import stats as sps
+
+    t = t[(t["model"] == model) & ~t["warmup"]]
+    if measure == "interleaved step":
+        t = t[t["method"] == "steps"].set_index(["block", "repeat", "config"])["compute_s"]
+        logs = np.log(t.xs(baseline, level="config") / t.xs(AA_CONTROL, level="config"))
+        logs = logs.groupby(level="block").mean()
+    else:
+        t = t[t["method"] == "epochs"]
+        value = t["epoch_s"] if measure == "epoch" else \
+            t["step_times"].map(lambda s: float(np.median(json.loads(s))))
+        per_block = value.groupby([t["config"], t["block"]]).median()
+        logs = np.log(per_block[baseline] / per_block[AA_CONTROL])
+    n = len(logs)
+    return math.expm1(sps.t.ppf(0.975, n - 1) * logs.std(ddof=1) / math.sqrt(n))
+
+
+@pytest.mark.parametrize("name", ["seed_timeline", "best"])
+def test_detection_limit_is_the_aa_half_width(tmp_path, name):
+    import json
+
+    folder = tmp_path / name
+    _, _, t = fake_results(folder, name, noise=0.03)
+    text = report.build_report(folder, figures=False).read_text()
+    limits = json.loads((folder / "report.json").read_text())["detection_limits"]
+    baseline = json.loads((folder / "design.json").read_text())["baseline"]
+    measures = ["epoch", "step"] + (["interleaved step"] if name == "best" else [])
+    assert set(limits) == set(t["model"])
+    for model, by_measure in limits.items():
+        assert list(by_measure) == measures
+        for measure in measures:
+            expected = _aa_limit(t, model, measure, baseline)
+            assert by_measure[measure] == pytest.approx(expected, abs=1e-4)
+            assert f"+-{expected:.1%}" in text.split("**Detection limit**")[1]
+    assert "no effect larger than this here" in text
+
+
+def test_a_detection_limit_above_ten_percent_is_warned(tmp_path):
+    import json
+
+    noisy, quiet = tmp_path / "noisy", tmp_path / "quiet"
+    _, _, t = fake_results(noisy, "seed_timeline", noise=0.15)
+    fake_results(quiet, "seed_timeline", noise=0.005)
+    assert report.main([str(noisy), str(quiet), "--no-figures", "--index", str(tmp_path)]) == 0
+    text = (noisy / "report.md").read_text()
+    worst = max(_aa_limit(t, "ivit_micro", m) for m in ("epoch", "step"))
+    assert worst > 0.10 and "**NOISY**: the detection limit is above 10%" in text
+    findings = json.loads((noisy / "report.json").read_text())["findings"]
+    assert findings[0].startswith("NOISY: detection limit above 10% on ivit_micro")
+    calm = (quiet / "report.md").read_text()
+    assert "**Detection limit**" in calm and "NOISY" not in calm
+    assert "detection limit epoch" in calm and "%, step " in calm
+    assert not any("(!)" in f for f in json.loads((quiet / "report.json").read_text())["findings"])
+    index = {ln.split("](")[1].split("/")[0]: ln for ln in
+             (tmp_path / "README.md").read_text().splitlines() if "/report.md)" in ln}
+    assert "(!)" in index["noisy"] and "(!)" not in index["quiet"] and "epoch " in index["quiet"]
+
+
+def test_setup_says_what_a_run_costs_from_its_recorded_columns(tmp_path):
+    folder = tmp_path / "t"
+    _, _, t = fake_results(folder, "seed_timeline")
+    old = report.build_report(folder, figures=False).read_text()
+    assert "| a run costs | median per run: set-up not recorded, warm-up" in old
+    t["setup_s"] = np.where(t["warmup"], 0.5, np.nan)  # on the first row of each run
+    t.to_csv(folder / "runs.csv", index=False)
+    (folder / "runs.parquet").unlink(missing_ok=True)
+    text = report.build_report(folder, figures=False).read_text()
+    row = [ln for ln in text.splitlines() if ln.startswith("| a run costs |")][0]
+    runs = t.groupby("run_id")
+    warm = runs.apply(lambda g: g.loc[g["warmup"], "epoch_s"].sum()).median()
+    meas = runs.apply(lambda g: g.loc[~g["warmup"], "epoch_s"].sum()).median()
+    ev = runs.apply(lambda g: g.loc[~g["warmup"], "eval_s"].sum()).median()
+    assert (f"set-up 0.50 s, warm-up {warm:.2f} s, measured {meas:.2f} s (of which eval "
+            f"{ev:.2f} s); {t['run_id'].nunique()} runs") in row
+    assert "1 warm-up, not measured: 10 steps, eval of 364 images" in text
