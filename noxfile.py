@@ -125,8 +125,8 @@ def slurm(session):
     """Start a single-node Slurm cluster on this machine and run the real Slurm tests."""
     _install(session)
     session.run("bash", "scripts/slurm_local.sh", "start", external=True)
-    session.run("pytest", "-q", "-m", "slurm", "tests/harness/sweep/test_slurm_real.py", *session.posargs,
-                env={"QVIT_REAL_SLURM": "1"})
+    session.run("pytest", "-q", "-m", "slurm", "tests/harness/sweep/test_slurm_real.py",
+                *session.posargs, env={"QVIT_REAL_SLURM": "1"})
 
 
 @nox.session
