@@ -49,10 +49,15 @@ def run_parser(prog: str = "python -m harness run") -> argparse.ArgumentParser:
                    "once per block, training seed + block; >= 2 for intervals)")
     p.add_argument("--out", required=True, help="output folder (table, report)")
     add_options(p, RunSettings)
-    from harness.spec.executor import add_arguments
-
-    add_arguments(p)
+    _add_executor_options(p)
     return p
+
+
+def _add_executor_options(p: argparse.ArgumentParser) -> None:
+    from harness.spec.executor import ExecutorOptions
+
+    add_options(p, ExecutorOptions, exclude=("setup", "poll_s"),
+                title="executor (over the spec's [executor] table)")
 
 
 def _configs(args) -> list[dict]:
@@ -120,9 +125,7 @@ def ablate_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="print configs and plan, run nothing")
     p.add_argument("--no-report", action="store_true", help="do not write the report")
     add_options(p, RunSettings, exclude=("model",))  # any run setting, over the spec's
-    from harness.spec.executor import add_arguments
-
-    add_arguments(p)  # --executor local|slurm|..., --partition, --gpus-per-job, ...
+    _add_executor_options(p)  # --executor local|slurm|..., --partition, --gpus-per-job, ...
     return p
 
 

@@ -13,11 +13,10 @@ import sys
 from pathlib import Path
 
 import pandas as pd
-from pydantic import ValidationError
 
 from harness.parity.config import SHOWN_COLUMNS, ParityConfig
 from harness.parity.table import run_parity
-from harness.spec.options import add_options, one_line, values_from_args
+from harness.spec.options import add_options, validated, values_from_args
 
 __all__ = ["format_table", "main"]
 
@@ -55,9 +54,9 @@ def _configs(p: argparse.ArgumentParser, args: argparse.Namespace) -> list[Parit
     models = [m for spec in (args.models or ["ivit_micro"]) for m in spec.split(",") if m]
     values = values_from_args(ParityConfig, args)
     try:
-        return [ParityConfig(model=m, **values) for m in models]
-    except ValidationError as e:
-        p.error(one_line(e, model=ParityConfig))
+        return [validated(ParityConfig, {**values, "model": m}) for m in models]
+    except ValueError as e:
+        p.error(str(e))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,11 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import tomllib
-from pydantic import BaseModel, ValidationError
 
 from harness.spec.designs import design_configs
 from harness.spec.executor import parse_options
-from harness.spec.options import one_line, unknown
+from harness.spec.options import unknown, validated
 from harness.spec.schema import (
     SEED_MINUTES,
     SEED_STAGE_NAMES,
@@ -101,13 +100,6 @@ def load_spec(path: str | Path) -> AblationSpec:
         raise ValueError(f"{path}: {e}") from None
 
 
-def _validated(model: type[BaseModel], data: Any, where: str) -> Any:
-    try:
-        return model.model_validate(data)
-    except ValidationError as e:
-        raise ValueError(one_line(e, where, model)) from None
-
-
 def parse_spec(data: dict[str, Any], source: str | None = None, *, min_repeats: int = 2
                ) -> AblationSpec:
     """Validate a spec given as a dict (the parsed TOML) and build an `AblationSpec`. A
@@ -115,9 +107,9 @@ def parse_spec(data: dict[str, Any], source: str | None = None, *, min_repeats: 
     asks for 1: a quick look, reported without intervals)."""
     if not isinstance(data, dict):
         raise ValueError("a spec is a TOML table")
-    top = _validated(SpecFile, data, "spec")
+    top = validated(SpecFile, data, "spec")
     run = dict(top.run)
-    sweep = _validated(SweepTable, {k: run.pop(k) for k in SweepTable.model_fields if k in run},
+    sweep = validated(SweepTable, {k: run.pop(k) for k in SweepTable.model_fields if k in run},
                        "[run]")
     run_keys = set(RunSettings.model_fields) - {"model"}
     for key in run:
@@ -126,7 +118,7 @@ def parse_spec(data: dict[str, Any], source: str | None = None, *, min_repeats: 
     if sweep.repeats < min_repeats:
         raise ValueError(f"[run].repeats = {sweep.repeats} gives no intervals: a design "
                          f"needs >= {min_repeats} blocks (5 for reference results)")
-    settings = _validated(RunSettings, {**run, "model": sweep.models[0]}, "[run]")
+    settings = validated(RunSettings, {**run, "model": sweep.models[0]}, "[run]")
     if top.executor:
         parse_options(top.executor)  # ValueError naming what would be right
     d = top.design

@@ -26,14 +26,14 @@ import sys
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from harness.spec.options import one_line
+from harness.spec.datasets import DATASETS
+from harness.spec.options import validated
 
-__all__ = ["RunSettings", "DATASETS", "DEVICES_HELP", "code_digest", "library_versions",
+__all__ = ["RunSettings", "DEVICES_HELP", "code_digest", "library_versions",
            "machine", "identity", "digest"]
 
-DATASETS = ("digits", "cifar10", "cifar100", "imagefolder", "synthetic")
 DEVICES_HELP = "cpu, cuda, cuda:N, mps or auto"
 _PACKAGES = ("torch", "timm", "torchvision", "numpy")
 _ROOT = Path(__file__).resolve().parents[2]
@@ -46,7 +46,7 @@ class RunSettings(BaseModel):
 
     model: str = Field("ivit_micro", description="qvit model name (qvit.list_models()) or "
                        "package.module:factory")
-    dataset: Literal["digits", "cifar10", "cifar100", "imagefolder", "synthetic"] = Field(
+    dataset: Literal[DATASETS] = Field(
         "digits", description="digits (embedded), cifar10/cifar100 (from data_dir), "
         "imagefolder (data_dir/train, data_dir/val), synthetic (random, any size)")
     data_dir: str | None = Field(None, description="where CIFAR or the ImageFolder tree is")
@@ -123,10 +123,7 @@ class RunSettings(BaseModel):
 
     def replace(self, **kw: Any) -> RunSettings:
         """A copy with ``kw`` changed, validated (ValueError in one line)."""
-        try:
-            return type(self).model_validate({**self.model_dump(), **kw})
-        except ValidationError as e:
-            raise ValueError(one_line(e, "[run]", type(self))) from None
+        return validated(type(self), {**self.model_dump(), **kw}, "[run]")
 
 
 # --- identity ---------------------------------------------------------------------------------
