@@ -56,7 +56,7 @@ time_limit = 10
 NUMBERS = ["steps", "top1", "top5", "train_loss", "eval_loss"]
 
 
-# --- helpers shared with tests/harness/sweep/test_slurm_real.py -------------------------------------------
+# --- helpers shared with tests/harness/sweep/test_slurm_real.py ----------------------------
 
 def write_tiny(folder: Path) -> Path:
     path = folder / "tiny_cluster.toml"
