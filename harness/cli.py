@@ -119,7 +119,7 @@ def ablate_parser() -> argparse.ArgumentParser:
                                 description="Run an ablation spec and write its report.")
     p.add_argument("spec", help="ablation spec (TOML), e.g. ablations/seed_timeline.toml")
     p.add_argument("--out", help="output folder (default runs/<spec name>/; the committed "
-                   "reference results live in results/<spec name>/)")
+                   "reference results live in results/<machine>/<spec name>/)")
     p.add_argument("--repeats", type=int, help="override [run].repeats (blocks)")
     p.add_argument("--models", help="override [run].models (comma separated)")
     p.add_argument("--dry-run", action="store_true", help="print configs and plan, run nothing")
