@@ -17,7 +17,7 @@ block, resumable) and writes its report (``harness.analysis.report``).
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,30 +43,32 @@ __all__ = ["AblationSpec", "SEED_STAGES", "SEED_STAGE_NAMES", "SEED_MINUTES", "l
 
 @dataclass(frozen=True)
 class AblationSpec:
-    """A validated ablation spec. Build it with `load_spec` / `parse_spec`."""
+    """A validated ablation spec. Build it with `load_spec` / `parse_spec`; the defaults of
+    its fields are the spec file's (`harness.spec.schema`, `RunSettings`), declared there
+    only."""
 
     name: str
     models: tuple[str, ...]
     kind: str
     settings: RunSettings  # the run settings of [run] (its model: the first of models)
-    repeats: int = 5
-    methods: tuple[str, ...] = ("epochs",)
-    rounds: int = 6
-    epochs_for: str = "all"
-    description: str = ""
-    base: str | None = None
-    baseline: str | None = None
-    flags: tuple[str, ...] | None = None
-    values: dict[str, Any] = field(default_factory=dict)
-    levels: dict[str, tuple[Any, Any]] = field(default_factory=dict)
-    stages: tuple[tuple[int, ...], ...] = SEED_STAGES
-    stage_names: tuple[str, ...] = SEED_STAGE_NAMES
-    method: str = "plackett_burman"
-    configs: tuple[dict[str, Any], ...] = ()
-    aa_control: bool = True
-    report: ReportTable = field(default_factory=ReportTable)
-    source: str | None = None  # the TOML text it came from, copied into the results folder
-    executor: dict[str, Any] = field(default_factory=dict)  # [executor] (harness.sweep.executors)
+    repeats: int
+    methods: tuple[str, ...]
+    rounds: int
+    epochs_for: str
+    description: str
+    base: str | None
+    baseline: str | None
+    flags: tuple[str, ...] | None
+    values: dict[str, Any]
+    levels: dict[str, tuple[Any, Any]]
+    stages: tuple[tuple[int, ...], ...]
+    stage_names: tuple[str, ...]
+    method: str
+    configs: tuple[dict[str, Any], ...]
+    aa_control: bool
+    report: ReportTable
+    source: str | None  # the TOML text it came from, copied into the results folder
+    executor: dict[str, Any]  # [executor] (harness.spec.executor.ExecutorOptions)
 
     def replace(self, **kw: Any) -> AblationSpec:
         """A copy with sweep keys (models, repeats) or run settings overridden (e.g. from
