@@ -42,13 +42,13 @@ def ablate(session):
 
 @nox.session
 def report(session):
-    """Rebuild reports from the recorded tables (every report folder in results/ and its
-    index, or the folders given)."""
+    """Rebuild reports from the recorded tables (every report folder below results/, at
+    any depth, and its index; or the folders given)."""
     _install(session)
     import glob
 
-    folders = session.posargs or sorted(p.rsplit("/", 1)[0]
-                                        for p in glob.glob("results/*/design.json"))
+    folders = session.posargs or sorted(p.rsplit("/", 1)[0] for p in
+                                        glob.glob("results/**/design.json", recursive=True))
     index = [] if session.posargs else ["--index", "results"]
     session.run("python", "-m", "harness", "report", *folders, *index)
 
@@ -66,9 +66,10 @@ def compare(session):
 
 @nox.session
 def parity(session):
-    """Parity tables of every flag on the micro models (python -m harness parity)."""
+    """Parity tables of every flag on the micro models (python -m harness parity), to
+    runs/parity/<model>/ (the committed ones: results/<machine>/parity/)."""
     _install(session)
-    args = session.posargs or ["--model", "ivit_micro", "--out", "results/parity/ivit_micro"]
+    args = session.posargs or ["--model", "ivit_micro,swin_micro", "--out", "runs/parity"]
     session.run("python", "-m", "harness", "parity", *args)
 
 

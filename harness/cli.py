@@ -52,10 +52,15 @@ def run_parser(prog: str = "python -m harness run") -> argparse.ArgumentParser:
                    "once per block, training seed + block; >= 2 for intervals)")
     p.add_argument("--out", required=True, help="output folder (table, report)")
     add_options(p, RunSettings)
-    from harness.spec.executor import add_arguments
-
-    add_arguments(p)
+    _add_executor_options(p)
     return p
+
+
+def _add_executor_options(p: argparse.ArgumentParser) -> None:
+    from harness.spec.executor import ExecutorOptions
+
+    add_options(p, ExecutorOptions, exclude=("setup", "poll_s"),
+                title="executor (over the spec's [executor] table)")
 
 
 def _configs(args) -> list[dict]:
@@ -117,15 +122,13 @@ def ablate_parser() -> argparse.ArgumentParser:
                                 description="Run an ablation spec and write its report.")
     p.add_argument("spec", help="ablation spec (TOML), e.g. ablations/seed_timeline.toml")
     p.add_argument("--out", help="output folder (default runs/<spec name>/; the committed "
-                   "reference results live in results/<spec name>/)")
+                   "reference results live in results/<machine>/<spec name>/)")
     p.add_argument("--repeats", type=int, help="override [run].repeats (blocks)")
     p.add_argument("--models", help="override [run].models (comma separated)")
     p.add_argument("--dry-run", action="store_true", help="print configs and plan, run nothing")
     p.add_argument("--no-report", action="store_true", help="do not write the report")
     add_options(p, RunSettings, exclude=("model",))  # any run setting, over the spec's
-    from harness.spec.executor import add_arguments
-
-    add_arguments(p)  # --executor local|slurm|..., --partition, --gpus-per-job, ...
+    _add_executor_options(p)  # --executor local|slurm|..., --partition, --gpus-per-job, ...
     return p
 
 

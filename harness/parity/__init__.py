@@ -35,7 +35,7 @@ The package by job: `config` (ParityConfig, the columns, the fixed model/data/op
 distances), `trajectory` (one model's recorded schedule), `classify` (parity classes),
 `module_flags` and `loop_flags` (the two measurements), `table` (the whole table) and `cli`.
 
-    python -m harness parity --model ivit_micro --out results/parity/ivit_micro
+    python -m harness parity --model ivit_micro --out runs/parity/ivit_micro
 """
 
 from harness.analysis.parity_classes import classify, match_label, pair_expectation, satisfies

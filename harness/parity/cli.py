@@ -12,14 +12,13 @@ import math
 import sys
 
 import pandas as pd
-from pydantic import ValidationError
 
 from harness.errors import friendly_errors
 from harness.parity.config import SHOWN_COLUMNS, ParityConfig
 from harness.parity.table import run_parity
 from harness.records.files import write_text
 from harness.records.outdir import claim_out_dir
-from harness.spec.options import add_options, one_line, values_from_args
+from harness.spec.options import add_options, validated, values_from_args
 
 __all__ = ["format_table", "main"]
 
@@ -57,9 +56,9 @@ def _configs(p: argparse.ArgumentParser, args: argparse.Namespace) -> list[Parit
     models = [m for spec in (args.models or ["ivit_micro"]) for m in spec.split(",") if m]
     values = values_from_args(ParityConfig, args)
     try:
-        return [ParityConfig(model=m, **values) for m in models]
-    except ValidationError as e:
-        p.error(one_line(e, model=ParityConfig))
+        return [validated(ParityConfig, {**values, "model": m}) for m in models]
+    except ValueError as e:
+        p.error(str(e))
 
 
 @friendly_errors

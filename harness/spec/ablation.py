@@ -17,16 +17,15 @@ block, resumable) and writes its report (``harness.analysis.report``).
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import tomllib
-from pydantic import BaseModel, ValidationError
 
 from harness.spec.designs import design_configs
 from harness.spec.executor import parse_options
-from harness.spec.options import one_line, unknown
+from harness.spec.options import unknown, validated
 from harness.spec.schema import (
     SEED_MINUTES,
     SEED_STAGE_NAMES,
@@ -44,30 +43,32 @@ __all__ = ["AblationSpec", "SEED_STAGES", "SEED_STAGE_NAMES", "SEED_MINUTES", "l
 
 @dataclass(frozen=True)
 class AblationSpec:
-    """A validated ablation spec. Build it with `load_spec` / `parse_spec`."""
+    """A validated ablation spec. Build it with `load_spec` / `parse_spec`; the defaults of
+    its fields are the spec file's (`harness.spec.schema`, `RunSettings`), declared there
+    only."""
 
     name: str
     models: tuple[str, ...]
     kind: str
     settings: RunSettings  # the run settings of [run] (its model: the first of models)
-    repeats: int = 5
-    methods: tuple[str, ...] = ("epochs",)
-    rounds: int = 6
-    epochs_for: str = "all"
-    description: str = ""
-    base: str | None = None
-    baseline: str | None = None
-    flags: tuple[str, ...] | None = None
-    values: dict[str, Any] = field(default_factory=dict)
-    levels: dict[str, tuple[Any, Any]] = field(default_factory=dict)
-    stages: tuple[tuple[int, ...], ...] = SEED_STAGES
-    stage_names: tuple[str, ...] = SEED_STAGE_NAMES
-    method: str = "plackett_burman"
-    configs: tuple[dict[str, Any], ...] = ()
-    aa_control: bool = True
-    report: ReportTable = field(default_factory=ReportTable)
-    source: str | None = None  # the TOML text it came from, copied into the results folder
-    executor: dict[str, Any] = field(default_factory=dict)  # [executor] (harness.sweep.executors)
+    repeats: int
+    methods: tuple[str, ...]
+    rounds: int
+    epochs_for: str
+    description: str
+    base: str | None
+    baseline: str | None
+    flags: tuple[str, ...] | None
+    values: dict[str, Any]
+    levels: dict[str, tuple[Any, Any]]
+    stages: tuple[tuple[int, ...], ...]
+    stage_names: tuple[str, ...]
+    method: str
+    configs: tuple[dict[str, Any], ...]
+    aa_control: bool
+    report: ReportTable
+    source: str | None  # the TOML text it came from, copied into the results folder
+    executor: dict[str, Any]  # [executor] (harness.spec.executor.ExecutorOptions)
 
     def replace(self, **kw: Any) -> AblationSpec:
         """A copy with sweep keys (models, repeats) or run settings overridden (e.g. from
@@ -101,13 +102,6 @@ def load_spec(path: str | Path) -> AblationSpec:
         raise ValueError(f"{path}: {e}") from None
 
 
-def _validated(model: type[BaseModel], data: Any, where: str) -> Any:
-    try:
-        return model.model_validate(data)
-    except ValidationError as e:
-        raise ValueError(one_line(e, where, model)) from None
-
-
 def parse_spec(data: dict[str, Any], source: str | None = None, *, min_repeats: int = 2
                ) -> AblationSpec:
     """Validate a spec given as a dict (the parsed TOML) and build an `AblationSpec`. A
@@ -115,9 +109,9 @@ def parse_spec(data: dict[str, Any], source: str | None = None, *, min_repeats: 
     asks for 1: a quick look, reported without intervals)."""
     if not isinstance(data, dict):
         raise ValueError("a spec is a TOML table")
-    top = _validated(SpecFile, data, "spec")
+    top = validated(SpecFile, data, "spec")
     run = dict(top.run)
-    sweep = _validated(SweepTable, {k: run.pop(k) for k in SweepTable.model_fields if k in run},
+    sweep = validated(SweepTable, {k: run.pop(k) for k in SweepTable.model_fields if k in run},
                        "[run]")
     run_keys = set(RunSettings.model_fields) - {"model"}
     for key in run:
@@ -126,7 +120,7 @@ def parse_spec(data: dict[str, Any], source: str | None = None, *, min_repeats: 
     if sweep.repeats < min_repeats:
         raise ValueError(f"[run].repeats = {sweep.repeats} gives no intervals: a design "
                          f"needs >= {min_repeats} blocks (5 for reference results)")
-    settings = _validated(RunSettings, {**run, "model": sweep.models[0]}, "[run]")
+    settings = validated(RunSettings, {**run, "model": sweep.models[0]}, "[run]")
     if top.executor:
         parse_options(top.executor)  # ValueError naming what would be right
     d = top.design

@@ -1,10 +1,13 @@
 """Command-line options generated from a pydantic settings model, and one-line errors.
 
-A settings model (`harness.spec.settings.RunSettings`, the parity config, ...) is the one
-declaration of its options: `add_options` gives every field a ``--kebab-case`` option with
-the field's description as help, `values_from_args` returns the options actually given (so a
-spec's values stay where the command line is silent), and the model validates them. No
-option has a default of its own: the model's default is the only one.
+A settings model (`harness.spec.settings.RunSettings`, `harness.spec.executor.ExecutorOptions`,
+`harness.parity.config.ParityConfig`) is the one declaration of its options and spec keys:
+`add_options` gives every field a ``--kebab-case`` option (or the spelling in the field's
+``json_schema_extra={"option": ...}``) with the field's description as help,
+`values_from_args` returns the options actually given (so a spec's values stay where the
+command line is silent), `validated` checks them against the model in one line, and
+`overlay` lays them over a spec's values. No option has a default of its own: the model's
+default is the only one.
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ValidationError
 
-__all__ = ["add_options", "values_from_args", "one_line", "closest", "unknown"]
+__all__ = ["add_options", "values_from_args", "validated", "overlay", "one_line", "closest",
+           "unknown"]
 
 
 def closest(name: str, options) -> str:
@@ -69,16 +73,37 @@ def one_line(err: ValidationError, where: str = "", model: type[BaseModel] | Non
         where_ = ".".join(x for x in (where, inner) if x)
         key = ".".join(x for x in (where, ".".join(str(p) for p in loc)) if x)
         if e["type"] == "extra_forbidden":
-            name = str(loc[-1])
+            name, known = str(loc[-1]), _fields_at(model, loc[:-1])
             parts.append(f"unknown key {name!r} in {where_ or 'the spec'}"
-                         f"{closest(name, _fields_at(model, loc[:-1]))}")
+                         f"{closest(name, known)}" + (f"; valid: {', '.join(known)}" if known
+                                                      else ""))
         elif e["type"] == "literal_error":
             choices = re.findall(r"'([^']*)'", str(e.get("ctx", {}).get("expected", "")))
             parts.append(f"{key}: {e['input']!r} is not one of {', '.join(choices)}"
                          f"{closest(str(e['input']), choices)}")
+        elif e["type"] == "value_error":  # a validator's own message, as it wrote it
+            parts.append(f"{key + ': ' if key else ''}{e['ctx']['error']}")
         else:
             parts.append(f"{key}: {e['msg'].lower()} (got {e.get('input')!r})")
     return "; ".join(parts)
+
+
+def validated(model: type[BaseModel], data: Any, where: str = "") -> Any:
+    """``model`` validated from ``data``; a ValueError of one line (`one_line`) if not."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        raise ValueError(one_line(e, where, model)) from None
+
+
+def overlay(base: BaseModel, values: dict[str, Any], where: str = "") -> BaseModel:
+    """``base`` with ``values`` (the command line's) on top, validated: a table field (dict)
+    gains the given keys, every other field is replaced."""
+    merged = base.model_dump()
+    for name, value in values.items():
+        old = merged.get(name)
+        merged[name] = {**old, **value} if isinstance(old, dict) else value
+    return validated(type(base), merged, where)
 
 
 def _strip_optional(tp):
@@ -90,15 +115,17 @@ def _strip_optional(tp):
     return tp
 
 
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
+def _flag(name: str, field) -> str:
+    extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+    return extra.get("option") or "--" + name.replace("_", "-")
 
 
 def add_options(parser: argparse.ArgumentParser, model: type[BaseModel], *,
-                exclude: tuple[str, ...] = ()) -> None:
+                exclude: tuple[str, ...] = (), title: str = "") -> None:
     """One option per field of ``model`` (except ``exclude``): booleans as
-    ``--x/--no-x``, Literals as choices, ``None``-able fields accept ``none``."""
-    group = parser.add_argument_group(f"{model.__name__} (defaults: the model's)")
+    ``--x/--no-x``, Literals as choices, ``None``-able fields accept ``none``, a table
+    (dict) as a repeatable ``KEY[=VALUE]``."""
+    group = parser.add_argument_group(title or f"{model.__name__} (defaults: the model's)")
     for name, field in model.model_fields.items():
         if name in exclude:
             continue
@@ -108,7 +135,11 @@ def add_options(parser: argparse.ArgumentParser, model: type[BaseModel], *,
         help_ = f"{field.description or ''} (default: {default})"
         kw: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS, "help": help_}
         if tp is bool:
-            group.add_argument(_flag(name), action=argparse.BooleanOptionalAction, **kw)
+            group.add_argument(_flag(name, field), action=argparse.BooleanOptionalAction, **kw)
+            continue
+        if typing.get_origin(tp) is dict:
+            group.add_argument(_flag(name, field), action="append", metavar="KEY[=VALUE]",
+                               **{**kw, "help": f"{field.description} (repeatable)"})
             continue
         if typing.get_origin(tp) is Literal:
             choices = [str(c) for c in typing.get_args(tp)]
@@ -119,7 +150,7 @@ def add_options(parser: argparse.ArgumentParser, model: type[BaseModel], *,
             kw["metavar"] = tp.__name__.upper()
         else:
             kw["type"] = str
-        group.add_argument(_flag(name), **kw)
+        group.add_argument(_flag(name, field), **kw)
 
 
 def _nullable(tp):
@@ -130,11 +161,26 @@ def _nullable(tp):
     return convert
 
 
+def _table(name: str, field, items: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        key = key.strip().lstrip("-")
+        if not key:
+            raise ValueError(f"{_flag(name, field)} needs KEY[=VALUE], got {item!r}")
+        out[key] = value if eq else True
+    return out
+
+
 def values_from_args(model: type[BaseModel], args: argparse.Namespace) -> dict[str, Any]:
-    """The fields of ``model`` given on the command line (``none`` becomes None)."""
+    """The fields of ``model`` given on the command line (``none`` becomes None, a
+    repeated ``KEY[=VALUE]`` a table)."""
     out = {}
-    for name in model.model_fields:
+    for name, field in model.model_fields.items():
         if hasattr(args, name):
             value = getattr(args, name)
+            if isinstance(value, list) and typing.get_origin(
+                    _strip_optional(field.annotation)) is dict:
+                value = _table(name, field, value)
             out[name] = None if isinstance(value, str) and value == "none" else value
     return out

@@ -71,14 +71,13 @@ from harness.spec.executor import (
     CLUSTER_EXECUTORS,
     EXECUTORS,
     ExecutorOptions,
-    add_arguments,
     options_from,
     parse_options,
     parse_time_limit,
 )
 from harness.sweep.progress import Progress, RunWatcher
 
-__all__ = ["EXECUTORS", "ExecutorOptions", "parse_options", "add_arguments", "options_from",
+__all__ = ["EXECUTORS", "ExecutorOptions", "parse_options", "options_from",
            "run_sweep", "run_block", "run_interleaved", "spawn", "BlockRunner",
            "block_identities", "blocks_needing_work", "parse_time_limit", "squeue_states"]
 
@@ -370,7 +369,7 @@ def _make_executor(opts: ExecutorOptions, folder: Path, name: str, on_cuda: bool
     cluster = "slurm" if opts.kind == "slurm" else "local"
     ex = submitit.AutoExecutor(folder=folder / "%j", cluster=cluster)
     gpus = opts.gpus_per_job if opts.gpus_per_job is not None else int(on_cuda)
-    params: dict[str, Any] = dict(name=name, timeout_min=opts.time_limit_min(), nodes=1,
+    params: dict[str, Any] = dict(name=name, timeout_min=opts.time_limit, nodes=1,
                                   tasks_per_node=1, gpus_per_node=gpus,
                                   cpus_per_task=opts.cpus_per_job, mem_gb=opts.mem_gb)
     if cluster == "slurm":

@@ -95,20 +95,21 @@ def _write(folder: Path, lines: list[str], findings_json: str) -> Path:
 
 
 def write_index(root: str | Path) -> Path:
-    """``root/README.md``: one entry per report folder directly below ``root``."""
-    import json
-
+    """``root/README.md``: one entry per report folder below ``root`` at any depth (e.g.
+    ``results/<machine>/<report>/``), then the parity tables and the notes (other
+    Markdown files) found there."""
     root = Path(root)
-    entries = [(rj.parent.name, json.loads(rj.read_text()))
-               for rj in sorted(root.glob("*/report.json"))]
-    lines = ["# Results\n", "Reports written by `harness ablate` (one folder per spec in "
-             "`ablations/`); each says where its figures came from. Rebuild them from their "
-             "tables with `nox -s report`.\n"]
+    entries = [(rj.parent.relative_to(root).as_posix(), json.loads(rj.read_text()))
+               for rj in sorted(root.rglob("report.json"))]
+    lines = ["# Results\n", "Reports written by `harness ablate` / `harness run`, one folder "
+             "per machine and report (`<machine>/<report>/`); each says where its figures "
+             "came from. Rebuild them from their tables with `nox -s report` (this index: "
+             "`python -m harness report --index results`).\n"]
     if entries:
         lines += ["| report | design | models | detection limit (A/A) | machine | dates | "
                   "commit |", "|---|---|---|---|---|---|---|"]
         for name, info in entries:
-            lines.append(f"| [{info.get('title') or name}]({name}/report.md) | "
+            lines.append(f"| [{name}]({name}/report.md): {info.get('title') or name} | "
                          f"{info.get('kind', '')} | {', '.join(info.get('models', []))} | "
                          f"{_index_limits(info.get('detection_limits') or {})} | "
                          f"{info.get('machine') or ''} | {info.get('dates') or ''} | "
@@ -119,6 +120,16 @@ def write_index(root: str | Path) -> Path:
                 lines.append(f"**{name}**: " + "; ".join(info["findings"]) + "\n")
     else:
         lines.append("_No reports yet._\n")
+    reports = {root / name for name, _ in entries}
+    others = [("Parity tables", [p for p in sorted(root.rglob("parity.csv"))
+                                 if p.parent not in reports]),
+              ("Notes", [p for p in sorted(root.rglob("*.md")) if p.parent not in reports
+                         and p != root / "README.md"])]
+    for title, paths in others:
+        if paths:
+            lines += [f"## {title}\n", *[f"- [{p.relative_to(root).as_posix()}]"
+                                          f"({p.relative_to(root).as_posix()})" for p in paths],
+                      ""]
     return write_text(root / "README.md", "\n".join(lines))
 
 

@@ -135,6 +135,23 @@ def test_index_of_a_named_results_root(tmp_path):
     assert "Main effects only" in (tmp_path / "screen" / "report.md").read_text()
 
 
+def test_index_finds_reports_tables_and_notes_at_any_depth(tmp_path):
+    """results/<machine>/<report>/ (and deeper) all reach the index, not only one level."""
+    fake_results(tmp_path / "cpu-a" / "seed_timeline", "seed_timeline")
+    fake_results(tmp_path / "cpu-b" / "speed" / "screen", "screen")
+    (tmp_path / "cpu-a" / "parity" / "ivit_micro").mkdir(parents=True)
+    (tmp_path / "cpu-a" / "parity" / "ivit_micro" / "parity.csv").write_text("model\n")
+    (tmp_path / "NOTES.md").write_text("# notes\n")
+    args = [str(tmp_path / "cpu-a" / "seed_timeline"), str(tmp_path / "cpu-b" / "speed" /
+            "screen"), "--index", str(tmp_path), "--no-figures"]
+    assert report.main(args) == 0
+    index = (tmp_path / "README.md").read_text()
+    for link in ("cpu-a/seed_timeline/report.md", "cpu-b/speed/screen/report.md",
+                 "cpu-a/parity/ivit_micro/parity.csv", "NOTES.md"):
+        assert f"({link})" in index, link
+    assert "(README.md)" not in index and "seed_timeline/report.md)" in index
+
+
 def test_report_of_a_folder_without_a_design_says_what_it_needs(tmp_path, capsys):
     assert report.main([str(tmp_path)]) == 2
     err = capsys.readouterr().err

@@ -411,3 +411,15 @@ def test_cli_writes_table_and_fails_loudly_on_mismatch(tmp_path, monkeypatch, ca
     df = pd.read_csv(tmp_path / "parity.csv")
     assert df.set_index("flag").loc["cache_eval_weights", "match"] == "MISMATCH"
     assert not math.isnan(df.set_index("flag").loc["cache_eval_weights", "forward_max_steps"])
+
+
+def test_cli_refuses_bad_settings_in_one_line_before_measuring(tmp_path, capsys):
+    """The options come from ParityConfig: a validator's own message, one line, exit 2."""
+    for argv, says in ((["--steps", "1"], "steps: steps must be >= 2: the naive caches"),
+                       (["--batch", "0"], "batch: input should be greater than or equal to 1"),
+                       (["--flags", "cache_eval_weight"], "cache_eval_weights")):
+        with pytest.raises(SystemExit) as e:
+            H.main(["--out", str(tmp_path), *argv])
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert e.value.code == 2 and says in err, err
+    assert not (tmp_path / "parity.csv").exists()

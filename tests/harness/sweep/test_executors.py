@@ -162,7 +162,7 @@ def test_options_from_spec_and_cli():
     table = {"kind": "slurm", "partition": "gpu", "gpus_per_job": 1, "time_limit": "01:00:00",
              "options": {"account": "proj"}, "setup": ["module load cuda"]}
     opts = parse_options(table)
-    assert opts.kind == "slurm" and opts.time_limit_min() == 60 and opts.setup == (
+    assert opts.kind == "slurm" and opts.time_limit == 60 and opts.setup == (
         "module load cuda",)
     p = cli.ablate_parser()
     args = p.parse_args(["x.toml", "--partition", "debug", "--time-limit", "5",
@@ -178,6 +178,29 @@ def test_options_from_spec_and_cli():
         parse_options({"partiton": "gpu"})
     with pytest.raises(ValueError, match="kind"):
         ExecutorOptions(kind="pbs")
+    assert parse_options({"kind": "submitit_local"}).kind == "submitit-local"
+    assert parse_options({"setup": "module load cuda"}).setup == ("module load cuda",)
+
+
+def test_executor_options_are_generated_from_the_model():
+    """Every spec key of [executor] (but the spec-only setup and poll_s) is an option of
+    both commands, with the model's validation and one-line errors."""
+    for parser in (cli.ablate_parser(), cli.run_parser()):
+        dests = {a.dest for a in parser._actions}
+        assert set(ExecutorOptions.model_fields) - {"setup", "poll_s"} <= dests
+    p = cli.ablate_parser()
+    opts = options_from({"kind": "slurm"}, p.parse_args(
+        ["x.toml", "--time-limit", "1-00:30", "--mem-gb", "8", "--max-parallel", "3"]))
+    assert (opts.time_limit, opts.mem_gb, opts.max_parallel) == (1470, 8.0, 3)
+    for argv, key in ((["--retries", "-1"], "retries"), (["--time-limit", "soon"], "time_limit"),
+                      (["--cpus-per-job", "0"], "cpus_per_job")):
+        with pytest.raises(ValueError, match=rf"^\[executor\]\.{key}: [^\n]*$"):
+            options_from(None, p.parse_args(["x.toml", *argv]))
+    with pytest.raises(ValueError, match=r"^\[executor\]\.kind: 'pbs' is not one of local, "
+                       r"slurm, submitit-local$"):
+        parse_options({"kind": "pbs"})
+    with pytest.raises(ValueError, match="needs KEY"):
+        options_from(None, p.parse_args(["x.toml", "--slurm-option", "=x"]))
 
 
 def test_spec_executor_table(tmp_path):
