@@ -85,7 +85,7 @@ def _models(session: Session, device: torch.device) -> tuple[list[tuple], Any]:
             start_from_pretrained(model, spec, bundle, device)
         model.train()
         if spec.flags.compile_model:  # compiled in the warm-up rounds
-            model = compile_model(model, spec.compile_backend)
+            model = compile_model(model, **spec.compile_options(device.type))
         opt = build_optimizer(model, opt=first.opt, lr=first.lr,
                               weight_decay=first.weight_decay,
                               fused=spec.flags.fused_optimizer, device=device)

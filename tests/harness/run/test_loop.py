@@ -111,13 +111,19 @@ def test_compile_model_knows_the_default_backend():
 
 def test_float_reference_compiles_with_its_own_backend(tmp_path, monkeypatch):
     """compile_model on a float reference uses float_compile_backend (the fastest float),
-    on a qvit model compile_backend (eager's bits), in runs and interleaved sessions alike."""
+    whole; on a qvit model compile_backend (eager's bits), as compile_scope says (block by
+    default), in runs and interleaved sessions alike; CUDA graphs never on the CPU."""
     from harness.run import interleave, loop
 
     used = []
-    monkeypatch.setattr(loop, "compile_model", lambda m, b: used.append(b) or m)
-    monkeypatch.setattr(interleave, "compile_model", lambda m, b: used.append(b) or m)
-    flags = Flags.preset("best").replace(num_workers=0, compile_model=True)
+
+    def record(model, backend, *, scope, cuda_graphs):
+        used.append((backend, scope, cuda_graphs))
+        return model
+
+    monkeypatch.setattr(loop, "compile_model", record)
+    monkeypatch.setattr(interleave, "compile_model", record)
+    flags = Flags.parse("fastest,num_workers=0")
     settings = RunSettings(model="ivit_micro", **{**BASE, "epochs": 1, "warmup_epochs": 0,
                                                   "steps_per_epoch": 1})
     specs = [RunSpec(config=c, flags=flags, float_reference=c == "float", settings=settings)
@@ -126,7 +132,11 @@ def test_float_reference_compiles_with_its_own_backend(tmp_path, monkeypatch):
     for spec in specs:
         execute_run(spec, tmp_path / spec.config)
     interleave._models(interleave.Session(tuple(specs)), torch.device("cpu"))
-    assert used == ["qvit_inductor", "inductor"] * 2
+    assert used == [("qvit_inductor", "block", False), ("inductor", "model", False)] * 2
+    assert specs[0].compile_options("cuda")["cuda_graphs"]  # fastest's CUDA graphs
+    whole = RunSpec(config="w", flags=Flags.parse("fastest,compile_scope=model"),
+                    settings=settings)
+    assert whole.compile_options("cpu")["scope"] == "model"
 
 
 @pytest.mark.parametrize("attention", ["explicit", "sdpa"])
