@@ -98,6 +98,8 @@ def check(name: str, args) -> dict:
         out = compiled(x_eval)
         row["eval_compile_s"], row["eval_compile_cpu_s"] = _since(t)
     row["eval_equal"], row["eval_frac"], row["eval_max"] = _diff(out, ref)
+    print(f"{name}: first eval {row['eval_compile_s']:.1f} s ({row['eval_compile_cpu_s']:.1f} "
+          f"CPU s)", file=sys.stderr, flush=True)
 
     eager.train()
     twin.train()
@@ -112,6 +114,8 @@ def check(name: str, args) -> dict:
         lc, gc = _step(compiled, twin, opt_c, x, y, 100 + i)
         if i == 0:
             row["train_compile_s"], row["train_compile_cpu_s"] = _since(t)
+            print(f"{name}: first training step {row['train_compile_s']:.1f} s "
+                  f"({row['train_compile_cpu_s']:.1f} CPU s)", file=sys.stderr, flush=True)
         row["loss_equal"] &= torch.equal(le, lc)
         row["grads_equal"] &= all(torch.equal(ge[k], gc[k]) for k in ge)
         if row["first_diverged"] is None and not _state_equal(eager, twin):

@@ -12,7 +12,8 @@ placement), which rounds within one session cannot reveal. Loop-level costs
 (data loading, workers, host reads, plots) are outside the step by construction: this
 method measures model arithmetic and the optimizer step only, and the report says so.
 
-Rows go to the runs table with ``method = "steps"``, one per (config, round).
+Rows go to the runs table with ``method = "steps"``, one per (config, round); a config's
+compile time (its warm-up rounds') on its first round's row.
 
     python -m harness.run.interleave PAYLOAD.json OUT      # the child process (executors.spawn)
 """
@@ -32,7 +33,7 @@ import torch
 from harness import records
 from harness.run import measure
 from harness.run.data import MEAN_STD, normalize_batch
-from harness.run.loop import build_optimizer, compile_model, train_step
+from harness.run.loop import build_optimizer, compile_model, compile_seconds, train_step
 from harness.run.process import apply_process_settings
 from harness.run.runner import RunSpec, base_row, build_model, resolve_device, validate_spec
 from harness.spec.settings import digest
@@ -121,9 +122,12 @@ def measure_session(session: Session, out_dir: str | Path) -> None:
     process = apply_process_settings(first, device)
     pairs, bundle = _models(session, device)
     batches = _batches(bundle, first, device, 8)
+    compile_s = [0.0] * len(pairs)  # each config's, in the warm-up rounds
     for r in range(session.warmup):
-        for model, opt in pairs:
+        for i, (model, opt) in enumerate(pairs):
+            c0 = compile_seconds()
             _timed_step(model, opt, *batches[r % len(batches)], device)
+            compile_s[i] += compile_seconds() - c0
     times: dict[int, list[float]] = {i: [] for i in range(len(pairs))}
     rng = random.Random(f"qvit-interleave:{first.seed}")
     for r in range(session.rounds):
@@ -138,6 +142,7 @@ def measure_session(session: Session, out_dir: str | Path) -> None:
                  "block": session.index, "repeat": r, "order": 0, "method": "steps",
                  "epoch": 1, "warmup": False, "steps": 1, "train_s": t, "compute_s": t,
                  "step_s_median": t, "step_times": json.dumps([t]), "ended": stamp,
+                 "compile_s": compile_s[i] if r == 0 else 0.0,  # (a session's: its sum)
                  "status": "ok", "error": ""}
                 for r, t in enumerate(times[i])]
         records.write_shard(out_dir, f"{spec.run_id}-steps", rows)

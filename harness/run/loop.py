@@ -123,10 +123,13 @@ def build_optimizer(model: nn.Module, *, opt: str, lr: float, weight_decay: floa
 def compile_model(model: nn.Module, backend: str, *, scope: str = "model",
                   cuda_graphs: bool = False) -> nn.Module:
     """`qvit.compile.compile_model` (qvit's backends registered first): the module to call,
-    its blocks compiled (``scope="block"``) or whole (the harness's one place that compiles
-    a model)."""
+    its blocks compiled (``scope="block"``) or whole; a model without qvit's blocks (the
+    float reference, a plug-in model) whole (the harness's one place that compiles a
+    model)."""
     import qvit.compile
 
+    if not qvit.compile.regions(model):
+        scope = "model"
     return qvit.compile.compile_model(model, scope=scope, backend=backend,
                                       cuda_graphs=cuda_graphs)
 

@@ -73,10 +73,10 @@ class RunSpec:
 
     def compile_options(self, device_type: str) -> dict[str, Any]:
         """loop.compile_model's keywords: `compile_backend`, and the scope and CUDA graphs
-        the flags resolve to on this device (a float reference, no blocks of ours: whole)."""
+        the flags resolve to on this device."""
         p = self.flags.paths(device_type=device_type)
-        return dict(backend=self.compile_backend, cuda_graphs=p.cuda_graphs == "replay",
-                    scope="model" if self.float_reference else p.compiled)
+        return dict(backend=self.compile_backend, scope=p.compiled,
+                    cuda_graphs=p.cuda_graphs == "replay")
 
     def __post_init__(self):
         if not isinstance(self.flags, Flags):
