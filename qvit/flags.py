@@ -442,8 +442,8 @@ def markdown_table() -> str:
         where = [p for p in PRESETS if acts(Flags.preset(p), s.name)]
         rows.append(f"| `{s.name}` | {s.change if s.change is not None else 'beyond'} | "
                     f"{s.scope} | {_fmt(s.legacy)} | {_fmt(s.seed)} | {_fmt(s.best)} | "
-                    f"{_fmt(s.fastest)} | {parity} | {'; '.join(needs) or '-'} | {'; '.join(over) or '-'} | "
-                    f"{', '.join(where) or 'none'} | {s.help} |")
+                    f"{_fmt(s.fastest)} | {parity} | {'; '.join(needs) or '-'} | "
+                    f"{'; '.join(over) or '-'} | {', '.join(where) or 'none'} | {s.help} |")
     return "\n".join(rows)
 
 
