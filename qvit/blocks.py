@@ -41,14 +41,20 @@ class IViTDropPath(nn.Module):
     def __init__(self, drop_prob: float = 0.0):
         super().__init__()
         self.drop_prob = drop_prob
+        self.drops = drop_prob > 0
+        # the keep probability as a tensor (eager casts the float to x's dtype all the
+        # same): a compiled block takes it as an input, so blocks of every rate share one
+        # graph (`qvit.compile`), and inductor cannot turn x / keep into x * (1 / keep)
+        self.register_buffer("keep", torch.tensor(1 - drop_prob, dtype=torch.float32),
+                             persistent=False)
 
     def extra_repr(self) -> str:
         return f"drop_prob={self.drop_prob}"
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.drop_prob == 0.0 or not self.training:
+        if not self.training or not self.drops:  # (bools: a compiled block guards on these)
             return x
-        keep = 1 - self.drop_prob
+        keep = self.keep.to(x.dtype)
         u = torch.rand((x.shape[0],) + (1,) * (x.dim() - 1), dtype=x.dtype, device=x.device)
         mask = u.add_(keep).floor_()  # 1 with probability keep, else 0
         return x.div(keep) * mask

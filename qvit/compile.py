@@ -12,12 +12,19 @@ decomposition acts on the joint forward/backward graph, so the
 gradient sums autograd adds (bias gradients, ``sum_to_size``) are covered too.
 
 Inductor's FX-graph cache keeps the compiled graphs on disk (``TORCHINDUCTOR_CACHE_DIR``),
-keyed by this file's digest: the minutes of C++ compilation are paid once per machine,
-torch and qvit.compile; a later process spends its compile time tracing (~35 s for an
-ivit_micro training step on two cores, against ~520 s cold).
+keyed by this file's digest: the C++ compilation is paid once per machine, torch and
+qvit.compile; a later process spends its compile time tracing.
 
-    >>> import torch, qvit
-    >>> compiled = torch.compile(model, backend="qvit_inductor")  # doctest: +SKIP
+`compile_model` compiles a qvit model regionally (``scope="block"``, PyTorch's regional
+compilation): each transformer block (and Swin's patch merging, the patch embedding) is
+compiled on its own, and blocks of one structure share one compiled graph per mode
+(training, eval), so the cold start is that of a block, not of the depth; or whole
+(``scope="model"``: one graph per mode). ``cuda_graphs`` replays each graph as a CUDA graph
+(``mode="reduce-overhead"``; a CUDA model only).
+
+    >>> import qvit
+    >>> model = qvit.compile.compile_model(model)  # doctest: +SKIP
+    >>> compiled = torch.compile(model, backend="qvit_inductor")  # the same arithmetic, whole
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-__all__ = ["backend", "BACKEND", "decompositions"]
+__all__ = ["backend", "BACKEND", "SCOPES", "compile_model", "decompositions", "regions"]
 
 BACKEND = "qvit_inductor"
 aten = torch.ops.aten
@@ -124,16 +131,68 @@ def decompositions() -> dict:
 
 
 # Inductor options: its pattern rewrites change numbers (e.g. x/s - amax(x/s) becomes
-# (x*sign(s) - amax(x*sign(s))) / (sign(s)*s), rounding the division after the subtraction)
-CONFIG = {"pattern_matcher": False}
+# (x*sign(s) - amax(x*sign(s))) / (sign(s)*s), rounding the division after the subtraction);
+# its own random numbers are not aten's (drop path's draws: aten's generator, eager's bits)
+CONFIG = {"pattern_matcher": False, "fallback_random": True}
 
 
-def backend(gm: torch.fx.GraphModule, example_inputs, **kwargs):
-    """A dynamo backend: inductor with aten's float sums (`decompositions`)."""
+def backend(gm: torch.fx.GraphModule, example_inputs, mode: str | None = None,
+            options: dict | None = None):
+    """A dynamo backend: inductor with aten's float sums (`decompositions`); ``mode`` and
+    ``options`` as torch.compile's for inductor (``"reduce-overhead"``: CUDA graphs), never
+    over `CONFIG`."""
+    from torch._inductor import list_mode_options
     from torch._inductor.compile_fx import compile_fx
 
-    return compile_fx(gm, example_inputs, config_patches=dict(CONFIG),
-                      decompositions=decompositions(), **kwargs)
+    patches = {**list_mode_options(mode or "default"), **(options or {}), **CONFIG}
+    return compile_fx(gm, example_inputs, config_patches=patches,
+                      decompositions=decompositions())
 
 
 torch._dynamo.register_backend(backend, name=BACKEND)
+
+SCOPES = ("block", "model")  # what compile_model compiles: each region, or the whole model
+
+
+def regions(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The modules ``scope="block"`` compiles: every transformer block, patch merging and
+    patch embedding (what is left, the head and the loop over blocks, runs eagerly)."""
+    from .blocks import PatchEmbed, PatchMerging, TransformerBlock
+
+    return [m for m in model.modules()
+            if isinstance(m, (TransformerBlock, PatchMerging, PatchEmbed))]
+
+
+def _device_types(model: torch.nn.Module) -> set[str]:
+    return {p.device.type for p in model.parameters()}
+
+
+def compile_model(model: torch.nn.Module, *, scope: str = "block", backend: str = BACKEND,
+                  cuda_graphs: bool = False) -> torch.nn.Module:
+    """The model compiled by ``backend`` (`qvit_inductor`: eager's bits), as the module to
+    call: ``scope="block"`` compiles each of `regions` in place (``nn.Module.compile``, static
+    shapes; a deepcopy, e.g. an EMA, runs eagerly) and returns ``model``; ``"model"`` returns
+    ``torch.compile(model)``. A region type's graphs are cached per structure, mode and
+    batch shape (dynamo's recompile limit is raised to hold them all); ``cuda_graphs``
+    (a CUDA model only) replays them as CUDA graphs."""
+    if scope not in SCOPES:
+        raise ValueError(f"compile scope must be one of {', '.join(SCOPES)}, got {scope!r}")
+    mode = None
+    if cuda_graphs:
+        where = _device_types(model)
+        if where != {"cuda"}:
+            raise ValueError(f"cuda_graphs needs a model on CUDA, this one is on "
+                             f"{', '.join(sorted(where)) or 'no device'}; leave it off there")
+        mode = "reduce-overhead"
+    if scope == "model":
+        return torch.compile(model, backend=backend, mode=mode)
+    parts = regions(model)
+    if not parts:
+        raise ValueError(f"{type(model).__name__} has no transformer blocks to compile one "
+                         f"by one; use scope='model'")
+    # graphs per region type: (training, eval) x (train batch, eval batch, a last one)
+    limit = torch._dynamo.config
+    limit.recompile_limit = max(limit.recompile_limit, 6 * len(parts))
+    for part in parts:
+        part.compile(backend=backend, mode=mode, dynamic=False)
+    return model

@@ -39,7 +39,7 @@ PARITY_CLASSES = (
     "differs",  # changes the numbers; not an optimization in the parity sense
 )
 SCOPES = ("module", "loop")
-PRESETS = ("legacy", "seed", "best")
+PRESETS = ("legacy", "seed", "best", "fastest")
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,7 @@ class FlagSpec:
     legacy: Any
     seed: Any
     best: Any
+    fastest: Any  # the fast exact path: best, compiled (best's value unless declared)
     parity: dict[Any, str]
     help: str
     choices: tuple[Any, ...] | None = None
@@ -87,10 +88,14 @@ class FlagSpec:
         return tuple(seen)
 
 
+_AS_BEST = object()
+
+
 def _flag(*, change, scope, legacy, seed, best, parity, help, choices=None, bound=None,
-          requires=None, overrides=None, device=None, family=None):
+          requires=None, overrides=None, device=None, family=None, fastest=_AS_BEST):
     # The field default is the `best` value: a plain `Flags()` is what we recommend.
     meta = dict(change=change, scope=scope, legacy=legacy, seed=seed, best=best,
+                fastest=best if fastest is _AS_BEST else fastest,
                 parity=parity if isinstance(parity, dict) else {"*": parity},
                 help=help, choices=choices, bound=bound, requires=requires or {},
                 overrides=overrides or {}, device=device, family=family)
@@ -232,14 +237,29 @@ class Flags:
         change=None, scope="loop", legacy=False, seed=False, best=True, parity="exact",
         help="keep a dataset that fits on the device and index batches there (no DataLoader)")
     compile_model: bool = _flag(
-        change=None, scope="loop", legacy=False, seed=False, best=False, parity="exact",
-        help="torch.compile the model with the run's compile_backend, by default "
-             "qvit_inductor (`qvit.compile`: inductor with aten's float sums, frexp and "
-             "accumulating index_put, no pattern rewrites; plain inductor is not exact); one "
-             "graph per mode, no graph break (eval caches bypassed while tracing); compile "
-             "time falls in the warm-up epoch, minutes cold, tens of seconds once "
-             "inductor's on-disk cache holds the graphs; a float reference compiles with "
-             "the run's float_compile_backend")
+        change=None, scope="loop", legacy=False, seed=False, best=False, fastest=True,
+        parity="exact",
+        help="torch.compile the model (`qvit.compile.compile_model`, as compile_scope says) "
+             "with the run's compile_backend, by default qvit_inductor (inductor with aten's "
+             "float sums, frexp, random numbers and accumulating index_put, no pattern "
+             "rewrites; plain inductor is not exact); one graph per mode and block structure, "
+             "no graph break (eval caches bypassed while tracing); compile time falls in the "
+             "warm-up epoch, less once inductor's on-disk cache holds the graphs; a float "
+             "reference compiles whole with the run's float_compile_backend")
+    compile_scope: str = _flag(
+        change=None, scope="loop", legacy="block", seed="block", best="block",
+        choices=("block", "model"), parity="exact",
+        requires={"*": {"compile_model": (True,)}},
+        help="what compile_model compiles: block (PyTorch's regional compilation: each "
+             "transformer block, patch merging and the patch embedding on its own; blocks of "
+             "one structure share one compiled graph per mode, so the cold start is a "
+             "block's, not the depth's) or model (the whole model as one graph per mode)")
+    compile_cuda_graphs: bool = _flag(
+        change=None, scope="loop", legacy=False, seed=False, best=False, fastest=True,
+        parity="exact", device="cuda", requires={"*": {"compile_model": (True,)}},
+        help="the compiled graphs replayed as CUDA graphs (torch.compile's "
+             "mode=\"reduce-overhead\"): one launch per graph instead of one per kernel; "
+             "a best step reads nothing on the host, so nothing breaks the replay")
 
     _SPECS: ClassVar[dict[str, FlagSpec]]
 
@@ -288,7 +308,8 @@ class Flags:
     # --- construction ---------------------------------------------------------------------
     @classmethod
     def preset(cls, name: str) -> Flags:
-        """``legacy`` (the seed's Before), ``seed`` (its After) or ``best`` (ours)."""
+        """``legacy`` (the seed's Before), ``seed`` (its After), ``best`` (ours, eager) or
+        ``fastest`` (best compiled: the fast exact path)."""
         if name not in PRESETS:
             raise ValueError(f"unknown preset {name!r}{_closest(name, list(PRESETS))}; "
                              f"valid presets: {', '.join(PRESETS)}")
@@ -406,9 +427,9 @@ def markdown_table() -> str:
     presets it can act in (`qvit.paths.acts`)."""
     from .paths import acts
 
-    rows = ["| flag | seed change | scope | legacy | seed | best | expected parity | needs | "
-            "overrides | acts in | what |",
-            "|---|---|---|---|---|---|---|---|---|---|---|"]
+    rows = ["| flag | seed change | scope | legacy | seed | best | fastest | expected parity | "
+            "needs | overrides | acts in | what |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in Flags.specs():
         parity = ", ".join(f"{_fmt(v)}: {c}" if v != "*" else c for v, c in s.parity.items())
         needs = [f"{'' if v == '*' else f'{_fmt(v)}: '}"
@@ -421,8 +442,8 @@ def markdown_table() -> str:
         where = [p for p in PRESETS if acts(Flags.preset(p), s.name)]
         rows.append(f"| `{s.name}` | {s.change if s.change is not None else 'beyond'} | "
                     f"{s.scope} | {_fmt(s.legacy)} | {_fmt(s.seed)} | {_fmt(s.best)} | "
-                    f"{parity} | {'; '.join(needs) or '-'} | {'; '.join(over) or '-'} | "
-                    f"{', '.join(where) or 'none'} | {s.help} |")
+                    f"{_fmt(s.fastest)} | {parity} | {'; '.join(needs) or '-'} | "
+                    f"{'; '.join(over) or '-'} | {', '.join(where) or 'none'} | {s.help} |")
     return "\n".join(rows)
 
 

@@ -66,7 +66,9 @@ class Paths:
 
     Loop parts: ``cuda_sync`` ("every_step" | "none" | "no_op": not CUDA), ``loss_read``,
     ``grad_scaler``, ``plot_every``, ``data`` ("preloaded" | "dataloader"), ``workers`` (the
-    DataLoader's, None without one), ``optimizer`` ("fused" | "loop"), ``compiled``.
+    DataLoader's, None without one), ``optimizer`` ("fused" | "loop"), ``compiled`` (what
+    `qvit.compile.compile_model` compiles: "block" | "model" | "none"), ``cuda_graphs``
+    ("replay" | "none" | "no_op": not CUDA).
     """
 
     ste: str
@@ -95,7 +97,8 @@ class Paths:
     data: str
     workers: int | None
     optimizer: str
-    compiled: bool
+    compiled: str
+    cuda_graphs: str
 
     @classmethod
     def of(cls, flags: Flags, *, device_type: str | None = None, family: str | None = None
@@ -168,7 +171,9 @@ def _paths(f: Flags, device_type: str | None, family: str | None) -> Paths:
         data="preloaded" if f.preload_to_device else "dataloader",
         workers=None if f.preload_to_device else f.num_workers,
         optimizer="fused" if f.fused_optimizer else "loop",
-        compiled=f.compile_model,
+        compiled=f.compile_scope if f.compile_model else "none",
+        cuda_graphs=("no_op" if device_type == "cpu" else
+                     "replay" if f.compile_model and f.compile_cuda_graphs else "none"),
     )
 
 

@@ -1,15 +1,21 @@
 """Measure the compile_model flag: compile time, graphs, parity with eager, step times.
 
 For each model: an eager model under ``--flags`` and a copy of it (same weights, same
-calibrated ranges) under ``torch.compile(backend=--backend)``. Records the first compiled
+calibrated ranges) compiled by `qvit.compile.compile_model` (``--scope``: block by block or
+whole; ``--backend``). Records the first compiled
 eval call (compile time), the eval logits against eager's, then ``--steps`` AdamW training
 steps on both (same batches, same drop-path draws) comparing losses, gradients and the whole
 state (parameters and ranges) after every step, then the eval logits again; the graphs and
 graph breaks dynamo made; and the steady-state training step (forward, backward, AdamW)
 of both, interleaved in one process in an order shuffled per round, the median of
-``--repeats`` rounds after ``--warmup`` rounds. Prints one markdown table.
+``--repeats`` rounds after ``--warmup`` rounds. Prints one markdown table. Cold compile
+times need an empty inductor cache (a fresh ``TORCHINDUCTOR_CACHE_DIR``); warm ones a second
+process on the same cache. On a shared machine read the CPU seconds beside each compile
+time (this process and the compilers it waited for; ``TORCHINDUCTOR_COMPILE_THREADS=1``
+compiles in this process, so that they count every compiler): what it takes alone.
 
-    OMP_NUM_THREADS=2 python scripts/compile_check.py --models ivit_micro swin_micro
+    TORCHINDUCTOR_CACHE_DIR=$(mktemp -d) OMP_NUM_THREADS=2 \
+        python scripts/compile_check.py --models ivit_micro swin_micro --scope block
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from __future__ import annotations
 import argparse
 import copy
 import random
+import resource
 import statistics
 import sys
 import time
@@ -25,8 +32,18 @@ import torch
 import torch.nn.functional as F
 
 import qvit
-import qvit.compile  # noqa: F401 - registers the qvit_inductor backend
+import qvit.compile
 from qvit import Flags
+
+
+def _clock() -> tuple[float, float]:
+    """(wall, CPU) seconds: CPU of this process and of the children it waited for."""
+    use = [resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+    return time.perf_counter(), sum(u.ru_utime + u.ru_stime for u in use)
+
+
+def _since(start: tuple[float, float]) -> tuple[float, float]:
+    return tuple(b - a for a, b in zip(start, _clock(), strict=True))
 
 
 def _diff(a: torch.Tensor, b: torch.Tensor) -> tuple[bool, float, float]:
@@ -70,17 +87,19 @@ def check(name: str, args) -> dict:
     twin = copy.deepcopy(eager)
     torch._dynamo.reset()
     counters.clear()
-    compiled = torch.compile(twin, backend=args.backend)
-    row = {"model": name, "backend": args.backend, "batch": args.batch}
+    compiled = qvit.compile.compile_model(twin, scope=args.scope, backend=args.backend)
+    row = {"model": name, "backend": f"{args.backend} ({args.scope})", "batch": args.batch}
 
     eager.eval()
     twin.eval()
     with torch.no_grad():
         ref = eager(x_eval)
-        t = time.perf_counter()
+        t = _clock()
         out = compiled(x_eval)
-        row["eval_compile_s"] = time.perf_counter() - t
+        row["eval_compile_s"], row["eval_compile_cpu_s"] = _since(t)
     row["eval_equal"], row["eval_frac"], row["eval_max"] = _diff(out, ref)
+    print(f"{name}: first eval {row['eval_compile_s']:.1f} s ({row['eval_compile_cpu_s']:.1f} "
+          f"CPU s)", file=sys.stderr, flush=True)
 
     eager.train()
     twin.train()
@@ -91,10 +110,12 @@ def check(name: str, args) -> dict:
     for i in range(args.steps):
         x, y = batch()
         le, ge = _step(eager, eager, opt_e, x, y, 100 + i)
-        t = time.perf_counter()
+        t = _clock()
         lc, gc = _step(compiled, twin, opt_c, x, y, 100 + i)
         if i == 0:
-            row["train_compile_s"] = time.perf_counter() - t
+            row["train_compile_s"], row["train_compile_cpu_s"] = _since(t)
+            print(f"{name}: first training step {row['train_compile_s']:.1f} s "
+                  f"({row['train_compile_cpu_s']:.1f} CPU s)", file=sys.stderr, flush=True)
         row["loss_equal"] &= torch.equal(le, lc)
         row["grads_equal"] &= all(torch.equal(ge[k], gc[k]) for k in ge)
         if row["first_diverged"] is None and not _state_equal(eager, twin):
@@ -128,7 +149,8 @@ def check(name: str, args) -> dict:
 
 
 def markdown(rows: list[dict]) -> str:
-    head = ("| model | backend | eval compile s | train compile s | graphs (breaks) "
+    head = ("| model | backend | eval compile s (CPU s) | train compile s (CPU s) "
+            "| graphs (breaks) "
             "| eval logits equal? (frac, max diff) | train: loss/grads/params equal after N "
             "steps? | eval equal after training? | step ms eager / compiled (batch) |")
     lines = [head, "|" + "---|" * 9]
@@ -137,7 +159,8 @@ def markdown(rows: list[dict]) -> str:
                else f"no (state differs from step {r['first_diverged']})")
         lines.append(
             f"| {r['model']} | {r['backend']} | {r['eval_compile_s']:.1f} "
-            f"| {r['train_compile_s']:.1f} | {r['graphs']} ({r['graph_breaks']}) "
+            f"({r['eval_compile_cpu_s']:.1f}) | {r['train_compile_s']:.1f} "
+            f"({r['train_compile_cpu_s']:.1f}) | {r['graphs']} ({r['graph_breaks']}) "
             f"| {'yes' if r['eval_equal'] else 'no'} ({r['eval_frac']:.3g}, "
             f"{r['eval_max']:.3g}) | {div}, N={r['steps']} "
             f"| {'yes' if r['eval_after_equal'] else 'no'} ({r['eval_after_max']:.3g}) "
@@ -150,6 +173,7 @@ def main(argv=None) -> int:
     p.add_argument("--models", nargs="+", default=["ivit_micro", "swin_micro"])
     p.add_argument("--flags", default="best,compile_model=true")
     p.add_argument("--backend", default=qvit.compile.BACKEND)
+    p.add_argument("--scope", choices=qvit.compile.SCOPES, default="block")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--repeats", type=int, default=9)

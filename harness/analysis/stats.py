@@ -33,7 +33,7 @@ import pandas as pd
 from scipy import stats as sps
 
 __all__ = ["TIME_COLUMNS", "measured", "run_level", "ratio_interval", "paired", "summarize",
-           "interleaved", "effects", "IQR_WARN", "INTERVAL_METHOD"]
+           "interleaved", "effects", "compile_seconds", "IQR_WARN", "INTERVAL_METHOD"]
 
 # epoch_s: train + eval + plots (what the seed timed); train_s: the training phase;
 # step_s: compute of one step (model arithmetic); other_s: train_s minus step compute
@@ -99,6 +99,20 @@ def run_level(table: pd.DataFrame) -> pd.DataFrame:
             row["peak_mem_mb"] = float(g["peak_mem_mb"].max())
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def compile_seconds(table: pd.DataFrame, model: str, config: str) -> str:
+    """A config's compile time, "first / later": the seconds of its first block (its runs or
+    session; cold where that found inductor's on-disk cache empty) and the median of the
+    later blocks' (warm); "" where it compiled nothing."""
+    if "compile_s" not in table:
+        return ""
+    t = table[(table["model"] == model) & (table["config"] == config)]
+    per_block = t.groupby("block", sort=True)["compile_s"].sum(min_count=1).dropna()
+    if not (per_block > 0).any():
+        return ""
+    later = per_block.iloc[1:]
+    return f"{per_block.iloc[0]:.0f}" + (f" / {later.median():.0f}" if len(later) else "")
 
 
 def ratio_interval(base: np.ndarray, other: np.ndarray, level: float = 0.95

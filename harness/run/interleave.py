@@ -12,7 +12,8 @@ placement), which rounds within one session cannot reveal. Loop-level costs
 (data loading, workers, host reads, plots) are outside the step by construction: this
 method measures model arithmetic and the optimizer step only, and the report says so.
 
-Rows go to the runs table with ``method = "steps"``, one per (config, round).
+Rows go to the runs table with ``method = "steps"``, one per (config, round); a config's
+compile time (its warm-up rounds') on its first round's row.
 
     python -m harness.run.interleave PAYLOAD.json OUT      # the child process (executors.spawn)
 """
@@ -94,7 +95,7 @@ def _models(session: Session, device: torch.device) -> tuple[list[tuple], Any]:
             start_from_pretrained(model, spec, bundle, device)
         model.train()
         if spec.flags.compile_model:  # compiled in the warm-up rounds
-            model = compile_model(model, spec.compile_backend)
+            model = compile_model(model, **spec.compile_options(device.type))
         opt = build_optimizer(model, opt=first.opt, lr=first.lr,
                               weight_decay=first.weight_decay,
                               fused=spec.flags.fused_optimizer, device=device)
@@ -121,19 +122,24 @@ def _timed_step(model, opt, x, y, device: torch.device) -> float:
     return time.perf_counter() - t0
 
 
-def _warm_up(session: Session, pairs, batches, device: torch.device, say) -> None:
-    """The untimed rounds; compiled models compile in the first (said, with its seconds)."""
+def _warm_up(session: Session, pairs, batches, device: torch.device, say) -> list[float]:
+    """The untimed rounds; compiled models compile in the first (said, with its seconds).
+    Returns each config's compile seconds in them."""
     compiled = [s.config for s in session.specs if s.flags.compile_model]
     if compiled:
         say(f"compiling {session.specs[0].model} {', '.join(compiled)} (torch.compile, in "
             f"the warm-up rounds)")
-    t0, c0 = time.perf_counter(), compile_seconds()
+    t0 = time.perf_counter()
+    compile_s = [0.0] * len(pairs)
     for r in range(session.warmup):
-        for model, opt in pairs:
+        for i, (model, opt) in enumerate(pairs):
+            c0 = compile_seconds()
             _timed_step(model, opt, *batches[r % len(batches)], device)
+            compile_s[i] += compile_seconds() - c0
     if compiled:
-        say(f"compiled in {compile_seconds() - c0:.1f} s (warm-up rounds "
+        say(f"compiled in {sum(compile_s):.1f} s (warm-up rounds "
             f"{time.perf_counter() - t0:.1f} s)")
+    return compile_s
 
 
 def measure_session(session: Session, out_dir: str | Path, *, progress: bool = False
@@ -151,7 +157,7 @@ def measure_session(session: Session, out_dir: str | Path, *, progress: bool = F
     process = apply_process_settings(first, device)
     pairs, bundle = _models(session, device)
     batches = _batches(bundle, first, device, 8)
-    _warm_up(session, pairs, batches, device, say)
+    compile_s = _warm_up(session, pairs, batches, device, say)
     times: dict[int, list[float]] = {i: [] for i in range(len(pairs))}
     rng = random.Random(f"qvit-interleave:{first.seed}")
     for r in range(session.rounds):
@@ -166,6 +172,7 @@ def measure_session(session: Session, out_dir: str | Path, *, progress: bool = F
                  "block": session.index, "repeat": r, "order": 0, "method": "steps",
                  "epoch": 1, "warmup": False, "steps": 1, "train_s": t, "compute_s": t,
                  "step_s_median": t, "step_times": json.dumps([t]), "ended": stamp,
+                 "compile_s": compile_s[i] if r == 0 else 0.0,  # (a session's: its sum)
                  "status": "ok", "error": ""}
                 for r, t in enumerate(times[i])]
         records.write_shard(out_dir, f"{spec.run_id}-steps", rows)

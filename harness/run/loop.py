@@ -14,7 +14,8 @@ The loop flags (``qvit.Flags.specs(scope="loop")``) and what each path does here
 * ``fused_optimizer``: the optimizer's fused (or foreach) implementation, or the
   per-parameter loop.
 * ``preload_to_device``: the dataset as device tensors indexed per batch, or a DataLoader.
-* ``compile_model``: ``torch.compile`` the model (its compile time goes to ``compile_s``).
+* ``compile_model``: compile the model (`qvit.compile.compile_model`; ``compile_scope``: block
+  by block or whole; ``compile_cuda_graphs``: CUDA graphs), its compile time in ``compile_s``.
 """
 
 from __future__ import annotations
@@ -120,12 +121,18 @@ def build_optimizer(model: nn.Module, *, opt: str, lr: float, weight_decay: floa
     return create_optimizer_v2(model, opt=opt, lr=lr, weight_decay=weight_decay, foreach=True)
 
 
-def compile_model(model: nn.Module, backend: str) -> nn.Module:
-    """``torch.compile(model, backend=backend)``, qvit's backends registered first (the
-    harness's one place that compiles a model)."""
-    import qvit.compile  # noqa: F401 - registers qvit_inductor with dynamo
+def compile_model(model: nn.Module, backend: str, *, scope: str = "model",
+                  cuda_graphs: bool = False) -> nn.Module:
+    """`qvit.compile.compile_model` (qvit's backends registered first): the module to call,
+    its blocks compiled (``scope="block"``) or whole; a model without qvit's blocks (the
+    float reference, a plug-in model) whole (the harness's one place that compiles a
+    model)."""
+    import qvit.compile
 
-    return torch.compile(model, backend=backend)
+    if not qvit.compile.regions(model):
+        scope = "model"
+    return qvit.compile.compile_model(model, scope=scope, backend=backend,
+                                      cuda_graphs=cuda_graphs)
 
 
 def compile_seconds() -> float:

@@ -75,6 +75,13 @@ class RunSpec:
         s = self.settings
         return s.float_compile_backend if self.float_reference else s.compile_backend
 
+    def compile_options(self, device_type: str) -> dict[str, Any]:
+        """loop.compile_model's keywords: `compile_backend`, and the scope and CUDA graphs
+        the flags resolve to on this device."""
+        p = self.flags.paths(device_type=device_type)
+        return dict(backend=self.compile_backend, scope=p.compiled,
+                    cuda_graphs=p.cuda_graphs == "replay")
+
     def __post_init__(self):
         if not isinstance(self.flags, Flags):
             raise ValueError(f"flags must be a qvit.Flags, got {self.flags!r}; use "
@@ -323,8 +330,8 @@ def _setup(spec: RunSpec, device: torch.device) -> _State:
                           preload=flags.preload_to_device, shuffle=False, drop_last=False,
                           max_steps=s.eval_steps, seed=s.seed)
     pretrained = start_from_pretrained(model, spec, bundle, device) if s.pretrained else {}
-    train_model = loop.compile_model(model, spec.compile_backend) if flags.compile_model \
-        else model
+    train_model = (loop.compile_model(model, **spec.compile_options(device.type))
+                   if flags.compile_model else model)
     optimizer = loop.build_optimizer(model, opt=s.opt, lr=s.lr, weight_decay=s.weight_decay,
                                 fused=flags.fused_optimizer, device=device)
     scheduler = None

@@ -1,5 +1,6 @@
-"""compile_model: the models trace whole (no graph break, no recompile beyond one graph per
-mode) and the `qvit_inductor` backend (`qvit.compile`) gives eager's bits.
+"""compile_model: the models trace whole or block by block (no graph break, no recompile
+beyond one graph per mode and block structure, none on a train()/eval() switch) and the
+`qvit_inductor` backend (`qvit.compile`) gives eager's bits.
 
 Inductor compiles C++ for every kernel (a minute or more per micro model on two cores), so
 the inductor checks here run the lean nodes one at a time on small tensors, forward and
@@ -26,7 +27,7 @@ from qvit.ops.softmax import softmax_lean
 from ._util import SMALLEST, small_batch, small_model
 
 COMPILED = Flags.parse("best,compile_model=true")
-TINY = {"ivit_micro": dict(depth=1), "swin_micro": dict(depths=(2, 1))}
+TINY = {"ivit_micro": dict(depth=3), "swin_micro": dict(depths=(2, 1))}
 
 
 def _counters():
@@ -35,15 +36,26 @@ def _counters():
     return counters
 
 
+# graphs per mode: whole, one; block by block, one per region structure: ViT's patch
+# embedding, its first block (no drop path) and the others (each rate, one graph); Swin's
+# patch embedding, stage 1's plain and shifted blocks, the merge, stage 2's block
+GRAPHS_PER_MODE = {("ivit_micro", "model"): 1, ("swin_micro", "model"): 1,
+                   ("ivit_micro", "block"): 3, ("swin_micro", "block"): 5}
+
+
+@pytest.mark.parametrize("scope", QC.SCOPES)
 @pytest.mark.parametrize("name", ["ivit_micro", "swin_micro"])
-def test_models_trace_whole_one_graph_per_mode(name):
+def test_models_trace_one_graph_per_mode_and_block_structure(name, scope):
     """Eval (twice: the caches' second call), training steps (forward and backward, drop
-    path on), eval again, under dynamo: one graph for eval, one for training, no graph
-    break, and the values of the eager model with its caches."""
+    path on), eval and training again, under dynamo: one graph per mode (and block
+    structure, block by block: blocks of other drop-path rates share one), none more on a
+    train()/eval() switch, no graph break, and the values of the eager model with its
+    caches."""
     torch._dynamo.reset()
     counters = _counters()
     counters.clear()
-    # the fewest blocks with every module type (Swin: a shifted block, a merge)
+    # the fewest blocks with every module type (Swin: a shifted block, a merge); ViT: two
+    # blocks with drop path, at two rates
     torch.manual_seed(0)
     eager = qvit.create_model(name, num_classes=10, img_size=SMALLEST[name], flags=COMPILED,
                               drop_path_rate=0.1, **TINY[name])
@@ -51,26 +63,92 @@ def test_models_trace_whole_one_graph_per_mode(name):
     with torch.no_grad():
         eager(x)  # calibrated ranges
     twin = copy.deepcopy(eager)
-    compiled = torch.compile(twin, backend="eager")
-    eager.eval(), twin.eval()
-    with torch.no_grad():
-        for _ in range(2):
-            assert torch.equal(compiled(x), eager(x))
-    eager.train(), twin.train()
-    for seed in range(2):
+    compiled = QC.compile_model(twin, scope=scope, backend="eager")
+    graphs = []
+    for _ in range(2):
+        eager.eval(), twin.eval()  # (re-arms the model's calibration check: run eagerly)
+        with torch.no_grad():
+            for _ in range(2):
+                assert torch.equal(compiled(x), eager(x))
+        eager.train(), twin.train()
         losses = []
         for model in (eager, compiled):
-            torch.manual_seed(seed)
+            torch.manual_seed(len(graphs))
             loss = F.cross_entropy(model(x), y)
             loss.backward()
             losses.append(loss.detach())
         assert torch.equal(*losses)
-    eager.eval(), twin.eval()  # (re-arms the model's calibration check: run eagerly)
-    with torch.no_grad():
-        assert torch.equal(compiled(x), eager(x))
+        graphs.append(counters["stats"]["unique_graphs"])
     assert sum(counters["graph_break"].values()) == 0, dict(counters["graph_break"])
-    assert counters["stats"]["unique_graphs"] == 2
+    assert graphs == [2 * GRAPHS_PER_MODE[name, scope]] * 2  # the second round: no new one
     assert caches_enabled()  # (outside a trace)
+
+
+def test_block_scope_compiles_each_region_in_place():
+    """scope="block" compiles every transformer block, merge and patch embedding in place
+    (the model itself is returned), raises dynamo's recompile limit to hold their graphs,
+    and a deepcopy (timm's EMA) runs eagerly rather than calling the original's blocks."""
+    model = small_model("swin_micro", COMPILED)
+    kinds = [type(m).__name__ for m in QC.regions(model)]
+    assert kinds == ["PatchEmbed"] + ["TransformerBlock"] * 2 + ["PatchMerging"] + [
+        "TransformerBlock"] * 2
+    assert QC.compile_model(model, backend="eager") is model
+    assert all(m._compiled_call_impl is not None for m in QC.regions(model))
+    assert torch._dynamo.config.recompile_limit >= 6 * len(kinds)
+    copied = copy.deepcopy(model)
+    assert all(m._compiled_call_impl is None for m in QC.regions(copied))
+    whole = QC.compile_model(small_model("ivit_micro", COMPILED), scope="model", backend="eager")
+    assert isinstance(whole, torch._dynamo.eval_frame.OptimizedModule)
+
+
+def test_compile_model_refuses_what_it_cannot_compile():
+    model = small_model("ivit_micro", COMPILED)
+    with pytest.raises(ValueError, match="one of block, model"):
+        QC.compile_model(model, scope="blocks")
+    with pytest.raises(ValueError, match="cuda_graphs needs a model on CUDA.*cpu"):
+        QC.compile_model(model, cuda_graphs=True)
+    with pytest.raises(ValueError, match="scope='model'"):
+        QC.compile_model(torch.nn.Linear(2, 2))
+
+
+def test_cuda_graphs_reach_inductor_as_reduce_overhead(monkeypatch):
+    """cuda_graphs compiles each region with mode="reduce-overhead", which the backend
+    turns into inductor's CUDA-graph option, under qvit's own options (the parts a CPU can
+    check: the CUDA model and its replay need a GPU)."""
+    import torch._inductor.compile_fx as CF
+
+    model = small_model("ivit_micro", COMPILED)
+    monkeypatch.setattr(QC, "_device_types", lambda m: {"cuda"})
+    modes = []
+    monkeypatch.setattr(torch.nn.Module, "compile",
+                        lambda self, **kw: modes.append((kw["mode"], kw["dynamic"])))
+    QC.compile_model(model, cuda_graphs=True)
+    assert modes == [("reduce-overhead", False)] * len(QC.regions(model))
+    patches = []
+    monkeypatch.setattr(CF, "compile_fx", lambda gm, inputs, config_patches, decompositions:
+                        patches.append(config_patches))
+    QC.backend(None, [], mode="reduce-overhead", options={"fallback_random": False})
+    QC.backend(None, [])
+    assert patches[0] == {"triton.cudagraphs": True, **QC.CONFIG}
+    assert patches[1] == QC.CONFIG
+
+
+def test_drop_path_compiled_by_qvit_inductor_is_eager_bit_for_bit():
+    """I-ViT's drop path in training: the same draws (aten's generator, not inductor's) and
+    the same division by the keep probability (not inductor's multiply by its reciprocal),
+    for two blocks' rates through one compiled graph."""
+    from qvit.blocks import IViTDropPath
+
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(64, 9, 16, generator=g)
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda m, x: m(x), backend=QC.BACKEND, dynamic=False)
+    for rate in (0.1, 0.35):
+        layer = IViTDropPath(rate).train()
+        torch.manual_seed(6)
+        got = compiled(layer, x)
+        torch.manual_seed(6)
+        assert torch.equal(got, layer(x))
 
 
 def _node_cases():
@@ -144,13 +222,15 @@ def test_qvit_inductor_sums_in_atens_order():
 
 @pytest.mark.skipif(os.environ.get("QVIT_TEST_COMPILE") != "1",
                     reason="minutes of inductor compilation: QVIT_TEST_COMPILE=1")
+@pytest.mark.parametrize("scope", QC.SCOPES)
 @pytest.mark.parametrize("name", ["ivit_micro", "swin_micro"])
-def test_compiled_model_is_eager_bit_for_bit(name):
-    """The flag's parity claim on a whole model: eval logits, 3 AdamW steps (losses and the
-    whole state after each), eval after training."""
+def test_compiled_model_is_eager_bit_for_bit(name, scope):
+    """The flag's parity claim on a whole model, compiled block by block or whole: eval
+    logits, 3 AdamW steps with drop path (losses and the whole state after each), eval
+    after training."""
     torch._dynamo.reset()
     eager, twin = small_model(name, COMPILED), small_model(name, COMPILED)
-    compiled = torch.compile(twin, backend=QC.BACKEND)
+    compiled = QC.compile_model(twin, scope=scope)
     x_eval, _ = small_batch(7, name)
     eager.eval(), twin.eval()
     with torch.no_grad():

@@ -26,12 +26,26 @@ def test_every_public_flag_is_declared_with_metadata():
 
 
 def test_presets_take_declared_values():
-    for preset in ("legacy", "seed", "best"):
+    for preset in ("legacy", "seed", "best", "fastest"):
         f = Flags.preset(preset)
         for spec in Flags.specs():
             assert getattr(f, spec.name) == getattr(spec, preset)
     assert Flags() == Flags.preset("best")
     assert Flags.preset("legacy").use_frexp and not Flags.preset("seed").use_frexp
+
+
+def test_fastest_is_best_compiled_block_by_block():
+    """The fast exact path: best's flags, compiled by block (CUDA graphs where there is
+    CUDA); every flag it moves from best keeps the numbers."""
+    fastest = Flags.parse("fastest")
+    moved = fastest.diff(Flags.preset("best"))
+    assert set(moved) == {"compile_model", "compile_cuda_graphs"}
+    assert fastest.compile_scope == "block"
+    assert all(Flags.spec(n).expected_parity(v) == "exact" for n, (v, _) in moved.items())
+    assert Flags.parse("fastest,compile_scope=model").describe() == \
+        "fastest,compile_scope=model"
+    with pytest.raises(ValueError, match="compile_scope needs compile_model=true"):
+        Flags.parse("best,compile_scope=model")
 
 
 def test_flags_are_frozen_and_hashable():

@@ -64,11 +64,20 @@ def test_every_declaration_makes_something_inert():
 
 
 def test_best_acts_with_every_flag_the_table_does_not_name():
-    """In best, only inline_ste (overridden by ste_impl=lean) and num_workers (no
-    DataLoader) cannot act; device- and family-only flags act where their device or model
-    is."""
+    """In best, only inline_ste (overridden by ste_impl=lean), num_workers (no DataLoader)
+    and the compile options (best is eager) cannot act; in fastest (best compiled) the
+    compile options act, CUDA graphs on CUDA only; device- and family-only flags act where
+    their device or model is."""
     best = Flags.preset("best")
-    assert set(inert(best)) == {"inline_ste", "num_workers"}
+    compile_options = {"compile_scope", "compile_cuda_graphs"}
+    assert set(inert(best)) == {"inline_ste", "num_workers"} | compile_options
+    fastest = Flags.preset("fastest")
+    assert set(inert(fastest)) == {"inline_ste", "num_workers"}
+    assert set(inert(fastest, device_type="cpu")) == {
+        "inline_ste", "num_workers", "cuda_synchronize_per_step", "compile_cuda_graphs"}
+    assert fastest.paths(device_type="cuda").cuda_graphs == "replay"
+    assert fastest.paths().compiled == "block"
+    assert fastest.replace(compile_scope="model").paths().compiled == "model"
     assert "cuda_synchronize_per_step" in inert(best, device_type="cpu")
     assert "cuda_synchronize_per_step" not in inert(Flags.preset("legacy"), device_type="cuda")
     assert "cache_rel_pos_bias" in inert(best, family="vit")
@@ -214,7 +223,7 @@ def test_every_paths_field_is_read_by_a_module_or_the_loop():
     module_fields = set(itertools.chain.from_iterable(
         c.PATH_FIELDS for c in _subclasses(QuantModule)))
     loop_fields = {"cuda_sync", "loss_read", "grad_scaler", "plot_every", "data", "workers",
-                   "optimizer", "compiled"}
+                   "optimizer", "compiled", "cuda_graphs"}
     assert module_fields | loop_fields == set(Paths.__dataclass_fields__)
 
 

@@ -179,6 +179,8 @@ def _speed_row(ctx: Context, r: pd.Series) -> dict[str, Any]:
         row["interleaved step / float"] = ci(r["float_multiple_interleaved"],
                                              r["float_multiple_interleaved_lo"],
                                              r["float_multiple_interleaved_hi"])
+    row["compile s (first / later blocks)"] = stats.compile_seconds(ctx.table, r["model"],
+                                                                    r["config"])
     row["syncs/step"] = r.get("syncs_per_step", np.nan)
     row["CUDA debug syncs/step"] = r.get("cuda_debug_syncs_per_step", np.nan)  # cross-check
     row["peak MiB"] = r.get("peak_mem_mb", np.nan)

@@ -237,3 +237,14 @@ def test_interleaved_interval_covers_instance_offsets():
         one_session_hits += q["speedup_interleaved_lo"] <= 1 <= q["speedup_interleaved_hi"]
     assert hits / 200 >= 0.90
     assert one_session_hits / 200 < 0.6
+
+
+def test_compile_seconds_are_the_first_block_and_the_later_median():
+    """A config's compile time in a report: its first block's seconds (cold where the cache
+    was empty) and the median of the later blocks' (warm); nothing for an eager config."""
+    t = pd.DataFrame({"model": "m", "block": [0, 0, 1, 2, 3, 0, 1],
+                      "config": ["c"] * 5 + ["e"] * 2,
+                      "compile_s": [90.0, 10.0, 4.0, 6.0, 30.0, 0.0, 0.0]})
+    assert stats.compile_seconds(t, "m", "c") == "100 / 6"
+    assert stats.compile_seconds(t, "m", "e") == ""
+    assert stats.compile_seconds(t.drop(columns="compile_s"), "m", "c") == ""

@@ -111,13 +111,19 @@ def test_compile_model_knows_the_default_backend():
 
 def test_float_reference_compiles_with_its_own_backend(tmp_path, monkeypatch):
     """compile_model on a float reference uses float_compile_backend (the fastest float),
-    on a qvit model compile_backend (eager's bits), in runs and interleaved sessions alike."""
+    whole; on a qvit model compile_backend (eager's bits), as compile_scope says (block by
+    default), in runs and interleaved sessions alike; CUDA graphs never on the CPU."""
     from harness.run import interleave, loop
 
     used = []
-    monkeypatch.setattr(loop, "compile_model", lambda m, b: used.append(b) or m)
-    monkeypatch.setattr(interleave, "compile_model", lambda m, b: used.append(b) or m)
-    flags = Flags.preset("best").replace(num_workers=0, compile_model=True)
+
+    def record(model, backend, *, scope, cuda_graphs):
+        used.append((backend, scope, cuda_graphs))
+        return model
+
+    monkeypatch.setattr(loop, "compile_model", record)
+    monkeypatch.setattr(interleave, "compile_model", record)
+    flags = Flags.preset("fastest").replace(num_workers=0)
     settings = RunSettings(model="ivit_micro", **{**BASE, "epochs": 1, "warmup_epochs": 0,
                                                   "steps_per_epoch": 1})
     specs = [RunSpec(config=c, flags=flags, float_reference=c == "float", settings=settings)
@@ -126,7 +132,40 @@ def test_float_reference_compiles_with_its_own_backend(tmp_path, monkeypatch):
     for spec in specs:
         execute_run(spec, tmp_path / spec.config)
     interleave._models(interleave.Session(tuple(specs)), torch.device("cpu"))
-    assert used == ["qvit_inductor", "inductor"] * 2
+    assert used == [("qvit_inductor", "block", False), ("inductor", "block", False)] * 2
+    assert specs[0].compile_options("cuda")["cuda_graphs"]  # fastest's CUDA graphs
+    whole = RunSpec(config="w", flags=Flags.parse("fastest,compile_scope=model"),
+                    settings=settings)
+    assert whole.compile_options("cpu")["scope"] == "model"
+
+
+def test_a_model_without_qvit_blocks_compiles_whole():
+    """scope="block" compiles qvit's blocks; the float reference (timm's blocks) and a
+    plug-in model have none: they compile whole."""
+    import qvit
+    from harness.run import loop
+
+    float_twin = qvit.create_float_reference("ivit_micro", num_classes=10)
+    for model in (float_twin, torch.nn.Linear(2, 2)):
+        compiled = loop.compile_model(model, "eager", scope="block")
+        assert isinstance(compiled, torch._dynamo.eval_frame.OptimizedModule)
+    quant = qvit.create_model("ivit_micro", num_classes=10)
+    assert loop.compile_model(quant, "eager", scope="block") is quant
+
+
+def test_interleaved_session_records_each_configs_compile_time(tmp_path):
+    """A session's compiled config carries its compile seconds (its warm-up rounds') on its
+    first round's row, the eager config none: the report's compile column."""
+    from harness import records
+    from harness.run import interleave
+
+    specs = tuple(_spec(flags, config=name, compile_backend="eager", model="ivit_micro")
+                  for name, flags in (("eager", "best"), ("compiled", "fastest")))
+    interleave.measure_session(interleave.Session(specs, rounds=2, warmup=1), tmp_path)
+    t = records.merge_shards(tmp_path).sort_values(["config", "repeat"])
+    compiled = t[t["config"] == "compiled"]["compile_s"].tolist()
+    assert compiled[0] > 0 and compiled[1:] == [0.0]
+    assert t[t["config"] == "eager"]["compile_s"].tolist() == [0.0, 0.0]
 
 
 @pytest.mark.parametrize("attention", ["explicit", "sdpa"])
