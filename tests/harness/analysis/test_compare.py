@@ -66,9 +66,10 @@ def test_two_committed_folders_of_one_machine_and_settings(tmp_path):
     """The seed timeline and the `best` design: measured alike at other commits; configs
     both hold are compared, one whose flags differ under the same name says so."""
     out = tmp_path / "cmp.md"
-    assert main(["compare", str(RESULTS / "seed_timeline"), str(RESULTS / "best"),
+    epyc = RESULTS / "cpu-epyc-2c"
+    assert main(["compare", str(epyc / "seed_timeline"), str(epyc / "best"),
                  "--out", str(out)]) == 0
-    result = _compare(RESULTS / "seed_timeline", RESULTS / "best")
+    result = _compare(epyc / "seed_timeline", epyc / "best")
     assert set(result["config"]) == {"legacy", "seed", "A/A"}
     for name in ("epoch", "step"):
         assert result[f"{name}_verdict"].isin(cmp.VERDICTS).all()
@@ -85,8 +86,10 @@ def test_two_committed_folders_of_one_machine_and_settings(tmp_path):
 
 
 @pytest.mark.parametrize("a,b,differ", [
-    ("speed/compiled_micro", "speed/epyc/compiled_micro", ["device_name", "cpu_model"]),
-    ("speed/micro", "speed/micro_malloc_retain", ["setting malloc_retain False vs True"]),
+    ("cpu-xeon-2c/speed_compiled_micro", "cpu-epyc-2c/speed_compiled_micro",
+     ["device_name", "cpu_model"]),
+    ("cpu-xeon-2c/speed_micro", "cpu-xeon-2c/speed_micro_malloc_retain",
+     ["setting malloc_retain False vs True"]),
 ])
 def test_rows_measured_unlike_are_refused_naming_what_differs(capsys, a, b, differ):
     assert main(["compare", str(RESULTS / a), str(RESULTS / b)]) == 2
