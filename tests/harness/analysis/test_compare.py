@@ -16,7 +16,7 @@ from harness.cli import main
 
 ROOT = Path(__file__).resolve().parents[3]
 RESULTS = ROOT / "results"
-MICRO = RESULTS / "speed" / "micro"  # step-interleaved, 5 sessions, an A/A control
+MICRO = RESULTS / "cpu-xeon-2c" / "speed_micro"  # step-interleaved, 5 sessions, an A/A control
 TIME_COLUMNS = ("epoch_s", "train_s", "eval_s", "compute_s", "data_s", "startup_s",
                 "step_s_median")
 
