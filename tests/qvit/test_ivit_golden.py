@@ -92,8 +92,16 @@ def test_fixtures_name_the_ivit_commit_they_came_from():
 def assert_same_integers(got: np.ndarray, ref: np.ndarray, what: str) -> None:
     assert got.dtype == ref.dtype, f"{what}: integer {ref.dtype == np.int32} in I-ViT"
     assert got.shape == ref.shape, f"{what}: shape {got.shape} vs I-ViT's {ref.shape}"
-    if not np.array_equal(got, ref):
+    if ref.dtype != np.int32:
+        # not integral (a float sum of I-ViT's non-integral x / s, e.g. the patch conv's):
+        # its last bits follow the platform's summation order (oneDNN's conv kernels differ
+        # between machines), so only float32 rounding is allowed; a changed constant moves
+        # these values by far more, and every integer output stays bit for bit
+        tol = 64 * np.finfo(np.float32).eps * max(1.0, float(np.abs(ref).max()))
+        bad = np.flatnonzero(np.abs(got.astype(np.float64) - ref) > tol)
+    else:
         bad = np.flatnonzero(got != ref)
+    if bad.size:
         raise AssertionError(f"{what}: {bad.size} of {ref.size} values differ from I-ViT's "
                              f"(first at {bad[0]}: {got.ravel()[bad[0]]} vs "
                              f"{ref.ravel()[bad[0]]})")
