@@ -121,20 +121,23 @@ def _migrate_flag_columns(df: pd.DataFrame) -> pd.DataFrame:
     if not old or len(df) == 0:
         return df
     names = [n for n in Flags.names() if n in df.columns] + old
-    rows = []
+    rows, migrated = [], {}  # a table holds few combinations: migrate each once
     for rec in df[names].to_dict("records"):
         rec = {k: v for k, v in rec.items() if not (isinstance(v, float) and np.isnan(v))}
-        try:
-            rows.append(migrate(rec))
-        except ValueError:
-            rows.append({})
+        key = tuple(rec.items())
+        if key not in migrated:
+            try:
+                migrated[key] = migrate(rec)
+            except ValueError:
+                migrated[key] = {}
+        rows.append(migrated[key])
     df = df.copy()
     for n in Flags.names():
         if n in df.columns and not any(n in r for r in rows):
             continue
         default = "" if Flags.spec(n).choices is not None else np.nan
-        df[n] = [r.get(n, df[n].iloc[i] if n in df.columns else default)
-                 for i, r in enumerate(rows)]
+        recorded = df[n].tolist() if n in df.columns else [default] * len(df)
+        df[n] = [r.get(n, v) for r, v in zip(rows, recorded)]
     return df
 
 
