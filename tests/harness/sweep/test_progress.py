@@ -225,7 +225,7 @@ def test_interleaved_sessions_report_progress_and_compile_warm_ups(tmp_path, cap
     from harness.sweep import executors
 
     sys.path.insert(0, str(HERE))  # harness_tiny, imported in this process
-    monkeypatch.setattr(interleave, "compile_model", lambda model, backend: model)
+    monkeypatch.setattr(interleave, "compile_model", lambda model, backend, **options: model)
     settings = RunSettings(model="harness_tiny:tiny_cnn", batch_size=8, device="cpu",
                            pretrained=False)
     specs = (RunSpec("a", Flags.preset("best"), settings),
