@@ -26,6 +26,7 @@ from harness.records import files
 from harness.records import outdir as safety
 from harness.spec import datasets, design_configs
 from qvit import Flags
+from tests.harness.harness_env import child_env
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -376,14 +377,7 @@ def _run_args(out, configs=("a",), epochs=1, repeats=1):
 
 
 def _env(fault=None):
-    from harness.run.runner import FAULT_ENV
-
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(HERE)]),
-               OMP_NUM_THREADS="1")
-    env.pop(FAULT_ENV, None)
-    if fault:
-        env[FAULT_ENV] = json.dumps(fault)
-    return env
+    return child_env(fault, omp_threads=1)
 
 
 def _harness_run(out, configs=("a",), fault=None, epochs=1, **kw):

@@ -19,10 +19,11 @@ from pathlib import Path
 import pytest
 
 from harness import records
-from harness.run.runner import FAULT_ENV, RunSpec
+from harness.run.runner import RunSpec
 from harness.spec.settings import RunSettings
 from harness.sweep.progress import EpochLog, Progress, RunWatcher, format_eta
 from qvit import Flags
+from tests.harness.harness_env import child_env
 
 HERE = Path(__file__).resolve().parents[1]  # tests/harness: harness_tiny.py
 ROOT = HERE.parent.parent
@@ -32,12 +33,7 @@ ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 
 def _env(fault=None):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(HERE)]),
-               OMP_NUM_THREADS="1")
-    env.pop(FAULT_ENV, None)
-    if fault:
-        env[FAULT_ENV] = json.dumps(fault)
-    return env
+    return child_env(fault, omp_threads=1)
 
 
 def _cmd(out, configs):

@@ -15,9 +15,10 @@ import pandas as pd
 import pytest
 
 from harness import records
-from harness.run.runner import CHECKPOINTS, FAULT_ENV, INFLIGHT
+from harness.run.runner import CHECKPOINTS, INFLIGHT
 from harness.spec import read_design
 from harness.sweep.executors import JOBS_DIR
+from tests.harness.harness_env import child_env
 
 HERE = Path(__file__).resolve().parents[1]  # tests/harness: harness_tiny.py
 ROOT = HERE.parent.parent
@@ -31,11 +32,7 @@ def _cmd(out, configs, epochs=2):
 
 
 def _env(fault=None):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(HERE)]))
-    env.pop(FAULT_ENV, None)
-    if fault:
-        env[FAULT_ENV] = json.dumps(fault)
-    return env
+    return child_env(fault)
 
 
 def _design_ids(out) -> dict[str, str]:
