@@ -94,17 +94,22 @@ def _write(folder: Path, lines: list[str], findings_json: str) -> Path:
     return path
 
 
+# Every index the harness writes says how it was made; a README.md without it is someone's own.
+INDEX_SIGNATURE = "`python -m harness report --index"
+
+
 def write_index(root: str | Path) -> Path:
     """``root/README.md``: one entry per report folder below ``root`` at any depth (e.g.
     ``results/<machine>/<report>/``), then the parity tables and the notes (other
     Markdown files) found there."""
     root = Path(root)
+    index = _index_path(root)
     entries = [(rj.parent.relative_to(root).as_posix(), json.loads(rj.read_text()))
                for rj in sorted(root.rglob("report.json"))]
     lines = ["# Results\n", "Reports written by `harness ablate` / `harness run`, one folder "
              "per machine and report (`<machine>/<report>/`); each says where its figures "
              "came from. Rebuild them from their tables with `nox -s report` (this index: "
-             "`python -m harness report --index results`).\n"]
+             f"{INDEX_SIGNATURE} results`).\n"]
     if entries:
         lines += ["| report | design | models | detection limit (A/A) | machine | dates | "
                   "commit |", "|---|---|---|---|---|---|---|"]
@@ -130,7 +135,20 @@ def write_index(root: str | Path) -> Path:
             lines += [f"## {title}\n", *[f"- [{p.relative_to(root).as_posix()}]"
                                           f"({p.relative_to(root).as_posix()})" for p in paths],
                       ""]
-    return write_text(root / "README.md", "\n".join(lines))
+    return write_text(index, "\n".join(lines))
+
+
+def _index_path(root: Path) -> Path:
+    """root/README.md, refused before any work when it is not the harness's own index."""
+    if not root.is_dir():
+        raise ValueError(f"--index {root}: no such folder; name an existing results root "
+                         f"(the parent of report folders)")
+    index = root / "README.md"
+    if index.exists() and INDEX_SIGNATURE not in index.read_text(errors="replace"):
+        raise ValueError(f"{index} exists and is not an index the harness wrote (no "
+                         f"{INDEX_SIGNATURE!r} in it): name a results root whose README.md "
+                         f"the harness wrote, or move that README.md away")
+    return index
 
 
 def _index_limits(limits: dict[str, dict[str, float]]) -> str:
@@ -151,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--index", metavar="ROOT", help="also write ROOT/README.md listing the "
                    "reports in ROOT's subfolders (a results root you name)")
     args = p.parse_args(argv)
+    if args.index:
+        _index_path(Path(args.index))
     for d in map(Path, args.dirs):
         if not d.is_dir():
             raise ValueError(f"no folder {str(d)!r}")
@@ -160,9 +180,6 @@ def main(argv: list[str] | None = None) -> int:
                              f"`harness ablate` wrote")
         print(f"report: {build_report(d, figures=not args.no_figures)}")
     if args.index:
-        if not Path(args.index).is_dir():
-            raise ValueError(f"--index {args.index}: no such folder; name an existing "
-                             f"results root (the parent of report folders)")
         print(f"index: {write_index(args.index)}")
     return 0
 

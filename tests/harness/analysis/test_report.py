@@ -135,6 +135,21 @@ def test_index_of_a_named_results_root(tmp_path):
     assert "Main effects only" in (tmp_path / "screen" / "report.md").read_text()
 
 
+def test_index_never_overwrites_a_readme_it_did_not_write(tmp_path, capsys):
+    """A results root with the user's own README.md: refused in one line, the file kept;
+    the harness's own index is rewritten."""
+    fake_results(tmp_path / "seed_timeline", "seed_timeline")
+    (tmp_path / "README.md").write_text("# my project\n")
+    args = [str(tmp_path / "seed_timeline"), "--index", str(tmp_path), "--no-figures"]
+    assert report.main(args) == 2
+    err = capsys.readouterr().err
+    assert "is not an index the harness wrote" in err and err.count("\n") == 1
+    assert (tmp_path / "README.md").read_text() == "# my project\n"
+    (tmp_path / "README.md").unlink()
+    assert report.main(args) == 0 and report.main(args) == 0  # its own index: rewritten
+    assert "(seed_timeline/report.md)" in (tmp_path / "README.md").read_text()
+
+
 def test_index_finds_reports_tables_and_notes_at_any_depth(tmp_path):
     """results/<machine>/<report>/ (and deeper) all reach the index, not only one level."""
     fake_results(tmp_path / "cpu-a" / "seed_timeline", "seed_timeline")
