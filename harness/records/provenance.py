@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import functools
 import os
-import platform
 import socket
 import subprocess
 from pathlib import Path
 
 import torch
+
+from harness.spec.settings import cpu_model
 
 __all__ = ["PROVENANCE_COLUMNS", "provenance"]
 
@@ -28,16 +29,6 @@ def _git(*args: str) -> str | None:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 @functools.cache
 def _static(device_type: str, device_index: int | None, exclude: str | None, threads: int
             ) -> dict:
@@ -54,7 +45,7 @@ def _static(device_type: str, device_index: int | None, exclude: str | None, thr
     elif device_type == "mps":
         name = "Apple MPS"
     else:
-        name = f"cpu ({_cpu_model()}, {os.cpu_count()} cores, {threads} threads)"
+        name = f"cpu ({cpu_model()}, {os.cpu_count()} cores, {threads} threads)"
     return {
         "git_commit": commit,
         "git_dirty": bool(status) if status is not None else False,
@@ -62,7 +53,7 @@ def _static(device_type: str, device_index: int | None, exclude: str | None, thr
         "timm_version": timm.__version__,
         "cuda_version": torch.version.cuda or "",
         "device_name": name,
-        "cpu_model": _cpu_model(),
+        "cpu_model": cpu_model(),
         "hostname": socket.gethostname(),
     }
 

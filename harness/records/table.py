@@ -137,7 +137,7 @@ def _migrate_flag_columns(df: pd.DataFrame) -> pd.DataFrame:
             continue
         default = "" if Flags.spec(n).choices is not None else np.nan
         recorded = df[n].tolist() if n in df.columns else [default] * len(df)
-        df[n] = [r.get(n, v) for r, v in zip(rows, recorded)]
+        df[n] = [r.get(n, v) for r, v in zip(rows, recorded, strict=True)]
     return df
 
 

@@ -178,18 +178,44 @@ def library_versions() -> dict[str, str]:
     return out
 
 
+# The widest vector instructions a CPU offers (its /proc/cpuinfo flags), widest first.
+_VECTOR_ISAS = (("amx_int8", "AMX"), ("avx512_vnni", "AVX512-VNNI"), ("avx512f", "AVX512"),
+                ("avx2", "AVX2"), ("neon", "NEON"), ("asimd", "NEON"))
+
+
+@functools.cache
+def cpu_model() -> str:
+    """The processor a timing belongs to: its name, family/model and widest vector ISA. A
+    VM's name alone is generic: two hosts that both said "AMD EPYC" here (one AVX512-VNNI,
+    one AVX2) ran the same training step 2-4x apart."""
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        cpuinfo = ""
+    return describe_cpu(cpuinfo, platform.processor() or platform.machine())
+
+
+def describe_cpu(cpuinfo: str, fallback: str = "") -> str:
+    """``cpu_model()`` from the text of /proc/cpuinfo (its first processor)."""
+    fields: dict[str, str] = {}
+    for line in cpuinfo.splitlines():
+        if not line.strip() and fields:
+            break
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    name = fields.get("model name") or fallback
+    flags = set(fields.get("flags", fields.get("Features", "")).split())
+    isa = next((label for flag, label in _VECTOR_ISAS if flag in flags), None)
+    family = (f"family {fields['cpu family']} model {fields['model']}"
+              if "cpu family" in fields and "model" in fields else None)
+    detail = ", ".join(x for x in (family, isa) if x)
+    return f"{name} ({detail})" if detail else name
+
+
 @functools.cache
 def machine() -> str:
     """The machine a timing belongs to (not the host name: containers rename hosts)."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, {sys.platform}"
+    return f"{cpu_model()}, {os.cpu_count()} cores, {sys.platform}"
 
 
 def digest(payload: Any, n: int = 12) -> str:
