@@ -9,13 +9,15 @@ model, its attention as the harness's float reference's), or ``REV:spec``: the f
 on qvit as of git revision REV (extracted with git archive into a temporary package, so two
 versions of qvit run side by side). Each repeat runs one step (forward, backward, AdamW) of
 every config in turn (batch $BATCH, default 64; the model's default image size, or $IMG; 10
-classes); medians over repeats after 2 warm-up steps; ratios to every other config.
+classes); medians over repeats after 2 warm-up steps; ratios to every other config, paired per
+round, with 95% t intervals (configs in an order shuffled per round).
 torch intra-op threads: $NT (default 1; this 2-core host is shared, and 2 threads spin under
 contention).
 """
 import importlib
 import io
 import os
+import random
 import statistics as st
 import subprocess
 import sys
@@ -28,7 +30,8 @@ from pathlib import Path
 import torch
 
 import qvit
-from harness.spec.settings import RunSettings
+from harness.analysis.stats import ratio_interval
+from harness.spec.settings import RunSettings, cpu_model
 
 torch.set_num_threads(int(os.environ.get("NT", "1")))
 torch.manual_seed(0)
@@ -80,15 +83,24 @@ def step(m, opt):
     opt.step()
 
 
+# Each round runs every config once, in an order shuffled per round (seeded), so neither
+# drift nor the position in a round favours one; ratios pair the configs within a round.
 times = {c: [] for c in configs}
+order = random.Random(0)
 for _ in range(repeats + 2):
-    for c, (m, opt) in runs.items():
+    for c in order.sample(configs, len(configs)):
+        m, opt = runs[c]
         t = time.perf_counter()
         step(m, opt)
         times[c].append(time.perf_counter() - t)
-med = {c: st.median(v[2:]) for c, v in times.items()}
-print(f"{name} threads={torch.get_num_threads()} repeats={repeats} batch={batch} img={img}")
+kept = {c: v[2:] for c, v in times.items()}
+med = {c: st.median(v) for c, v in kept.items()}
+print(f"{name} threads={torch.get_num_threads()} repeats={repeats} batch={batch} img={img} "
+      f"cpu={cpu_model()}")
+print("ratio a/b: geometric mean of the rounds' paired ratios, 95% t interval over rounds")
 for c in configs:
-    ratio = {o: med[c] / med[o] for o in configs if o != c}
-    print(f"  {c:16s} step {med[c]:.4f} s  "
-          + "  ".join(f"/{o}={v:.3f}" for o, v in ratio.items()))
+    print(f"  {c:16s} step median {med[c]:.4f} s")
+    for o in configs:
+        if o != c:
+            g, lo, hi, n = ratio_interval(kept[c], kept[o])
+            print(f"      {c} / {o} = {g:.3f} [{lo:.3f}, {hi:.3f}]  (n={n})")
