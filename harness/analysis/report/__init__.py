@@ -164,11 +164,13 @@ def _index_limits(limits: dict[str, dict[str, float]]) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m harness report",
                                 description="Rebuild reports from recorded tables.")
-    p.add_argument("dirs", nargs="+", help="report folders (written by harness ablate/run)")
+    p.add_argument("dirs", nargs="*", help="report folders (written by harness ablate/run)")
     p.add_argument("--no-figures", action="store_true", help="tables only (quicker)")
     p.add_argument("--index", metavar="ROOT", help="also write ROOT/README.md listing the "
                    "reports in ROOT's subfolders (a results root you name)")
     args = p.parse_args(argv)
+    if not args.dirs and not args.index:
+        p.error("name report folders to rebuild, or --index ROOT to index a results root")
     if args.index:
         _index_path(Path(args.index))
     for d in map(Path, args.dirs):

@@ -8,6 +8,7 @@ it contributes to the top of the report.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -466,7 +467,8 @@ def comparison(ctx: Context) -> tuple[str, list[str]]:
     if not rows:
         return "", []
     text = (f"## Beside the committed reference results\n\nThe reference figures come from "
-            f"[{other}]({Path('..') / other if not path.is_absolute() else path}) — measured "
+            f"[{other}]({Path(os.path.relpath(path.resolve(), ctx.folder.resolve())).as_posix()})"
+            f" — measured "
             f"on {prov.get('machine', '?')} at commit {prov.get('git_commit', '?')} "
             f"({prov.get('dates', '?')}), not on this machine. Compare ratios, not seconds.\n\n"
             + md_table(drop_empty(pd.DataFrame(rows))))

@@ -135,6 +135,20 @@ def test_index_of_a_named_results_root(tmp_path):
     assert "Main effects only" in (tmp_path / "screen" / "report.md").read_text()
 
 
+def test_index_alone_rebuilds_only_the_index(tmp_path, capsys):
+    """`report --index ROOT` with no folders (as the module's docstring shows) writes the
+    index and rebuilds no report; with neither, one usage line."""
+    fake_results(tmp_path / "seed_timeline", "seed_timeline")
+    assert report.main([str(tmp_path / "seed_timeline"), "--no-figures"]) == 0
+    built = (tmp_path / "seed_timeline" / "report.md").stat().st_mtime_ns
+    assert report.main(["--index", str(tmp_path)]) == 0
+    assert "(seed_timeline/report.md)" in (tmp_path / "README.md").read_text()
+    assert (tmp_path / "seed_timeline" / "report.md").stat().st_mtime_ns == built
+    with pytest.raises(SystemExit):
+        report.main([])
+    assert "--index ROOT" in capsys.readouterr().err
+
+
 def test_index_never_overwrites_a_readme_it_did_not_write(tmp_path, capsys):
     """A results root with the user's own README.md: refused in one line, the file kept;
     the harness's own index is rewritten."""
@@ -194,6 +208,24 @@ def test_committed_reference_is_shown_beside_and_labelled(tmp_path):
     meta["report"]["compare_with"] = str(here)  # a folder is not its own reference
     (here / "design.json").write_text(json.dumps(meta))
     assert "Beside the committed" not in report.build_report(here, figures=False).read_text()
+
+
+def test_reference_link_resolves_from_wherever_the_report_lies(tmp_path, monkeypatch):
+    """compare_with names a folder from the working directory; the link is relative to the
+    report's own folder, so a report at results/<machine>/<name>/ links right (it once
+    assumed runs/<name>/, one level deep)."""
+    import json
+
+    monkeypatch.chdir(tmp_path)
+    fake_results(tmp_path / "results" / "ref-machine" / "best", "best")
+    here = tmp_path / "results" / "other-machine" / "best"
+    fake_results(here, "best", noise=0.03)
+    meta = json.loads((here / "design.json").read_text())
+    meta["report"]["compare_with"] = "results/ref-machine/best"
+    (here / "design.json").write_text(json.dumps(meta))
+    text = report.build_report(here, figures=False).read_text()
+    link = text.split("[results/ref-machine/best](", 1)[1].split(")", 1)[0]
+    assert (here / link / "design.json").is_file(), link
 
 
 def _aa_limit(t: pd.DataFrame, model: str, measure: str, baseline: str = "legacy"
