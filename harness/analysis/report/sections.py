@@ -466,9 +466,10 @@ def comparison(ctx: Context) -> tuple[str, list[str]]:
             rows.append(row)
     if not rows:
         return "", []
+    # compare_with is named from the working directory; the link is read from this report
+    link = Path(os.path.relpath(path.resolve(), ctx.folder.resolve())).as_posix()
     text = (f"## Beside the committed reference results\n\nThe reference figures come from "
-            f"[{other}]({Path(os.path.relpath(path.resolve(), ctx.folder.resolve())).as_posix()})"
-            f" — measured "
+            f"[{other}]({link}) — measured "
             f"on {prov.get('machine', '?')} at commit {prov.get('git_commit', '?')} "
             f"({prov.get('dates', '?')}), not on this machine. Compare ratios, not seconds.\n\n"
             + md_table(drop_empty(pd.DataFrame(rows))))
