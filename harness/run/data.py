@@ -23,6 +23,7 @@ device-preloaded path (``preload_to_device``): one permutation per epoch from th
 
 from __future__ import annotations
 
+import functools
 import os
 import pickle
 import warnings
@@ -277,11 +278,21 @@ def check_labels(bundle: DataBundle, num_classes: int) -> None:
             f"in a device-side assert in the loss); pass --num-classes {bundle.num_classes}")
 
 
+@functools.lru_cache(maxsize=64)
+def _mean_std_on(mean: tuple, std: tuple, dtype: torch.dtype, device: torch.device
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean*255, std*255) as (1, C, 1, 1) tensors of ``dtype`` on ``device``, built once:
+    a host-built tensor moved to a GPU is a blocking copy (a stream sync), not for every
+    batch. Never written in place (normalize_batch only reads them)."""
+    return (torch.tensor(mean, dtype=dtype, device=device).view(1, -1, 1, 1) * 255,
+            torch.tensor(std, dtype=dtype, device=device).view(1, -1, 1, 1) * 255)
+
+
 def normalize_batch(x: torch.Tensor, mean_std: tuple, out: torch.dtype = torch.float32
                     ) -> torch.Tensor:
-    """uint8 (B, C, H, W) on any device -> normalized float."""
-    mean = torch.tensor(mean_std[0], dtype=out, device=x.device).view(1, -1, 1, 1) * 255
-    std = torch.tensor(mean_std[1], dtype=out, device=x.device).view(1, -1, 1, 1) * 255
+    """uint8 (B, C, H, W) on any device -> normalized float (the per-channel constants are
+    made once per (statistics, dtype, device), `_mean_std_on`)."""
+    mean, std = _mean_std_on(tuple(mean_std[0]), tuple(mean_std[1]), out, x.device)
     return (x.to(out) - mean) / std
 
 

@@ -355,8 +355,8 @@ def evaluate(model: nn.Module, batches, *, device: torch.device, mean_std, num_c
         hit = topk == y[:, None]
         sums += torch.stack([F.cross_entropy(out, y, reduction="sum").double(),
                              hit[:, 0].sum().double(), hit.any(dim=1).sum().double(),
-                             torch.tensor(float(y.shape[0]), device=device,
-                                          dtype=torch.float64)])
+                             torch.full((), float(y.shape[0]), device=device,
+                                        dtype=torch.float64)])  # no host-built tensor
     loss, c1, c5, n = sums.tolist()
     measure.phase_boundary(device)
     eval_s = time.perf_counter() - t0
