@@ -29,11 +29,26 @@ def _git(*args: str) -> str | None:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
+def _timm_version() -> str:
+    """timm's version without importing timm (torchvision and dynamo come with it: seconds
+    in a run's process whose model is not timm's); the imported module's where it is
+    loaded already, or where its metadata is missing."""
+    import importlib.metadata
+    import sys
+
+    if "timm" not in sys.modules:
+        try:
+            return importlib.metadata.version("timm")
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    import timm
+
+    return timm.__version__
+
+
 @functools.cache
 def _static(device_type: str, device_index: int | None, exclude: str | None, threads: int
             ) -> dict:
-    import timm
-
     commit = _git("rev-parse", "HEAD") or ""
     # dirty = tracked code changed; the output folder (often inside the repo) does not count
     args = ["status", "--porcelain", "--untracked-files=no", "--", "."]
@@ -50,7 +65,7 @@ def _static(device_type: str, device_index: int | None, exclude: str | None, thr
         "git_commit": commit,
         "git_dirty": bool(status) if status is not None else False,
         "torch_version": torch.__version__,
-        "timm_version": timm.__version__,
+        "timm_version": _timm_version(),
         "cuda_version": torch.version.cuda or "",
         "device_name": name,
         "cpu_model": cpu_model(),

@@ -130,20 +130,39 @@ class DataBundle:
 
 # --- the embedded default --------------------------------------------------------------------
 
-def _digits() -> DataBundle:
-    from sklearn.datasets import load_digits
+def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's digits, (images (1797, 8, 8) float64, target (1797,) int): its bundled
+    digits.csv.gz read as `sklearn.datasets.load_digits` reads it, without importing
+    scikit-learn (and SciPy with it: seconds in every run's process); load_digits itself
+    where the file is not where it is looked for."""
+    import gzip
+    import importlib.util
 
-    d = load_digits()
-    x = torch.tensor(d.images, dtype=torch.float32)[:, None] / 16.0  # (1797, 1, 8, 8)
+    spec = importlib.util.find_spec("sklearn")  # finds the package, does not import it
+    roots = (spec.submodule_search_locations or []) if spec else []
+    path = next((Path(r) / "datasets" / "data" / "digits.csv.gz" for r in roots), None)
+    if path is None or not path.is_file():
+        from sklearn.datasets import load_digits
+
+        d = load_digits()
+        return d.images, d.target
+    with gzip.open(path, mode="rt", encoding="utf-8") as f:
+        data = np.loadtxt(f, delimiter=",")
+    return data[:, :-1].reshape(-1, 8, 8), data[:, -1].astype(int, copy=False)
+
+
+def _digits() -> DataBundle:
+    images, target = _digits_arrays()
+    x = torch.tensor(images, dtype=torch.float32)[:, None] / 16.0  # (1797, 1, 8, 8)
     x = F.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False)
     x = (x.clamp(0, 1) * 255).round().to(torch.uint8).expand(-1, 3, -1, -1).contiguous()
-    y = torch.tensor(d.target, dtype=torch.long)
+    y = torch.tensor(target, dtype=torch.long)
     # stratified split: every 5th image of each class (in a fixed shuffle) is validation,
     # DIGITS_VAL = 364 images (35-37 per class), DIGITS_TRAIN = 1433
     rng = np.random.RandomState(0)
     val = np.zeros(len(y), dtype=bool)
     for c in range(10):
-        idx = np.flatnonzero(d.target == c)
+        idx = np.flatnonzero(target == c)
         rng.shuffle(idx)
         val[idx[::5]] = True
     tr, va = torch.from_numpy(~val), torch.from_numpy(val)

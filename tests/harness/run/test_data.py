@@ -2,7 +2,9 @@
 formats, synthetic data, identical batches from every data path, and each bad input's
 clear error."""
 
+import os
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -174,3 +176,33 @@ def test_preload_and_dataloader_give_the_same_batches(workers):
         for (xa, ya), (xb, yb) in zip(pa, pb, strict=False):
             assert torch.equal(xa, xb) and torch.equal(ya, yb)
     assert not torch.equal(a.indices(1), a.indices(2))
+
+
+def test_digits_are_scikit_learns_read_without_importing_it():
+    """The digits come from scikit-learn's bundled file, read as `load_digits` reads it
+    (bit for bit), without importing scikit-learn (and SciPy) in a run's process; a run's
+    provenance names timm's version without importing timm (a plug-in model's process
+    need not load it)."""
+    import subprocess
+    import sys
+
+    from sklearn.datasets import load_digits
+
+    images, target = data._digits_arrays()
+    d = load_digits()
+    assert images.dtype == d.images.dtype and np.array_equal(images, d.images)
+    assert target.dtype == d.target.dtype and np.array_equal(target, d.target)
+    probe = ("import sys; from harness.run.data import load_dataset; "
+             "from harness.records.provenance import provenance; "
+             "b = load_dataset('digits', img_size=32, num_classes=10); "
+             "p = provenance('cpu', threads=1); "
+             "print(len(b.train), len(b.val), p['timm_version'], "
+             "sorted({'sklearn', 'scipy', 'timm'} & set(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         env={**os.environ, "QVIT_DEFER_IMPORTS": "1"}, timeout=300,
+                         cwd=Path(__file__).resolve().parents[3])
+    assert out.returncode == 0, out.stderr
+    import timm
+
+    assert out.stdout.split() == [str(data.DIGITS_TRAIN), str(data.DIGITS_VAL),
+                                  timm.__version__, "[]"]
