@@ -33,10 +33,12 @@ _LOOP_METRICS = ("train_loss", "eval_loss", "top1", "top5")  # compared across a
 
 def run_harness(model: str, configs: dict[str, Flags], out_dir: str | Path, *,
                 seeds: Iterable[int] = (0,), img_size: int | None = None, epochs: int = 1,
-                steps: int = 3, batch: int = 8, eval_steps: int = 2) -> pd.DataFrame:
+                steps: int = 3, batch: int = 8, eval_steps: int = 2,
+                eval_batch: int | None = None) -> pd.DataFrame:
     """Short harness runs, in this process, of every config and seed (``epochs`` x ``steps``
-    steps of ``batch``, ``eval_steps`` eval batches, on the CPU, no LR schedule, no sync
-    counting); returns the results table of ``out_dir``. Digits where the model takes 32x32
+    steps of ``batch``, ``eval_steps`` eval batches of ``eval_batch`` (default: the run
+    setting's default eval batch), on the CPU, no LR schedule, no sync counting); returns
+    the results table of ``out_dir``. Digits where the model takes 32x32
     input, the synthetic set otherwise (bit comparison needs no labels that mean anything).
     The one place parity builds harness runs."""
     native = qvit.model_config(model)[1]["img_size"]
@@ -44,7 +46,8 @@ def run_harness(model: str, configs: dict[str, Flags], out_dir: str | Path, *,
     specs = [runner.RunSpec(config=name, flags=flags, settings=RunSettings(
         model=model, dataset=dataset, img_size=img_size, epochs=epochs, steps_per_epoch=steps,
         eval_steps=eval_steps, batch_size=batch, seed=seed, device="cpu", warmup_epochs=0,
-        count_syncs="off", sched="none", pretrained=False, deterministic=True))
+        count_syncs="off", sched="none", pretrained=False, deterministic=True,
+        **({} if eval_batch is None else {"eval_batch_size": eval_batch})))
              for seed in seeds for name, flags in configs.items()]
     runner.execute_block(specs, out_dir)
     return records.merge_shards(out_dir, remove=True)

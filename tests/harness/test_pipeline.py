@@ -17,6 +17,7 @@ warmup_epochs = 1
 steps_per_epoch = 2
 eval_steps = 1
 batch_size = 16
+eval_batch_size = 16
 repeats = 2
 device = "cpu"
 pretrain_epochs = 1

@@ -348,7 +348,7 @@ def test_accuracy_parity_every_module_flag(one_thread, tmp_path):
              if Flags.spec(n).expected_parity(v) == "exact"}
     inexact = {f"{n}={v}": base.replace(**{n: v}) for n, v in MODULE_CASES
                if f"{n}={v}" not in exact}
-    kw = dict(img_size=32, steps=3, batch=16, eval_steps=6)  # 96 eval images
+    kw = dict(img_size=32, steps=3, batch=16, eval_steps=6, eval_batch=16)  # 96 eval images
     t1 = H.run_harness("ivit_micro", {"legacy": base, **exact}, tmp_path / "exact", **kw)
     t3 = H.run_harness("ivit_micro", {"legacy": base, **inexact}, tmp_path / "tost",
                        seeds=range(5), **kw)

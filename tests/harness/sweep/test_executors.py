@@ -38,6 +38,7 @@ warmup_epochs = 0
 steps_per_epoch = 2
 eval_steps = 1
 batch_size = 16
+eval_batch_size = 16
 repeats = 2
 device = "cpu"
 seed = 0
