@@ -80,8 +80,8 @@ def bench_model(name: str, args) -> tuple[list[dict], dict]:
     qat = _calibrated(name, batch, args.seed)
     size = qat.patch_embed.img_size
     dep = deploy(qat)
-    flt = qvit.create_float_reference(name, num_classes=qat.num_classes,
-                                      attention="explicit").eval()
+    # the float twin as timm runs it (its default attention: fused SDPA for DeiT)
+    flt = qvit.create_float_reference(name, num_classes=qat.num_classes).eval()
     x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(1))
     fns = {"deployed": dep, "qat_best": qat, "float": flt}
     info = {}
@@ -104,12 +104,17 @@ def bench_model(name: str, args) -> tuple[list[dict], dict]:
             rng.shuffle(order)
             for v in order:
                 per[v].append(_timed(fns[v], x, args.iters))
+    from harness.analysis.stats import ratio_interval
+
     rows = []
-    qat_median, float_median = (statistics.median(per[v]) for v in ("qat_best", "float"))
     for v in variants:
         s = _summary(per[v])
-        rows.append(dict(model=name, batch=batch, variant=v, **s, vs_qat=s["median"] / qat_median,
-                         vs_float=s["median"] / float_median, rounds=per[v]))
+        # throughput ratios paired within rounds: geometric mean and its t interval
+        (vq, vq_lo, vq_hi, _), (vf, vf_lo, vf_hi, _) = (
+            ratio_interval(per[v], per[base]) for base in ("qat_best", "float"))
+        rows.append(dict(model=name, batch=batch, variant=v, **s, vs_qat=vq, vs_qat_lo=vq_lo,
+                         vs_qat_hi=vq_hi, vs_float=vf, vs_float_lo=vf_lo, vs_float_hi=vf_hi,
+                         rounds=per[v]))
     return rows, info
 
 
@@ -167,6 +172,10 @@ def exactness(name: str, start: str, images: int | None = None) -> tuple[list[di
     return layers, whole
 
 
+def _ratio(mid: float, lo: float, hi: float) -> str:
+    return f"{mid:.2f} [{lo:.2f}, {hi:.2f}]"
+
+
 def _setup_rows(meta: dict) -> list[tuple[str, str]]:
     return [("command", f"`{meta['command']}`"), ("git_commit", meta["git_commit"]),
             ("dirty tree", str(meta["git_dirty"])), ("machine", meta["device_name"]),
@@ -187,14 +196,16 @@ def markdown(rows: list[dict], infos: dict, meta: dict, layers: list[dict],
            "", "## Speed", "",
            f"Images/s over {meta['rounds']} interleaved rounds x {meta['iters']} forwards per "
            "variant (the order shuffled per round): median, and mean with its 95% Student-t "
-           "interval (n - 1 df); x QAT: ratio of medians to the QAT eval; x float: to the "
-           "float twin's eager forward.", "",
+           "interval (n - 1 df); x QAT and x float: throughput over the QAT eval's and over "
+           "the float twin's (timm's eager forward, its default attention) in the same round, "
+           "geometric mean over rounds with its 95% t-interval (log scale).", "",
            "| model | batch | variant | median img/s | mean [95% t-interval] | IQR/median "
            "| x QAT | x float |", "|---|---|---|---|---|---|---|---|"]
     for r in speed.itertuples():
         out.append(f"| {r.model} | {r.batch} | {r.variant} | {r.median:.1f} | {r.mean:.1f} "
                    f"[{r.ci95_lo:.1f}, {r.ci95_hi:.1f}] | {r.iqr_over_median:.2f} | "
-                   f"{r.vs_qat:.2f} | {r.vs_float:.2f} |")
+                   f"{_ratio(r.vs_qat, r.vs_qat_lo, r.vs_qat_hi)} | "
+                   f"{_ratio(r.vs_float, r.vs_float_lo, r.vs_float_hi)} |")
     out += ["", "| model | compile s | compiled == eager (bits) |", "|---|---|---|"]
     out += [f"| {m} | {i.get('compile_s', float('nan')):.1f} | "
             f"{i.get('compiled_exact', '-')} |" for m, i in infos.items()]

@@ -37,6 +37,13 @@ def test_smoke_report(deploy_speed, tmp_path):
     assert (speed["batch"] == 2).all() and (speed["median"] > 0).all()
     assert speed.set_index("variant").loc["qat_best", "vs_qat"] == 1.0
     assert speed.set_index("variant").loc["float", "vs_float"] == 1.0
+    # x float: paired per round (geometric mean), not a ratio of medians
+    rounds = {r["variant"]: r["rounds"] for r in
+              json.loads((out / "report.json").read_text())["speed"]}
+    dep = speed.set_index("variant").loc["deployed"]
+    paired = [a / b for a, b in zip(rounds["deployed"], rounds["float"], strict=True)]
+    assert dep["vs_float"] == pytest.approx((paired[0] * paired[1]) ** 0.5)
+    assert dep["vs_float_lo"] <= dep["vs_float"] <= dep["vs_float_hi"]
     whole = json.loads((out / "report.json").read_text())["exactness"][0]
     assert whole["images"] == 40 and 0 <= whole["agreement"] <= 1
     assert whole["agreement"] == pytest.approx(1 - whole["disagreements"] / whole["images"])
