@@ -7,7 +7,6 @@ every quantity an exact integer): `qvit.reference` states each one on Python int
 the tests hold these to it.
 
 * `requantize`: round_half_even(z * m / 2^e), the dyadic requantizer, in three integer ops;
-* `floor_div`: floor(a / b) of integers, exactly (compiled: through a float64 quotient);
 * `round_div`: round_half_even(s / d) for a positive integer d (means, pooling);
 * `shift_exp`: I-ViT's shift-based integer exp (Shiftmax and ShiftGELU share it);
 * `shiftmax`, `shift_gelu`, `int_layernorm` (with `isqrt_newton`).
@@ -19,8 +18,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["NORM_ONE", "NEWTON_START", "NEWTON_ITERATIONS", "EXP_SHIFT_CAP", "requantize",
-           "clamp_bits", "floor_div", "floor_div_via_float", "fix_quotient",
-           "round_div", "shift_exp", "shiftmax", "shift_gelu", "isqrt_newton",
+           "clamp_bits", "round_div", "shift_exp", "shiftmax", "shift_gelu", "isqrt_newton",
            "int_layernorm"]
 
 # The numerator of the integer divisions floor(I / t) (Shiftmax, ShiftGELU, I-LayerNorm) and
@@ -53,40 +51,9 @@ def clamp_bits(t: Tensor, bits: int) -> Tensor:
     return t.clamp(-n, n - 1).to(_DTYPES.get(bits, torch.int64))
 
 
-def floor_div(a: Tensor | int, b: Tensor | int) -> Tensor:
-    """floor(a / b) of int64 tensors (or Python integers), |a|, |b| < 2^53, b != 0, exactly:
-    eager, the integer division (one pass); compiled, `floor_div_via_float`, since a
-    per-element int64 division is a scalar instruction of tens of cycles that keeps
-    inductor's loop from vectorizing. Under ONNX export: the integer division
-    (`qvit.deploy.onnx` writes it exactly)."""
-    if torch.compiler.is_compiling() and not torch.onnx.is_in_onnx_export():
-        return floor_div_via_float(a, b)
-    return torch.div(a, b, rounding_mode="floor")
-
-
-def floor_div_via_float(a: Tensor | int, b: Tensor | int) -> Tensor:
-    """floor(a / b) as `floor_div`, from the float64 quotient: for |a|, |b| < 2^53 it has
-    the same floor (to round across an integer it would have to come within half an ulp of
-    it, and the distance is at least 1/|b|, more than that below 2^53); `fix_quotient`
-    still takes an off-by-one either way to the floor, so a compiler that divides by
-    multiplying with the reciprocal cannot move a result. Eager it costs more passes than
-    the integer division (measured: 1.3-1.45x the deployed micro models' forward)."""
-    af = a.to(torch.float64) if isinstance(a, Tensor) else float(a)
-    bf = b.to(torch.float64) if isinstance(b, Tensor) else float(b)
-    return fix_quotient(a, b, torch.floor(af / bf).to(torch.int64))
-
-
-def fix_quotient(a: Tensor | int, b: Tensor | int, q: Tensor) -> Tensor:
-    """floor(a / b) from a ``q`` within one of it: the remainder a - b q must lie in [0, b)
-    for b > 0 and (b, 0] for b < 0 (below: q was one too large; at b or beyond: too small)."""
-    sign = torch.sign(b) if isinstance(b, Tensor) else (1 if b > 0 else -1)
-    r = (a - b * q) * sign  # in [0, |b|) for the floor
-    return q - (r < 0).to(torch.int64) + (r >= b * sign).to(torch.int64)
-
-
 def round_div(s: Tensor, d: int) -> Tensor:
     """round_half_even(s / d) for integer ``s`` and a positive integer ``d``."""
-    q = floor_div(s, d)
+    q = torch.div(s, d, rounding_mode="floor")
     r2 = (s - q * d) * 2
     return q + ((r2 > d) | ((r2 == d) & (q % 2 == 1))).to(q.dtype)
 
@@ -98,7 +65,7 @@ def shift_exp(b: Tensor, x0: Tensor, n: int) -> Tensor:
     that is ((r - 2 x0) << (n - q)) >> 1 (r - 2 x0 > 0, so no clamp at 0 is needed)."""
     c = b + (b >> 1) - (b >> 4)
     d = torch.maximum(c, n * x0)
-    q = floor_div(d, x0)
+    q = torch.div(d, x0, rounding_mode="floor")
     r = d - x0 * q
     return ((r - 2 * x0) << (n - q).clamp_max(EXP_SHIFT_CAP)) >> 1
 
@@ -108,7 +75,8 @@ def shiftmax(x: Tensor, x0: Tensor, n: int, output_bit: int) -> Tensor:
     I = 2^31 (`NORM_ONE`), the sum clamped to I; values in [0, 2^(bits-1) - 1]."""
     x = x.to(torch.int64)
     e = shift_exp(x - x.amax(dim=-1, keepdim=True), x0, n)
-    factor = floor_div(NORM_ONE, e.sum(dim=-1, keepdim=True).clamp_max(NORM_ONE))
+    factor = torch.div(NORM_ONE, e.sum(dim=-1, keepdim=True).clamp_max(NORM_ONE),
+                       rounding_mode="floor")
     return ((e * factor) >> (32 - output_bit)).to(_DTYPES[16 if output_bit > 8 else 8])
 
 
@@ -120,7 +88,7 @@ def shift_gelu(x: Tensor, x0: Tensor, n: int, output_bit: int) -> Tensor:
     xm = x.amax(dim=-1, keepdim=True)
     e = shift_exp(x - xm, x0, n)
     total = (e + shift_exp(-xm, x0, n)).clamp_max(NORM_ONE)
-    sig = (e * floor_div(NORM_ONE, total)) >> (32 - output_bit)
+    sig = (e * torch.div(NORM_ONE, total, rounding_mode="floor")) >> (32 - output_bit)
     return (x * sig).to(torch.int32)
 
 
@@ -128,7 +96,7 @@ def isqrt_newton(v: Tensor, iterations: int = NEWTON_ITERATIONS) -> Tensor:
     """I-LayerNorm's integer square root: k <- floor((k + floor(v / k)) / 2) from 2^16."""
     k = torch.full_like(v, NEWTON_START)
     for _ in range(iterations):
-        k = (k + floor_div(v, k)) >> 1
+        k = (k + torch.div(v, k, rounding_mode="floor")) >> 1
     return k
 
 
@@ -138,4 +106,4 @@ def int_layernorm(x: Tensor, bias_int: Tensor) -> Tensor:
     x = x.to(torch.int64)
     y = x - round_div(x.sum(dim=-1, keepdim=True), x.shape[-1])
     std = isqrt_newton((y * y).sum(dim=-1, keepdim=True))
-    return ((y * floor_div(NORM_ONE, std)) >> 1) + bias_int
+    return ((y * torch.div(NORM_ONE, std, rounding_mode="floor")) >> 1) + bias_int

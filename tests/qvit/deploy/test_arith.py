@@ -42,38 +42,6 @@ def test_dyadic_refuses_unreachable_shifts():
         dyadic(torch.tensor([1e-12]), torch.tensor([1.0]))
 
 
-def test_floor_div_via_float_is_the_integer_floor():
-    g = torch.Generator().manual_seed(4)
-    b = torch.cat([torch.randint(1, 2**31, (2000,), generator=g),
-                   -torch.randint(1, 3000, (2000,), generator=g),
-                   torch.tensor([1, -1, 3, -3, 2**31, 2**52 - 1, -(2**52 - 1)])])
-    k = torch.randint(-2**20, 2**20, b.shape, generator=g)
-    near = torch.stack([k * b - 1, k * b, k * b + 1]).reshape(-1)  # quotients at integers
-    big = torch.randint(-2**52, 2**52, (6000,), generator=g)
-    a = torch.cat([near, big, torch.tensor([2**52 - 1, -(2**52 - 1), 0])])
-    bb = torch.cat([b.repeat(3), b.repeat(2)[:6000], torch.tensor([3, -7, 5])])
-    assert torch.equal(arith.floor_div_via_float(a, bb), torch.div(a, bb, rounding_mode="floor"))
-    # floor(2^31 / t) (Shiftmax's and ShiftGELU's factor), every t near a divisor's edge
-    t = torch.cat([torch.arange(1, 5000), 2**31 // torch.arange(1, 5000),
-                   2**31 // torch.arange(1, 5000) + 1, torch.tensor([2**31, 2**31 - 1])])
-    assert torch.equal(arith.floor_div_via_float(arith.NORM_ONE, t),
-                       torch.div(arith.NORM_ONE, t, rounding_mode="floor"))
-    assert torch.equal(arith.floor_div_via_float(torch.arange(-50, 51), 7),
-                       torch.div(torch.arange(-50, 51), 7, rounding_mode="floor"))
-
-
-def test_fix_quotient_takes_an_off_by_one_either_way_to_the_floor():
-    g = torch.Generator().manual_seed(5)
-    b = torch.randint(1, 2**20, (3000,), generator=g) * torch.tensor([1, -1]).repeat(1500)
-    a = torch.randint(-2**40, 2**40, (3000,), generator=g)
-    a[::3] = b[::3] * torch.randint(-2**19, 2**19, (1000,), generator=g)  # exact multiples
-    floor = torch.div(a, b, rounding_mode="floor")
-    for off in (-1, 0, 1):
-        assert torch.equal(arith.fix_quotient(a, b, floor + off), floor)
-    assert torch.equal(arith.fix_quotient(arith.NORM_ONE, b.abs(), 2**31 // b.abs() + 1),
-                       2**31 // b.abs())
-
-
 def test_round_div():
     s = torch.arange(-50, 51)
     for d in (1, 2, 4, 7, 48):
@@ -146,29 +114,3 @@ def test_exact_matmul_picks_an_exact_type():
     b = torch.randint(-128, 128, (2, 3, 197, 64), generator=g, dtype=torch.int8)
     got = intmm.exact_matmul(a, b, 197 * 2**15 * 2**7)
     assert torch.equal(got, a.long() @ b.long())
-
-
-def test_compiled_arith_divides_through_float64_not_per_element_integers():
-    """Under torch.compile the floor divisions are `floor_div_via_float` (inductor
-    vectorizes it; an int64 division per element it cannot), with the same integers."""
-    graphs = []
-
-    def capture(gm, example_inputs):
-        graphs.append(gm)
-        return gm.forward
-
-    g = torch.Generator().manual_seed(6)
-    x = torch.randint(-128, 128, (4, 40), generator=g)
-    x0 = torch.tensor(-15)
-    fns = {"shiftmax": lambda v: arith.shiftmax(v, x0, 15, 8),
-           "shift_gelu": lambda v: arith.shift_gelu(v, x0, 23, 8),
-           "int_layernorm": lambda v: arith.int_layernorm(v * 200, torch.zeros(40).long())}
-    for name, fn in fns.items():
-        torch._dynamo.reset()
-        graphs.clear()
-        assert torch.equal(torch.compile(fn, backend=capture, fullgraph=True)(x), fn(x)), name
-        ops = [str(n.target) for gm in graphs for n in gm.graph.nodes
-               if n.op == "call_function"]
-        floor_divs = [n for gm in graphs for n in gm.graph.nodes if n.op == "call_function"
-                      and n.kwargs.get("rounding_mode") == "floor"]
-        assert not floor_divs and any("floor" in o for o in ops), (name, ops)
