@@ -59,7 +59,7 @@ def test_new_and_empty_folders_are_claimed_and_marked(tmp_path):
 
 
 @pytest.mark.parametrize("folder", ["results/cpu-epyc-2c/best",
-                                    "results/cpu-epyc-avx2-2c/parity/ivit_micro"])
+                                    "results/cpu-epyc-avx512-2c/parity/ivit_micro"])
 def test_folders_the_harness_wrote_before_markers_are_its_own(tmp_path, folder):
     """The committed results (design.json and the table; parity.csv) carry no marker."""
     copy = tmp_path / "copy"
