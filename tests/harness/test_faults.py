@@ -380,11 +380,18 @@ def _env(fault=None):
     return child_env(fault, omp_threads=1)
 
 
+def _sigint_as_at_a_terminal():
+    # a shell's background job (pytest under `cmd &`, some CI runners) starts with SIGINT
+    # ignored, and Python installs its Ctrl-C handler only where SIGINT is not ignored: the
+    # sweep starts as from a terminal, whatever started the tests
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _harness_run(out, configs=("a",), fault=None, epochs=1, **kw):
     return subprocess.Popen([sys.executable, "-m", "harness", "run",
                              *_run_args(out, configs, epochs)], cwd=REPO, env=_env(fault),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True, **kw)
+                            start_new_session=True, preexec_fn=_sigint_as_at_a_terminal, **kw)
 
 
 def _finish(proc, timeout=600) -> tuple[int, str]:
