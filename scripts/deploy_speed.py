@@ -39,6 +39,8 @@ from scipy import stats
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # qvit, harness from a checkout
 
 import qvit  # noqa: E402
+from harness.analysis.report.fmt import ci  # noqa: E402
+from harness.analysis.stats import ratio_interval  # noqa: E402
 from qvit import Flags  # noqa: E402
 from qvit.deploy import deploy  # noqa: E402
 
@@ -104,8 +106,6 @@ def bench_model(name: str, args) -> tuple[list[dict], dict]:
             rng.shuffle(order)
             for v in order:
                 per[v].append(_timed(fns[v], x, args.iters))
-    from harness.analysis.stats import ratio_interval
-
     rows = []
     for v in variants:
         s = _summary(per[v])
@@ -172,10 +172,6 @@ def exactness(name: str, start: str, images: int | None = None) -> tuple[list[di
     return layers, whole
 
 
-def _ratio(mid: float, lo: float, hi: float) -> str:
-    return f"{mid:.2f} [{lo:.2f}, {hi:.2f}]"
-
-
 def _setup_rows(meta: dict) -> list[tuple[str, str]]:
     return [("command", f"`{meta['command']}`"), ("git_commit", meta["git_commit"]),
             ("dirty tree", str(meta["git_dirty"])), ("machine", meta["device_name"]),
@@ -204,8 +200,8 @@ def markdown(rows: list[dict], infos: dict, meta: dict, layers: list[dict],
     for r in speed.itertuples():
         out.append(f"| {r.model} | {r.batch} | {r.variant} | {r.median:.1f} | {r.mean:.1f} "
                    f"[{r.ci95_lo:.1f}, {r.ci95_hi:.1f}] | {r.iqr_over_median:.2f} | "
-                   f"{_ratio(r.vs_qat, r.vs_qat_lo, r.vs_qat_hi)} | "
-                   f"{_ratio(r.vs_float, r.vs_float_lo, r.vs_float_hi)} |")
+                   f"{ci(r.vs_qat, r.vs_qat_lo, r.vs_qat_hi)} | "
+                   f"{ci(r.vs_float, r.vs_float_lo, r.vs_float_hi)} |")
     out += ["", "| model | compile s | compiled == eager (bits) |", "|---|---|---|"]
     out += [f"| {m} | {i.get('compile_s', float('nan')):.1f} | "
             f"{i.get('compiled_exact', '-')} |" for m, i in infos.items()]
