@@ -135,18 +135,37 @@ def decompositions() -> dict:
 # its own random numbers are not aten's (drop path's draws: aten's generator, eager's bits)
 CONFIG = {"pattern_matcher": False, "fallback_random": True}
 
+# The integer chains (requantizers, the shift-based exp) are long elementwise runs: inlined
+# into every consumer up to inductor's CPU default of 50 ops, generating their C++ took most
+# of a cold compile (ivit_micro's first eval and training step on 2 cores: 54 s + 160 s;
+# stored once past 8 ops, 26 s + 32 s). The bits stay eager's: a stored float32 is the value
+# inlined code computes (inductor compiles with floating-point contraction off)
+SPEED_CONFIG = {"realize_cpu_opcount_threshold": 8}  # (where this inductor has it)
+
+# AOT autograd traces a graph's backward for incoming gradients of a guessed layout and
+# copies the real ones into it. Its default guess, the forward output's layout, puts Swin's
+# stage-1 tokens' gradients channel-strided (the stem's transpose) where eager's arrive
+# contiguous from the head; the gradient a region hands back then has another layout than
+# eager's, and the eager stem's weight-gradient sums add in another order. Contiguous is
+# what the models' gradients are in eager
+AOT_CONFIG = {"guess_tangent_strides_as_outputs": False}  # (older torch: its default)
+
 
 def backend(gm: torch.fx.GraphModule, example_inputs, mode: str | None = None,
             options: dict | None = None):
     """A dynamo backend: inductor with aten's float sums (`decompositions`); ``mode`` and
-    ``options`` as torch.compile's for inductor (``"reduce-overhead"``: CUDA graphs), never
-    over `CONFIG`."""
+    ``options`` as torch.compile's for inductor (``"reduce-overhead"``: CUDA graphs), over
+    `SPEED_CONFIG`, never over `CONFIG`."""
+    from torch._functorch import config as aot_config
+    from torch._inductor import config as inductor_config
     from torch._inductor import list_mode_options
     from torch._inductor.compile_fx import compile_fx
 
-    patches = {**list_mode_options(mode or "default"), **(options or {}), **CONFIG}
-    return compile_fx(gm, example_inputs, config_patches=patches,
-                      decompositions=decompositions())
+    speed = {k: v for k, v in SPEED_CONFIG.items() if hasattr(inductor_config, k)}
+    patches = {**list_mode_options(mode or "default"), **speed, **(options or {}), **CONFIG}
+    with aot_config.patch({k: v for k, v in AOT_CONFIG.items() if hasattr(aot_config, k)}):
+        return compile_fx(gm, example_inputs, config_patches=patches,
+                          decompositions=decompositions())
 
 
 torch._dynamo.register_backend(backend, name=BACKEND)

@@ -129,8 +129,10 @@ def test_cuda_graphs_reach_inductor_as_reduce_overhead(monkeypatch):
                         patches.append(config_patches))
     QC.backend(None, [], mode="reduce-overhead", options={"fallback_random": False})
     QC.backend(None, [])
-    assert patches[0] == {"triton.cudagraphs": True, **QC.CONFIG}
-    assert patches[1] == QC.CONFIG
+    assert patches[0] == {"triton.cudagraphs": True, **QC.SPEED_CONFIG, **QC.CONFIG}
+    assert patches[1] == {**QC.SPEED_CONFIG, **QC.CONFIG}
+    QC.backend(None, [], options={"realize_cpu_opcount_threshold": 30})  # a user's choice
+    assert patches[2]["realize_cpu_opcount_threshold"] == 30
 
 
 def test_drop_path_compiled_by_qvit_inductor_is_eager_bit_for_bit():
@@ -192,11 +194,10 @@ def test_lean_node_compiled_by_qvit_inductor_is_eager_bit_for_bit(node):
     gradients as eager."""
     fn, x = _node_cases()[node]
     torch._dynamo.reset()
-    # the incoming gradient in the output's layout: compiled backward receives it so (AOT
-    # autograd restrides a tangent to the traced output's strides; eager does not)
+    # the incoming gradient contiguous, as the models' arrive from the head (the backward is
+    # traced for contiguous ones, `qvit.compile.AOT_CONFIG`)
     out = fn(x)
-    g_out = torch.empty_like(out).copy_(
-        torch.randn(out.shape, generator=torch.Generator().manual_seed(1)))
+    g_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
     got_x, ref_x = x.clone().requires_grad_(), x.clone().requires_grad_()
     got = torch.compile(fn, backend=QC.BACKEND)(got_x)
     ref = fn(ref_x)
@@ -204,6 +205,33 @@ def test_lean_node_compiled_by_qvit_inductor_is_eager_bit_for_bit(node):
     got.backward(g_out)
     ref.backward(g_out)
     assert torch.equal(got_x.grad, ref_x.grad)
+
+
+def test_region_hands_back_the_input_gradient_in_eagers_layout():
+    """Swin's stage-1 tokens are channel-strided (the stem's transpose) and their gradients
+    arrive contiguous from the head. A compiled region must hand the gradient of its input
+    back in the layout eager gives it (contiguous): the eager stem sums its weight
+    gradients over it, and a sum's order follows the layout (swin_micro's stem weights
+    differed from eager's from the first compiled training step when AOT autograd traced
+    the backward for gradients in the output's layout)."""
+    g = torch.Generator().manual_seed(3)
+    tokens = (torch.randn(4, 24, 49, generator=g) * torch.logspace(0, 6, 49)).transpose(1, 2)
+    weight = torch.linspace(0.5, 1.5, 24)
+    g_out = torch.randn(4, 49, 24, generator=g)  # contiguous, as from the head
+
+    def region(x):
+        return x * 3 + 1
+
+    torch._dynamo.reset()
+    grads = []
+    for fn in (region, torch.compile(region, backend=QC.BACKEND)):
+        w = weight.clone().requires_grad_()
+        x = tokens.clone().requires_grad_()
+        (fn(x * w) * 1).backward(g_out)
+        grads.append((x.grad, w.grad))
+    (got_x, got_w), (ref_x, ref_w) = grads[1], grads[0]
+    assert got_x.stride() == ref_x.stride()
+    assert torch.equal(got_x, ref_x) and torch.equal(got_w, ref_w)
 
 
 def test_qvit_inductor_sums_in_atens_order():
