@@ -137,9 +137,9 @@ CONFIG = {"pattern_matcher": False, "fallback_random": True}
 
 # The integer chains (requantizers, the shift-based exp) are long elementwise runs: inlined
 # into every consumer up to inductor's CPU default of 50 ops, generating their C++ took most
-# of a cold compile (ivit_micro's first eval and training step on 2 cores: 54 s + 160 s;
-# stored once past 8 ops, 26 s + 32 s). The bits stay eager's: a stored float32 is the value
-# inlined code computes (inductor compiles with floating-point contraction off)
+# of a cold compile (ivit_micro's first eval and training step, 2 idle cores: 44 s + 141 s;
+# stored once past 8 ops, 25 s + 30 s; FINDINGS.md). The bits stay eager's: a stored float32
+# is the value inlined code computes (inductor compiles with floating-point contraction off)
 SPEED_CONFIG = {"realize_cpu_opcount_threshold": 8}  # (where this inductor has it)
 
 # AOT autograd traces a graph's backward for incoming gradients of a guessed layout and
