@@ -132,8 +132,10 @@ def decompositions() -> dict:
 
 # Inductor options: its pattern rewrites change numbers (e.g. x/s - amax(x/s) becomes
 # (x*sign(s) - amax(x*sign(s))) / (sign(s)*s), rounding the division after the subtraction);
-# its own random numbers are not aten's (drop path's draws: aten's generator, eager's bits)
-CONFIG = {"pattern_matcher": False, "fallback_random": True}
+# its own random numbers are not aten's (drop path's draws: aten's generator, eager's bits);
+# its layout optimization runs the patch embedding's convolution channels-last, whose
+# backward sums the bias gradient in another order (DeiT-tiny's and Swin-T's stems)
+CONFIG = {"pattern_matcher": False, "fallback_random": True, "layout_optimization": False}
 
 # The integer chains (requantizers, the shift-based exp) are long elementwise runs: inlined
 # into every consumer up to inductor's CPU default of 50 ops, generating their C++ took most
