@@ -242,7 +242,8 @@ class Flags:
         help="torch.compile the model (`qvit.compile.compile_model`, as compile_scope says) "
              "with the run's compile_backend, by default qvit_inductor (inductor with aten's "
              "float sums, frexp, random numbers and accumulating index_put, no pattern "
-             "rewrites; plain inductor is not exact); one graph per mode and block structure, "
+             "rewrites or layout optimization, backward traced for eager's gradient layout; "
+             "plain inductor is not exact); one graph per mode and block structure, "
              "no graph break (eval caches bypassed while tracing); compile time falls in the "
              "warm-up epoch, less once inductor's on-disk cache holds the graphs; a float "
              "reference compiles whole with the run's float_compile_backend")

@@ -207,6 +207,12 @@ def test_lean_node_compiled_by_qvit_inductor_is_eager_bit_for_bit(node):
     assert torch.equal(got_x.grad, ref_x.grad)
 
 
+def _eager_and_compiled(region, measure):
+    """``measure(fn)`` of the region run eagerly, then compiled by qvit_inductor."""
+    torch._dynamo.reset()
+    return measure(region), measure(torch.compile(region, backend=QC.BACKEND))
+
+
 def test_region_hands_back_the_input_gradient_in_eagers_layout():
     """Swin's stage-1 tokens are channel-strided (the stem's transpose) and their gradients
     arrive contiguous from the head. A compiled region must hand the gradient of its input
@@ -222,14 +228,13 @@ def test_region_hands_back_the_input_gradient_in_eagers_layout():
     def region(x):
         return x * 3 + 1
 
-    torch._dynamo.reset()
-    grads = []
-    for fn in (region, torch.compile(region, backend=QC.BACKEND)):
+    def grads(fn):
         w = weight.clone().requires_grad_()
         x = tokens.clone().requires_grad_()
-        (fn(x * w) * 1).backward(g_out)
-        grads.append((x.grad, w.grad))
-    (got_x, got_w), (ref_x, ref_w) = grads[1], grads[0]
+        fn(x * w).backward(g_out)
+        return x.grad, w.grad
+
+    (ref_x, ref_w), (got_x, got_w) = _eager_and_compiled(region, grads)
     assert got_x.stride() == ref_x.stride()
     assert torch.equal(got_x, ref_x) and torch.equal(got_w, ref_w)
 
@@ -247,13 +252,13 @@ def test_patch_embedding_convolution_gradients_are_eagers():
     def region(x):
         return conv(x).flatten(2).transpose(1, 2) * 2
 
-    torch._dynamo.reset()
-    grads = []
-    for fn in (region, torch.compile(region, backend=QC.BACKEND)):
+    def grads(fn):
         conv.zero_grad()
         fn(x).backward(g_out)
-        grads.append((conv.weight.grad.clone(), conv.bias.grad.clone()))
-    assert torch.equal(grads[1][0], grads[0][0]) and torch.equal(grads[1][1], grads[0][1])
+        return conv.weight.grad.clone(), conv.bias.grad.clone()
+
+    (ref_w, ref_b), (got_w, got_b) = _eager_and_compiled(region, grads)
+    assert torch.equal(got_w, ref_w) and torch.equal(got_b, ref_b)
 
 
 def test_qvit_inductor_sums_in_atens_order():
