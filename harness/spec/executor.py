@@ -7,17 +7,31 @@ from __future__ import annotations
 
 import argparse
 import re
+import sys
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from harness.spec.options import overlay, validated, values_from_args
 
-__all__ = ["EXECUTORS", "CLUSTER_EXECUTORS", "ExecutorOptions", "parse_time_limit",
-           "parse_options", "options_from"]
+__all__ = ["EXECUTORS", "CLUSTER_EXECUTORS", "ACTS_ON", "ExecutorOptions", "inert_options",
+           "parse_time_limit", "parse_options", "options_from"]
 
 EXECUTORS = ("local", "slurm", "submitit-local")
 CLUSTER_EXECUTORS = ("slurm", "submitit-local")
+
+# The options each kind acts on; the others must keep their defaults (taken, they would
+# silently do nothing). The local executor runs block after block in this process;
+# submitit's local executor runs jobs on this machine with a time limit, GPUs and set-up
+# lines but ignores partition, CPU and memory requests; its jobs go in waves of max_parallel
+ACTS_ON = {
+    "local": frozenset(),
+    "submitit-local": frozenset({"gpus_per_job", "time_limit", "max_parallel", "retries",
+                                 "setup", "poll_s"}),
+    "slurm": None,  # every option
+}
+_WHERE = {"local": "runs the blocks one after another in this process",
+          "submitit-local": "runs the jobs on this machine, without Slurm's requests"}
 
 
 class ExecutorOptions(BaseModel):
@@ -62,6 +76,29 @@ class ExecutorOptions(BaseModel):
     def _lines(cls, v: Any) -> Any:
         return (v,) if isinstance(v, str) else v
 
+    @model_validator(mode="after")
+    def _acts(self) -> ExecutorOptions:
+        inert = inert_options(self)
+        if inert:
+            other = ("'slurm' or 'submitit-local'" if self.kind == "local" and
+                     not set(inert) - ACTS_ON["submitit-local"] else "'slurm'")
+            raise ValueError(f"{', '.join(inert)} cannot act with executor {self.kind!r} "
+                             f"(it {_WHERE[self.kind]}); use executor {other}, or leave "
+                             f"{'it' if len(inert) == 1 else 'them'} out")
+        return self
+
+
+def inert_options(opts: ExecutorOptions | dict, kind: str | None = None) -> list[str]:
+    """The options set (not at their defaults) that ``kind`` (default: the options' own)
+    would not act on."""
+    values = opts if isinstance(opts, dict) else opts.model_dump()
+    acts = ACTS_ON[kind or values["kind"]]
+    if acts is None:
+        return []
+    fields = ExecutorOptions.model_fields
+    return [n for n, f in fields.items() if n != "kind" and n not in acts
+            and n in values and values[n] != f.default]
+
 
 def parse_time_limit(value: int | str) -> int:
     """Minutes from an int, or a Slurm time string (MM, HH:MM:SS, D-HH[:MM[:SS]])."""
@@ -104,4 +141,15 @@ def options_from(table: dict[str, Any] | ExecutorOptions | None,
     opts = table if isinstance(table, ExecutorOptions) else parse_options(table)
     if args is None:
         return opts
-    return overlay(opts, values_from_args(ExecutorOptions, args), "[executor]")
+    given = values_from_args(ExecutorOptions, args)
+    kind = validated(ExecutorOptions, {"kind": given.get("kind") or opts.kind}).kind
+    if kind != opts.kind:
+        # the spec's table is for its own executor: what cannot act under the one asked for
+        # here is left out, and said so (given on the command line, it is refused)
+        dropped = [n for n in inert_options(opts, kind) if n not in given]
+        if dropped:
+            print(f"[executor] {kind}: the spec's {', '.join(dropped)} cannot act here "
+                  f"(left out)", file=sys.stderr)
+        opts = validated(ExecutorOptions, {**opts.model_dump(exclude=set(dropped)),
+                                           "kind": kind}, "[executor]")
+    return overlay(opts, given, "[executor]")

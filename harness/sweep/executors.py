@@ -36,6 +36,9 @@ Spec (``[executor]`` table of an ablation spec; every key optional)::
 
 Command line: ``--executor slurm --partition gpu --gpus-per-job 1 --time-limit 120
 --slurm-option account=proj --slurm-option exclusive`` (overrides the spec's table).
+An option the executor cannot act on is refused (`harness.spec.executor.ACTS_ON`): ``local``
+takes none of them; ``submitit-local`` no partition, CPU, memory or sbatch options, and
+starts its jobs in waves of ``max_parallel`` (`waves`), where Slurm's array holds them.
 """
 
 from __future__ import annotations
@@ -517,6 +520,15 @@ def run_interleaved(sessions: list, out_dir: str | os.PathLike, *, progress: boo
                 bar.finish(str(i), True, f"{model}: {session_summary(session, table)}")
 
 
+def waves(todo: list[int], options: ExecutorOptions) -> list[list[int]]:
+    """The submissions of ``todo``: Slurm holds an array to ``max_parallel`` running tasks
+    itself; submitit's local executor starts every job it is given at once, so there the
+    blocks go in waves of ``max_parallel`` (each waits for the one before to end)."""
+    k = options.max_parallel if options.kind == "submitit-local" else None
+    k = k or max(1, len(todo))
+    return [todo[i:i + k] for i in range(0, len(todo), k)]
+
+
 def _submit(ex, blocks, todo, out: Path, kind: str, say) -> dict:
     payload = [[s.to_dict() for s in blocks[b]] for b in todo]
     jobs = ex.map_array(BlockRunner(), payload, [str(out)] * len(todo))
@@ -567,9 +579,11 @@ def _run_jobs(specs, blocks, todo, out: Path, options: ExecutorOptions, say,
     job_of: dict = {}
     try:
         while todo:
-            job_of = _submit(ex, blocks, todo, out, options.kind, say)
-            watcher.watch(todo, started=False)
-            final = _wait(job_of, out, options, say, watcher)
+            final: dict[int, str] = {}
+            for wave in waves(todo, options):
+                job_of = _submit(ex, blocks, wave, out, options.kind, say)
+                watcher.watch(wave, started=False)
+                final |= _wait(job_of, out, options, say, watcher)
             left = blocks_needing_work(records.merge_shards(out, remove=False), specs)
             cancelled |= {b for b in left if final.get(b) == "CANCELLED"}
             todo = [b for b in left if b not in cancelled]
