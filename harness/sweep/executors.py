@@ -20,25 +20,11 @@ the rest of its block unfinished; the block goes back to a job (up to ``retries`
 except after a cancel, which means stop; and at the next submission). A block whose finished
 runs were measured on another machine or device than the job now running it is redone whole.
 
-Spec (``[executor]`` table of an ablation spec; every key optional)::
-
-    [executor]
-    kind = "slurm"              # local (default) | slurm | submitit-local
-    partition = "gpu"
-    gpus_per_job = 1            # default: 1 when the runs are on cuda, else 0
-    cpus_per_job = 8
-    mem_gb = 32
-    time_limit = "02:00:00"     # minutes (int) or [D-]HH:MM:SS; default 60 minutes
-    max_parallel = 4            # array tasks running at once
-    retries = 1                 # resubmissions of blocks whose job died
-    setup = ["module load cuda"]            # shell lines run before the job
-    options = {account = "proj", qos = "normal", exclusive = true}   # more sbatch options
-
-Command line: ``--executor slurm --partition gpu --gpus-per-job 1 --time-limit 120
---slurm-option account=proj --slurm-option exclusive`` (overrides the spec's table).
-An option the executor cannot act on is refused (`harness.spec.executor.ACTS_ON`): ``local``
-takes none of them; ``submitit-local`` no partition, CPU, memory or sbatch options, and
-starts its jobs in waves of ``max_parallel`` (`waves`), where Slurm's array holds them.
+Options: the ``[executor]`` table of a spec (`harness.spec.executor.ExecutorOptions`, its
+one declaration; docs/cluster.md), under the command line's (``--executor slurm --partition
+gpu ...``). An option the executor cannot act on is refused (``local`` takes none;
+``submitit-local`` no partition, CPU, memory or sbatch options, and starts its jobs in
+`waves` of ``max_parallel``, where Slurm's array holds them itself).
 """
 
 from __future__ import annotations
@@ -82,7 +68,7 @@ from harness.sweep.progress import Progress, RunWatcher
 
 __all__ = ["EXECUTORS", "ExecutorOptions", "parse_options", "options_from",
            "run_sweep", "run_block", "run_interleaved", "spawn", "BlockRunner",
-           "block_identities", "blocks_needing_work", "parse_time_limit", "squeue_states"]
+           "block_identities", "blocks_needing_work", "parse_time_limit", "squeue_states", "waves"]
 
 JOBS_DIR = "jobs"  # <out>/jobs: submitit's folders (pickles, logs) and block records
 TICK_S = 1.0  # how often a waiting sweep looks at its children's progress

@@ -5,7 +5,7 @@ I-ViT's integer softmax, GELU and LayerNorm), bit-exact with `qvit.reference`.""
 from __future__ import annotations
 
 from .convert import config_of, deploy, dyadic
-from .model import DeployedModel, DeployedSwin, DeployedViT, from_config
+from .model import DeployedModel, DeployedSwin, DeployedViT, compile_deployed, from_config
 
-__all__ = ["deploy", "dyadic", "config_of", "from_config", "DeployedModel", "DeployedViT",
-           "DeployedSwin"]
+__all__ = ["deploy", "compile_deployed", "dyadic", "config_of", "from_config",
+           "DeployedModel", "DeployedViT", "DeployedSwin"]

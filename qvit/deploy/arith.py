@@ -7,6 +7,8 @@ every quantity an exact integer): `qvit.reference` states each one on Python int
 the tests hold these to it.
 
 * `requantize`: round_half_even(z * m / 2^e), the dyadic requantizer, in three integer ops;
+* `floor_div`: floor(a / b), exactly, through one float64 division (vectorized, where
+  int64 division is not);
 * `round_div`: round_half_even(s / d) for a positive integer d (means, pooling);
 * `shift_exp`: I-ViT's shift-based integer exp (Shiftmax and ShiftGELU share it);
 * `shiftmax`, `shift_gelu`, `int_layernorm` (with `isqrt_newton`).
@@ -18,8 +20,8 @@ import torch
 from torch import Tensor
 
 __all__ = ["NORM_ONE", "NEWTON_START", "NEWTON_ITERATIONS", "EXP_SHIFT_CAP", "requantize",
-           "clamp_bits", "round_div", "shift_exp", "shiftmax", "shift_gelu", "isqrt_newton",
-           "int_layernorm"]
+           "clamp_bits", "FLOAT_DIVISION_BOUND", "floor_div", "round_div", "shift_exp",
+           "shiftmax", "shift_gelu", "isqrt_newton", "int_layernorm"]
 
 # The numerator of the integer divisions floor(I / t) (Shiftmax, ShiftGELU, I-LayerNorm) and
 # the clamp of t: I-ViT writes INT32_MAX = 2^31 - 1, but computes in float32, where that
@@ -51,9 +53,30 @@ def clamp_bits(t: Tensor, bits: int) -> Tensor:
     return t.clamp(-n, n - 1).to(_DTYPES.get(bits, torch.int64))
 
 
+# x86 has no SIMD integer division: an int64 floor division runs element by element (in
+# aten's kernels and in inductor's C++), and the per-element ones (Shiftmax's and ShiftGELU's
+# exp, ShiftGELU's sigmoid, I-LayerNorm's factor where inductor inlines it) took most of a
+# deployed ViT's time. One float64 division, floored, gives the same integer (`floor_div`)
+FLOAT_DIVISION_BOUND = 2**52
+
+
+def floor_div(a: Tensor | int, b: Tensor | int) -> Tensor:
+    """floor(a / b) of integers (int64 tensors or ints; b != 0) with |a| + |b| <
+    `FLOAT_DIVISION_BOUND`, as an int64 tensor: one float64 division, floored. Exact: both
+    operands are exact in float64, and a quotient that is not an integer lies at least
+    1/|b| from the next one, while float64 rounds it by at most (|a|/|b| + 1) 2^-53 <
+    1/|b| there: the rounded quotient never reaches an integer the exact one does not.
+    Under ONNX export an integer Div (the exported graph stays integer)."""
+    if torch.onnx.is_in_onnx_export():
+        return torch.div(torch.as_tensor(a), b, rounding_mode="floor")
+    fa = a.to(torch.float64) if isinstance(a, Tensor) else float(a)
+    fb = b.to(torch.float64) if isinstance(b, Tensor) else float(b)
+    return torch.floor(fa / fb).to(torch.int64)
+
+
 def round_div(s: Tensor, d: int) -> Tensor:
     """round_half_even(s / d) for integer ``s`` and a positive integer ``d``."""
-    q = torch.div(s, d, rounding_mode="floor")
+    q = floor_div(s, d)
     r2 = (s - q * d) * 2
     return q + ((r2 > d) | ((r2 == d) & (q % 2 == 1))).to(q.dtype)
 
@@ -65,7 +88,7 @@ def shift_exp(b: Tensor, x0: Tensor, n: int) -> Tensor:
     that is ((r - 2 x0) << (n - q)) >> 1 (r - 2 x0 > 0, so no clamp at 0 is needed)."""
     c = b + (b >> 1) - (b >> 4)
     d = torch.maximum(c, n * x0)
-    q = torch.div(d, x0, rounding_mode="floor")
+    q = floor_div(d, x0)  # |d| <= n |x0| + 1.5 |b|: far below 2^52
     r = d - x0 * q
     return ((r - 2 * x0) << (n - q).clamp_max(EXP_SHIFT_CAP)) >> 1
 
@@ -75,8 +98,7 @@ def shiftmax(x: Tensor, x0: Tensor, n: int, output_bit: int) -> Tensor:
     I = 2^31 (`NORM_ONE`), the sum clamped to I; values in [0, 2^(bits-1) - 1]."""
     x = x.to(torch.int64)
     e = shift_exp(x - x.amax(dim=-1, keepdim=True), x0, n)
-    factor = torch.div(NORM_ONE, e.sum(dim=-1, keepdim=True).clamp_max(NORM_ONE),
-                       rounding_mode="floor")
+    factor = floor_div(NORM_ONE, e.sum(dim=-1, keepdim=True).clamp_max(NORM_ONE))
     return ((e * factor) >> (32 - output_bit)).to(_DTYPES[16 if output_bit > 8 else 8])
 
 
@@ -88,7 +110,7 @@ def shift_gelu(x: Tensor, x0: Tensor, n: int, output_bit: int) -> Tensor:
     xm = x.amax(dim=-1, keepdim=True)
     e = shift_exp(x - xm, x0, n)
     total = (e + shift_exp(-xm, x0, n)).clamp_max(NORM_ONE)
-    sig = (e * torch.div(NORM_ONE, total, rounding_mode="floor")) >> (32 - output_bit)
+    sig = (e * floor_div(NORM_ONE, total)) >> (32 - output_bit)
     return (x * sig).to(torch.int32)
 
 
@@ -96,7 +118,7 @@ def isqrt_newton(v: Tensor, iterations: int = NEWTON_ITERATIONS) -> Tensor:
     """I-LayerNorm's integer square root: k <- floor((k + floor(v / k)) / 2) from 2^16."""
     k = torch.full_like(v, NEWTON_START)
     for _ in range(iterations):
-        k = (k + torch.div(v, k, rounding_mode="floor")) >> 1
+        k = (k + floor_div(v, k)) >> 1  # v = sum y^2 < C 2^34: far below 2^52
     return k
 
 
@@ -106,4 +128,4 @@ def int_layernorm(x: Tensor, bias_int: Tensor) -> Tensor:
     x = x.to(torch.int64)
     y = x - round_div(x.sum(dim=-1, keepdim=True), x.shape[-1])
     std = isqrt_newton((y * y).sum(dim=-1, keepdim=True))
-    return ((y * torch.div(NORM_ONE, std, rounding_mode="floor")) >> 1) + bias_int
+    return ((y * floor_div(NORM_ONE, std)) >> 1) + bias_int

@@ -5,10 +5,12 @@ padded where needed, and an exact fallback elsewhere.
 shape, on CUDA M > 16 and K, N multiples of 8 (`pad_shapes` zero-pads: zero rows and
 columns add nothing to the sums). Products it cannot take (batched attention products,
 I-ViT DeiT's 16-bit softmax output times V) go to `exact_matmul`: a float GEMM of the
-integers, float32 where every partial sum is below 2^24 in magnitude and float64 where
-below 2^53 (every float sum of integers then is the integer sum, in any order), int64
-beyond. The bound is the caller's (K * max|a| * max|b|, known from the bit widths). Under
-ONNX export the product is an integer MatMul (int32 where the bound allows).
+integers, float32 where every partial sum is below 2^24 in magnitude (every float sum of
+integers then is the integer sum, in any order); where it is not, but would be with ``a``
+cut into its high and low bytes, two float32 GEMMs (the 16-bit softmax output: 1.5-1.9x
+faster than one float64 GEMM here); float64 below 2^53; int64 beyond. The operands' ranges
+are the caller's (max|a|, max|b|, known from the bit widths). Under ONNX export the
+product is an integer MatMul (int32 where the bound allows).
 """
 
 from __future__ import annotations
@@ -17,8 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["int_mm_supported", "pad_shapes", "int_mm", "exact_dtype", "exact_matmul",
-           "linear_int8"]
+__all__ = ["int_mm_supported", "pad_shapes", "int_mm", "FLOAT32_EXACT", "exact_dtype",
+           "byte_split_exact", "exact_matmul", "linear_int8"]
+
+FLOAT32_EXACT = 2**24  # integers below it, and sums of them below it, are exact in float32
 
 
 def int_mm_supported(a: Tensor, b: Tensor) -> bool:
@@ -50,25 +54,38 @@ def int_mm(a: Tensor, b: Tensor) -> Tensor:
         ap = F.pad(a, (0, pk - k, 0, pm - m))
         bp = F.pad(b, (0, pn - n, 0, pk - k))
         return torch._int_mm(ap, bp.t().contiguous().t())[:m, :n]
-    return exact_matmul(a, b, a.shape[-1] * 128 * 128).to(torch.int32)
+    return exact_matmul(a, b, 128, 128).to(torch.int32)
 
 
 def exact_dtype(bound: int) -> torch.dtype:
     """The float type whose GEMM sums integers bounded by ``bound`` exactly (int64 if none)."""
-    if bound < 2**24:
+    if bound < FLOAT32_EXACT:
         return torch.float32
     if bound < 2**53:
         return torch.float64
     return torch.int64
 
 
-def exact_matmul(a: Tensor, b: Tensor, bound: int) -> Tensor:
-    """``a @ b`` of integer tensors (batched as torch.matmul), exactly, given that every
-    |partial sum| is at most ``bound``; int64 result."""
+def byte_split_exact(k: int, a_max: int, b_max: int) -> bool:
+    """Whether ``a = 256 hi + lo`` (lo = a & 255 in [0, 255], hi = a >> 8) makes both
+    products ``hi @ b`` and ``lo @ b`` (K = ``k``) exact in float32."""
+    return k * max(255, (a_max >> 8) + 1) * b_max < FLOAT32_EXACT
+
+
+def exact_matmul(a: Tensor, b: Tensor, a_max: int, b_max: int) -> Tensor:
+    """``a @ b`` of integer tensors (batched as torch.matmul) with |a| <= ``a_max`` and |b| <=
+    ``b_max``, exactly (every |partial sum| is at most K a_max b_max); int64 result."""
+    k = a.shape[-1]
+    bound = k * a_max * b_max
     if torch.onnx.is_in_onnx_export():  # an integer MatMul in the graph (`qvit.deploy.onnx`)
         dtype = torch.int32 if bound < 2**31 else torch.int64
         return torch.matmul(a.to(dtype), b.to(dtype)).to(torch.int64)
     dtype = exact_dtype(bound)
+    if dtype != torch.float32 and byte_split_exact(k, a_max, b_max):
+        a = a.to(torch.int32)
+        bf = b.to(torch.float32)
+        hi = torch.matmul((a >> 8).to(torch.float32), bf).to(torch.int64)
+        return (hi << 8) + torch.matmul((a & 255).to(torch.float32), bf).to(torch.int64)
     if dtype == torch.int64:
         return torch.matmul(a.to(dtype), b.to(dtype))
     return torch.matmul(a.to(dtype), b.to(dtype)).to(torch.int64)

@@ -110,18 +110,18 @@ class IntPatchConv(IntLinear):
 
 
 class IntMatMul(nn.Module):
-    """a @ b of integer activations (attention), exact (`exact_matmul`): ``bound`` is the
-    largest |partial sum|, K x max|a| x max|b|, from the operands' bit widths."""
+    """a @ b of integer activations (attention), exact (`exact_matmul`), for |a| <=
+    ``a_max`` and |b| <= ``b_max`` (from the operands' bit widths)."""
 
-    def __init__(self, bound: int):
+    def __init__(self, a_max: int, b_max: int):
         super().__init__()
-        self.bound = bound
+        self.a_max, self.b_max = a_max, b_max
 
     def extra_repr(self) -> str:
-        return f"bound={self.bound}"
+        return f"a_max={self.a_max}, b_max={self.b_max}"
 
     def forward(self, a: Tensor, b: Tensor) -> Tensor:
-        return exact_matmul(a, b, self.bound)
+        return exact_matmul(a, b, self.a_max, self.b_max)
 
 
 class IntLayerNorm(nn.Module):

@@ -42,6 +42,24 @@ def test_dyadic_refuses_unreachable_shifts():
         dyadic(torch.tensor([1e-12]), torch.tensor([1.0]))
 
 
+def test_floor_div_is_integer_floor_division_up_to_its_bound():
+    """One float64 division, floored, for int64 floor division: the integer quotient for
+    |a| + |b| < 2^52, at the hardest cases too (a = k b - 1 with k b near the bound: the
+    quotient one 1/|b| below an integer), for either sign and Python-int numerators."""
+    g = torch.Generator().manual_seed(5)
+    b = torch.randint(1, 2**26, (4000,), generator=g) * torch.where(
+        torch.rand(4000, generator=g) < 0.5, -1, 1)
+    k = torch.randint(0, 2**25, (4000,), generator=g)
+    a = torch.cat([k * b - 1, k * b, k * b + 1, -(k * b) - 1, torch.randint(
+        -2**51, 2**51, (4000,), generator=g)])
+    bb = b.repeat(5)
+    assert ((a.abs() + bb.abs()) < arith.FLOAT_DIVISION_BOUND).all()
+    _eq(arith.floor_div(a, bb), torch.div(a, bb, rounding_mode="floor"))
+    total = torch.cat([torch.arange(1, 5000), 2**31 - torch.arange(0, 5000)])
+    _eq(arith.floor_div(arith.NORM_ONE, total), [arith.NORM_ONE // int(t) for t in total])
+    _eq(arith.floor_div(torch.tensor([-7, 7, -8]), 2), [-4, 3, -4])
+
+
 def test_round_div():
     s = torch.arange(-50, 51)
     for d in (1, 2, 4, 7, 48):
@@ -112,5 +130,22 @@ def test_exact_matmul_picks_an_exact_type():
     g = torch.Generator().manual_seed(3)
     a = torch.randint(0, 2**15, (2, 3, 50, 197), generator=g, dtype=torch.int16)
     b = torch.randint(-128, 128, (2, 3, 197, 64), generator=g, dtype=torch.int8)
-    got = intmm.exact_matmul(a, b, 197 * 2**15 * 2**7)
+    got = intmm.exact_matmul(a, b, 2**15, 2**7)
+    assert torch.equal(got, a.long() @ b.long())
+
+
+@pytest.mark.parametrize("lo, hi", [(0, 2**15), (-2**15, 2**15)])
+def test_exact_matmul_of_a_16_bit_operand_by_its_bytes(lo, hi):
+    """I-ViT DeiT's 16-bit softmax output times V (K = 197: K 2^15 2^7 > 2^24) as two
+    float32 GEMMs of its high and low bytes: the integer product, at the extremes too
+    (every partial sum of the high bytes' product near 2^24)."""
+    assert intmm.byte_split_exact(197, 2**15, 2**7)
+    assert not intmm.byte_split_exact(1024, 2**15, 2**7)  # (float64 there)
+    g = torch.Generator().manual_seed(4)
+    a = torch.randint(lo, hi, (2, 3, 50, 197), generator=g, dtype=torch.int32)
+    a[0, 0] = hi - 1  # the largest partial sums: every a at its max, every b at -128
+    a[0, 1] = lo
+    b = torch.randint(-128, 128, (2, 3, 197, 64), generator=g, dtype=torch.int8)
+    b[0, :2] = -128
+    got = intmm.exact_matmul(a, b, max(hi - 1, -lo), 2**7)
     assert torch.equal(got, a.long() @ b.long())
