@@ -7,7 +7,7 @@ columns add nothing to the sums). Products it cannot take (batched attention pro
 I-ViT DeiT's 16-bit softmax output times V) go to `exact_matmul`: a float GEMM of the
 integers, float32 where every partial sum is below 2^24 in magnitude (every float sum of
 integers then is the integer sum, in any order); where it is not, but would be with ``a``
-cut into its high and low bytes, two float32 GEMMs (the 16-bit softmax output: 1.5-1.9x
+cut into its high and low bytes, two float32 GEMMs (the 16-bit softmax output: 1.4-1.9x
 faster than one float64 GEMM here); float64 below 2^53; int64 beyond. The operands' ranges
 are the caller's (max|a|, max|b|, known from the bit widths). Under ONNX export the
 product is an integer MatMul (int32 where the bound allows).
