@@ -21,7 +21,7 @@ from torch import Tensor
 
 __all__ = ["NORM_ONE", "NEWTON_START", "NEWTON_ITERATIONS", "EXP_SHIFT_CAP", "requantize",
            "clamp_bits", "FLOAT_DIVISION_BOUND", "floor_div", "round_div", "shift_exp",
-           "exp_fits_int32", "shiftmax", "shift_gelu", "isqrt_newton", "int_layernorm"]
+           "shiftmax", "shift_gelu", "isqrt_newton", "int_layernorm"]
 
 # The numerator of the integer divisions floor(I / t) (Shiftmax, ShiftGELU, I-LayerNorm) and
 # the clamp of t: I-ViT writes INT32_MAX = 2^31 - 1, but computes in float32, where that
@@ -61,18 +61,17 @@ FLOAT_DIVISION_BOUND = 2**52
 
 
 def floor_div(a: Tensor | int, b: Tensor | int) -> Tensor:
-    """floor(a / b) of integers (integer tensors or ints; b != 0) with |a| + |b| <
-    `FLOAT_DIVISION_BOUND`, in the operands' integer type: one float64 division, floored.
-    Exact: both operands are exact in float64, and a quotient that is not an integer lies
-    at least 1/|b| from the next one, while float64 rounds it by at most (|a|/|b| + 1)
-    2^-53 < 1/|b| there: the rounded quotient never reaches an integer the exact one does
-    not. Under ONNX export an integer Div (the exported graph stays integer)."""
+    """floor(a / b) of integers (int64 tensors or ints; b != 0) with |a| + |b| <
+    `FLOAT_DIVISION_BOUND`, as an int64 tensor: one float64 division, floored. Exact: both
+    operands are exact in float64, and a quotient that is not an integer lies at least
+    1/|b| from the next one, while float64 rounds it by at most (|a|/|b| + 1) 2^-53 <
+    1/|b| there: the rounded quotient never reaches an integer the exact one does not.
+    Under ONNX export an integer Div (the exported graph stays integer)."""
     if torch.onnx.is_in_onnx_export():
         return torch.div(torch.as_tensor(a), b, rounding_mode="floor")
-    out = torch.result_type(a, b)  # (the tensors' integer type)
     fa = a.to(torch.float64) if isinstance(a, Tensor) else float(a)
     fb = b.to(torch.float64) if isinstance(b, Tensor) else float(b)
-    return torch.floor(fa / fb).to(out)
+    return torch.floor(fa / fb).to(torch.int64)
 
 
 def round_div(s: Tensor, d: int) -> Tensor:
@@ -94,30 +93,13 @@ def shift_exp(b: Tensor, x0: Tensor, n: int) -> Tensor:
     return ((r - 2 * x0) << (n - q).clamp_max(EXP_SHIFT_CAP)) >> 1
 
 
-def exp_fits_int32(x0: int, n: int) -> bool:
-    """Whether Shiftmax's exp (`shift_exp` of b <= 0, clamped at 2 n x0) computes in int32:
-    before its shift every value is at most 3 n |x0|, after it 2 |x0| 2^n."""
-    return 2 * abs(x0) * 2**n < 2**31
-
-
-def shiftmax(x: Tensor, x0: Tensor, n: int, output_bit: int, int32_exp: bool = False
-             ) -> Tensor:
+def shiftmax(x: Tensor, x0: Tensor, n: int, output_bit: int) -> Tensor:
     """Integer softmax over the last dim: floor(exp * floor(I / sum) / 2^(32 - bits)),
-    I = 2^31 (`NORM_ONE`), the sum clamped to I; values in [0, 2^(bits-1) - 1].
-    ``int32_exp`` (where `exp_fits_int32`): the exp in int32, twice as many vector lanes
-    as int64 (1.7x faster compiled, DeiT-tiny's attention); the sum and product in int64."""
+    I = 2^31 (`NORM_ONE`), the sum clamped to I; values in [0, 2^(bits-1) - 1]."""
     x = x.to(torch.int64)
-    b = x - x.amax(dim=-1, keepdim=True)
-    if int32_exp:
-        # b <= 2 n x0 gives c <= n x0, so d = n x0 either way: clamped there, it fits int32
-        e = shift_exp(b.clamp_min(2 * n * x0).to(torch.int32), x0.to(torch.int32), n)
-        total = e.sum(dim=-1, keepdim=True, dtype=torch.int64)
-    else:
-        e = shift_exp(b, x0, n)
-        total = e.sum(dim=-1, keepdim=True)
-    factor = floor_div(NORM_ONE, total.clamp_max(NORM_ONE))
-    return ((e.to(torch.int64) * factor) >> (32 - output_bit)).to(
-        _DTYPES[16 if output_bit > 8 else 8])
+    e = shift_exp(x - x.amax(dim=-1, keepdim=True), x0, n)
+    factor = floor_div(NORM_ONE, e.sum(dim=-1, keepdim=True).clamp_max(NORM_ONE))
+    return ((e * factor) >> (32 - output_bit)).to(_DTYPES[16 if output_bit > 8 else 8])
 
 
 def shift_gelu(x: Tensor, x0: Tensor, n: int, output_bit: int) -> Tensor:

@@ -177,7 +177,7 @@ class _Converter:
             elif isinstance(child, layers.IntLayerNorm):
                 self.layernorm(full, child)
             elif isinstance(child, layers.IntSoftmax):
-                child.set_x0(int_exp.exp_x0_int(self.probe[full]["in"]).reshape(()))
+                child.x0.copy_(int_exp.exp_x0_int(self.probe[full]["in"]).reshape(()))
             elif isinstance(child, layers.IntGELU):
                 sig = self.probe[full]["in"] * SIGMOID_FACTOR
                 child.x0.copy_(int_exp.exp_x0_int(sig).reshape(()))

@@ -143,22 +143,12 @@ class IntSoftmax(nn.Module):
         super().__init__()
         self.output_bit, self.exp_bits = output_bit, exp_bits
         self.register_buffer("x0", torch.full((), -1, dtype=torch.int64))
-        self.set_x0(self.x0)
-
-    def set_x0(self, x0: Tensor) -> None:
-        """Set x0, and with it whether the exp computes in int32 (`arith.exp_fits_int32`)."""
-        self.x0.copy_(x0)
-        self.int32_exp = arith.exp_fits_int32(int(self.x0), self.exp_bits)
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-        self.set_x0(self.x0)  # (a loaded x0 decides the exp's integer type too)
 
     def extra_repr(self) -> str:
-        return f"output_bit={self.output_bit}, int32_exp={self.int32_exp}"
+        return f"output_bit={self.output_bit}"
 
     def forward(self, x: Tensor) -> Tensor:
-        return arith.shiftmax(x, self.x0, self.exp_bits, self.output_bit, self.int32_exp)
+        return arith.shiftmax(x, self.x0, self.exp_bits, self.output_bit)
 
 
 class IntGELU(nn.Module):
