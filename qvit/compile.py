@@ -35,7 +35,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-__all__ = ["backend", "BACKEND", "SCOPES", "compile_model", "decompositions", "regions"]
+__all__ = ["backend", "BACKEND", "SCOPES", "compile_model", "decompositions", "known_options",
+           "regions"]
 
 BACKEND = "qvit_inductor"
 aten = torch.ops.aten
@@ -154,6 +155,12 @@ SPEED_CONFIG = {"realize_cpu_opcount_threshold": 24}  # (where this inductor has
 AOT_CONFIG = {"guess_tangent_strides_as_outputs": False}  # (older torch: its default)
 
 
+def known_options(config, options: dict) -> dict:
+    """The entries of ``options`` that this torch's ``config`` module has (a setting
+    inductor or AOT autograd dropped or has not yet is left out)."""
+    return {k: v for k, v in options.items() if hasattr(config, k)}
+
+
 def backend(gm: torch.fx.GraphModule, example_inputs, mode: str | None = None,
             options: dict | None = None):
     """A dynamo backend: inductor with aten's float sums (`decompositions`); ``mode`` and
@@ -164,9 +171,9 @@ def backend(gm: torch.fx.GraphModule, example_inputs, mode: str | None = None,
     from torch._inductor import list_mode_options
     from torch._inductor.compile_fx import compile_fx
 
-    speed = {k: v for k, v in SPEED_CONFIG.items() if hasattr(inductor_config, k)}
+    speed = known_options(inductor_config, SPEED_CONFIG)
     patches = {**list_mode_options(mode or "default"), **speed, **(options or {}), **CONFIG}
-    with aot_config.patch({k: v for k, v in AOT_CONFIG.items() if hasattr(aot_config, k)}):
+    with aot_config.patch(known_options(aot_config, AOT_CONFIG)):
         return compile_fx(gm, example_inputs, config_patches=patches,
                           decompositions=decompositions())
 

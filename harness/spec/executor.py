@@ -88,16 +88,14 @@ class ExecutorOptions(BaseModel):
         return self
 
 
-def inert_options(opts: ExecutorOptions | dict, kind: str | None = None) -> list[str]:
+def inert_options(opts: ExecutorOptions, kind: str | None = None) -> list[str]:
     """The options set (not at their defaults) that ``kind`` (default: the options' own)
     would not act on."""
-    values = opts if isinstance(opts, dict) else opts.model_dump()
-    acts = ACTS_ON[kind or values["kind"]]
+    acts = ACTS_ON[kind or opts.kind]
     if acts is None:
         return []
-    fields = ExecutorOptions.model_fields
-    return [n for n, f in fields.items() if n != "kind" and n not in acts
-            and n in values and values[n] != f.default]
+    return [n for n, f in ExecutorOptions.model_fields.items()
+            if n != "kind" and n not in acts and getattr(opts, n) != f.default]
 
 
 def parse_time_limit(value: int | str) -> int:

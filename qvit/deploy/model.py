@@ -334,6 +334,8 @@ def compile_deployed(model: nn.Module, **kwargs) -> nn.Module:
     ``options`` (the same integers as the eager model: tested)."""
     from torch._inductor import config as inductor_config
 
-    options = {k: v for k, v in COMPILE_OPTIONS.items() if hasattr(inductor_config, k)}
-    options.update(kwargs.pop("options", None) or {})
+    from ..compile import known_options
+
+    options = {**known_options(inductor_config, COMPILE_OPTIONS),
+               **(kwargs.pop("options", None) or {})}
     return torch.compile(model, options=options, **kwargs)
