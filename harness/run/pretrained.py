@@ -38,8 +38,13 @@ def _key(s: RunSettings) -> dict[str, Any]:
 
 
 def pretrain_settings(s: RunSettings) -> RunSettings:
-    """The float training recipe of the pretrained start: AdamW, cosine, full passes."""
+    """The float training recipe of the pretrained start: AdamW, cosine, full passes, on
+    torch's default threads whatever the runs measure on (it measures nothing; a 1-thread
+    design would otherwise pretrain at half speed on 2 cores, and into other weights)."""
+    from harness.run.process import DEFAULT_THREADS
+
     return s.replace(epochs=s.pretrain_epochs, warmup_epochs=0, steps_per_epoch=None,
+                     threads=DEFAULT_THREADS,
                      eval_steps=None, batch_size=64, lr=1e-3, weight_decay=0.05,
                      sched="cosine", seed=0, pretrained=False, count_syncs="off",
                      deterministic=False, mixup=0.0, cutmix=0.0, smoothing=0.0, ema_decay=0.0,

@@ -21,7 +21,12 @@ import ctypes.util
 
 import torch
 
-__all__ = ["apply_process_settings", "expected_threads", "retain_freed_memory"]
+__all__ = ["DEFAULT_THREADS", "apply_process_settings", "expected_threads",
+           "retain_freed_memory"]
+
+# torch's own intra-op thread count for this machine (one per core, or OMP_NUM_THREADS),
+# read before any run sets another: what unmeasured work (the float pretraining) runs on
+DEFAULT_THREADS = torch.get_num_threads()
 
 _M_TRIM_THRESHOLD = -1  # glibc's mallopt parameters (malloc.h)
 _M_MMAP_THRESHOLD = -3

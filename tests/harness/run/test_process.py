@@ -66,3 +66,25 @@ def test_process_settings_are_applied_and_read_back():
     finally:
         torch.set_num_threads(before)
         torch.use_deterministic_algorithms(False)
+
+
+def test_the_float_pretraining_runs_on_torchs_default_threads():
+    """A design measured on 1 thread pretrains on all of torch's (the pretraining measures
+    nothing), into the same cached float start as a design on any other thread count."""
+    import torch
+
+    from harness.run.pretrained import pretrain_settings, pretrained_path
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)  # a 1-thread run came first in this process
+        ran = []
+        for threads in (1, 2):
+            s = pretrain_settings(RunSettings(model="ivit_micro", threads=threads))
+            ran.append(host.apply_process_settings(s)["threads"])
+            assert s.threads == host.DEFAULT_THREADS
+        assert ran == [host.DEFAULT_THREADS] * 2
+        assert (pretrained_path(RunSettings(model="ivit_micro", threads=1))
+                == pretrained_path(RunSettings(model="ivit_micro", threads=2)))
+    finally:
+        torch.set_num_threads(before)
