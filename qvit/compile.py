@@ -152,7 +152,14 @@ SPEED_CONFIG = {"realize_cpu_opcount_threshold": 24}  # (where this inductor has
 # contiguous from the head; the gradient a region hands back then has another layout than
 # eager's, and the eager stem's weight-gradient sums add in another order. Contiguous is
 # what the models' gradients are in eager
-AOT_CONFIG = {"guess_tangent_strides_as_outputs": False}  # (older torch: its default)
+#
+# AOT autograd's on-disk cache refuses a graph holding an autograd.Function by default, and
+# every training region holds several (the STE, requantizer, exp and LayerNorm nodes of
+# `best`): a second process re-traced and re-partitioned each training graph (swin_micro:
+# 26 s of a 34 s warm start). Dynamo traces a Function's forward and backward into the
+# graph the cache is keyed by, so an edited Function is another key
+AOT_CONFIG = {"guess_tangent_strides_as_outputs": False,  # (older torch: its default)
+              "autograd_cache_allow_custom_autograd_functions": True}
 
 
 def known_options(config, options: dict) -> dict:
