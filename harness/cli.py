@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -106,7 +107,7 @@ def cmd_run(argv: list[str]) -> int:
     from harness import records  # torch and timm load from here on, after every check
     from harness.pipeline import run_spec
 
-    print(f"report: {run_spec(spec, Path(args.out), executor, command='run')}")
+    _print_report(run_spec(spec, Path(args.out), executor, command='run'))
 
     table = records.read_table(args.out)
     ids = set((read_design(args.out) or {}).get("run_ids") or table["run_id"])
@@ -160,8 +161,18 @@ def cmd_ablate(argv: list[str]) -> int:
 
     path = run_spec(spec, out, executor, report=not args.no_report)
     if path is not None:
-        print(f"report: {path}")
+        _print_report(path)
     return 0
+
+
+def _print_report(path: Path) -> None:
+    """The report's path and its findings (report.json), for logs that show nothing else:
+    nox's, a Slurm job's, CI's."""
+    print(f"report: {path}")
+    summary = Path(path).with_name("report.json")
+    if summary.is_file():
+        for finding in json.loads(summary.read_text()).get("findings", []):
+            print(f"  - {finding}")
 
 
 def compare_parser() -> argparse.ArgumentParser:

@@ -2,6 +2,7 @@
 process), the clear errors for bad input, ``report`` on a ``run`` folder, run identity,
 dispatch."""
 
+import json
 import os
 import re
 import sys
@@ -54,6 +55,9 @@ def test_run_two_configs_rerun_skips_and_report_rebuilds(tmp_path, capsys):
     assert (t["status"] == "ok").all()
     out = capsys.readouterr().out
     assert f"report: {tmp_path / 'report.md'}" in out
+    # the report's findings follow its path (what a log off a terminal shows of it)
+    findings = json.loads((tmp_path / "report.json").read_text())["findings"]
+    assert findings and all(f"\n  - {f}\n" in out for f in findings)
     report = (tmp_path / "report.md").read_text()
     assert "legacy" in report and "fast" in report and "runs.parquet" in report
     assert main(args) == 0  # finished runs (same identity) are skipped
