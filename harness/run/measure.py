@@ -169,13 +169,32 @@ class _SyncDispatchMode(_CountingMode, TorchDispatchMode):
                             for i in args[1]):
                 self.s.counter.add("data_dependent_shape")  # x[mask] sizes its output
             elif name in ("aten::_to_copy", "aten::copy_") and len(args) >= 1:
-                src = args[1] if name == "aten::copy_" else args[0]
-                dst_cpu = (args[0].device.type == "cpu" if name == "aten::copy_"
-                           else kwargs.get("device") is not None
-                           and torch.device(kwargs["device"]).type == "cpu")
-                if dst_cpu and isinstance(src, torch.Tensor) and src.device.type != "cpu":
-                    self.s.counter.add("to_host")
+                kind = _copy_kind(name, args, kwargs, self.s.on_cpu)
+                if kind is not None:
+                    self.s.counter.add(kind)
         return func(*args, **kwargs)
+
+
+def _copy_kind(name: str, args, kwargs, on_cpu: bool) -> str | None:
+    """"to_host" for a device-to-host copy; "from_host" for a blocking host-to-device copy
+    (on a GPU a cudaMemcpy the host waits for, as CUDA's sync debug mode counts it; a
+    ``non_blocking=True`` one is not); None otherwise (on the CPU there is no device to
+    copy to)."""
+    copy_ = name == "aten::copy_"
+    src = args[1] if copy_ else args[0]
+    if not isinstance(src, torch.Tensor) or (copy_ and len(args) < 2):
+        return None
+    if copy_:
+        dst = args[0].device
+        non_blocking = args[2] if len(args) > 2 else kwargs.get("non_blocking", False)
+    else:
+        dst = torch.device(kwargs["device"]) if kwargs.get("device") is not None else src.device
+        non_blocking = kwargs.get("non_blocking", False)
+    if dst.type == "cpu" and src.device.type != "cpu":
+        return "to_host"
+    if not on_cpu and src.device.type == "cpu" and dst.type != "cpu" and not non_blocking:
+        return "from_host"
+    return None
 
 
 @contextlib.contextmanager
@@ -189,7 +208,8 @@ def count_host_syncs(device: str | torch.device = "cpu", *,
     ``.tolist()``, ``.numpy()``, ``bool()/int()/float()`` of a tensor, ``.cpu()`` and
     ``.to('cpu')`` (once per host round trip: reading the host copy again is free),
     ``aten::_local_scalar_dense`` from C++ callers, data-dependent shapes (``nonzero``,
-    ``masked_select``, ``unique``), device-to-host copies, and ``torch.cuda.synchronize()``.
+    ``masked_select``, ``unique``), device-to-host copies, blocking host-to-device copies
+    (on a GPU only: ``torch.tensor(...).to(device)``), and ``torch.cuda.synchronize()``.
 
     With ``cuda_debug=True`` on CUDA, ``torch.cuda.set_sync_debug_mode('warn')`` runs as a
     cross-check and its warning count lands in ``counter.cuda_debug_count``.

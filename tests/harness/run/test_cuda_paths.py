@@ -343,21 +343,22 @@ def test_evaluate_builds_no_device_tensor_per_batch(monkeypatch):
     assert [c for c in calls if isinstance(c, float)] == []  # normalize_batch's aside
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "harness/run/measure.py _SyncDispatchMode counts device-to-host copies only; a blocking "
-    "host-to-device copy (aten::_to_copy / aten::copy_ from a CPU tensor to the device with "
-    "non_blocking=False: tensor.to('cuda'), legacy's torch.tensor(...).to(device) per call, "
-    "batch_frexp's m.to(device)) is a cudaMemcpy + stream sync that CUDA's sync debug mode "
-    "counts, so the two counts cannot be equal on CUDA for legacy..stage2. Fix: in "
-    "__torch_dispatch__, where the counter's device is not the CPU, add kind 'from_host' for "
-    "_to_copy (kwargs device non-CPU, args[0] on the CPU, not kwargs.get('non_blocking')) "
-    "and copy_ (args[0] on the device, args[1] on the CPU, not args[2]/non_blocking)"))
 def test_counter_counts_blocking_host_to_device_copies():
+    """Fixed (was xfail): a blocking host-to-device copy (tensor.to('cuda'), legacy's
+    torch.tensor(...).to(device)) is a cudaMemcpy the host waits for, which CUDA's sync
+    debug mode counts; the counter missed it."""
     count_host_syncs = _find("count_host_syncs")
     # 'meta' stands in for the GPU: a CPU -> device copy the dispatcher sees the same way
     with count_host_syncs("cuda") as c:
         torch.ones(3).to("meta")
-    assert c.count == 1
+    assert c.count == 1 and c.by_kind == {"from_host": 1}
+    with count_host_syncs("cuda") as c:  # into an existing device tensor
+        torch.empty(3, device="meta").copy_(torch.ones(3))
+        torch.empty(3, device="meta").copy_(torch.ones(3), non_blocking=True)
+    assert c.by_kind == {"from_host": 1}
+    with count_host_syncs("cpu") as c:  # a CPU model has no device to copy to
+        torch.ones(3).to(torch.float64)
+    assert c.count == 0
 
 
 def test_counter_does_not_count_non_blocking_host_to_device_copies():
