@@ -3,6 +3,8 @@
     PYTHONPATH=. python scripts/profile_step.py ivit_micro best            # top 25 ops
     PYTHONPATH=. python scripts/profile_step.py ivit_micro best --top 40 --modules
     PYTHONPATH=. python scripts/profile_step.py ivit_micro best --compile  # compiled step
+    PYTHONPATH=. python scripts/profile_step.py ivit_micro best --deployed --compile
+    PYTHONPATH=. python scripts/profile_step.py ivit_micro float --inference --compile
 
 Batch $BATCH (default 64), the model's default image size (or $IMG), 10 classes, torch
 threads $NT (default 1); 3 warm-up steps, then $STEPS (default 3) profiled steps. Prints
@@ -16,6 +18,12 @@ settings' ``compile_backend`` for qvit models, ``float_compile_backend`` for the
 inductor's kernel profiling on (each generated C++ kernel a profiler event; a cache entry of
 its own): the first warm-up step compiles (minutes cold), and a table groups the step's time
 into matmuls and convolutions, inductor's kernels, qvit's opaque aten calls and the rest.
+
+``--inference`` profiles eval forwards under ``torch.no_grad()`` instead of training steps;
+``--deployed`` the integer model `qvit.deploy` makes of the model under those flags
+(calibrated on random batches first; compiled by `qvit.deploy.compile_deployed`), to see
+where its time goes beside the float twin's (``float --inference``): the integer GEMMs
+(``aten::_int_mm``) and attention products fall in the matmul group.
 """
 import argparse
 import collections
@@ -36,8 +44,8 @@ COUNTED = ("aten::mul", "aten::mul_", "aten::div", "aten::div_", "aten::copy_",
 
 
 GROUPS = (  # (group, what its events' names start with), first match wins
-    ("matmul, conv (aten)", ("aten::mm", "aten::bmm", "aten::addmm", "aten::_scaled_dot",
-                             "aten::convolution", "aten::mkldnn_conv")),
+    ("matmul, conv (aten)", ("aten::mm", "aten::bmm", "aten::addmm", "aten::_int_mm",
+                             "aten::_scaled_dot", "aten::convolution", "aten::mkldnn_conv")),
     ("inductor kernels", ("graph_",)),
     ("qvit opaque aten calls", ("qvit::", "aten::sum", "aten::mean", "aten::frexp",
                                 "aten::index_put")),
@@ -45,14 +53,14 @@ GROUPS = (  # (group, what its events' names start with), first match wins
 )
 
 
-def _group_table(events, steps: int, total: float) -> str:
+def _group_table(events, steps: int, total: float, unit: str = "step") -> str:
     """The step's self CPU time by `GROUPS` (the rest in "other")."""
     ms, calls = collections.Counter(), collections.Counter()
     for e in events:
         g = next((g for g, pre in GROUPS if e.key.startswith(pre)), "other")
         ms[g] += e.self_cpu_time_total / steps / 1e3
         calls[g] += e.count / steps
-    rows = ["| group | self CPU ms/step | % | calls/step |", "|---|---|---|---|"]
+    rows = [f"| group | self CPU ms/{unit} | % | calls/{unit} |", "|---|---|---|---|"]
     for g in [g for g, _ in GROUPS] + ["other"]:
         rows.append(f"| {g} | {ms[g]:.2f} | {100 * ms[g] / total:.1f} | {calls[g]:.0f} |")
     return "\n".join(rows) + "\n"
@@ -68,6 +76,22 @@ def _compiled(model, float_reference: bool):
     inductor_config.cpp.enable_kernel_profile = True
     spec = RunSpec("profile", Flags(), float_reference=float_reference)
     return compile_model(model, spec.compile_backend)
+
+
+def _deployed(model, img: int, compiled: bool):
+    """The integer model of ``model`` (calibrated on two random batches first), compiled by
+    `qvit.deploy.compile_deployed` with inductor's kernel profiling on where asked."""
+    import torch._inductor.config as inductor_config
+
+    from qvit.deploy import compile_deployed, deploy
+
+    g = torch.Generator().manual_seed(0)
+    qvit.calibrate(model, [torch.randn(8, 3, img, img, generator=g) for _ in range(2)])
+    dep = deploy(model.eval())
+    if not compiled:
+        return dep
+    inductor_config.cpp.enable_kernel_profile = True
+    return compile_deployed(dep)
 
 
 def _short(name: str, width: int = 90) -> str:
@@ -96,10 +120,18 @@ def main():
     ap.add_argument("--modules", action="store_true")
     ap.add_argument("--compile", action="store_true",
                     help="profile the step under torch.compile (the harness's backends)")
+    ap.add_argument("--inference", action="store_true",
+                    help="eval forwards under torch.no_grad() instead of training steps")
+    ap.add_argument("--deployed", action="store_true",
+                    help="the integer model qvit.deploy makes of the model (implies "
+                    "--inference)")
     args = ap.parse_args()
     if args.modules and args.compile:
         ap.error("--modules wraps module forwards in profiler ranges, which torch.compile "
                  "traces through: use one of --modules and --compile")
+    if args.deployed and args.flags == "float":
+        ap.error("--deployed deploys a quantized model: give its flags (e.g. best), not float")
+    args.inference = args.inference or args.deployed
     torch.set_num_threads(int(os.environ.get("NT", "1")))
     torch.manual_seed(0)
     batch, steps = int(os.environ.get("BATCH", "64")), int(os.environ.get("STEPS", "3"))
@@ -116,13 +148,22 @@ def main():
     x, y = torch.randn(batch, 3, img, img), torch.randint(0, 10, (batch,))
     if args.modules:
         _wrap_modules(m)
-    model = _compiled(m, args.flags == "float") if args.compile else m
+    if args.deployed:
+        model = _deployed(m, img, args.compile)
+    else:
+        model = _compiled(m, args.flags == "float") if args.compile else m
 
     def step():
+        if args.inference:
+            with torch.no_grad():
+                return model(x)
         loss = torch.nn.functional.cross_entropy(model(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+
+    if args.inference and not args.deployed:
+        m.eval()
 
     t = time.perf_counter()
     step()
@@ -134,22 +175,24 @@ def main():
             step()
     events = p.key_averages()
     total = sum(e.self_cpu_time_total for e in events) / steps / 1e3
-    how = " compiled" if args.compile else ""
+    how = (" deployed" if args.deployed else "") + (" compiled" if args.compile else "")
+    unit = "forward" if args.inference else "step"
     print(f"## {args.model} `{args.flags}`{how}: batch {batch}, {img}x{img}, "
           f"{torch.get_num_threads()} thread(s), "
-          f"{steps} steps; self CPU {total:.1f} ms/step (under the profiler)\n")
+          f"{steps} {unit}s; self CPU {total:.1f} ms/{unit} (under the profiler)\n")
     if args.compile:
-        print(f"First step (compilation included): {first:.1f} s.\n")
-        print(_group_table(events, steps, total))
+        print(f"First {unit} (compilation included): {first:.1f} s.\n")
+    if args.compile or args.inference:
+        print(_group_table(events, steps, total, unit))
     calls = collections.Counter({e.key: e.count for e in events})
-    print("| op | calls/step |\n|---|---|")
+    print(f"| op | calls/{unit} |\n|---|---|")
     for k in COUNTED:
         print(f"| `{k}` | {calls.get(k, 0) / steps:.0f} |")
     aten = sum(c for k, c in calls.items() if k.startswith("aten::"))
     print(f"| all aten ops | {aten / steps:.0f} |\n")
     ops = sorted((e for e in events if not e.key.startswith(("fwd:", "autograd::"))),
                  key=lambda e: -e.self_cpu_time_total)
-    print("| op | self CPU ms/step | % | calls/step |\n|---|---|---|---|")
+    print(f"| op | self CPU ms/{unit} | % | calls/{unit} |\n|---|---|---|---|")
     for e in ops[:args.top]:
         ms = e.self_cpu_time_total / steps / 1e3
         print(f"| `{_short(e.key)}` | {ms:.2f} | {100 * ms / total:.1f} | {e.count / steps:.0f} |")
@@ -157,7 +200,7 @@ def main():
         rows = [e for e in events if e.key.startswith("fwd:") or "Backward" in e.key
                 and not e.key.startswith("autograd::")]
         rows.sort(key=lambda e: -e.cpu_time_total)
-        print("\n| module forward / backward node | CPU ms/step (inclusive) | calls/step |")
+        print(f"\n| module forward / backward node | CPU ms/{unit} (inclusive) | calls/{unit} |")
         print("|---|---|---|")
         for e in rows[:args.top]:
             print(f"| `{e.key}` | {e.cpu_time_total / steps / 1e3:.2f} | {e.count / steps:.0f} |")

@@ -47,3 +47,27 @@ def test_short_names(profile_step):
     assert profile_step._short("aten::mm") == "aten::mm"
     long = "graph_0_cpp_fused_" + "x" * 200
     assert len(profile_step._short(long)) == 90 and profile_step._short(long).endswith("...")
+
+
+def test_deployed_forwards_put_the_integer_gemms_in_the_matmul_group(profile_step,
+                                                                     monkeypatch, capsys):
+    monkeypatch.setattr("sys.argv", ["profile_step.py", "ivit_micro", "best", "--deployed"])
+    monkeypatch.setenv("BATCH", "2")
+    monkeypatch.setenv("STEPS", "1")
+    monkeypatch.setenv("NT", "1")
+    profile_step.main()
+    out = capsys.readouterr().out
+    assert "## ivit_micro `best` deployed: batch 2" in out and "ms/forward" in out
+    rows = {r.split(" | ")[0].strip("| "): r.split(" | ")[1:] for r in out.splitlines()
+            if r.startswith("| ")}
+    # qkv, proj, fc1, fc2 per block, the patch embedding and the head: 4 x 4 + 2 int8 GEMMs,
+    # and the two attention products (q k^T, and P v by its two bytes) per block: 4 x 3
+    assert rows["matmul, conv (aten)"][2] == "30 |"
+    assert rows["optimizer"][0] == "0.00"
+
+
+def test_deployed_refuses_the_float_model(profile_step, monkeypatch, capsys):
+    monkeypatch.setattr("sys.argv", ["profile_step.py", "ivit_micro", "float", "--deployed"])
+    with pytest.raises(SystemExit):
+        profile_step.main()
+    assert "--deployed deploys a quantized model" in capsys.readouterr().err
