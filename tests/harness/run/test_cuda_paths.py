@@ -4,9 +4,8 @@ cuda_synchronize_per_step loop flag, the DataLoader's pinned memory and non-bloc
 preload_to_device on CUDA, the CUDA device name in provenance. torch.cuda is replaced by
 fakes where a path needs it; nothing here needs a GPU.
 
-The xfail(strict=True) tests are bugs found while preparing the GPU run: each says what a
-fix must make true (the reason names the file and the fix); they start passing, and then
-fail as XPASS, once the harness is fixed, so the marker must go with the fix.
+The "Fixed (was xfail)" tests are bugs found while preparing the GPU run, written first as
+xfail(strict=True) with the fix in the reason; each marker went with its fix.
 
 The harness is being reorganized into packages: functions are looked up by name in whichever
 harness module defines them (`_find`), not by module path.
@@ -294,8 +293,7 @@ def test_cuda_asked_for_without_cuda_is_one_clear_error(monkeypatch):
     assert resolve_device("auto").type == "cpu"
 
 
-# --- bugs found (xfail strict: the fix is described in the reason; the two per-batch
-# host-built tensors, normalize_batch and evaluate, are fixed and pass) ---------------------
+# --- bugs found while preparing the GPU run, fixed (each was xfail strict) --------------------
 
 def _count_device_tensor_builds(monkeypatch):
     """Calls of torch.tensor(..., device=...) (a host-built tensor copied to the device: on
