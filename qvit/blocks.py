@@ -141,8 +141,8 @@ class Attention(QuantModule):
         bias = table_q[self.relative_position_index.view(-1)].view(n, n, -1)
         bias = bias.permute(2, 0, 1).contiguous()
         # keyed after the quantizer ran: it may have refreshed its scale (flag 11)
-        self._bias_cache = ((source_key(*self._bias_sources()), bias, scale) if cacheable
-                            else None)
+        self._assign(_bias_cache=(source_key(*self._bias_sources()), bias, scale)
+                     if cacheable else None)
         return bias, scale
 
     def forward(self, x: Tensor, scale: Tensor, mask: Tensor | None = None
