@@ -124,13 +124,14 @@ MUTANTS = [
       "its gradient (an optimizer step taken in eval)"),
     M("x0_never_refreshed", "qvit/modules.py",
       "if c is None or not key_matches(c[0], scaling_factor):\n"
-      "            c = self._x0_cache",
-      "if c is None:\n            c = self._x0_cache", (CACHES,),
+      "            c = (source_key(scaling_factor), int_exp",
+      "if c is None:\n            c = (source_key(scaling_factor), int_exp", (CACHES,),
       "x0 cached once and never refreshed (the seed's change 12)"),
     M("x0_key_without_version", "qvit/modules.py",
       "if c is None or not key_matches(c[0], scaling_factor):\n"
-      "            c = self._x0_cache",
-      "if c is None or c[0][0][0] is not scaling_factor:\n            c = self._x0_cache",
+      "            c = (source_key(scaling_factor), int_exp",
+      "if c is None or c[0][0][0] is not scaling_factor:\n"
+      "            c = (source_key(scaling_factor), int_exp",
       (CACHES,), "x0 keyed on the scale tensor only, not its version"),
     M("act_scale_cache_unkeyed", "qvit/modules.py",
       "elif not self._eval_scale_cached or not self._scale_is_current():",
