@@ -66,14 +66,19 @@ def _group_table(events, steps: int, total: float, unit: str = "step") -> str:
     return "\n".join(rows) + "\n"
 
 
-def _compiled(model, float_reference: bool):
-    """The model under torch.compile with the harness's backend for it, kernels profiled."""
+def _profile_kernels() -> None:
+    """Make each C++ kernel inductor generates from here on a profiler event."""
     import torch._inductor.config as inductor_config
 
+    inductor_config.cpp.enable_kernel_profile = True
+
+
+def _compiled(model, float_reference: bool):
+    """The model under torch.compile with the harness's backend for it, kernels profiled."""
     from harness.run.loop import compile_model
     from harness.run.runner import RunSpec
 
-    inductor_config.cpp.enable_kernel_profile = True
+    _profile_kernels()
     spec = RunSpec("profile", Flags(), float_reference=float_reference)
     return compile_model(model, spec.compile_backend)
 
@@ -81,8 +86,6 @@ def _compiled(model, float_reference: bool):
 def _deployed(model, img: int, compiled: bool):
     """The integer model of ``model`` (calibrated on two random batches first), compiled by
     `qvit.deploy.compile_deployed` with inductor's kernel profiling on where asked."""
-    import torch._inductor.config as inductor_config
-
     from qvit.deploy import compile_deployed, deploy
 
     g = torch.Generator().manual_seed(0)
@@ -90,7 +93,7 @@ def _deployed(model, img: int, compiled: bool):
     dep = deploy(model.eval())
     if not compiled:
         return dep
-    inductor_config.cpp.enable_kernel_profile = True
+    _profile_kernels()
     return compile_deployed(dep)
 
 
@@ -131,6 +134,9 @@ def main():
                  "traces through: use one of --modules and --compile")
     if args.deployed and args.flags == "float":
         ap.error("--deployed deploys a quantized model: give its flags (e.g. best), not float")
+    if args.deployed and args.modules:
+        ap.error("--modules wraps the quantized model's module forwards; the deployed model "
+                 "has other modules: use one of --modules and --deployed")
     args.inference = args.inference or args.deployed
     torch.set_num_threads(int(os.environ.get("NT", "1")))
     torch.manual_seed(0)

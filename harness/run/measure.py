@@ -181,8 +181,8 @@ def _copy_kind(name: str, args, kwargs, on_cpu: bool) -> str | None:
     ``non_blocking=True`` one is not); None otherwise (on the CPU there is no device to
     copy to)."""
     copy_ = name == "aten::copy_"
-    src = args[1] if copy_ else args[0]
-    if not isinstance(src, torch.Tensor) or (copy_ and len(args) < 2):
+    src = args[1] if copy_ else args[0]  # (copy_(self, src, non_blocking=False))
+    if not isinstance(src, torch.Tensor):
         return None
     if copy_:
         dst = args[0].device

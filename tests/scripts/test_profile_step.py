@@ -66,8 +66,12 @@ def test_deployed_forwards_put_the_integer_gemms_in_the_matmul_group(profile_ste
     assert rows["optimizer"][0] == "0.00"
 
 
-def test_deployed_refuses_the_float_model(profile_step, monkeypatch, capsys):
-    monkeypatch.setattr("sys.argv", ["profile_step.py", "ivit_micro", "float", "--deployed"])
+@pytest.mark.parametrize("argv, message", [
+    (["float", "--deployed"], "--deployed deploys a quantized model"),
+    (["best", "--deployed", "--modules"], "use one of --modules and --deployed")])
+def test_deployed_refuses_what_it_cannot_profile(profile_step, monkeypatch, capsys, argv,
+                                                 message):
+    monkeypatch.setattr("sys.argv", ["profile_step.py", "ivit_micro", *argv])
     with pytest.raises(SystemExit):
         profile_step.main()
-    assert "--deployed deploys a quantized model" in capsys.readouterr().err
+    assert message in capsys.readouterr().err
