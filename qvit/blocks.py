@@ -24,10 +24,16 @@ from .modules import (
     key_matches,
     source_key,
 )
+from .ops.windows import (
+    gather_tokens,
+    shifted_window_mask,
+    window_order,
+    window_partition,
+    window_reverse,
+)
 
 __all__ = ["Attention", "Mlp", "TransformerBlock", "PatchEmbed", "PatchMerging",
-           "IViTDropPath", "DROP_PATH_IMPLS", "drop_path_layer", "window_partition",
-           "window_reverse", "int_layer_norm"]
+           "IViTDropPath", "DROP_PATH_IMPLS", "drop_path_layer", "int_layer_norm"]
 
 DROP_PATH_IMPLS = ("ivit", "timm")
 
@@ -197,32 +203,6 @@ class Mlp(nn.Module):
         return self.drop(x), scale
 
 
-def window_partition(x: Tensor, ws: int) -> Tensor:
-    """(B, H, W, C) -> (B * H/ws * W/ws, ws, ws, C)"""
-    B, H, W, C = x.shape
-    x = x.view(B, H // ws, ws, W // ws, ws, C)
-    return x.permute(0, 1, 3, 2, 4, 5).contiguous().view(-1, ws, ws, C)
-
-
-def window_reverse(windows: Tensor, ws: int, H: int, W: int) -> Tensor:
-    """Inverse of `window_partition`."""
-    B = windows.shape[0] // ((H // ws) * (W // ws))
-    x = windows.view(B, H // ws, W // ws, ws, ws, -1)
-    return x.permute(0, 1, 3, 2, 4, 5).contiguous().view(B, H, W, -1)
-
-
-def _shifted_window_mask(H: int, W: int, ws: int, shift: int) -> Tensor:
-    img = torch.zeros((1, H, W, 1))
-    cnt = 0
-    for h in (slice(0, -ws), slice(-ws, -shift), slice(-shift, None)):
-        for w in (slice(0, -ws), slice(-ws, -shift), slice(-shift, None)):
-            img[:, h, w, :] = cnt
-            cnt += 1
-    win = window_partition(img, ws).view(-1, ws * ws)
-    mask = win.unsqueeze(1) - win.unsqueeze(2)
-    return mask.masked_fill(mask != 0, -100.0).masked_fill(mask == 0, 0.0)
-
-
 class TransformerBlock(nn.Module):
     """Pre-norm residual block: LN -> attention -> +x -> LN -> MLP -> +x, with the residual
     sums requantized to 16 bits. With ``input_resolution``/``window_size`` the attention runs
@@ -257,9 +237,33 @@ class TransformerBlock(nn.Module):
         self.q_norm2 = QuantAct(8)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop, linear=linear)
         self.q_res2 = QuantAct(16)
-        mask = (_shifted_window_mask(*input_resolution, window_size, shift_size)
+        mask = (shifted_window_mask(*input_resolution, window_size, shift_size)
                 if window_size is not None and shift_size > 0 else None)
         self.register_buffer("attn_mask", mask, persistent=False)
+        # set by share_window_code: the windows as one token gather each way, and the mask
+        for name in ("window_order", "window_inverse", "window_mask"):
+            self.register_buffer(name, None, persistent=False)
+
+    def share_window_code(self) -> None:
+        """Move the tokens into windows and back by one precomputed gather each way
+        (`qvit.ops.windows.window_order`) instead of roll and partition, with a zero mask
+        where the block does not shift: the same values, and the shifted and unshifted
+        blocks of a stage then run one code, so regional compilation compiles one graph
+        for both (`qvit.compile.compile_model` calls it). No-op without windows or with a
+        single window (nothing to shift, no other block structure)."""
+        if self.window_size is None:
+            return
+        (H, W), ws = self.input_resolution, self.window_size
+        windows = (H // ws) * (W // ws)
+        if windows == 1:
+            return
+        like = next(self.parameters())
+        order = window_order(H, W, ws, self.shift_size).to(like.device)
+        mask = self.attn_mask
+        if mask is None:
+            mask = like.new_zeros(windows, ws * ws, ws * ws)
+        self.window_order, self.window_inverse = order, torch.argsort(order)
+        self.window_mask = mask
 
     def _attend(self, x: Tensor, scale: Tensor) -> tuple[Tensor, Tensor]:
         if self.window_size is None:
@@ -269,6 +273,12 @@ class TransformerBlock(nn.Module):
         if L != H * W:
             raise ValueError(f"expected {H}x{W}={H * W} tokens, got {L}")
         ws, shift = self.window_size, self.shift_size
+        if self.window_order is not None:  # one gather each way (share_window_code)
+            windows = gather_tokens(x, self.window_order, self.window_inverse)
+            windows, scale = self.attn(windows.reshape(-1, ws * ws, C), scale,
+                                       mask=self.window_mask)
+            return gather_tokens(windows.reshape(B, L, C), self.window_inverse,
+                                 self.window_order), scale
         x = x.view(B, H, W, C)
         if shift:
             x = torch.roll(x, shifts=(-shift, -shift), dims=(1, 2))

@@ -18,7 +18,8 @@ qvit.compile; a later process spends its compile time tracing.
 `compile_model` compiles a qvit model regionally (``scope="block"``, PyTorch's regional
 compilation): each transformer block (and Swin's patch merging, the patch embedding) is
 compiled on its own, and blocks of one structure share one compiled graph per mode
-(training, eval), so the cold start is that of a block, not of the depth; or whole
+(training, eval), so the cold start is that of a block, not of the depth (Swin's shifted and
+unshifted blocks of a stage run one code for it: `TransformerBlock.share_window_code`); or whole
 (``scope="model"``: one graph per mode). ``cuda_graphs`` replays each graph as a CUDA graph
 (``mode="reduce-overhead"``; a CUDA model only).
 
@@ -222,6 +223,8 @@ def compile_model(model: torch.nn.Module, *, scope: str = "block", backend: str 
         mode = "reduce-overhead"
     if scope == "model":
         return torch.compile(model, backend=backend, mode=mode)
+    from .blocks import TransformerBlock
+
     parts = regions(model)
     if not parts:
         raise ValueError(f"{type(model).__name__} has no transformer blocks to compile one "
@@ -230,5 +233,7 @@ def compile_model(model: torch.nn.Module, *, scope: str = "block", backend: str 
     limit = torch._dynamo.config
     limit.recompile_limit = max(limit.recompile_limit, 6 * len(parts))
     for part in parts:
+        if isinstance(part, TransformerBlock):
+            part.share_window_code()  # Swin: a stage's shifted and plain blocks, one graph
         part.compile(backend=backend, mode=mode, dynamic=False)
     return model

@@ -24,7 +24,7 @@ from qvit.ops.gelu import gelu_lean
 from qvit.ops.layernorm import layernorm_node
 from qvit.ops.softmax import softmax_lean
 
-from ._util import SMALLEST, small_batch, small_model
+from ._util import DROP_PATH, SMALLEST, small_batch, small_model
 
 COMPILED = Flags.parse("best,compile_model=true")
 TINY = {"ivit_micro": dict(depth=3), "swin_micro": dict(depths=(2, 1))}
@@ -38,14 +38,16 @@ def _counters():
 
 # graphs per mode: whole, one; block by block, one per region structure: ViT's patch
 # embedding, its first block (no drop path) and the others (each rate, one graph); Swin's
-# patch embedding, stage 1's plain and shifted blocks, the merge, stage 2's block
-GRAPHS_PER_MODE = {("ivit_micro", "model"): 1, ("swin_micro", "model"): 1,
-                   ("ivit_micro", "block"): 3, ("swin_micro", "block"): 5}
+# patch embedding, stage 1's first block (no drop path) and its shifted one, the merge,
+# stage 2's block; without drop path stage 1's plain and shifted blocks run one code
+# (share_window_code) and share one graph
+GRAPHS_PER_MODE = {("ivit_micro", "model", DROP_PATH): 1, ("swin_micro", "model", DROP_PATH): 1,
+                   ("ivit_micro", "block", DROP_PATH): 3, ("swin_micro", "block", DROP_PATH): 5,
+                   ("swin_micro", "block", 0.0): 4}
 
 
-@pytest.mark.parametrize("scope", QC.SCOPES)
-@pytest.mark.parametrize("name", ["ivit_micro", "swin_micro"])
-def test_models_trace_one_graph_per_mode_and_block_structure(name, scope):
+@pytest.mark.parametrize("name,scope,drop_path", list(GRAPHS_PER_MODE))
+def test_models_trace_one_graph_per_mode_and_block_structure(name, scope, drop_path):
     """Eval (twice: the caches' second call), training steps (forward and backward, drop
     path on), eval and training again, under dynamo: one graph per mode (and block
     structure, block by block: blocks of other drop-path rates share one), none more on a
@@ -58,7 +60,7 @@ def test_models_trace_one_graph_per_mode_and_block_structure(name, scope):
     # blocks with drop path, at two rates
     torch.manual_seed(0)
     eager = qvit.create_model(name, num_classes=10, img_size=SMALLEST[name], flags=COMPILED,
-                              drop_path_rate=0.1, **TINY[name])
+                              drop_path_rate=drop_path, **TINY[name])
     x, y = small_batch(3, name)
     with torch.no_grad():
         eager(x)  # calibrated ranges
@@ -80,7 +82,7 @@ def test_models_trace_one_graph_per_mode_and_block_structure(name, scope):
         assert torch.equal(*losses)
         graphs.append(counters["stats"]["unique_graphs"])
     assert sum(counters["graph_break"].values()) == 0, dict(counters["graph_break"])
-    assert graphs == [2 * GRAPHS_PER_MODE[name, scope]] * 2  # the second round: no new one
+    assert graphs == [2 * GRAPHS_PER_MODE[name, scope, drop_path]] * 2  # no new one after
     assert caches_enabled()  # (outside a trace)
 
 
@@ -95,6 +97,9 @@ def test_block_scope_compiles_each_region_in_place():
     assert QC.compile_model(model, backend="eager") is model
     assert all(m._compiled_call_impl is not None for m in QC.regions(model))
     assert torch._dynamo.config.recompile_limit >= 6 * len(kinds)
+    # stage 1's blocks (4 windows) gather their windows, stage 2's (one window) need not
+    assert [b.window_order is not None for b in QC.regions(model)
+            if isinstance(b, qvit.blocks.TransformerBlock)] == [True, True, False, False]
     copied = copy.deepcopy(model)
     assert all(m._compiled_call_impl is None for m in QC.regions(copied))
     whole = QC.compile_model(small_model("ivit_micro", COMPILED), scope="model", backend="eager")
