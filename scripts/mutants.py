@@ -41,6 +41,7 @@ REQUANT = "tests/qvit/ops/test_requant.py"
 INT_EXP = "tests/qvit/ops/test_int_exp.py"
 LAYERNORM = "tests/qvit/ops/test_layernorm.py"
 LINEAR = "tests/qvit/ops/test_linear.py"
+WINDOWS = "tests/qvit/ops/test_windows.py"
 PATHS = "tests/qvit/test_paths.py"
 # node ids, not -k: a -k expression would deselect the other files' tests of a selection
 PARITY_LITE = [f"{PARITY}::{t}" for t in (
@@ -224,6 +225,17 @@ MUTANTS = [
     M("drop_path_timm_arithmetic", "qvit/blocks.py",
       "return x.div(keep) * mask", "return x * mask.div_(keep)",
       (MODELS, "-k", "drop_path"), "I-ViT drop path scales like timm's (x * (mask / keep))"),
+    # --- Swin's windows by one gather (qvit/ops/windows.py, compile_model's shared code) ------
+    M("window_order_rolls_one_axis_back", "qvit/ops/windows.py",
+      "grid = torch.roll(grid, shifts=(-shift, -shift), dims=(1, 2))",
+      "grid = torch.roll(grid, shifts=(-shift, shift), dims=(1, 2))",
+      (WINDOWS,), "the gather's window order rolls the grid's width the wrong way"),
+    M("window_gather_back_by_the_order", "qvit/blocks.py",
+      "return gather_tokens(windows.reshape(B, L, C), self.window_inverse,\n"
+      "                                 self.window_order), scale",
+      "return gather_tokens(windows.reshape(B, L, C), self.window_order,\n"
+      "                                 self.window_inverse), scale",
+      (WINDOWS,), "a block's windows gathered back by the order instead of its inverse"),
     # --- what a flag combination runs (qvit/flags.py declarations, qvit/paths.py) -------------
     M("x0_cache_requires_dropped", "qvit/flags.py",
       '"IntGELU/IntSoftmax cache x0_int = floor(-1/scale) in eval",\n'

@@ -61,7 +61,7 @@ IVIT_CONSTANT_MUTANTS = [
     M("ivit_layernorm_out_scale", "qvit/ops/layernorm.py",
       "OUT_SCALE_BITS = 30  #", "OUT_SCALE_BITS = 29  #",
       (GOLDEN,), "I-LayerNorm's output scale sqrt(C) / 2^29 instead of 2^30"),
-    M("ivit_window_mask_value", "qvit/blocks.py",
+    M("ivit_window_mask_value", "qvit/ops/windows.py",
       "masked_fill(mask != 0, -100.0)", "masked_fill(mask != 0, -99.0)",
       (GOLDEN, SWIN_TIMM), "Swin's shifted-window mask value 1% off (-99 for -100)"),
     M("ivit_act_range_momentum", "qvit/modules.py",

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..ops.windows import window_partition, window_reverse
 from . import arith
 from .layers import (
     InputQuant,
@@ -126,9 +127,8 @@ class Block(nn.Module):
         x = x.view(B, H, W, C)
         if shift:
             x = torch.roll(x, shifts=(-shift, -shift), dims=(1, 2))
-        w = x.view(B, H // ws, ws, W // ws, ws, C).permute(0, 1, 3, 2, 4, 5)
-        w = self.attn(w.reshape(-1, ws * ws, C), self.attn_mask)
-        x = w.view(B, H // ws, W // ws, ws, ws, C).permute(0, 1, 3, 2, 4, 5).reshape(B, H, W, C)
+        w = self.attn(window_partition(x, ws).view(-1, ws * ws, C), self.attn_mask)
+        x = window_reverse(w.view(-1, ws, ws, C), ws, H, W)
         if shift:
             x = torch.roll(x, shifts=(shift, shift), dims=(1, 2))
         return x.reshape(B, L, C)

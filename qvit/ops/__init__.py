@@ -12,7 +12,9 @@ path the flags can select for it (`qvit.paths.Paths` names them) beside the refe
   and lean forms;
 * `layernorm`: the integer Newton square root (ste, no_grad, node) and I-LayerNorm
   (chain, lean);
-* `linear`: the weight range and the rescale of QuantLinear/QuantConv2d/QuantMatMul.
+* `linear`: the weight range and the rescale of QuantLinear/QuantConv2d/QuantMatMul;
+* `windows`: Swin's tokens into (shifted) windows and back, by roll and partition or by one
+  precomputed gather, and the shifted-window mask.
 
 Pure functions and autograd nodes: nothing holds state or moves tensors between devices,
 except the reference `requant.batch_frexp`, whose host round trip is what it measures.
