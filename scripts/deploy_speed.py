@@ -31,6 +31,7 @@ import random
 import statistics
 import sys
 import time
+from math import nan
 from pathlib import Path
 
 import pandas as pd
@@ -164,13 +165,26 @@ def exactness(name: str, start: str, images: int | None = None) -> tuple[list[di
     layers = [dict(model=name, layer=k, frac_differ=v["differ"] / v["numel"],
                    max_steps=v["max_steps"], elements=v["numel"]) for k, v in per.items()]
     r = evaluate_deployed(model, batches, dep)
+    lo, hi = agreement_interval(r["n"] - len(r["disagreements"]), r["n"])
     whole = dict(model=name, start=start, images=r["n"], qat_top1=100 * r["qat_top1"],
                  deployed_top1=100 * r["top1"], agreement=r["agreement"],
-                 disagreements=len(r["disagreements"]),
+                 agreement_lo=lo, agreement_hi=hi, disagreements=len(r["disagreements"]),
                  logits_max_abs_diff=r["logits_max_abs_diff"],
                  layers_differing=sum(v["frac_differ"] > 0 for v in layers),
                  layers=len(layers), max_steps=max(v["max_steps"] for v in layers))
     return layers, whole
+
+
+def agreement_interval(agree: int, n: int) -> tuple[float, float]:
+    """The exact (Clopper-Pearson) 95% interval of an agreement of ``agree`` in ``n``: a
+    few hundred images cannot show 99.9% (with none differing, its lower end is
+    0.025^(1/n): 99.0% at n = 364; 99.9% needs n >= 3688)."""
+    ci95 = stats.binomtest(agree, n).proportion_ci(confidence_level=0.95, method="exact")
+    return ci95.low, ci95.high
+
+
+def _agreement(w: dict) -> str:  # (a report.json from before the interval: none)
+    return ci(w["agreement"], w.get("agreement_lo", nan), w.get("agreement_hi", nan), "{:.4f}")
 
 
 def _setup_rows(meta: dict) -> list[tuple[str, str]]:
@@ -210,7 +224,8 @@ def markdown(rows: list[dict], infos: dict, meta: dict, layers: list[dict],
         out += ["", "## Exactness against the QAT eval", "",
                 "Each micro model deployed and run beside its QAT eval on the whole held-out "
                 "split (digits): top-1 of both, their agreement (fraction of equal "
-                "predictions), the logits' largest absolute difference, and per requantizer "
+                "predictions, with its exact 95% binomial interval: n images bound what "
+                "it can show), the logits' largest absolute difference, and per requantizer "
                 "the fraction of elements that differ and the largest difference in steps. "
                 "The deployed model is bit-exact with `qvit.reference`; what differs here is "
                 "float32 rounding in the QAT eval (docs/deploy.md).", "",
@@ -218,7 +233,9 @@ def markdown(rows: list[dict], infos: dict, meta: dict, layers: list[dict],
                 "disagreements | logits max diff | layers differing | max steps |",
                 "|---|---|---|---|---|---|---|---|---|---|"]
         out += [f"| {w['model']} | {w['start']} | {w['images']} | {w['qat_top1']:.2f} | "
-                f"{w['deployed_top1']:.2f} | {w['agreement']:.4f} | {w['disagreements']} | "
+                f"{w['deployed_top1']:.2f} | "
+                f"{_agreement(w)} | "
+                f"{w['disagreements']} | "
                 f"{w['logits_max_abs_diff']:.3g} | {w['layers_differing']}/{w['layers']} | "
                 f"{w['max_steps']} |" for w in whole]
         out += ["", "Per requantizer (those that differ anywhere; all: exactness.csv):", "",
