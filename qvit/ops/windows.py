@@ -50,10 +50,10 @@ def shifted_window_mask(H: int, W: int, ws: int, shift: int) -> Tensor:
 def window_order(H: int, W: int, ws: int, shift: int) -> Tensor:
     """The token (of the row-major H x W grid) at each position of the rolled, partitioned
     grid: ``x[:, order]`` equals roll-then-partition flattened to (B, H*W, C)."""
-    grid = torch.arange(H * W, dtype=torch.float64).view(1, H, W, 1)  # exact below 2^53
+    grid = torch.arange(H * W).view(1, H, W, 1)
     if shift:
         grid = torch.roll(grid, shifts=(-shift, -shift), dims=(1, 2))
-    return window_partition(grid, ws).reshape(-1).long()
+    return window_partition(grid, ws).reshape(-1)
 
 
 class _GatherTokens(torch.autograd.Function):

@@ -268,15 +268,24 @@ def accuracy(ctx: Context) -> tuple[str, list[str]]:
         findings.append("top-1 below 90% for " + ", ".join(
             f"{r.model}/{r.config} ({r.top1_mean:.1f}%)" for r in low.itertuples()))
     table = pd.DataFrame(rows)  # deployed (qvit.deploy) where runs had eval_deployed
+    deployed = ""
     if not (len(table) and table["deployed top-1 %"].notna().any()):
         table = table.drop(columns=["deployed top-1 %", "agreement with QAT eval"], errors="ignore")
+    elif images:
+        # exact (Clopper-Pearson) 95% lower end with no prediction differing: 0.025^(1/n)
+        deployed = (f" Deployed: the integer model (`qvit.deploy`) on the same images; its "
+                    f"agreement with the QAT eval (the fraction of equal predictions) is the "
+                    f"lowest of the runs, and {images} images bound what it can show: with "
+                    f"none differing, its exact 95% interval starts at "
+                    f"{100 * 0.025 ** (1 / images):.1f}%.")
     start = "a float-pretrained start (the float twin trained on this data, calibrated)" if \
         settings.get("pretrained") else "random weights"
     text = (f"## Accuracy\n\nTop-1 after the last epoch on the whole held-out split "
             f"({images} images: one image = {100 / max(images, 1):.2f} points; chance "
             f"{100 / classes:.0f}%), from {start}. The difference to `{ctx.baseline}` is "
             f"paired within blocks ({ctx.interval_label()}); the TOST verdict asks whether "
-            f"it lies within +-{margin:g} points (alpha 0.05, `harness.analysis.equivalence`).\n\n"
+            f"it lies within +-{margin:g} points (alpha 0.05, `harness.analysis.equivalence`)."
+            f"{deployed}\n\n"
             + md_table(table)
             + (f"\n{len(untrained)} configs ran only the step-interleaved method (no "
                "training run, no accuracy here); what they do to the numbers is measured by "

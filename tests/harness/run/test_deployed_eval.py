@@ -124,6 +124,10 @@ def test_report_shows_deployed_top1_and_agreement(runs):
     assert float(rows["q"][i]) == pytest.approx(q["deployed_top1"], abs=1e-2)
     assert float(rows["q"][j]) == pytest.approx(q["deployed_agreement"], abs=1e-3)
     assert rows["float"][i] == "" and rows["float"][j] == ""
+    n = int(ctx.summary["eval_images"].median())  # the held-out split's size, as reported
+    assert f"({n} images: one image" in text
+    assert f"{n} images bound what it can show" in text
+    assert f"interval starts at {100 * 0.025 ** (1 / n):.1f}%" in text
 
 
 def test_report_leaves_the_columns_out_without_deployed_evals(runs):
