@@ -31,7 +31,6 @@ import random
 import statistics
 import sys
 import time
-from math import nan
 from pathlib import Path
 
 import pandas as pd
@@ -42,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # qvit, harness fr
 
 import qvit  # noqa: E402
 from harness.analysis.report.fmt import ci  # noqa: E402
-from harness.analysis.stats import ratio_interval  # noqa: E402
+from harness.analysis.stats import agreement_interval, ratio_interval  # noqa: E402
 from qvit import Flags  # noqa: E402
 from qvit.deploy import compile_deployed, deploy  # noqa: E402
 
@@ -175,18 +174,6 @@ def exactness(name: str, start: str, images: int | None = None) -> tuple[list[di
     return layers, whole
 
 
-def agreement_interval(agree: int, n: int) -> tuple[float, float]:
-    """The exact (Clopper-Pearson) 95% interval of an agreement of ``agree`` in ``n``: a
-    few hundred images cannot show 99.9% (with none differing, its lower end is
-    0.025^(1/n): 99.0% at n = 364; 99.9% needs n >= 3688)."""
-    ci95 = stats.binomtest(agree, n).proportion_ci(confidence_level=0.95, method="exact")
-    return ci95.low, ci95.high
-
-
-def _agreement(w: dict) -> str:  # (a report.json from before the interval: none)
-    return ci(w["agreement"], w.get("agreement_lo", nan), w.get("agreement_hi", nan), "{:.4f}")
-
-
 def _setup_rows(meta: dict) -> list[tuple[str, str]]:
     return [("command", f"`{meta['command']}`"), ("git_commit", meta["git_commit"]),
             ("dirty tree", str(meta["git_dirty"])), ("machine", meta["device_name"]),
@@ -234,7 +221,7 @@ def markdown(rows: list[dict], infos: dict, meta: dict, layers: list[dict],
                 "|---|---|---|---|---|---|---|---|---|---|"]
         out += [f"| {w['model']} | {w['start']} | {w['images']} | {w['qat_top1']:.2f} | "
                 f"{w['deployed_top1']:.2f} | "
-                f"{_agreement(w)} | "
+                f"{ci(w['agreement'], w['agreement_lo'], w['agreement_hi'], '{:.4f}')} | "
                 f"{w['disagreements']} | "
                 f"{w['logits_max_abs_diff']:.3g} | {w['layers_differing']}/{w['layers']} | "
                 f"{w['max_steps']} |" for w in whole]

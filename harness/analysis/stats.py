@@ -132,6 +132,14 @@ def ratio_interval(base: np.ndarray, other: np.ndarray, level: float = 0.95
     return (math.exp(mean), math.exp(mean - half), math.exp(mean + half), n)
 
 
+def agreement_interval(agree: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """The exact (Clopper-Pearson) interval of an agreement of ``agree`` in ``n`` (e.g.
+    equal predictions of two models). ``n`` bounds what it can show: with none differing
+    the 95% interval starts at 0.025^(1/n), 99.0% at n = 364; 99.9% needs n >= 3688."""
+    ci = sps.binomtest(agree, n).proportion_ci(confidence_level=level, method="exact")
+    return ci.low, ci.high
+
+
 def paired(runs: pd.DataFrame, model: str, config: str, baseline: str, column: str,
            on: tuple[str, ...] = ("block",)) -> pd.DataFrame:
     """Config and baseline rows of one model joined on ``on`` (inner join): runs on their

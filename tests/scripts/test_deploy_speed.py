@@ -54,18 +54,6 @@ def test_smoke_report(deploy_speed, tmp_path):
     assert layers["frac_differ"].between(0, 1).all() and whole["layers"] == len(layers)
 
 
-def test_agreement_interval_is_exact_and_bounds_what_n_images_show(deploy_speed):
-    """Clopper-Pearson: 2 of 364 differing (the committed report) reads 99.45% [98.03,
-    99.93]; with none differing, 364 images show no more than 0.025^(1/364) ~ 99.0%, and
-    99.9% needs 3688."""
-    lo, hi = deploy_speed.agreement_interval(362, 364)
-    assert (round(100 * lo, 2), round(100 * hi, 2)) == (98.03, 99.93)
-    lo, hi = deploy_speed.agreement_interval(364, 364)
-    assert hi == 1.0 and lo == pytest.approx(0.025 ** (1 / 364))
-    assert deploy_speed.agreement_interval(3688, 3688)[0] >= 0.999
-    assert deploy_speed.agreement_interval(3687, 3687)[0] < 0.999
-
-
 def test_refuses_bad_arguments_before_measuring(deploy_speed, tmp_path, capsys):
     with pytest.raises(SystemExit):
         deploy_speed.main(["--rounds", "1", "--out", str(tmp_path)])

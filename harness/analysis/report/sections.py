@@ -272,12 +272,11 @@ def accuracy(ctx: Context) -> tuple[str, list[str]]:
     if not (len(table) and table["deployed top-1 %"].notna().any()):
         table = table.drop(columns=["deployed top-1 %", "agreement with QAT eval"], errors="ignore")
     elif images:
-        # exact (Clopper-Pearson) 95% lower end with no prediction differing: 0.025^(1/n)
         deployed = (f" Deployed: the integer model (`qvit.deploy`) on the same images; its "
                     f"agreement with the QAT eval (the fraction of equal predictions) is the "
                     f"lowest of the runs, and {images} images bound what it can show: with "
                     f"none differing, its exact 95% interval starts at "
-                    f"{100 * 0.025 ** (1 / images):.1f}%.")
+                    f"{100 * stats.agreement_interval(images, images)[0]:.1f}%.")
     start = "a float-pretrained start (the float twin trained on this data, calibrated)" if \
         settings.get("pretrained") else "random weights"
     text = (f"## Accuracy\n\nTop-1 after the last epoch on the whole held-out split "

@@ -248,3 +248,15 @@ def test_compile_seconds_are_the_first_block_and_the_later_median():
     assert stats.compile_seconds(t, "m", "c") == "100 / 6"
     assert stats.compile_seconds(t, "m", "e") == ""
     assert stats.compile_seconds(t.drop(columns="compile_s"), "m", "c") == ""
+
+
+def test_agreement_interval_is_exact_and_bounds_what_n_images_show():
+    """Clopper-Pearson: 2 of 364 differing (the committed deploy report) reads 99.45%
+    [98.03, 99.93]; with none differing, 364 images show no more than 0.025^(1/364) ~
+    99.0%, and 99.9% needs 3688."""
+    lo, hi = stats.agreement_interval(362, 364)
+    assert (round(100 * lo, 2), round(100 * hi, 2)) == (98.03, 99.93)
+    lo, hi = stats.agreement_interval(364, 364)
+    assert hi == 1.0 and lo == pytest.approx(0.025 ** (1 / 364))
+    assert stats.agreement_interval(3688, 3688)[0] >= 0.999
+    assert stats.agreement_interval(3687, 3687)[0] < 0.999
