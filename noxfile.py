@@ -1,6 +1,8 @@
 """nox sessions: the two set-up commands of the README (`nox -s ablate`, `nox -s tests`) and
 the rest of the tool belt. Each session installs the project into its own virtualenv (pip)."""
 
+import os
+
 import nox
 
 nox.options.reuse_existing_virtualenvs = True
@@ -20,11 +22,21 @@ def _ablate_each(session, *specs):
         session.run("python", "-m", "harness", "ablate", spec, *session.posargs)
 
 
+# The suite runs on two pytest-xdist workers (up to 4 where there are more cores) with
+# OpenMP's threads sleeping, not spinning, while they wait: many tests start harness children
+# that each run torch on two threads, and beside a second worker spinning threads took turns
+# with each other (2 cores: 1328 s on two workers with the default wait policy, 1158 s on
+# one, 664 s on two with OMP_WAIT_POLICY=PASSIVE; 2026-12-07). Pass `-n 0` to run serially.
+TEST_WORKERS = min(os.cpu_count() or 1, 4)
+
+
 @nox.session
 def tests(session):
     """The test suite (CPU, deterministic; what CI runs)."""
     _install(session)
-    session.run("pytest", "-q", *session.posargs, env={"OMP_NUM_THREADS": "2"})
+    workers = ["-n", str(TEST_WORKERS)] if TEST_WORKERS > 1 else []
+    session.run("pytest", "-q", *workers, *session.posargs,
+                env={"OMP_NUM_THREADS": "2", "OMP_WAIT_POLICY": "PASSIVE"})
 
 
 @nox.session
