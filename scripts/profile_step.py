@@ -13,8 +13,9 @@ self CPU time (per step), and with ``--modules`` the CPU time per module class (
 inclusive) and per autograd backward node. Timings under the profiler are inflated; use
 step_ratio.py for times, this for what runs.
 
-``--compile`` profiles the step under ``torch.compile`` with the harness's backends (the run
-settings' ``compile_backend`` for qvit models, ``float_compile_backend`` for the float), with
+``--compile`` profiles the step compiled as a harness run compiles it (the run settings'
+``compile_backend`` for qvit models, ``float_compile_backend`` for the float; block by block
+or whole as the flags' ``compile_scope`` says, also where they leave ``compile_model`` off), with
 inductor's kernel profiling on (each generated C++ kernel a profiler event; a cache entry of
 its own): the first warm-up step compiles (minutes cold), and a table groups the step's time
 into matmuls and convolutions, inductor's kernels, qvit's opaque aten calls and the rest.
@@ -73,14 +74,16 @@ def _profile_kernels() -> None:
     inductor_config.cpp.enable_kernel_profile = True
 
 
-def _compiled(model, float_reference: bool):
-    """The model under torch.compile with the harness's backend for it, kernels profiled."""
-    from harness.run.loop import compile_model
+def _compiled(model, flags: Flags, float_reference: bool):
+    """The model compiled as a harness run with ``flags`` compiles it (the backend for it;
+    block by block or whole as ``compile_scope`` says, also where ``compile_model`` is off),
+    kernels profiled."""
+    from harness.run import loop
     from harness.run.runner import RunSpec
 
     _profile_kernels()
-    spec = RunSpec("profile", Flags(), float_reference=float_reference)
-    return compile_model(model, spec.compile_backend)
+    spec = RunSpec("profile", flags.replace(compile_model=True), float_reference=float_reference)
+    return loop.compile_model(model, **spec.compile_options("cpu"))
 
 
 def _deployed(model, img: int, compiled: bool):
@@ -122,7 +125,8 @@ def main():
     ap.add_argument("--top", type=int, default=25)
     ap.add_argument("--modules", action="store_true")
     ap.add_argument("--compile", action="store_true",
-                    help="profile the step under torch.compile (the harness's backends)")
+                    help="profile the step compiled as a harness run compiles it "
+                         "(its backend, the flags' compile_scope)")
     ap.add_argument("--inference", action="store_true",
                     help="eval forwards under torch.no_grad() instead of training steps")
     ap.add_argument("--deployed", action="store_true",
@@ -142,6 +146,7 @@ def main():
     torch.manual_seed(0)
     batch, steps = int(os.environ.get("BATCH", "64")), int(os.environ.get("STEPS", "3"))
     img = int(os.environ.get("IMG", qvit.variants.VARIANTS[args.model][1]["img_size"]))
+    flags = Flags()
     if args.flags == "float":
         m = qvit.create_float_reference(args.model, num_classes=10, img_size=img,
                                         attention=RunSettings().float_attention)
@@ -157,7 +162,7 @@ def main():
     if args.deployed:
         model = _deployed(m, img, args.compile)
     else:
-        model = _compiled(m, args.flags == "float") if args.compile else m
+        model = _compiled(m, flags, args.flags == "float") if args.compile else m
 
     def step():
         if args.inference:

@@ -75,3 +75,24 @@ def test_deployed_refuses_what_it_cannot_profile(profile_step, monkeypatch, caps
     with pytest.raises(SystemExit):
         profile_step.main()
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags, float_reference, scope", [
+    ("best", False, "block"), ("fastest", False, "block"),
+    ("fastest,compile_scope=model", False, "model"), ("best", True, "block")])
+def test_compile_profiles_what_the_flags_compile(profile_step, monkeypatch, flags,
+                                                 float_reference, scope):
+    """--compile compiles as a harness run with these flags does (it compiled every model
+    whole whatever compile_scope said, so `fastest` profiled another step than it runs)."""
+    from harness.run import loop
+    from harness.spec.settings import RunSettings
+    from qvit import Flags
+
+    seen = {}
+    monkeypatch.setattr(profile_step, "_profile_kernels", lambda: None)
+    monkeypatch.setattr(loop, "compile_model", lambda model, **kw: seen.update(kw) or model)
+    model = object()
+    assert profile_step._compiled(model, Flags.parse(flags), float_reference) is model
+    s = RunSettings()
+    backend = s.float_compile_backend if float_reference else s.compile_backend
+    assert seen == {"backend": backend, "scope": scope, "cuda_graphs": False}
