@@ -26,10 +26,10 @@ from .modules import (
 )
 from .ops.windows import (
     gather_tokens,
+    reverse_roll,
+    roll_partition,
     shifted_window_mask,
     window_order,
-    window_partition,
-    window_reverse,
 )
 
 __all__ = ["Attention", "Mlp", "TransformerBlock", "PatchEmbed", "PatchMerging",
@@ -279,15 +279,9 @@ class TransformerBlock(nn.Module):
                                        mask=self.window_mask)
             return gather_tokens(windows.reshape(B, L, C), self.window_inverse,
                                  self.window_order), scale
-        x = x.view(B, H, W, C)
-        if shift:
-            x = torch.roll(x, shifts=(-shift, -shift), dims=(1, 2))
-        windows = window_partition(x, ws).view(-1, ws * ws, C)
-        windows, scale = self.attn(windows, scale, mask=self.attn_mask)
-        x = window_reverse(windows.view(-1, ws, ws, C), ws, H, W)
-        if shift:
-            x = torch.roll(x, shifts=(shift, shift), dims=(1, 2))
-        return x.view(B, H * W, C), scale
+        windows, scale = self.attn(roll_partition(x, H, W, ws, shift), scale,
+                                   mask=self.attn_mask)
+        return reverse_roll(windows, H, W, ws, shift), scale
 
     def forward(self, x_in: Tensor, scale_in: Tensor) -> tuple[Tensor, Tensor]:
         x, scale = self.q_norm1(*self.norm1(x_in, scale_in))

@@ -226,10 +226,6 @@ MUTANTS = [
       "return x.div(keep) * mask", "return x * mask.div_(keep)",
       (MODELS, "-k", "drop_path"), "I-ViT drop path scales like timm's (x * (mask / keep))"),
     # --- Swin's windows by one gather (qvit/ops/windows.py, compile_model's shared code) ------
-    M("window_order_rolls_one_axis_back", "qvit/ops/windows.py",
-      "grid = torch.roll(grid, shifts=(-shift, -shift), dims=(1, 2))",
-      "grid = torch.roll(grid, shifts=(-shift, shift), dims=(1, 2))",
-      (WINDOWS,), "the gather's window order rolls the grid's width the wrong way"),
     M("window_gather_back_by_the_order", "qvit/blocks.py",
       "return gather_tokens(windows.reshape(B, L, C), self.window_inverse,\n"
       "                                 self.window_order), scale",

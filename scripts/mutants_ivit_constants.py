@@ -61,6 +61,11 @@ IVIT_CONSTANT_MUTANTS = [
     M("ivit_layernorm_out_scale", "qvit/ops/layernorm.py",
       "OUT_SCALE_BITS = 30  #", "OUT_SCALE_BITS = 29  #",
       (GOLDEN,), "I-LayerNorm's output scale sqrt(C) / 2^29 instead of 2^30"),
+    M("ivit_window_roll_one_axis_back", "qvit/ops/windows.py",
+      "x = torch.roll(x, shifts=(-shift, -shift), dims=(1, 2))",
+      "x = torch.roll(x, shifts=(-shift, shift), dims=(1, 2))",
+      (GOLDEN,), "Swin's shifted windows roll the grid's width the wrong way (the roll and "
+      "partition path and the gather's order share it)"),
     M("ivit_window_mask_value", "qvit/ops/windows.py",
       "masked_fill(mask != 0, -100.0)", "masked_fill(mask != 0, -99.0)",
       (GOLDEN, SWIN_TIMM), "Swin's shifted-window mask value 1% off (-99 for -100)"),

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..ops.windows import window_partition, window_reverse
+from ..ops.windows import reverse_roll, roll_partition
 from . import arith
 from .layers import (
     InputQuant,
@@ -122,16 +122,9 @@ class Block(nn.Module):
         if self.window_size is None or self.resolution is None:
             return self.attn(x)
         H, W = self.resolution
-        B, L, C = x.shape
         ws, shift = self.window_size, self.shift_size
-        x = x.view(B, H, W, C)
-        if shift:
-            x = torch.roll(x, shifts=(-shift, -shift), dims=(1, 2))
-        w = self.attn(window_partition(x, ws).view(-1, ws * ws, C), self.attn_mask)
-        x = window_reverse(w.view(-1, ws, ws, C), ws, H, W)
-        if shift:
-            x = torch.roll(x, shifts=(shift, shift), dims=(1, 2))
-        return x.reshape(B, L, C)
+        w = self.attn(roll_partition(x, H, W, ws, shift), self.attn_mask)
+        return reverse_roll(w, H, W, ws, shift)
 
     def forward(self, x: Tensor) -> Tensor:
         h = self.q_res1(self._attend(self.q_norm1(self.norm1(x))), x)

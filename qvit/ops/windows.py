@@ -2,8 +2,8 @@
 
 Two paths, the same values (a permutation moves values, it computes none):
 
-* `window_partition` / `window_reverse` around ``torch.roll`` (timm's and I-ViT's order);
-  whether a block rolls is Python control flow on its ``shift_size``.
+* `roll_partition` / `reverse_roll`: ``torch.roll`` and `window_partition` (timm's and
+  I-ViT's order) and back; whether a block rolls is Python control flow on its shift.
 * `window_order` folds the roll and the partition into one token order, applied by
   `gather_tokens` (and its inverse back). A shifted and an unshifted block of one stage then
   run the same code on tensors of the same shapes (the unshifted one with a zero mask), so
@@ -15,8 +15,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["window_partition", "window_reverse", "shifted_window_mask", "window_order",
-           "gather_tokens"]
+__all__ = ["window_partition", "window_reverse", "roll_partition", "reverse_roll",
+           "shifted_window_mask", "window_order", "gather_tokens"]
 
 
 def window_partition(x: Tensor, ws: int) -> Tensor:
@@ -31,6 +31,25 @@ def window_reverse(windows: Tensor, ws: int, H: int, W: int) -> Tensor:
     B = windows.shape[0] // ((H // ws) * (W // ws))
     x = windows.view(B, H // ws, W // ws, ws, ws, -1)
     return x.permute(0, 1, 3, 2, 4, 5).contiguous().view(B, H, W, -1)
+
+
+def roll_partition(x: Tensor, H: int, W: int, ws: int, shift: int) -> Tensor:
+    """(B, H*W, C) tokens of a row-major H x W grid -> (B * windows, ws*ws, C): the grid
+    rolled back by ``shift`` on both axes (Swin's shifted windows), then cut into windows."""
+    B, _, C = x.shape
+    x = x.view(B, H, W, C)
+    if shift:
+        x = torch.roll(x, shifts=(-shift, -shift), dims=(1, 2))
+    return window_partition(x, ws).view(-1, ws * ws, C)
+
+
+def reverse_roll(windows: Tensor, H: int, W: int, ws: int, shift: int) -> Tensor:
+    """Inverse of `roll_partition`: (B * windows, ws*ws, C) -> (B, H*W, C)."""
+    C = windows.shape[-1]
+    x = window_reverse(windows.view(-1, ws, ws, C), ws, H, W)
+    if shift:
+        x = torch.roll(x, shifts=(shift, shift), dims=(1, 2))
+    return x.view(x.shape[0], H * W, C)
 
 
 def shifted_window_mask(H: int, W: int, ws: int, shift: int) -> Tensor:
@@ -50,10 +69,7 @@ def shifted_window_mask(H: int, W: int, ws: int, shift: int) -> Tensor:
 def window_order(H: int, W: int, ws: int, shift: int) -> Tensor:
     """The token (of the row-major H x W grid) at each position of the rolled, partitioned
     grid: ``x[:, order]`` equals roll-then-partition flattened to (B, H*W, C)."""
-    grid = torch.arange(H * W).view(1, H, W, 1)
-    if shift:
-        grid = torch.roll(grid, shifts=(-shift, -shift), dims=(1, 2))
-    return window_partition(grid, ws).reshape(-1)
+    return roll_partition(torch.arange(H * W).view(1, H * W, 1), H, W, ws, shift).reshape(-1)
 
 
 class _GatherTokens(torch.autograd.Function):

@@ -10,28 +10,12 @@ import torch.nn.functional as F
 
 from qvit import Flags
 from qvit.blocks import TransformerBlock
-from qvit.ops.windows import gather_tokens, window_order, window_partition, window_reverse
+from qvit.ops.windows import gather_tokens, reverse_roll, roll_partition, window_order
 
 from .._util import small_batch, small_model
 
 GEOMETRIES = [(8, 8, 4, 0), (8, 8, 4, 2), (8, 8, 4, 1), (14, 14, 7, 3), (8, 12, 4, 2),
               (4, 8, 2, 1)]
-
-
-def _roll_partition(x, H, W, ws, shift):
-    B, _, C = x.shape
-    g = x.view(B, H, W, C)
-    if shift:
-        g = torch.roll(g, shifts=(-shift, -shift), dims=(1, 2))
-    return window_partition(g, ws).reshape(B, H * W, C)
-
-
-def _reverse_roll(w, H, W, ws, shift):
-    B, _, C = w.shape
-    g = window_reverse(w.reshape(-1, ws, ws, C), ws, H, W)
-    if shift:
-        g = torch.roll(g, shifts=(shift, shift), dims=(1, 2))
-    return g.reshape(B, H * W, C)
 
 
 @pytest.mark.parametrize("H,W,ws,shift", GEOMETRIES)
@@ -41,8 +25,9 @@ def test_gather_is_roll_then_partition_and_back(H, W, ws, shift):
     inverse = torch.argsort(order)
     assert sorted(order.tolist()) == list(range(H * W))
     w = gather_tokens(x, order, inverse)
-    assert torch.equal(w, _roll_partition(x, H, W, ws, shift))
-    assert torch.equal(gather_tokens(w, inverse, order), _reverse_roll(w, H, W, ws, shift))
+    assert torch.equal(w.view(-1, ws * ws, 5), roll_partition(x, H, W, ws, shift))
+    assert torch.equal(gather_tokens(w, inverse, order),
+                       reverse_roll(w.view(-1, ws * ws, 5), H, W, ws, shift))
     assert torch.equal(gather_tokens(w, inverse, order), x)
 
 
@@ -54,7 +39,7 @@ def test_gather_gradient_is_the_inverse_gather(H, W, ws, shift):
     b = a.detach().clone().requires_grad_(True)
     weight = torch.randn(2, H * W, 3)
     (gather_tokens(a, order, inverse) * weight).sum().backward()
-    (_roll_partition(b, H, W, ws, shift) * weight).sum().backward()
+    (roll_partition(b, H, W, ws, shift).view(2, H * W, 3) * weight).sum().backward()
     assert torch.equal(a.grad, b.grad)
 
 
