@@ -45,7 +45,10 @@ from harness.analysis.stats import agreement_interval, ratio_interval  # noqa: E
 from qvit import Flags  # noqa: E402
 from qvit.deploy import compile_deployed, deploy  # noqa: E402
 
-VARIANTS = ("deployed", "deployed_compiled", "qat_best", "float")
+VARIANTS = ("deployed", "deployed_compiled", "compiled_int8_no_tables", "qat_best", "float")
+# the deployed model as it computed before int_gemm and lookup_tables (int8 GEMMs, every
+# layer its own arithmetic), compiled: the same integers, timed beside
+BEFORE = dict(int_gemm="int8", lookup_tables=False)
 BATCH = {"ivit_micro": 64, "swin_micro": 64, "deit_tiny_patch16_224": 8,
          "swin_tiny_patch4_window7_224": 8}
 
@@ -90,12 +93,17 @@ def bench_model(name: str, args) -> tuple[list[dict], dict]:
     info = {}
     with torch.no_grad():
         ref = dep(x)
-        if "deployed_compiled" in args.variants:
-            fns["deployed_compiled"] = compile_deployed(dep)
+        info["int_gemm"] = dep.int_gemm_used()
+        compiled = {"deployed_compiled": dep, "compiled_int8_no_tables": deploy(qat, **BEFORE)}
+        for v, model in compiled.items():
+            if v not in args.variants:
+                continue
+            fns[v] = compile_deployed(model)
             t = time.perf_counter()  # (the first call compiles)
-            out = fns["deployed_compiled"](x)
-            info["compile_s"] = time.perf_counter() - t
-            info["compiled_exact"] = bool(torch.equal(out, ref))
+            out = fns[v](x)
+            sfx = "" if v == "deployed_compiled" else "_" + v
+            info["compile_s" + sfx] = time.perf_counter() - t
+            info["compiled_exact" + sfx] = bool(torch.equal(out, ref))
         variants = [v for v in VARIANTS if v in args.variants]
         for v in variants:  # warm-up
             for _ in range(args.warmup):
@@ -204,9 +212,17 @@ def markdown(rows: list[dict], infos: dict, meta: dict, layers: list[dict],
                    f"[{r.ci95_lo:.1f}, {r.ci95_hi:.1f}] | {r.iqr_over_median:.2f} | "
                    f"{ci(r.vs_qat, r.vs_qat_lo, r.vs_qat_hi)} | "
                    f"{ci(r.vs_float, r.vs_float_lo, r.vs_float_hi)} |")
-    out += ["", "| model | compile s | compiled == eager (bits) |", "|---|---|---|"]
-    out += [f"| {m} | {i.get('compile_s', float('nan')):.1f} | "
-            f"{i.get('compiled_exact', '-')} |" for m, i in infos.items()]
+    out += ["", "`deployed`: `qvit.deploy(model)` (its defaults: `int_gemm=\"auto\"`, lookup "
+            "tables on); `compiled_int8_no_tables`: `deploy(model, int_gemm=\"int8\", "
+            "lookup_tables=False)` compiled, the arithmetic before those choices existed; "
+            "every variant's logits equal the eager deployed model's (the column below).", "",
+            "| model | int8 linear layers' GEMM (auto) | compile s | compiled == eager (bits) "
+            "| compile s, int8 no tables | == eager (bits) |", "|---|---|---|---|---|---|"]
+    out += [f"| {m} | {i.get('int_gemm', '-')} | {i.get('compile_s', float('nan')):.1f} | "
+            f"{i.get('compiled_exact', '-')} | "
+            f"{i.get('compile_s_compiled_int8_no_tables', float('nan')):.1f} | "
+            f"{i.get('compiled_exact_compiled_int8_no_tables', '-')} |"
+            for m, i in infos.items()]
     if whole:
         out += ["", "## Exactness against the QAT eval", "",
                 "Each micro model deployed and run beside its QAT eval on the whole held-out "

@@ -43,6 +43,7 @@ LAYERNORM = "tests/qvit/ops/test_layernorm.py"
 LINEAR = "tests/qvit/ops/test_linear.py"
 WINDOWS = "tests/qvit/ops/test_windows.py"
 PATHS = "tests/qvit/test_paths.py"
+DEPLOY_ARITH = "tests/qvit/deploy/test_arith.py"
 # node ids, not -k: a -k expression would deselect the other files' tests of a selection
 PARITY_LITE = [f"{PARITY}::{t}" for t in (
     "test_best_is_legacy_bit_for_bit_through_training",
@@ -267,6 +268,19 @@ MUTANTS = [
       'newton = {"ste": "ste", "no_grad": "no_grad", "no_grad_sqrt_grad": "node"}[\n'
       '            f.layernorm_newton]',
       PATHS_DECL, "Paths.of keeps layernorm_newton's ste/node apart under layernorm_impl=lean"),
+    # --- the deployed model's speed choices (the same integers, or a test fails) --------------
+    M("deploy_exp_table_one_short", "qvit/deploy/arith.py",
+      "return shift_exp(b[:k + 1], x0.to(torch.int64), n)",
+      "return shift_exp(b[:k], x0.to(torch.int64), n)",
+      (DEPLOY_ARITH,), "the exp table stops one entry before its saturated value"),
+    M("deploy_gelu_table_row_off_by_one", "qvit/deploy/arith.py",
+      "return table.view(-1)[(xm + 128) * 256 + (x.to(torch.int64) + 128)]",
+      "return table.view(-1)[(xm + 127) * 256 + (x.to(torch.int64) + 128)]",
+      (DEPLOY_ARITH,), "ShiftGELU's table read at the row of max - 1"),
+    M("deploy_float_gemm_chunk_too_long", "qvit/deploy/intmm.py",
+      "longest = max(1, (FLOAT32_EXACT - 1) // (a_max * b_max))",
+      "longest = max(1, (4 * FLOAT32_EXACT) // (a_max * b_max))",
+      (DEPLOY_ARITH,), "the float32 GEMM's K chunks long enough to round their sums"),
 ]
 
 

@@ -11,7 +11,13 @@ the tests hold these to it.
   int64 division is not);
 * `round_div`: round_half_even(s / d) for a positive integer d (means, pooling);
 * `shift_exp`: I-ViT's shift-based integer exp (Shiftmax and ShiftGELU share it);
-* `shiftmax`, `shift_gelu`, `int_layernorm` (with `isqrt_newton`).
+* `shiftmax`, `shift_gelu`, `int_layernorm` (with `isqrt_newton`);
+* the same by lookup tables, built from the functions above (so equal by construction,
+  and tested on every input they take): `exp_table` with `shiftmax_by_table` (the shift
+  exp of x - max(x) is one of a few hundred values, saturating below n x0), and
+  `gelu_table` with `gelu_by_table` (ShiftGELU of an int8 x, requantized to int8, depends
+  only on x and its row's max: 256 x 256 int8 entries, the sigmoid's per-element
+  division and the requantizer's multiply included).
 """
 
 from __future__ import annotations
@@ -21,7 +27,9 @@ from torch import Tensor
 
 __all__ = ["NORM_ONE", "NEWTON_START", "NEWTON_ITERATIONS", "EXP_SHIFT_CAP", "requantize",
            "clamp_bits", "FLOAT_DIVISION_BOUND", "floor_div", "round_div", "shift_exp",
-           "shiftmax", "shift_gelu", "isqrt_newton", "int_layernorm"]
+           "shiftmax", "shift_gelu", "gelu_given_max", "isqrt_newton", "int_layernorm",
+           "EXP_TABLE_LIMIT", "exp_table", "shiftmax_by_table", "gelu_table",
+           "gelu_by_table"]
 
 # The numerator of the integer divisions floor(I / t) (Shiftmax, ShiftGELU, I-LayerNorm) and
 # the clamp of t: I-ViT writes INT32_MAX = 2^31 - 1, but computes in float32, where that
@@ -98,6 +106,11 @@ def shiftmax(x: Tensor, x0: Tensor, n: int, output_bit: int) -> Tensor:
     I = 2^31 (`NORM_ONE`), the sum clamped to I; values in [0, 2^(bits-1) - 1]."""
     x = x.to(torch.int64)
     e = shift_exp(x - x.amax(dim=-1, keepdim=True), x0, n)
+    return _normalize(e, output_bit)
+
+
+def _normalize(e: Tensor, output_bit: int) -> Tensor:
+    """Shiftmax's last step: floor(e * floor(I / sum e) / 2^(32 - bits)) over the last dim."""
     factor = floor_div(NORM_ONE, e.sum(dim=-1, keepdim=True).clamp_max(NORM_ONE))
     return ((e * factor) >> (32 - output_bit)).to(_DTYPES[16 if output_bit > 8 else 8])
 
@@ -107,11 +120,57 @@ def shift_gelu(x: Tensor, x0: Tensor, n: int, output_bit: int) -> Tensor:
     2^(32 - bits)) with sum = exp(x - max) + exp(-max) clamped to I (max over the last
     dim, x0 of the sigmoid's scale 1.702 s). int32 out (|x| * 2^(bits-1) at most)."""
     x = x.to(torch.int64)
-    xm = x.amax(dim=-1, keepdim=True)
+    return gelu_given_max(x, x.amax(dim=-1, keepdim=True), x0, n, output_bit)
+
+
+def gelu_given_max(x: Tensor, xm: Tensor, x0: Tensor, n: int, output_bit: int) -> Tensor:
+    """ShiftGELU of int64 ``x`` whose row maximum is ``xm`` (broadcast), int32 out."""
     e = shift_exp(x - xm, x0, n)
     total = (e + shift_exp(-xm, x0, n)).clamp_max(NORM_ONE)
     sig = (e * floor_div(NORM_ONE, total)) >> (32 - output_bit)
     return (x * sig).to(torch.int32)
+
+
+# The longest exp table (entries) `exp_table` builds; beyond it (a softmax input scale
+# below about 1/5000) Shiftmax computes its exp
+EXP_TABLE_LIMIT = 2**16
+
+
+def exp_table(x0: Tensor, n: int) -> Tensor | None:
+    """shift_exp(-k) for k = 0..K (int64), K the first k from which it is constant (d =
+    n x0: c = b + floor(b/2) - floor(b/16) does not increase as b falls), so that
+    shift_exp(b) = table[min(-b, K)] for every b <= 0; None where K > `EXP_TABLE_LIMIT`."""
+    x0i = int(x0)
+    bound = (1 - n * x0i) * 16 // 23 + 2  # c(-k) <= 1 - 23k/16 <= n x0 from here on
+    if bound > EXP_TABLE_LIMIT:
+        return None
+    b = -torch.arange(bound + 1, dtype=torch.int64, device=x0.device)
+    c = b + (b >> 1) - (b >> 4)
+    k = int(torch.nonzero(c <= n * x0i)[0])
+    return shift_exp(b[:k + 1], x0.to(torch.int64), n)
+
+
+def shiftmax_by_table(x: Tensor, table: Tensor, output_bit: int) -> Tensor:
+    """`shiftmax` with the exp looked up in ``table`` (`exp_table` of its x0 and n)."""
+    x = x.to(torch.int64)
+    e = table[(x.amax(dim=-1, keepdim=True) - x).clamp_max(table.numel() - 1)]
+    return _normalize(e, output_bit)
+
+
+def gelu_table(x0: Tensor, n: int, output_bit: int, m: Tensor, e: Tensor,
+               half_m1: Tensor, bits: int) -> Tensor:
+    """(256, 256) int8: entry [xm + 128, x + 128] is ShiftGELU of an int8 ``x`` whose row
+    maximum is ``xm``, requantized by a per-tensor (m, e) and clamped to ``bits`` (<= 8)
+    integers; rows xm < x are never read."""
+    v = torch.arange(-128, 128, dtype=torch.int64, device=x0.device)
+    g = gelu_given_max(v.view(1, -1), v.view(-1, 1), x0.to(torch.int64), n, output_bit)
+    return clamp_bits(requantize(g, m, e, half_m1), bits).to(torch.int8).contiguous()
+
+
+def gelu_by_table(x: Tensor, table: Tensor) -> Tensor:
+    """ShiftGELU and its requantizer of int8 ``x`` (rows: the last dim) by `gelu_table`."""
+    xm = x.amax(dim=-1, keepdim=True).to(torch.int64)  # (int64: ONNX's Gather index)
+    return table.view(-1)[(xm + 128) * 256 + (x.to(torch.int64) + 128)]
 
 
 def isqrt_newton(v: Tensor, iterations: int = NEWTON_ITERATIONS) -> Tensor:

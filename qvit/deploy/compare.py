@@ -31,12 +31,16 @@ INTEGER_LAYERS = (layers.InputQuant, layers.Requant, layers.IntLinear, layers.In
 
 @contextlib.contextmanager
 def record_deployed(deployed: nn.Module):
-    """{module name: integer output} of every integer layer while inside."""
+    """{module name: integer output} of every integer layer while inside (each layer run
+    as its own module: `DeployedModel.layer_by_layer`)."""
     out: dict[str, Tensor] = {}
     hooks = [m.register_forward_hook(lambda mod, a, o, n=n: out.__setitem__(n, o))
              for n, m in deployed.named_modules() if isinstance(m, INTEGER_LAYERS)]
+    layerwise = (deployed.layer_by_layer() if isinstance(deployed, DeployedModel)
+                 else contextlib.nullcontext())
     try:
-        yield out
+        with layerwise:
+            yield out
     finally:
         for h in hooks:
             h.remove()
@@ -144,7 +148,7 @@ def local_differences(model: nn.Module, deployed: DeployedModel, images: Tensor,
         for n, m in deployed.named_modules()
         if isinstance(m, (layers.IntLayerNorm, layers.IntSoftmax, layers.IntGELU))]
     try:
-        with torch.no_grad():
+        with torch.no_grad(), deployed.layer_by_layer():
             deployed(images)
     finally:
         for h in hooks:

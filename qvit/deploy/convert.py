@@ -19,6 +19,7 @@ from ..ops import int_exp
 from ..ops.gelu import SIGMOID_FACTOR
 from ..ops.requant import frexp_device
 from . import arith, layers
+from .intmm import resolve_int_gemm
 from .model import DeployedModel, DeployedSwin, DeployedViT, Head
 
 __all__ = ["dyadic", "probe_scales", "config_of", "check_deployable", "deploy"]
@@ -202,27 +203,31 @@ def _fill_attention(conv: _Converter, qat_blk, blk, prefix: str) -> None:
                                  f"{prefix}attn_mask"))
 
 
-def deploy(model: nn.Module) -> DeployedModel:
+def deploy(model: nn.Module, *, int_gemm: str = "auto", lookup_tables: bool = True
+           ) -> DeployedModel:
     """The integer-only inference model of a trained, loaded or calibrated qvit model
     (QuantViT or QuantSwin): int8 weights, int32 biases, dyadic multipliers and integer
     constants; float only in the input quantizer and the logits. In eval mode, on the
-    model's device. Refuses (ValueError, one line) anything else: a float model, an
-    uncalibrated one, a model without a classifier."""
+    model's device. ``int_gemm``, ``lookup_tables``: how it computes, not what
+    (`DeployedModel`). Refuses (ValueError, one line) anything else: a float model, an
+    uncalibrated one, a model without a classifier, an unknown ``int_gemm``."""
     check_deployable(model)
+    resolve_int_gemm(int_gemm, torch.device("cpu"))
     modes = {m: m.training for m in model.modules()}
     try:
         model.eval()  # (the quantizers called below must not observe)
-        return _deploy(model)
+        return _deploy(model, dict(int_gemm=int_gemm, lookup_tables=lookup_tables))
     finally:
         for m, t in modes.items():
             m.training = t
 
 
-def _deploy(model: QuantModel) -> DeployedModel:
+def _deploy(model: QuantModel, options: dict[str, Any]) -> DeployedModel:
     probe = probe_scales(model)
     p = next(model.parameters())
     dep = (DeployedViT if isinstance(model, QuantViT) else DeployedSwin)(
-        **{k: v for k, v in config_of(model).items() if k != "family"}).to(p.device)
+        **{k: v for k, v in config_of(model).items() if k != "family"}, **options
+    ).to(p.device)
     conv = _Converter(model, probe)
     with torch.no_grad():
         conv.walk(dep)
@@ -247,4 +252,5 @@ def _deploy(model: QuantModel) -> DeployedModel:
                      for j, (b, d) in enumerate(zip(s.blocks, ds.blocks, strict=True))]
         for prefix, qb, db in pairs:
             _fill_attention(conv, qb, db, prefix)
+    dep.refresh_tables()  # (from the constants just filled)
     return dep.eval()

@@ -11,6 +11,13 @@ cut into its high and low bytes, two float32 GEMMs (the 16-bit softmax output: 1
 faster than one float64 GEMM here); float64 below 2^53; int64 beyond. The operands' ranges
 are the caller's (max|a|, max|b|, known from the bit widths). Under ONNX export the
 product is an integer MatMul (int32 where the bound allows).
+
+Which GEMM runs the int8 linear layers is a speed choice, never a numerical one (both are
+exact): ``torch._int_mm`` is fast on the CPU only where oneDNN has int8 dot products
+(AVX512-VNNI, AMX). On an AVX2 EPYC (family 25 model 1, torch 2.14.1, two threads) it ran
+25-50x slower than the float32 GEMM of the same integers (DeiT-tiny's qkv, M = 1576, K =
+192, N = 576: 90 ms against 2.4 ms), so ``"auto"`` takes the float32 GEMM there, in K
+chunks short enough to be exact (`float_gemm_exact`).
 """
 
 from __future__ import annotations
@@ -19,10 +26,33 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["int_mm_supported", "pad_shapes", "int_mm", "FLOAT32_EXACT", "exact_dtype",
+__all__ = ["INT_GEMMS", "int8_gemm_fast", "resolve_int_gemm", "int_mm_supported",
+           "pad_shapes", "int_mm", "float_gemm_exact", "FLOAT32_EXACT", "exact_dtype",
            "byte_split_exact", "exact_matmul", "linear_int8"]
 
 FLOAT32_EXACT = 2**24  # integers below it, and sums of them below it, are exact in float32
+
+# The GEMM of the int8 linear layers: "auto" (int8 where it is fast: `int8_gemm_fast`),
+# "int8" (``torch._int_mm``) or "float32" (`float_gemm_exact`). Same integers either way.
+INT_GEMMS = ("auto", "int8", "float32")
+
+
+def int8_gemm_fast(device: torch.device) -> bool:
+    """Whether ``torch._int_mm`` is the fast GEMM on ``device``: on CUDA, and on a CPU with
+    int8 dot products (AVX512-VNNI or AMX, as torch reports them)."""
+    if device.type != "cpu":
+        return True
+    return any(getattr(torch.cpu, probe, lambda: False)()
+               for probe in ("_is_vnni_supported", "_is_amx_tile_supported"))
+
+
+def resolve_int_gemm(choice: str, device: torch.device) -> str:
+    """"int8" or "float32": what ``choice`` (one of `INT_GEMMS`) runs on ``device``."""
+    if choice not in INT_GEMMS:
+        raise ValueError(f"int_gemm must be one of {', '.join(INT_GEMMS)}, got {choice!r}")
+    if choice == "auto":
+        return "int8" if int8_gemm_fast(device) else "float32"
+    return choice
 
 
 def int_mm_supported(a: Tensor, b: Tensor) -> bool:
@@ -42,8 +72,11 @@ def pad_shapes(m: int, k: int, n: int) -> tuple[int, int, int]:
     return max(m, 17), max(-(-k // 8) * 8, 16), max(-(-n // 8) * 8, 8)
 
 
-def int_mm(a: Tensor, b: Tensor) -> Tensor:
-    """a (M, K) int8 @ b (K, N) int8 -> (M, N) int32, exactly."""
+def int_mm(a: Tensor, b: Tensor, gemm: str = "int8") -> Tensor:
+    """a (M, K) int8 @ b (K, N) int8 -> (M, N) int32, exactly, by ``gemm`` ("int8" or
+    "float32"; under ONNX export always the integer MatMul)."""
+    if gemm == "float32" and not torch.onnx.is_in_onnx_export():
+        return float_gemm_exact(a, b, 128, 128)
     if int_mm_supported(a, b):
         return torch._int_mm(a, b)
     if a.dtype == torch.int8 and b.dtype == torch.int8 and a.dim() == 2 and b.dim() == 2 \
@@ -55,6 +88,22 @@ def int_mm(a: Tensor, b: Tensor) -> Tensor:
         bp = F.pad(b, (0, pn - n, 0, pk - k))
         return torch._int_mm(ap, bp.t().contiguous().t())[:m, :n]
     return exact_matmul(a, b, 128, 128).to(torch.int32)
+
+
+def float_gemm_exact(a: Tensor, b: Tensor, a_max: int, b_max: int) -> Tensor:
+    """a (M, K) @ b (K, N) of integers with |a| <= ``a_max``, |b| <= ``b_max`` -> int32, as
+    float32 GEMMs over K chunks whose sums stay below 2^24 (exact), added in int32
+    (int8 operands: K <= 1023 in one GEMM; DeiT-tiny's fc2, K = 3072, in four of 768)."""
+    k = a.shape[1]
+    longest = max(1, (FLOAT32_EXACT - 1) // (a_max * b_max))
+    chunks = -(-k // longest)
+    chunk = -(-k // chunks)
+    out = None
+    for i in range(0, k, chunk):
+        part = torch.mm(a[:, i:i + chunk].to(torch.float32),
+                        b[i:i + chunk].to(torch.float32)).to(torch.int32)
+        out = part if out is None else out + part
+    return out
 
 
 def exact_dtype(bound: int) -> torch.dtype:
@@ -91,8 +140,9 @@ def exact_matmul(a: Tensor, b: Tensor, a_max: int, b_max: int) -> Tensor:
     return torch.matmul(a.to(dtype), b.to(dtype)).to(torch.int64)
 
 
-def linear_int8(x: Tensor, weight: Tensor) -> Tensor:
-    """x (..., K) int8 times weight (N, K) int8, transposed -> (..., N) int32."""
+def linear_int8(x: Tensor, weight: Tensor, gemm: str = "auto") -> Tensor:
+    """x (..., K) int8 times weight (N, K) int8, transposed -> (..., N) int32, by ``gemm``
+    (one of `INT_GEMMS`)."""
     lead = x.shape[:-1]
-    out = int_mm(x.reshape(-1, x.shape[-1]), weight.t())
+    out = int_mm(x.reshape(-1, x.shape[-1]), weight.t(), resolve_int_gemm(gemm, x.device))
     return out.view(*lead, weight.shape[0])

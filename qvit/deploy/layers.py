@@ -77,19 +77,22 @@ class Requant(nn.Module):
 
 
 class IntLinear(nn.Module):
-    """x int8 @ weight int8 (out, in)^T + bias int32: the int64 accumulator."""
+    """x int8 @ weight int8 (out, in)^T + bias int32: the int64 accumulator. ``gemm``: one
+    of `intmm.INT_GEMMS` (the model's ``int_gemm``; the same integers either way)."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
+        self.gemm = "auto"
         self.register_buffer("weight", _zeros(out_features, in_features, dtype=torch.int8))
         self.register_buffer("bias", _zeros(out_features, dtype=torch.int32) if bias else None)
 
     def extra_repr(self) -> str:
-        return f"{self.in_features} -> {self.out_features}, bias={self.bias is not None}"
+        return (f"{self.in_features} -> {self.out_features}, bias={self.bias is not None}, "
+                f"gemm={self.gemm}")
 
     def forward(self, x: Tensor) -> Tensor:
-        acc = linear_int8(x, self.weight).to(torch.int64)
+        acc = linear_int8(x, self.weight, self.gemm).to(torch.int64)
         return acc if self.bias is None else acc + self.bias
 
 
@@ -137,17 +140,24 @@ class IntLayerNorm(nn.Module):
 
 
 class IntSoftmax(nn.Module):
-    """Shiftmax (`arith.shiftmax`) with x0 = floor(-1 / scale) of its input's scale."""
+    """Shiftmax (`arith.shiftmax`) with x0 = floor(-1 / scale) of its input's scale; by
+    its exp table (`arith.shiftmax_by_table`) where `build_tables` made one."""
 
     def __init__(self, output_bit: int, exp_bits: int = 15):
         super().__init__()
         self.output_bit, self.exp_bits = output_bit, exp_bits
         self.register_buffer("x0", torch.full((), -1, dtype=torch.int64))
+        self.register_buffer("exp_lut", None, persistent=False)  # derived from x0
 
     def extra_repr(self) -> str:
-        return f"output_bit={self.output_bit}"
+        return f"output_bit={self.output_bit}, table={self.exp_lut is not None}"
+
+    def build_tables(self, on: bool) -> None:
+        self.exp_lut = arith.exp_table(self.x0, self.exp_bits) if on else None
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.exp_lut is not None:
+            return arith.shiftmax_by_table(x, self.exp_lut, self.output_bit)
         return arith.shiftmax(x, self.x0, self.exp_bits, self.output_bit)
 
 

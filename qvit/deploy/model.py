@@ -8,6 +8,7 @@ the requantizer of QAT's ``blocks.0.attn.q_qkv``.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import torch
@@ -15,6 +16,7 @@ from torch import Tensor, nn
 
 from ..ops.windows import reverse_roll, roll_partition
 from . import arith
+from .intmm import resolve_int_gemm
 from .layers import (
     InputQuant,
     IntGELU,
@@ -70,6 +72,9 @@ class Attention(nn.Module):
 
 
 class Mlp(nn.Module):
+    """fc1 -> int8 -> ShiftGELU -> int8 -> fc2 -> 16 bit; ShiftGELU and its requantizer by
+    one table lookup (`arith.gelu_by_table`) where `build_tables` made the table."""
+
     def __init__(self, dim: int, hidden: int):
         super().__init__()
         self.fc1 = IntLinear(dim, hidden)
@@ -78,9 +83,18 @@ class Mlp(nn.Module):
         self.q_act = Requant(8)
         self.fc2 = IntLinear(hidden, dim)
         self.q_out = Requant(16, dim)
+        self.register_buffer("act_lut", None, persistent=False)  # from act's x0, q_act's m, e
+
+    def build_tables(self, on: bool) -> None:
+        self.act_lut = arith.gelu_table(
+            self.act.x0, self.act.exp_bits, self.act.output_bit, self.q_act.m, self.q_act.e,
+            self.q_act.half_m1, self.q_act.bits) if on else None
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.q_out(self.fc2(self.q_act(self.act(self.q_fc1(self.fc1(x))))))
+        h = self.q_fc1(self.fc1(x))
+        if self.act_lut is not None:
+            return self.q_out(self.fc2(arith.gelu_by_table(h, self.act_lut)))
+        return self.q_out(self.fc2(self.q_act(self.act(h))))
 
 
 def window_geometry(resolution: tuple[int, int] | None, window_size: int | None,
@@ -180,13 +194,58 @@ class Head(nn.Module):
 
 
 class DeployedModel(nn.Module):
-    """What both families share: the config they are built from."""
+    """What both families share: the config they are built from, and two choices that
+    change its speed, never its integers: ``int_gemm`` (the int8 linear layers' GEMM, one
+    of `intmm.INT_GEMMS`) and ``lookup_tables`` (Shiftmax's exp and ShiftGELU with its
+    requantizer by tables derived from the layers' constants, rebuilt whenever a state
+    dict is loaded)."""
 
     config: dict[str, Any]
     family: str
 
+    def _options(self, int_gemm: str, lookup_tables: bool) -> None:
+        self.config.update(int_gemm=int_gemm, lookup_tables=bool(lookup_tables))
+        self.set_int_gemm(int_gemm)
+        self.register_load_state_dict_post_hook(lambda module, keys: module.refresh_tables())
+        self.refresh_tables()
+
     def extra_repr(self) -> str:
-        return f"family={self.family}"
+        return (f"family={self.family}, int_gemm={self.config['int_gemm']}, "
+                f"lookup_tables={self.config['lookup_tables']}")
+
+    def set_int_gemm(self, choice: str) -> None:
+        """The int8 linear layers' GEMM: "auto", "int8" or "float32" (`intmm.INT_GEMMS`)."""
+        resolve_int_gemm(choice, torch.device("cpu"))  # (refuses an unknown one)
+        self.config["int_gemm"] = choice
+        for m in self.modules():
+            if isinstance(m, IntLinear):
+                m.gemm = choice
+
+    def int_gemm_used(self) -> str:
+        """What ``int_gemm`` runs on the model's device: "int8" or "float32"."""
+        return resolve_int_gemm(self.config["int_gemm"], self.head.logit_scale.device)
+
+    def refresh_tables(self) -> None:
+        """(Re)build the lookup tables from the layers' constants (or drop them where
+        ``lookup_tables`` is off)."""
+        on = self.config["lookup_tables"]
+        with torch.no_grad():
+            for m in self.modules():
+                if isinstance(m, (IntSoftmax, Mlp)):
+                    m.build_tables(on)
+
+    @contextlib.contextmanager
+    def layer_by_layer(self):
+        """Inside, every integer layer runs as its own module (no tables), so hooks on
+        ShiftGELU and its requantizer see their outputs; the same integers."""
+        on = self.config["lookup_tables"]
+        self.config["lookup_tables"] = False
+        self.refresh_tables()
+        try:
+            yield self
+        finally:
+            self.config["lookup_tables"] = on
+            self.refresh_tables()
 
 
 class DeployedViT(DeployedModel):
@@ -197,7 +256,8 @@ class DeployedViT(DeployedModel):
 
     def __init__(self, *, img_size: int, patch_size: int, in_chans: int, num_classes: int,
                  embed_dim: int, depth: int, num_heads: int, mlp_hidden: int,
-                 qkv_bias: bool = True, softmax_bits: int = 16, global_pool: str = "token"):
+                 qkv_bias: bool = True, softmax_bits: int = 16, global_pool: str = "token",
+                 int_gemm: str = "auto", lookup_tables: bool = True):
         super().__init__()
         self.config = dict(family="vit", img_size=img_size, patch_size=patch_size,
                            in_chans=in_chans, num_classes=num_classes, embed_dim=embed_dim,
@@ -222,6 +282,7 @@ class DeployedViT(DeployedModel):
         self.norm = IntLayerNorm(embed_dim)
         self.q_head = Requant(8, embed_dim)
         self.head = Head(embed_dim, num_classes)
+        self._options(int_gemm, lookup_tables)
 
     def forward_features(self, x: Tensor) -> Tensor:
         """Integer tokens after the final I-LayerNorm (int64, per-channel scale)."""
@@ -249,7 +310,8 @@ class DeployedSwin(DeployedModel):
 
     def __init__(self, *, img_size: int, patch_size: int, in_chans: int, num_classes: int,
                  embed_dim: int, depths: list[int], num_heads: list[int], window_size: int,
-                 mlp_hidden: list[int], qkv_bias: bool = True, ape: bool = False):
+                 mlp_hidden: list[int], qkv_bias: bool = True, ape: bool = False,
+                 int_gemm: str = "auto", lookup_tables: bool = True):
         super().__init__()
         self.config = dict(family="swin", img_size=img_size, patch_size=patch_size,
                            in_chans=in_chans, num_classes=num_classes, embed_dim=embed_dim,
@@ -283,6 +345,7 @@ class DeployedSwin(DeployedModel):
         self.q_norm = Requant(8, dim)
         self.q_pool = Requant(8)
         self.head = Head(dim, num_classes)
+        self._options(int_gemm, lookup_tables)
 
     def forward_features(self, x: Tensor) -> Tensor:
         x = self.patch_embed(self.q_input(x))

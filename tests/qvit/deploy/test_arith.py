@@ -149,3 +149,78 @@ def test_exact_matmul_of_a_16_bit_operand_by_its_bytes(lo, hi):
     b[0, :2] = -128
     got = intmm.exact_matmul(a, b, max(hi - 1, -lo), 2**7)
     assert torch.equal(got, a.long() @ b.long())
+
+
+@pytest.mark.parametrize("x0, n", [(-1, 15), (-9, 15), (-40, 15), (-333, 15), (-9, 23),
+                                   (-70, 23)])
+def test_exp_table_is_the_shift_exp_of_every_non_positive_argument(x0, n):
+    """table[min(-b, K)] == shift_exp(b) for every b from 0 far past the saturation."""
+    x0 = torch.tensor(x0)
+    table = arith.exp_table(x0, n)
+    k = table.numel() - 1
+    b = -torch.arange(3 * k + 600)
+    assert torch.equal(table[(-b).clamp_max(k)], arith.shift_exp(b, x0, n))
+    assert arith.exp_table(torch.tensor(-2**20), 15) is None  # past EXP_TABLE_LIMIT
+
+
+@pytest.mark.parametrize("bits, x0", [(16, -7), (8, -25), (16, -200)])
+def test_shiftmax_by_table_equals_shiftmax(bits, x0):
+    """int8 rows (DeiT) and int32 rows reaching far below the saturation (Swin's shift
+    mask added to int8 scores)."""
+    g = torch.Generator().manual_seed(bits)
+    x0 = torch.tensor(x0)
+    table = arith.exp_table(x0, 15)
+    rows8 = torch.randint(-128, 128, (40, 197), generator=g, dtype=torch.int8)
+    rows8[0] = 5  # a constant row
+    masked = rows8[:, :49].to(torch.int32) + torch.where(
+        torch.rand(40, 49, generator=g) < 0.5, -10_000, 0).to(torch.int32)
+    for x in (rows8, masked):
+        assert torch.equal(arith.shiftmax_by_table(x, table, bits),
+                           arith.shiftmax(x, x0, 15, bits))
+
+
+@pytest.mark.parametrize("x0", [-1, -6, -31, -300])
+def test_gelu_table_holds_shift_gelu_and_its_requantizer_for_every_int8_pair(x0):
+    """Every row maximum xm and every x <= xm: the table's entry equals ShiftGELU (23-bit
+    exp, 8-bit sigmoid) of a row holding x and xm, requantized per tensor to int8."""
+    x0 = torch.tensor(x0)
+    m, e = dyadic(torch.tensor([3e-4]), torch.tensor([0.02]))
+    half = (1 << (e - 1)) - 1
+    table = arith.gelu_table(x0, 23, 8, m, e, half, 8)
+    v = torch.arange(-128, 128)
+    rows = torch.minimum(v.view(1, -1), v.view(-1, 1)).to(torch.int8)  # row i: max v[i]
+    want = arith.clamp_bits(arith.requantize(arith.shift_gelu(rows, x0, 23, 8), m, e, half), 8)
+    got = arith.gelu_by_table(rows, table)
+    assert got.dtype == torch.int8
+    assert torch.equal(got, want)
+    assert (want != 0).any() and (want != want[-1, -1]).any()  # not a degenerate table
+
+
+@pytest.mark.parametrize("k", [7, 192, 1023, 1024, 3072])
+def test_float_gemm_exact_at_the_extremes(k):
+    """The float32 GEMM of int8 operands in K chunks: the integer product where every
+    partial sum is largest (-128 x -128 throughout), where the sum is odd (127 x 127 but
+    one 1 x 2: float32 holds no odd integer past 2^24) and on random operands."""
+    g = torch.Generator().manual_seed(k)
+    a = torch.randint(-128, 128, (33, k), generator=g, dtype=torch.int8)
+    b = torch.randint(-128, 128, (k, 17), generator=g, dtype=torch.int8)
+    a[0], b[:, 0] = -128, -128
+    a[1], b[:, 1] = 127, 127
+    a[1, 0], b[0, 1] = 1, 2
+    want = a.long() @ b.long()
+    assert want[0, 0] == k * 2**14 and want[1, 1] == (k - 1) * 127**2 + 2
+    got = intmm.float_gemm_exact(a, b, 128, 128)
+    assert got.dtype == torch.int32 and torch.equal(got.long(), want)
+    assert torch.equal(intmm.int_mm(a, b, "float32").long(), want)
+
+
+def test_int_gemm_choice(monkeypatch):
+    cpu = torch.device("cpu")
+    for fast in (True, False):
+        monkeypatch.setattr(torch.cpu, "_is_vnni_supported", lambda fast=fast: fast)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+        assert intmm.resolve_int_gemm("auto", cpu) == ("int8" if fast else "float32")
+    assert intmm.resolve_int_gemm("auto", torch.device("cuda")) == "int8"
+    assert intmm.resolve_int_gemm("float32", torch.device("cuda")) == "float32"
+    with pytest.raises(ValueError, match="int_gemm must be one of auto, int8, float32"):
+        intmm.resolve_int_gemm("int4", cpu)

@@ -13,6 +13,8 @@ import qvit
 from qvit import Flags
 from qvit.deploy import compile_deployed, deploy, from_config
 from qvit.deploy.compare import evaluate_deployed, layer_differences, record_deployed
+from qvit.deploy.layers import IntGELU, IntSoftmax
+from qvit.deploy.model import Mlp
 from qvit.deploy.reference_model import reference_forward
 
 from .._util import MICRO, batch, model_from
@@ -31,6 +33,11 @@ def _assert_bit_exact(model, images):
         assert ours.shape == ref.shape, name
         assert np.array_equal(ours, ref), f"{name}: {(ours != ref).mean():.2%} differ"
     assert np.array_equal(logits.cpu().numpy(), want_logits)
+    for gemm in ("int8", "float32"):  # and as it runs: lookup tables, either GEMM
+        deployed.set_int_gemm(gemm)
+        with torch.no_grad():
+            assert np.array_equal(deployed(images).cpu().numpy(), want_logits), gemm
+    deployed.set_int_gemm("auto")
     return deployed
 
 
@@ -81,12 +88,46 @@ def test_state_dict_round_trip(name):
     fresh = from_config(saved["config"])
     fresh.load_state_dict(saved["state"], strict=True)
     x = batch(9, n=4)[0]
-    with torch.no_grad():
+    assert fresh.config == deployed.config  # (int_gemm, lookup_tables too)
+    with torch.no_grad():  # (the tables rebuilt from the loaded constants)
         assert torch.equal(fresh(x), deployed(x))
+    assert not any("lut" in k for k in saved["state"])  # derived, not stored
     assert {v.dtype for k, v in saved["state"].items() if k.endswith("fc1.weight")} == {
         torch.int8}
     assert {v.dtype for k, v in saved["state"].items() if k.endswith("fc1.bias")} == {
         torch.int32}
+
+
+@pytest.mark.parametrize("name", MICRO)
+def test_int_gemm_and_lookup_tables_change_no_integer(name):
+    """Each choice of GEMM and tables: the same logits; the tables are what runs where on
+    (ShiftGELU's module is not called), and `layer_by_layer` turns them off only inside."""
+    model = model_from(name, Flags.preset("best"))
+    x = batch(4, n=8)[0]
+    outs = {}
+    for gemm in ("int8", "float32", "auto"):
+        for tables in (False, True):
+            dep = deploy(model, int_gemm=gemm, lookup_tables=tables)
+            assert dep.config["int_gemm"] == gemm and dep.config["lookup_tables"] == tables
+            called = []
+            gelus = [m for m in dep.modules() if isinstance(m, IntGELU)]
+            hooks = [m.register_forward_hook(lambda *a, c=called: c.append(1)) for m in gelus]
+            with torch.no_grad():
+                outs[gemm, tables] = dep(x)
+                assert bool(called) is not tables
+                with dep.layer_by_layer():
+                    assert torch.equal(dep(x), outs[gemm, tables])
+                    assert all(m.act_lut is None for m in dep.modules()
+                               if isinstance(m, Mlp))
+            assert all(m.exp_lut is not None for m in dep.modules()
+                       if isinstance(m, IntSoftmax)) is tables
+            for h in hooks:
+                h.remove()
+    first = outs["int8", False]
+    assert all(torch.equal(o, first) for o in outs.values())
+    with pytest.raises(ValueError, match="int_gemm must be one of") as e:
+        deploy(model, int_gemm="int16")
+    _one_line(e)
 
 
 @pytest.mark.parametrize("name", MICRO)
