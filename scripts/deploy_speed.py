@@ -223,6 +223,15 @@ def markdown(rows: list[dict], infos: dict, meta: dict, layers: list[dict],
             f"{i.get('compile_s_compiled_int8_no_tables', float('nan')):.1f} | "
             f"{i.get('compiled_exact_compiled_int8_no_tables', '-')} |"
             for m, i in infos.items()]
+    before = [(r["model"], ratio_interval(r["rounds"], b["rounds"])) for r in rows
+              for b in rows if r["variant"] == "deployed_compiled"
+              and b["variant"] == "compiled_int8_no_tables" and b["model"] == r["model"]]
+    if before:
+        out += ["", "Compiled, `deployed` over `compiled_int8_no_tables` (throughput, paired "
+                "within rounds: geometric mean [95% t]): " + "; ".join(
+                    f"{m} {ci(v, lo, hi)}" for m, (v, lo, hi, _) in before) + ". The "
+                "first compile in a process pays inductor's start-up; the second reuses "
+                "kernels both share, so the two compile times are not a comparison."]
     if whole:
         out += ["", "## Exactness against the QAT eval", "",
                 "Each micro model deployed and run beside its QAT eval on the whole held-out "

@@ -26,9 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["INT_GEMMS", "int8_gemm_fast", "resolve_int_gemm", "int_mm_supported",
-           "pad_shapes", "int_mm", "float_gemm_exact", "FLOAT32_EXACT", "exact_dtype",
-           "byte_split_exact", "exact_matmul", "linear_int8"]
+__all__ = ["INT_GEMMS", "CPU_INT8_DOT_PRODUCTS", "int8_gemm_fast", "resolve_int_gemm",
+           "int_mm_supported", "pad_shapes", "int_mm", "float_gemm_exact", "FLOAT32_EXACT",
+           "exact_dtype", "byte_split_exact", "exact_matmul", "linear_int8"]
 
 FLOAT32_EXACT = 2**24  # integers below it, and sums of them below it, are exact in float32
 
@@ -37,13 +37,21 @@ FLOAT32_EXACT = 2**24  # integers below it, and sums of them below it, are exact
 INT_GEMMS = ("auto", "int8", "float32")
 
 
-def int8_gemm_fast(device: torch.device) -> bool:
-    """Whether ``torch._int_mm`` is the fast GEMM on ``device``: on CUDA, and on a CPU with
-    int8 dot products (AVX512-VNNI or AMX, as torch reports them)."""
-    if device.type != "cpu":
-        return True
+def _cpu_has_int8_dot_products() -> bool:
     return any(getattr(torch.cpu, probe, lambda: False)()
                for probe in ("_is_vnni_supported", "_is_amx_tile_supported"))
+
+
+# read once, at import: dynamo does not trace torch.cpu's probes (a graph break at every
+# linear layer of a compiled model that asked at each call)
+CPU_INT8_DOT_PRODUCTS = _cpu_has_int8_dot_products()
+
+
+def int8_gemm_fast(device: torch.device) -> bool:
+    """Whether ``torch._int_mm`` is the fast GEMM on ``device``: on CUDA, and on a CPU with
+    int8 dot products (AVX512-VNNI or AMX, as torch reports them:
+    `CPU_INT8_DOT_PRODUCTS`)."""
+    return device.type != "cpu" or CPU_INT8_DOT_PRODUCTS
 
 
 def resolve_int_gemm(choice: str, device: torch.device) -> str:

@@ -217,9 +217,12 @@ def test_float_gemm_exact_at_the_extremes(k):
 def test_int_gemm_choice(monkeypatch):
     cpu = torch.device("cpu")
     for fast in (True, False):
-        monkeypatch.setattr(torch.cpu, "_is_vnni_supported", lambda fast=fast: fast)
-        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+        monkeypatch.setattr(intmm, "CPU_INT8_DOT_PRODUCTS", fast)
         assert intmm.resolve_int_gemm("auto", cpu) == ("int8" if fast else "float32")
+    for vnni, amx in ((True, False), (False, True), (False, False)):
+        monkeypatch.setattr(torch.cpu, "_is_vnni_supported", lambda v=vnni: v)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda a=amx: a)
+        assert intmm._cpu_has_int8_dot_products() is (vnni or amx)
     assert intmm.resolve_int_gemm("auto", torch.device("cuda")) == "int8"
     assert intmm.resolve_int_gemm("float32", torch.device("cuda")) == "float32"
     with pytest.raises(ValueError, match="int_gemm must be one of auto, int8, float32"):

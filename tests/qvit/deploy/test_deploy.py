@@ -130,6 +130,19 @@ def test_int_gemm_and_lookup_tables_change_no_integer(name):
     _one_line(e)
 
 
+@pytest.mark.parametrize("gemm", ["auto", "int8", "float32"])
+def test_deployed_model_traces_as_one_graph(gemm):
+    """Every GEMM choice traces without a graph break (a probe of the CPU inside the
+    forward broke the compiled graph at every linear layer)."""
+    import torch._dynamo
+
+    dep = deploy(model_from("ivit_micro", Flags()), int_gemm=gemm)
+    with torch.no_grad():
+        explained = torch._dynamo.explain(dep)(batch(6, n=2)[0])
+    assert explained.graph_break_count == 0, explained.break_reasons
+    assert explained.graph_count == 1
+
+
 @pytest.mark.parametrize("name", MICRO)
 def test_ivit_checkpoint_deploys(name):
     model = model_from(name, Flags())
