@@ -229,9 +229,9 @@ def markdown(rows: list[dict], infos: dict, meta: dict, layers: list[dict],
     if before:
         out += ["", "Compiled, `deployed` over `compiled_int8_no_tables` (throughput, paired "
                 "within rounds: geometric mean [95% t]): " + "; ".join(
-                    f"{m} {ci(v, lo, hi)}" for m, (v, lo, hi, _) in before) + ". The "
-                "first compile in a process pays inductor's start-up; the second reuses "
-                "kernels both share, so the two compile times are not a comparison."]
+                    f"{m} {ci(v, lo, hi)}" for m, (v, lo, hi, _) in before) + ". Both "
+                "compile in one process, one after the other: the second may reuse kernels "
+                "the first built (compile times above)."]
     if whole:
         out += ["", "## Exactness against the QAT eval", "",
                 "Each micro model deployed and run beside its QAT eval on the whole held-out "
