@@ -132,7 +132,7 @@ def gelu_given_max(x: Tensor, xm: Tensor, x0: Tensor, n: int, output_bit: int) -
 
 
 # The longest exp table (entries) `exp_table` builds; beyond it (a softmax input scale
-# below about 1/5000) Shiftmax computes its exp
+# below about 1/6000 for Shiftmax's n = 15) Shiftmax computes its exp
 EXP_TABLE_LIMIT = 2**16
 
 
@@ -162,6 +162,8 @@ def gelu_table(x0: Tensor, n: int, output_bit: int, m: Tensor, e: Tensor,
     """(256, 256) int8: entry [xm + 128, x + 128] is ShiftGELU of an int8 ``x`` whose row
     maximum is ``xm``, requantized by a per-tensor (m, e) and clamped to ``bits`` (<= 8)
     integers; rows xm < x are never read."""
+    if bits > 8:
+        raise ValueError(f"gelu_table holds int8 outputs; its requantizer has {bits} bits")
     v = torch.arange(-128, 128, dtype=torch.int64, device=x0.device)
     g = gelu_given_max(v.view(1, -1), v.view(-1, 1), x0.to(torch.int64), n, output_bit)
     return clamp_bits(requantize(g, m, e, half_m1), bits).to(torch.int8).contiguous()
