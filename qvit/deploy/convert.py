@@ -19,7 +19,7 @@ from ..ops import int_exp
 from ..ops.gelu import SIGMOID_FACTOR
 from ..ops.requant import frexp_device
 from . import arith, layers
-from .intmm import resolve_int_gemm
+from .intmm import check_int_gemm
 from .model import DeployedModel, DeployedSwin, DeployedViT, Head
 
 __all__ = ["dyadic", "probe_scales", "config_of", "check_deployable", "deploy"]
@@ -212,7 +212,7 @@ def deploy(model: nn.Module, *, int_gemm: str = "auto", lookup_tables: bool = Tr
     (`DeployedModel`). Refuses (ValueError, one line) anything else: a float model, an
     uncalibrated one, a model without a classifier, an unknown ``int_gemm``."""
     check_deployable(model)
-    resolve_int_gemm(int_gemm, torch.device("cpu"))
+    check_int_gemm(int_gemm)
     modes = {m: m.training for m in model.modules()}
     try:
         model.eval()  # (the quantizers called below must not observe)

@@ -26,9 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["INT_GEMMS", "CPU_INT8_DOT_PRODUCTS", "int8_gemm_fast", "resolve_int_gemm",
-           "int_mm_supported", "pad_shapes", "int_mm", "float_gemm_exact", "FLOAT32_EXACT",
-           "exact_dtype", "byte_split_exact", "exact_matmul", "linear_int8"]
+__all__ = ["INT_GEMMS", "CPU_INT8_DOT_PRODUCTS", "int8_gemm_fast", "check_int_gemm",
+           "resolve_int_gemm", "int_mm_supported", "pad_shapes", "int_mm", "float_gemm_exact",
+           "FLOAT32_EXACT", "exact_dtype", "byte_split_exact", "exact_matmul", "linear_int8"]
 
 FLOAT32_EXACT = 2**24  # integers below it, and sums of them below it, are exact in float32
 
@@ -54,10 +54,15 @@ def int8_gemm_fast(device: torch.device) -> bool:
     return device.type != "cpu" or CPU_INT8_DOT_PRODUCTS
 
 
-def resolve_int_gemm(choice: str, device: torch.device) -> str:
-    """"int8" or "float32": what ``choice`` (one of `INT_GEMMS`) runs on ``device``."""
+def check_int_gemm(choice: str) -> None:
+    """Refuses (one line) a ``choice`` that is not one of `INT_GEMMS`."""
     if choice not in INT_GEMMS:
         raise ValueError(f"int_gemm must be one of {', '.join(INT_GEMMS)}, got {choice!r}")
+
+
+def resolve_int_gemm(choice: str, device: torch.device) -> str:
+    """"int8" or "float32": what ``choice`` (one of `INT_GEMMS`) runs on ``device``."""
+    check_int_gemm(choice)
     if choice == "auto":
         return "int8" if int8_gemm_fast(device) else "float32"
     return choice

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from ..ops.windows import reverse_roll, roll_partition
 from . import arith
-from .intmm import resolve_int_gemm
+from .intmm import check_int_gemm, resolve_int_gemm
 from .layers import (
     InputQuant,
     IntGELU,
@@ -215,7 +215,7 @@ class DeployedModel(nn.Module):
 
     def set_int_gemm(self, choice: str) -> None:
         """The int8 linear layers' GEMM: "auto", "int8" or "float32" (`intmm.INT_GEMMS`)."""
-        resolve_int_gemm(choice, torch.device("cpu"))  # (refuses an unknown one)
+        check_int_gemm(choice)
         self.config["int_gemm"] = choice
         for m in self.modules():
             if isinstance(m, IntLinear):
@@ -228,7 +228,9 @@ class DeployedModel(nn.Module):
     def refresh_tables(self) -> None:
         """(Re)build the lookup tables from the layers' constants (or drop them where
         ``lookup_tables`` is off)."""
-        on = self.config["lookup_tables"]
+        self._build_tables(self.config["lookup_tables"])
+
+    def _build_tables(self, on: bool) -> None:
         with torch.no_grad():
             for m in self.modules():
                 if isinstance(m, (IntSoftmax, Mlp)):
@@ -238,13 +240,10 @@ class DeployedModel(nn.Module):
     def layer_by_layer(self):
         """Inside, every integer layer runs as its own module (no tables), so hooks on
         ShiftGELU and its requantizer see their outputs; the same integers."""
-        on = self.config["lookup_tables"]
-        self.config["lookup_tables"] = False
-        self.refresh_tables()
+        self._build_tables(False)
         try:
             yield self
         finally:
-            self.config["lookup_tables"] = on
             self.refresh_tables()
 
 
