@@ -44,11 +44,15 @@ from harness.analysis.report.fmt import ci  # noqa: E402
 from harness.analysis.stats import agreement_interval, ratio_interval  # noqa: E402
 from qvit import Flags  # noqa: E402
 from qvit.deploy import compile_deployed, deploy  # noqa: E402
+from qvit.deploy.layers import resolve_requant  # noqa: E402
 
-VARIANTS = ("deployed", "deployed_compiled", "compiled_int8_no_tables", "qat_best", "float")
-# the deployed model as it computed before int_gemm and lookup_tables (int8 GEMMs, every
-# layer its own arithmetic), compiled: the same integers, timed beside
-BEFORE = dict(int_gemm="int8", lookup_tables=False)
+# the deployed model compiled with some of its speed choices off (the same integers, timed
+# beside): as it computed before int_gemm, lookup_tables and requant existed (int8 GEMMs,
+# every layer its own arithmetic, int64 requantizers), and with only the last one off
+BASELINES = {"compiled_int8_no_tables": dict(int_gemm="int8", lookup_tables=False,
+                                             requant="int64"),
+             "compiled_int64_requant": dict(requant="int64")}
+VARIANTS = ("deployed", "deployed_compiled", *BASELINES, "qat_best", "float")
 BATCH = {"ivit_micro": 64, "swin_micro": 64, "deit_tiny_patch16_224": 8,
          "swin_tiny_patch4_window7_224": 8}
 
@@ -94,12 +98,12 @@ def bench_model(name: str, args) -> tuple[list[dict], dict]:
     with torch.no_grad():
         ref = dep(x)
         info["int_gemm"] = dep.int_gemm_used()
-        compiled = {"deployed_compiled": lambda: dep,
-                    "compiled_int8_no_tables": lambda: deploy(qat, **BEFORE)}
-        for v, make in compiled.items():
+        info["requant"] = resolve_requant(dep.config["requant"], x.device)
+        for v in ("deployed_compiled", *BASELINES):
             if v not in args.variants:
-                continue
-            fns[v] = compile_deployed(make())  # (deployed only where timed)
+                continue  # (deployed only where timed)
+            fns[v] = compile_deployed(dep if v == "deployed_compiled" else
+                                      deploy(qat, **BASELINES[v]))
             t = time.perf_counter()  # (the first call compiles)
             out = fns[v](x)
             sfx = "" if v == "deployed_compiled" else "_" + v
@@ -213,26 +217,33 @@ def markdown(rows: list[dict], infos: dict, meta: dict, layers: list[dict],
                    f"[{r.ci95_lo:.1f}, {r.ci95_hi:.1f}] | {r.iqr_over_median:.2f} | "
                    f"{ci(r.vs_qat, r.vs_qat_lo, r.vs_qat_hi)} | "
                    f"{ci(r.vs_float, r.vs_float_lo, r.vs_float_hi)} |")
-    out += ["", "`deployed`: `qvit.deploy(model)` (its defaults: `int_gemm=\"auto\"`, lookup "
-            "tables on); `compiled_int8_no_tables`: `deploy(model, int_gemm=\"int8\", "
-            "lookup_tables=False)` compiled, the arithmetic before those choices existed; "
-            "every variant's logits equal the eager deployed model's (the column below).", "",
-            "| model | int8 linear layers' GEMM (auto) | compile s | compiled == eager (bits) "
-            "| compile s, int8 no tables | == eager (bits) |", "|---|---|---|---|---|---|"]
-    out += [f"| {m} | {i.get('int_gemm', '-')} | {i.get('compile_s', float('nan')):.1f} | "
-            f"{i.get('compiled_exact', '-')} | "
-            f"{i.get('compile_s_compiled_int8_no_tables', float('nan')):.1f} | "
-            f"{i.get('compiled_exact_compiled_int8_no_tables', '-')} |"
+    out += ["", "`deployed`: `qvit.deploy(model)` (its defaults: `int_gemm=\"auto\"`, "
+            "`requant=\"auto\"`, lookup tables on); compiled with some of them off: "
+            + "; ".join(f"`{v}`: `deploy(model, " + ", ".join(
+                f"{k}={o!r}".replace("'", '"') for k, o in kw.items()) + ")`"
+                for v, kw in BASELINES.items())
+            + " (the first: the arithmetic before those choices existed). Every variant's "
+            "logits equal the eager deployed model's (the columns below).", "",
+            "| model | int8 linear layers' GEMM (auto) | requantizers (auto) | compile s "
+            "| compiled == eager (bits) | " + " | ".join(
+                f"compile s, {v} | == eager (bits)" for v in BASELINES) + " |",
+            "|---|---|---|---|---|" + "---|---|" * len(BASELINES)]
+    out += [f"| {m} | {i.get('int_gemm', '-')} | {i.get('requant', '-')} | "
+            f"{i.get('compile_s', float('nan')):.1f} | {i.get('compiled_exact', '-')} | "
+            + " | ".join(f"{i.get('compile_s_' + v, float('nan')):.1f} | "
+                         f"{i.get('compiled_exact_' + v, '-')}" for v in BASELINES) + " |"
             for m, i in infos.items()]
-    before = [(r["model"], ratio_interval(r["rounds"], b["rounds"])) for r in rows
-              for b in rows if r["variant"] == "deployed_compiled"
-              and b["variant"] == "compiled_int8_no_tables" and b["model"] == r["model"]]
-    if before:
-        out += ["", "Compiled, `deployed` over `compiled_int8_no_tables` (throughput, paired "
-                "within rounds: geometric mean [95% t]): " + "; ".join(
-                    f"{m} {ci(v, lo, hi)}" for m, (v, lo, hi, _) in before) + ". Both "
-                "compile in one process, one after the other: the second may reuse kernels "
-                "the first built (compile times above)."]
+    for v in BASELINES:
+        paired = [(r["model"], ratio_interval(r["rounds"], b["rounds"])) for r in rows
+                  for b in rows if r["variant"] == "deployed_compiled"
+                  and b["variant"] == v and b["model"] == r["model"]]
+        if paired:
+            out += ["", f"Compiled, `deployed` over `{v}` (throughput, paired within rounds: "
+                    "geometric mean [95% t]): " + "; ".join(
+                        f"{m} {ci(r, lo, hi)}" for m, (r, lo, hi, _) in paired) + "."]
+    if any(v in BASELINES for r in rows for v in [r["variant"]]):
+        out += ["", "Each variant compiles in the same process, one after the other: a "
+                "later one may reuse kernels an earlier one built (compile times above)."]
     if whole:
         out += ["", "## Exactness against the QAT eval", "",
                 "Each micro model deployed and run beside its QAT eval on the whole held-out "

@@ -281,6 +281,12 @@ MUTANTS = [
       "longest = max(1, (FLOAT32_EXACT - 1) // (a_max * b_max))",
       "longest = max(1, (4 * FLOAT32_EXACT) // (a_max * b_max))",
       (DEPLOY_ARITH,), "the float32 GEMM's K chunks long enough to round their sums"),
+    M("deploy_float64_requant_odd_base", "qvit/deploy/arith.py",
+      "q = torch.floor(a * 0.5) * 2", "q = torch.floor(a)",
+      (DEPLOY_ARITH,), "the float64 requantizer's base not even: ties round to odd"),
+    M("deploy_float64_requant_from_e_9", "qvit/deploy/arith.py",
+      "FLOAT64_REQUANT_E = (10, 52)", "FLOAT64_REQUANT_E = (9, 52)",
+      (DEPLOY_ARITH,), "the float64 requantizer trusted at e = 9, where results pass 2^53"),
 ]
 
 

@@ -7,6 +7,8 @@ every quantity an exact integer): `qvit.reference` states each one on Python int
 the tests hold these to it.
 
 * `requantize`: round_half_even(z * m / 2^e), the dyadic requantizer, in three integer ops;
+  `requantize_float64` the same integers from float64 operations (`split_multiplier`),
+  for processors whose vectors have no int64 multiply or arithmetic shift (AVX2);
 * `floor_div`: floor(a / b), exactly, through one float64 division (vectorized, where
   int64 division is not);
 * `round_div`: round_half_even(s / d) for a positive integer d (means, pooling);
@@ -26,6 +28,8 @@ import torch
 from torch import Tensor
 
 __all__ = ["NORM_ONE", "NEWTON_START", "NEWTON_ITERATIONS", "EXP_SHIFT_CAP", "requantize",
+           "FLOAT64_REQUANT_E", "float64_requant_exact", "split_multiplier",
+           "requantize_float64",
            "clamp_bits", "FLOAT_DIVISION_BOUND", "floor_div", "round_div", "shift_exp",
            "shiftmax", "shift_gelu", "gelu_given_max", "isqrt_newton", "int_layernorm",
            "EXP_TABLE_LIMIT", "exp_table", "shiftmax_by_table", "gelu_table",
@@ -55,8 +59,51 @@ def requantize(z: Tensor, m: Tensor, e: Tensor, half_m1: Tensor) -> Tensor:
     return (prod + half_m1 + ((prod >> e) & 1)) >> e
 
 
+# AVX2 has no int64 vector multiply and no int64 arithmetic shift: compiled, `requantize`
+# runs near scalar speed there, while float64 vectors multiply, floor and round. Splitting
+# the 31-bit m at bit 16 keeps every float64 product exact; the last sum bounds e from
+# above (exact below 2, 2^(e+1) units of 2^-e, up to e = 52; at or above 2 it rounds, but
+# to a value below 2.5 that rounds to 2 as the exact one does), the result from below
+# (|z m| < 2^62, so |z m / 2^e| < 2^52 from e = 10). I-LayerNorm's requantizers sit at 52
+FLOAT64_REQUANT_E = (10, 52)
+_SPLIT = 16
+
+
+def float64_requant_exact(m: Tensor, e: Tensor) -> bool:
+    """Whether `requantize_float64` gives `requantize`'s integers for every (m, e) pair
+    here: m a 31-bit mantissa (2^30 <= m < 2^31, as `frexp` gives) and e within
+    `FLOAT64_REQUANT_E` (and |z m| < 2^62, as `requantize` needs)."""
+    lo, hi = FLOAT64_REQUANT_E
+    return bool(((m >= 2**30) & (m < 2**31) & (e >= lo) & (e <= hi)).all())
+
+
+def split_multiplier(m: Tensor, e: Tensor) -> tuple[Tensor, Tensor]:
+    """(mh, ml) float64 with m 2^-e = mh + ml: floor(m / 2^16) 2^(16-e) and
+    (m mod 2^16) 2^-e, the constants of `requantize_float64` (both exact)."""
+    m, e = m.to(torch.int64), e.to(torch.float64)
+    return ((m >> _SPLIT).to(torch.float64) * torch.exp2(_SPLIT - e),
+            (m & (2**_SPLIT - 1)).to(torch.float64) * torch.exp2(-e))
+
+
+def requantize_float64(z: Tensor, mh: Tensor, ml: Tensor) -> Tensor:
+    """round_half_even(z * m / 2^e), as `requantize`, in float64 (an exact integer), from
+    `split_multiplier`'s constants, where `float64_requant_exact`. Exact: |z| < 2^32
+    (|z m| < 2^62, m >= 2^30), so a = z mh (|z floor(m / 2^16)| < 2^47) and b = z ml
+    (< 2^48 units of 2^-e) are exact products; q, the even integer below a, is exact;
+    a - q in [0, 2) is an exact difference; s = (a - q) + b, with |b| < 2^(48-e) <= 1/16,
+    is exact below 2 for e <= 52 (fewer than 2^53 units of 2^-e) and rounds to [2, 2.5)
+    from [2, 2.0625) above it: either way round(s) is the exact one's; q is even, so
+    rounding half to even after subtracting it rounds as before; the result is below
+    2^52."""
+    zf = z.to(torch.float64)
+    a = zf * mh
+    q = torch.floor(a * 0.5) * 2
+    return q + torch.round((a - q) + zf * ml)
+
+
 def clamp_bits(t: Tensor, bits: int) -> Tensor:
-    """Clamp to signed ``bits`` integers, stored in the narrowest integer type."""
+    """Clamp to signed ``bits`` integers, stored in the narrowest integer type (``t``:
+    integer, or float64 holding integers)."""
     n = 2 ** (bits - 1)
     return t.clamp(-n, n - 1).to(_DTYPES.get(bits, torch.int64))
 

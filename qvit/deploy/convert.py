@@ -203,20 +203,23 @@ def _fill_attention(conv: _Converter, qat_blk, blk, prefix: str) -> None:
                                  f"{prefix}attn_mask"))
 
 
-def deploy(model: nn.Module, *, int_gemm: str = "auto", lookup_tables: bool = True
-           ) -> DeployedModel:
+def deploy(model: nn.Module, *, int_gemm: str = "auto", lookup_tables: bool = True,
+           requant: str = "auto") -> DeployedModel:
     """The integer-only inference model of a trained, loaded or calibrated qvit model
     (QuantViT or QuantSwin): int8 weights, int32 biases, dyadic multipliers and integer
     constants; float only in the input quantizer and the logits. In eval mode, on the
-    model's device. ``int_gemm``, ``lookup_tables``: how it computes, not what
+    model's device. ``int_gemm``, ``lookup_tables``, ``requant``: how it computes, not what
     (`DeployedModel`). Refuses (ValueError, one line) anything else: a float model, an
-    uncalibrated one, a model without a classifier, an unknown ``int_gemm``."""
+    uncalibrated one, a model without a classifier, an unknown ``int_gemm`` or
+    ``requant``."""
     check_deployable(model)
     check_int_gemm(int_gemm)
+    layers.check_requant(requant)
     modes = {m: m.training for m in model.modules()}
     try:
         model.eval()  # (the quantizers called below must not observe)
-        return _deploy(model, dict(int_gemm=int_gemm, lookup_tables=lookup_tables))
+        return _deploy(model, dict(int_gemm=int_gemm, lookup_tables=lookup_tables,
+                                   requant=requant))
     finally:
         for m, t in modes.items():
             m.training = t

@@ -15,8 +15,33 @@ from torch import Tensor, nn
 from . import arith
 from .intmm import exact_matmul, linear_int8
 
-__all__ = ["InputQuant", "Requant", "IntLinear", "IntPatchConv", "IntMatMul",
+__all__ = ["REQUANT_ARITHS", "FLOAT64_REQUANT_FAST", "check_requant", "resolve_requant",
+           "InputQuant", "Requant", "IntLinear", "IntPatchConv", "IntMatMul",
            "IntLayerNorm", "IntSoftmax", "IntGELU"]
+
+
+# The requantizers' arithmetic: "auto" (float64 where it is the faster one:
+# `FLOAT64_REQUANT_FAST`), "int64" or "float64"; the same integers either way
+REQUANT_ARITHS = ("auto", "int64", "float64")
+# read once, at import (dynamo does not trace the probe): CPU vectors without AVX-512 have
+# no int64 multiply or arithmetic shift; elsewhere (AVX-512, CUDA) int64 stays, unmeasured
+FLOAT64_REQUANT_FAST = torch.backends.cpu.get_cpu_capability() in ("DEFAULT", "AVX2")
+
+
+def check_requant(choice: str) -> None:
+    """Refuses (one line) a ``choice`` that is not one of `REQUANT_ARITHS`."""
+    if choice not in REQUANT_ARITHS:
+        raise ValueError(f"requant must be one of {', '.join(REQUANT_ARITHS)}, got {choice!r}")
+
+
+def resolve_requant(choice: str, device: torch.device) -> str:
+    """"int64" or "float64": what ``choice`` runs on ``device`` (int64 under ONNX export:
+    the exported graph stays integer)."""
+    if torch.onnx.is_in_onnx_export():
+        return "int64"
+    if choice == "auto":
+        return "float64" if device.type == "cpu" and FLOAT64_REQUANT_FAST else "int64"
+    return choice
 
 
 def _zeros(*shape: int, dtype=torch.int64) -> Tensor:
@@ -41,36 +66,59 @@ class Requant(nn.Module):
     """The dyadic requantizer of a QuantAct: clamp(rq(z) [+ rq_id(identity)] [+ offset])
     to ``bits`` integers, rq(z) = round_half_even(z * m / 2^e), (m, e) per channel (last
     dim) or per tensor; ``offset`` is a constant already requantized (a position
-    embedding, a relative position bias)."""
+    embedding, a relative position bias). ``arith``: one of `REQUANT_ARITHS` (the model's
+    ``requant``; the same integers either way): rq in int64 (`arith.requantize`) or in
+    float64 (`arith.requantize_float64`, from constants derived from (m, e), kept out of
+    the state dict and rebuilt when it is loaded; an (m, e) it cannot hold exactly stays
+    in int64)."""
 
     def __init__(self, bits: int, channels: int = 1, identity_channels: int = 0):
         super().__init__()
         self.bits = bits
+        self.arith = "auto"
+        self.has_identity = identity_channels > 0
         for name, c in (("", channels), ("_id", identity_channels)):
             if c:
                 self.register_buffer(f"m{name}", _zeros(c))
                 self.register_buffer(f"e{name}", _zeros(c))
                 self.register_buffer(f"half_m1{name}", _zeros(c))
-        self.has_identity = identity_channels > 0
+                self.register_buffer(f"mh{name}", None, persistent=False)
+                self.register_buffer(f"ml{name}", None, persistent=False)
+        self.register_load_state_dict_post_hook(lambda module, keys: module._split())
 
     def extra_repr(self) -> str:
-        return f"bits={self.bits}, channels={self.m.numel()}, identity={self.has_identity}"
+        return (f"bits={self.bits}, channels={self.m.numel()}, identity={self.has_identity}, "
+                f"arith={self.arith}, float64_exact={self.mh is not None}")
 
     def set_multiplier(self, m: Tensor, e: Tensor, identity: bool = False) -> None:
         sfx = "_id" if identity else ""
         getattr(self, f"m{sfx}").copy_(m)
         getattr(self, f"e{sfx}").copy_(e)
         getattr(self, f"half_m1{sfx}").copy_((1 << (e - 1)) - 1)
+        self._split()
 
-    def rescale(self, z: Tensor) -> Tensor:
-        """rq(z) in int64, before any sum or clamp."""
-        return arith.requantize(z, self.m, self.e, self.half_m1)
+    def _split(self) -> None:
+        """The float64 constants of each (m, e) that `arith.requantize_float64` holds
+        exactly (None where it does not)."""
+        for sfx in ("", "_id") if self.has_identity else ("",):
+            m, e = getattr(self, f"m{sfx}"), getattr(self, f"e{sfx}")
+            exact = arith.float64_requant_exact(m, e)
+            mh, ml = arith.split_multiplier(m, e) if exact else (None, None)
+            setattr(self, f"mh{sfx}", mh)
+            setattr(self, f"ml{sfx}", ml)
+
+    def _rescale(self, z: Tensor, sfx: str) -> Tensor:
+        mh = getattr(self, f"mh{sfx}")
+        if mh is not None and resolve_requant(self.arith, z.device) == "float64":
+            return arith.requantize_float64(z, mh, getattr(self, f"ml{sfx}"))
+        return arith.requantize(z, getattr(self, f"m{sfx}"), getattr(self, f"e{sfx}"),
+                                getattr(self, f"half_m1{sfx}"))
 
     def forward(self, z: Tensor, identity: Tensor | None = None,
                 offset: Tensor | None = None) -> Tensor:
-        t = self.rescale(z)
+        t = self._rescale(z, "")
         if identity is not None:
-            t = t + arith.requantize(identity, self.m_id, self.e_id, self.half_m1_id)
+            t = t + self._rescale(identity, "_id")
         if offset is not None:
             t = t + offset
         return arith.clamp_bits(t, self.bits)

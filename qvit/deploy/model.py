@@ -26,6 +26,7 @@ from .layers import (
     IntPatchConv,
     IntSoftmax,
     Requant,
+    check_requant,
 )
 
 __all__ = ["DeployedModel", "DeployedViT", "DeployedSwin", "from_config", "COMPILE_OPTIONS",
@@ -196,21 +197,24 @@ class Head(nn.Module):
 class DeployedModel(nn.Module):
     """What both families share: the config they are built from, and two choices that
     change its speed, never its integers: ``int_gemm`` (the int8 linear layers' GEMM, one
-    of `intmm.INT_GEMMS`) and ``lookup_tables`` (Shiftmax's exp and ShiftGELU with its
+    of `intmm.INT_GEMMS`), ``requant`` (the requantizers' arithmetic, one of
+    `layers.REQUANT_ARITHS`) and ``lookup_tables`` (Shiftmax's exp and ShiftGELU with its
     requantizer by tables derived from the layers' constants, rebuilt whenever a state
     dict is loaded)."""
 
     config: dict[str, Any]
     family: str
 
-    def _options(self, int_gemm: str, lookup_tables: bool) -> None:
+    def _options(self, int_gemm: str, lookup_tables: bool, requant: str) -> None:
         self.config.update(int_gemm=int_gemm, lookup_tables=bool(lookup_tables))
         self.set_int_gemm(int_gemm)
+        self.set_requant(requant)
         self.register_load_state_dict_post_hook(lambda module, keys: module.refresh_tables())
         self.refresh_tables()
 
     def extra_repr(self) -> str:
         return (f"family={self.family}, int_gemm={self.config['int_gemm']}, "
+                f"requant={self.config['requant']}, "
                 f"lookup_tables={self.config['lookup_tables']}")
 
     def set_int_gemm(self, choice: str) -> None:
@@ -220,6 +224,15 @@ class DeployedModel(nn.Module):
         for m in self.modules():
             if isinstance(m, IntLinear):
                 m.gemm = choice
+
+    def set_requant(self, choice: str) -> None:
+        """The requantizers' arithmetic: "auto", "int64" or "float64"
+        (`layers.REQUANT_ARITHS`)."""
+        check_requant(choice)
+        self.config["requant"] = choice
+        for m in self.modules():
+            if isinstance(m, Requant):
+                m.arith = choice
 
     def int_gemm_used(self) -> str:
         """What ``int_gemm`` runs on the model's device: "int8" or "float32"."""
@@ -256,7 +269,7 @@ class DeployedViT(DeployedModel):
     def __init__(self, *, img_size: int, patch_size: int, in_chans: int, num_classes: int,
                  embed_dim: int, depth: int, num_heads: int, mlp_hidden: int,
                  qkv_bias: bool = True, softmax_bits: int = 16, global_pool: str = "token",
-                 int_gemm: str = "auto", lookup_tables: bool = True):
+                 int_gemm: str = "auto", lookup_tables: bool = True, requant: str = "auto"):
         super().__init__()
         self.config = dict(family="vit", img_size=img_size, patch_size=patch_size,
                            in_chans=in_chans, num_classes=num_classes, embed_dim=embed_dim,
@@ -281,7 +294,7 @@ class DeployedViT(DeployedModel):
         self.norm = IntLayerNorm(embed_dim)
         self.q_head = Requant(8, embed_dim)
         self.head = Head(embed_dim, num_classes)
-        self._options(int_gemm, lookup_tables)
+        self._options(int_gemm, lookup_tables, requant)
 
     def forward_features(self, x: Tensor) -> Tensor:
         """Integer tokens after the final I-LayerNorm (int64, per-channel scale)."""
@@ -310,7 +323,7 @@ class DeployedSwin(DeployedModel):
     def __init__(self, *, img_size: int, patch_size: int, in_chans: int, num_classes: int,
                  embed_dim: int, depths: list[int], num_heads: list[int], window_size: int,
                  mlp_hidden: list[int], qkv_bias: bool = True, ape: bool = False,
-                 int_gemm: str = "auto", lookup_tables: bool = True):
+                 int_gemm: str = "auto", lookup_tables: bool = True, requant: str = "auto"):
         super().__init__()
         self.config = dict(family="swin", img_size=img_size, patch_size=patch_size,
                            in_chans=in_chans, num_classes=num_classes, embed_dim=embed_dim,
@@ -344,7 +357,7 @@ class DeployedSwin(DeployedModel):
         self.q_norm = Requant(8, dim)
         self.q_pool = Requant(8)
         self.head = Head(dim, num_classes)
-        self._options(int_gemm, lookup_tables)
+        self._options(int_gemm, lookup_tables, requant)
 
     def forward_features(self, x: Tensor) -> Tensor:
         x = self.patch_embed(self.q_input(x))

@@ -61,3 +61,27 @@ def test_refuses_bad_arguments_before_measuring(deploy_speed, tmp_path, capsys):
         deploy_speed.main(["--variants", "deployed", "--out", str(tmp_path)])
     assert "qat_best and float" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
+
+
+def test_report_pairs_the_deployed_model_with_each_compiled_baseline(deploy_speed):
+    """The compiled baselines' columns and paired ratios (rounds made up: no compile)."""
+    rounds = {"deployed_compiled": [10.0, 12.0, 11.0], "compiled_int8_no_tables": [5.0, 6.0, 5.5],
+              "compiled_int64_requant": [8.0, 9.6, 8.8], "qat_best": [9.0, 9.0, 9.0],
+              "float": [20.0, 20.0, 20.0]}
+    rows = [dict(model="ivit_micro", batch=4, variant=v, median=r[1], mean=r[1], ci95_lo=r[0],
+                 ci95_hi=r[2], iqr_over_median=0.1, vs_qat=1.0, vs_qat_lo=1.0, vs_qat_hi=1.0,
+                 vs_float=0.5, vs_float_lo=0.5, vs_float_hi=0.5, rounds=r)
+            for v, r in rounds.items()]
+    info = {"int_gemm": "float32", "requant": "float64", "compile_s": 3.0,
+            "compiled_exact": True}
+    for v in deploy_speed.BASELINES:
+        info |= {f"compile_s_{v}": 4.0, f"compiled_exact_{v}": True}
+    meta = dict(command="x", git_commit="abc", git_dirty=False, device_name="cpu (test)",
+                torch_version="t", timm_version="t", threads=2, omp="2", started="s",
+                ended="e", rounds=3, iters=1)
+    text = deploy_speed.markdown(rows, {"ivit_micro": info}, meta, [], [])
+    assert "| ivit_micro | float32 | float64 | 3.0 | True | 4.0 | True | 4.0 | True |" in text
+    assert 'requant="int64"' in text
+    assert "Compiled, `deployed` over `compiled_int8_no_tables` (throughput, paired" in text
+    assert "ivit_micro 2.00 [2.00, 2.00]" in text  # 10/5, 12/6, 11/5.5
+    assert "over `compiled_int64_requant`" in text and "ivit_micro 1.25 [1.25, 1.25]" in text

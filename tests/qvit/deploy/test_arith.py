@@ -227,3 +227,75 @@ def test_int_gemm_choice(monkeypatch):
     assert intmm.resolve_int_gemm("float32", torch.device("cuda")) == "float32"
     with pytest.raises(ValueError, match="int_gemm must be one of auto, int8, float32"):
         intmm.resolve_int_gemm("int4", cpu)
+
+
+def _rq_exact(z: int, m: int, e: int) -> int:
+    """round_half_even(z m / 2^e) on Python integers."""
+    q, r = divmod(z * m, 1 << e)
+    return q + (2 * r > 1 << e or (2 * r == 1 << e and q % 2 == 1))
+
+
+def _ties(m: int, e: int, count: int) -> list[int]:
+    """z with z m an odd multiple of 2^(e-1) (round half to even decides), |z m| < 2^62."""
+    t = (m & -m).bit_length() - 1  # m = odd 2^t
+    if t >= e:
+        return []
+    step = 1 << (e - t)  # z = z0 (mod 2^(e-t)) puts z m at an odd multiple of 2^(e-1)
+    z0 = (pow(m >> t, -1, step) << (e - 1 - t)) % step
+    limit = (1 << 62) // m
+    return [s * (z0 + k * step) for k in range(count) for s in (1, -1)
+            if z0 + k * step < limit]
+
+
+@pytest.mark.parametrize("e", range(arith.FLOAT64_REQUANT_E[0], arith.FLOAT64_REQUANT_E[1] + 1))
+def test_requantize_float64_gives_the_int64_integers(e):
+    """Every e the float64 form takes; m over its range (odd, even, 2^30, 2^31 - 1); z over
+    the whole |z m| < 2^62 (its ends), zero, and ties, the cases rounding half to even
+    decides (the parity the even q keeps); against Python integers."""
+    g = torch.Generator().manual_seed(e)
+    ms = [1 << 30, (1 << 31) - 1, (1 << 30) + 1, (1 << 30) + (1 << 16)]
+    ms += torch.randint(1 << 30, 1 << 31, (4,), generator=g).tolist()
+    for m in ms:
+        limit = ((1 << 62) - 1) // m
+        zs = [0, 1, -1, limit, -limit, limit - 1, -(limit - 1)] + _ties(m, e, 6)
+        zs += torch.randint(-limit, limit + 1, (40,), generator=g).tolist()
+        z = torch.tensor(zs)
+        mt, et = torch.tensor(m), torch.tensor(e)
+        assert arith.float64_requant_exact(mt, et)
+        got = arith.requantize_float64(z, *arith.split_multiplier(mt, et))
+        assert got.dtype == torch.float64
+        want = [_rq_exact(v, m, e) for v in zs]
+        assert got.to(torch.int64).tolist() == want, (m, e)
+        assert arith.requantize(z, mt, et, (1 << (et - 1)) - 1).tolist() == want
+
+
+def test_requantize_float64_ties_are_many():
+    """The tie list above holds ties (so the parity checks run), for odd and even m."""
+    for m, e in (((1 << 30) + 1, 25), (3 << 29, 31), (1 << 30, 52), ((1 << 30) + (1 << 16), 45)):
+        zs = _ties(m, e, 3)
+        assert zs and all((z * m) % (1 << e) == 1 << (e - 1) for z in zs)
+
+
+def test_split_multiplier_is_exact_and_float64_refuses_what_it_cannot_hold():
+    for e in (10, 31, 52):
+        for m in ((1 << 30) + 12345, (1 << 31) - 1):
+            mh, ml = arith.split_multiplier(torch.tensor(m), torch.tensor(e))
+            assert Fraction(mh.item()) == Fraction(m >> 16 << 16, 1 << e)
+            assert Fraction(ml.item()) == Fraction(m & 0xFFFF, 1 << e)
+    ok = torch.tensor([1 << 30, (1 << 31) - 1])
+    assert arith.float64_requant_exact(ok, torch.tensor([10, 52]))
+    assert not arith.float64_requant_exact(ok, torch.tensor([10, 53]))  # the last sum
+    assert not arith.float64_requant_exact(ok, torch.tensor([9, 52]))  # the result
+    assert not arith.float64_requant_exact(torch.tensor([1 << 29]), torch.tensor(30))
+
+
+def test_requant_choice(monkeypatch):
+    from qvit.deploy import layers
+    cpu = torch.device("cpu")
+    for fast in (True, False):
+        monkeypatch.setattr(layers, "FLOAT64_REQUANT_FAST", fast)
+        assert layers.resolve_requant("auto", cpu) == ("float64" if fast else "int64")
+        assert layers.resolve_requant("auto", torch.device("cuda")) == "int64"
+    assert layers.resolve_requant("float64", cpu) == "float64"
+    with pytest.raises(ValueError, match="requant must be one of auto, int64, float64"):
+        layers.check_requant("int32")

@@ -11,9 +11,9 @@ import torch
 
 import qvit
 from qvit import Flags
-from qvit.deploy import compile_deployed, deploy, from_config
+from qvit.deploy import arith, compile_deployed, deploy, from_config, layers
 from qvit.deploy.compare import evaluate_deployed, layer_differences, record_deployed
-from qvit.deploy.layers import IntGELU, IntSoftmax
+from qvit.deploy.layers import IntGELU, IntSoftmax, Requant
 from qvit.deploy.model import Mlp
 from qvit.deploy.reference_model import reference_forward
 
@@ -33,11 +33,15 @@ def _assert_bit_exact(model, images):
         assert ours.shape == ref.shape, name
         assert np.array_equal(ours, ref), f"{name}: {(ours != ref).mean():.2%} differ"
     assert np.array_equal(logits.cpu().numpy(), want_logits)
-    for gemm in ("int8", "float32"):  # and as it runs: lookup tables, either GEMM
-        deployed.set_int_gemm(gemm)
-        with torch.no_grad():
-            assert np.array_equal(deployed(images).cpu().numpy(), want_logits), gemm
+    for gemm in ("int8", "float32"):  # and as it runs: lookup tables, either GEMM, either
+        for requant in ("int64", "float64"):  # requantizer arithmetic
+            deployed.set_int_gemm(gemm)
+            deployed.set_requant(requant)
+            with torch.no_grad():
+                assert np.array_equal(deployed(images).cpu().numpy(), want_logits), (
+                    gemm, requant)
     deployed.set_int_gemm("auto")
+    deployed.set_requant("auto")
     return deployed
 
 
@@ -88,10 +92,17 @@ def test_state_dict_round_trip(name):
     fresh = from_config(saved["config"])
     fresh.load_state_dict(saved["state"], strict=True)
     x = batch(9, n=4)[0]
-    assert fresh.config == deployed.config  # (int_gemm, lookup_tables too)
+    assert fresh.config == deployed.config  # (int_gemm, lookup_tables, requant too)
     with torch.no_grad():  # (the tables rebuilt from the loaded constants)
         assert torch.equal(fresh(x), deployed(x))
     assert not any("lut" in k for k in saved["state"])  # derived, not stored
+    assert not any(k.split(".")[-1] in ("mh", "ml", "mh_id", "ml_id") for k in saved["state"])
+    splits = {n: m.mh for n, m in deployed.named_modules() if isinstance(m, Requant)}
+    assert any(v is not None for v in splits.values())  # (most requantizers take float64)
+    for n, m in fresh.named_modules():  # the float64 constants rebuilt from (m, e)
+        if isinstance(m, Requant):
+            assert (m.mh is None) is (splits[n] is None), n
+            assert m.mh is None or torch.equal(m.mh, splits[n]), n
     assert {v.dtype for k, v in saved["state"].items() if k.endswith("fc1.weight")} == {
         torch.int8}
     assert {v.dtype for k, v in saved["state"].items() if k.endswith("fc1.bias")} == {
@@ -130,13 +141,41 @@ def test_int_gemm_and_lookup_tables_change_no_integer(name):
     _one_line(e)
 
 
-@pytest.mark.parametrize("gemm", ["auto", "int8", "float32"])
-def test_deployed_model_traces_as_one_graph(gemm):
-    """Every GEMM choice traces without a graph break (a probe of the CPU inside the
-    forward broke the compiled graph at every linear layer)."""
+@pytest.mark.parametrize("name", MICRO)
+def test_requant_arithmetic_changes_no_integer(name, monkeypatch):
+    """int64 and float64 requantizers: the same logits, and float64 is what runs where
+    chosen (in the requantizers whose (m, e) it holds exactly; the rest stay int64)."""
+    model = model_from(name, Flags.preset("best"))
+    x = batch(4, n=8)[0]
+    calls = []
+    f64 = arith.requantize_float64
+    monkeypatch.setattr(arith, "requantize_float64", lambda *a: calls.append(1) or f64(*a))
+    outs = {}
+    for requant in ("int64", "float64", "auto"):
+        dep = deploy(model, requant=requant)
+        assert dep.config["requant"] == requant
+        calls.clear()
+        with torch.no_grad():
+            outs[requant] = dep(x)
+        runs = {"int64": False, "float64": True, "auto": layers.FLOAT64_REQUANT_FAST}
+        assert bool(calls) is runs[requant], requant
+    assert torch.equal(outs["int64"], outs["float64"])
+    assert torch.equal(outs["int64"], outs["auto"])
+    rq = [m for m in dep.modules() if isinstance(m, Requant)]
+    assert any(m.mh is None for m in rq) and any(m.mh is not None for m in rq)
+    with pytest.raises(ValueError, match="requant must be one of") as e:
+        deploy(model, requant="int32")
+    _one_line(e)
+
+
+@pytest.mark.parametrize("gemm, requant", [("auto", "auto"), ("int8", "int64"),
+                                           ("float32", "float64")])
+def test_deployed_model_traces_as_one_graph(gemm, requant):
+    """Every GEMM and requantizer choice traces without a graph break (a probe of the CPU
+    inside the forward broke the compiled graph at every linear layer)."""
     import torch._dynamo
 
-    dep = deploy(model_from("ivit_micro", Flags()), int_gemm=gemm)
+    dep = deploy(model_from("ivit_micro", Flags()), int_gemm=gemm, requant=requant)
     with torch.no_grad():
         explained = torch._dynamo.explain(dep)(batch(6, n=2)[0])
     assert explained.graph_break_count == 0, explained.break_reasons
