@@ -85,11 +85,12 @@ def pad_shapes(m: int, k: int, n: int) -> tuple[int, int, int]:
     return max(m, 17), max(-(-k // 8) * 8, 16), max(-(-n // 8) * 8, 8)
 
 
-def int_mm(a: Tensor, b: Tensor, gemm: str = "int8") -> Tensor:
+def int_mm(a: Tensor, b: Tensor, gemm: str = "int8", float64: bool = False) -> Tensor:
     """a (M, K) int8 @ b (K, N) int8 -> (M, N) int32, exactly, by ``gemm`` ("int8" or
-    "float32"; under ONNX export always the integer MatMul)."""
+    "float32"; under ONNX export always the integer MatMul); the float32 GEMM's sums as
+    float64 (the same integers) with ``float64``."""
     if gemm == "float32" and not torch.onnx.is_in_onnx_export():
-        return float_gemm_exact(a, b, 128, 128)
+        return float_gemm_exact(a, b, 128, 128, torch.float64 if float64 else torch.int32)
     if int_mm_supported(a, b):
         return torch._int_mm(a, b)
     if a.dtype == torch.int8 and b.dtype == torch.int8 and a.dim() == 2 and b.dim() == 2 \
@@ -103,10 +104,12 @@ def int_mm(a: Tensor, b: Tensor, gemm: str = "int8") -> Tensor:
     return exact_matmul(a, b, 128, 128).to(torch.int32)
 
 
-def float_gemm_exact(a: Tensor, b: Tensor, a_max: int, b_max: int) -> Tensor:
-    """a (M, K) @ b (K, N) of integers with |a| <= ``a_max``, |b| <= ``b_max`` -> int32, as
-    float32 GEMMs over K chunks whose sums stay below 2^24 (exact), added in int32
-    (int8 operands: K <= 1023 in one GEMM; DeiT-tiny's fc2, K = 3072, in four of 768)."""
+def float_gemm_exact(a: Tensor, b: Tensor, a_max: int, b_max: int,
+                     dtype: torch.dtype = torch.int32) -> Tensor:
+    """a (M, K) @ b (K, N) of integers with |a| <= ``a_max``, |b| <= ``b_max`` -> ``dtype``
+    (int32, or float64 holding the same integers), as float32 GEMMs over K chunks whose
+    sums stay below 2^24 (exact), added in ``dtype`` (int8 operands: K <= 1023 in one GEMM;
+    DeiT-tiny's fc2, K = 3072, in four of 768)."""
     k = a.shape[1]
     longest = max(1, (FLOAT32_EXACT - 1) // (a_max * b_max))
     chunks = -(-k // longest)
@@ -114,7 +117,7 @@ def float_gemm_exact(a: Tensor, b: Tensor, a_max: int, b_max: int) -> Tensor:
     out = None
     for i in range(0, k, chunk):
         part = torch.mm(a[:, i:i + chunk].to(torch.float32),
-                        b[i:i + chunk].to(torch.float32)).to(torch.int32)
+                        b[i:i + chunk].to(torch.float32)).to(dtype)
         out = part if out is None else out + part
     return out
 
@@ -134,28 +137,34 @@ def byte_split_exact(k: int, a_max: int, b_max: int) -> bool:
     return k * max(255, (a_max >> 8) + 1) * b_max < FLOAT32_EXACT
 
 
-def exact_matmul(a: Tensor, b: Tensor, a_max: int, b_max: int) -> Tensor:
+def exact_matmul(a: Tensor, b: Tensor, a_max: int, b_max: int,
+                 float64: bool = False) -> Tensor:
     """``a @ b`` of integer tensors (batched as torch.matmul) with |a| <= ``a_max`` and |b| <=
-    ``b_max``, exactly (every |partial sum| is at most K a_max b_max); int64 result."""
+    ``b_max``, exactly (every |partial sum| is at most K a_max b_max); int64 result, or with
+    ``float64`` the same integers as float64 where a float GEMM computed them."""
     k = a.shape[-1]
     bound = k * a_max * b_max
     if torch.onnx.is_in_onnx_export():  # an integer MatMul in the graph (`qvit.deploy.onnx`)
         dtype = torch.int32 if bound < 2**31 else torch.int64
         return torch.matmul(a.to(dtype), b.to(dtype)).to(torch.int64)
     dtype = exact_dtype(bound)
+    out = torch.float64 if float64 else torch.int64
     if dtype != torch.float32 and byte_split_exact(k, a_max, b_max):
         a = a.to(torch.int32)
         bf = b.to(torch.float32)
-        hi = torch.matmul((a >> 8).to(torch.float32), bf).to(torch.int64)
-        return (hi << 8) + torch.matmul((a & 255).to(torch.float32), bf).to(torch.int64)
+        hi = torch.matmul((a >> 8).to(torch.float32), bf).to(out)
+        return hi * 256 + torch.matmul((a & 255).to(torch.float32), bf).to(out)
     if dtype == torch.int64:
         return torch.matmul(a.to(dtype), b.to(dtype))
-    return torch.matmul(a.to(dtype), b.to(dtype)).to(torch.int64)
+    return torch.matmul(a.to(dtype), b.to(dtype)).to(out)
 
 
-def linear_int8(x: Tensor, weight: Tensor, gemm: str = "auto") -> Tensor:
+def linear_int8(x: Tensor, weight: Tensor, gemm: str = "auto", float64: bool = False
+                ) -> Tensor:
     """x (..., K) int8 times weight (N, K) int8, transposed -> (..., N) int32, by ``gemm``
-    (one of `INT_GEMMS`)."""
+    (one of `INT_GEMMS`); float64 (the same integers) with ``float64`` where the GEMM is
+    a float32 one."""
     lead = x.shape[:-1]
-    out = int_mm(x.reshape(-1, x.shape[-1]), weight.t(), resolve_int_gemm(gemm, x.device))
+    out = int_mm(x.reshape(-1, x.shape[-1]), weight.t(), resolve_int_gemm(gemm, x.device),
+                 float64)
     return out.view(*lead, weight.shape[0])

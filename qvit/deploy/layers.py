@@ -125,13 +125,15 @@ class Requant(nn.Module):
 
 
 class IntLinear(nn.Module):
-    """x int8 @ weight int8 (out, in)^T + bias int32: the int64 accumulator. ``gemm``: one
-    of `intmm.INT_GEMMS` (the model's ``int_gemm``; the same integers either way)."""
+    """x int8 @ weight int8 (out, in)^T + bias int32: the accumulator, int64, or float64
+    holding the same integer where the GEMM is a float32 one and ``requant`` (the model's)
+    takes float64 (`_float64_accumulator`). ``gemm``: one of `intmm.INT_GEMMS` (the
+    model's ``int_gemm``; the same integers either way)."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
-        self.gemm = "auto"
+        self.gemm, self.requant = "auto", "auto"
         self.register_buffer("weight", _zeros(out_features, in_features, dtype=torch.int8))
         self.register_buffer("bias", _zeros(out_features, dtype=torch.int32) if bias else None)
 
@@ -140,8 +142,18 @@ class IntLinear(nn.Module):
                 f"gemm={self.gemm}")
 
     def forward(self, x: Tensor) -> Tensor:
-        acc = linear_int8(x, self.weight, self.gemm).to(torch.int64)
+        float64 = _float64_accumulator(self.requant, x.device)
+        acc = linear_int8(x, self.weight, self.gemm, float64)
+        acc = acc if acc.is_floating_point() else acc.to(torch.int64)
         return acc if self.bias is None else acc + self.bias
+
+
+def _float64_accumulator(requant: str, device: torch.device) -> bool:
+    """Whether a product that a float GEMM computes is handed on as float64 (the same
+    integers): where the requantizers take float64, which converts it at no cost (int32 or
+    int64 to float64 has no AVX2 instruction: the conversions took most of a requantizer's
+    time there)."""
+    return resolve_requant(requant, device) == "float64"
 
 
 class IntPatchConv(IntLinear):
@@ -162,17 +174,20 @@ class IntPatchConv(IntLinear):
 
 class IntMatMul(nn.Module):
     """a @ b of integer activations (attention), exact (`exact_matmul`), for |a| <=
-    ``a_max`` and |b| <= ``b_max`` (from the operands' bit widths)."""
+    ``a_max`` and |b| <= ``b_max`` (from the operands' bit widths); int64, or float64 as
+    `IntLinear`'s accumulator."""
 
     def __init__(self, a_max: int, b_max: int):
         super().__init__()
         self.a_max, self.b_max = a_max, b_max
+        self.requant = "auto"
 
     def extra_repr(self) -> str:
         return f"a_max={self.a_max}, b_max={self.b_max}"
 
     def forward(self, a: Tensor, b: Tensor) -> Tensor:
-        return exact_matmul(a, b, self.a_max, self.b_max)
+        return exact_matmul(a, b, self.a_max, self.b_max,
+                            _float64_accumulator(self.requant, a.device))
 
 
 class IntLayerNorm(nn.Module):

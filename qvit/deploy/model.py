@@ -233,6 +233,8 @@ class DeployedModel(nn.Module):
         for m in self.modules():
             if isinstance(m, Requant):
                 m.arith = choice
+            elif isinstance(m, (IntLinear, IntMatMul)):  # their products' carrier
+                m.requant = choice
 
     def int_gemm_used(self) -> str:
         """What ``int_gemm`` runs on the model's device: "int8" or "float32"."""
