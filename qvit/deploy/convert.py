@@ -207,11 +207,12 @@ def deploy(model: nn.Module, *, int_gemm: str = "auto", lookup_tables: bool = Tr
            requant: str = "auto") -> DeployedModel:
     """The integer-only inference model of a trained, loaded or calibrated qvit model
     (QuantViT or QuantSwin): int8 weights, int32 biases, dyadic multipliers and integer
-    constants; float only in the input quantizer and the logits. In eval mode, on the
-    model's device. ``int_gemm``, ``lookup_tables``, ``requant``: how it computes, not what
-    (`DeployedModel`). Refuses (ValueError, one line) anything else: a float model, an
-    uncalibrated one, a model without a classifier, an unknown ``int_gemm`` or
-    ``requant``."""
+    constants; float only in the input quantizer and the logits (elsewhere only as a
+    carrier of exact integers, where ``int_gemm`` and ``requant`` choose one). In eval
+    mode, on the model's device. ``int_gemm``, ``lookup_tables``, ``requant``: how it
+    computes, not what (`DeployedModel`). Refuses (ValueError, one line) anything else: a
+    float model, an uncalibrated one, a model without a classifier, an unknown
+    ``int_gemm`` or ``requant``."""
     check_deployable(model)
     check_int_gemm(int_gemm)
     layers.check_requant(requant)

@@ -195,7 +195,7 @@ class Head(nn.Module):
 
 
 class DeployedModel(nn.Module):
-    """What both families share: the config they are built from, and two choices that
+    """What both families share: the config they are built from, and three choices that
     change its speed, never its integers: ``int_gemm`` (the int8 linear layers' GEMM, one
     of `intmm.INT_GEMMS`), ``requant`` (the requantizers' arithmetic, one of
     `layers.REQUANT_ARITHS`) and ``lookup_tables`` (Shiftmax's exp and ShiftGELU with its
