@@ -192,13 +192,19 @@ class IntMatMul(nn.Module):
 
 class IntLayerNorm(nn.Module):
     """I-LayerNorm (`arith.int_layernorm`) with the integer bias floor(bias / weight /
-    (sqrt(C) / 2^30)); the output scale (per channel) lives in the next requantizer."""
+    (sqrt(C) / 2^30)); the output scale (per channel) lives in the next requantizer. Its
+    output int64, or the same integers in float64 (`arith.int_layernorm_float64`) for an
+    int8/int16 input where ``requant`` (the model's) takes float64."""
 
     def __init__(self, dim: int):
         super().__init__()
+        self.requant = "auto"
         self.register_buffer("bias_int", _zeros(dim))
 
     def forward(self, x: Tensor) -> Tensor:
+        if x.dtype in (torch.int8, torch.int16) and _float64_accumulator(self.requant,
+                                                                           x.device):
+            return arith.int_layernorm_float64(x, self.bias_int)
         return arith.int_layernorm(x, self.bias_int)
 
 

@@ -233,7 +233,7 @@ class DeployedModel(nn.Module):
         for m in self.modules():
             if isinstance(m, Requant):
                 m.arith = choice
-            elif isinstance(m, (IntLinear, IntMatMul)):  # their products' carrier
+            elif isinstance(m, (IntLinear, IntMatMul, IntLayerNorm)):  # their outputs' carrier
                 m.requant = choice
 
     def int_gemm_used(self) -> str:

@@ -299,3 +299,21 @@ def test_requant_choice(monkeypatch):
     assert layers.resolve_requant("float64", cpu) == "float64"
     with pytest.raises(ValueError, match="requant must be one of auto, int64, float64"):
         layers.check_requant("int32")
+
+
+@pytest.mark.parametrize("c", [1, 48, 64, 192, 3072])
+def test_int_layernorm_float64_gives_the_int64_integers(c):
+    """Random int16 rows, rows at the int16 extremes (the largest sums of squares), constant
+    rows (std 0 -> the clamp's path), int8 rows; biases at the int32 ends."""
+    g = torch.Generator().manual_seed(c)
+    rows = [torch.randint(-2**15, 2**15, (16, c), generator=g),
+            torch.tensor([[-2**15, 2**15 - 1] * c])[:, :c].repeat(2, 1),
+            torch.full((2, c), -2**15), torch.full((2, c), 7),
+            torch.randint(-128, 128, (8, c), generator=g)]
+    bias = torch.randint(-2**31, 2**31, (c,), generator=g)
+    bias[0], bias[-1] = -2**31, 2**31 - 1
+    for x, dtype in zip(rows, (torch.int16,) * 4 + (torch.int8,), strict=True):
+        x = x.to(dtype)
+        got = arith.int_layernorm_float64(x, bias)
+        assert got.dtype == torch.float64
+        assert torch.equal(got.to(torch.int64), arith.int_layernorm(x, bias)), (c, dtype)

@@ -145,7 +145,8 @@ def test_int_gemm_and_lookup_tables_change_no_integer(name):
 def test_requant_arithmetic_changes_no_integer(name, monkeypatch):
     """int64 and float64 requantizers: the same logits, and float64 is what runs where
     chosen (in the requantizers whose (m, e) it holds exactly; the rest stay int64), with
-    the products handed on as float64 where a float GEMM computed them."""
+    the products handed on as float64 where a float GEMM computed them, and I-LayerNorm's
+    output."""
     model = model_from(name, Flags.preset("best"))
     x = batch(4, n=8)[0]
     calls = []
@@ -158,7 +159,8 @@ def test_requant_arithmetic_changes_no_integer(name, monkeypatch):
         calls.clear()
         accs = []
         hooks = [m.register_forward_hook(lambda mod, a, out, c=accs: c.append(out.dtype))
-                 for m in dep.modules() if isinstance(m, (layers.IntLinear, layers.IntMatMul))]
+                 for m in dep.modules()
+                 if isinstance(m, (layers.IntLinear, layers.IntMatMul, layers.IntLayerNorm))]
         with torch.no_grad():
             outs[requant] = dep(x)
         for h in hooks:
