@@ -233,15 +233,15 @@ def markdown(rows: list[dict], infos: dict, meta: dict, layers: list[dict],
             + " | ".join(f"{i.get('compile_s_' + v, float('nan')):.1f} | "
                          f"{i.get('compiled_exact_' + v, '-')}" for v in BASELINES) + " |"
             for m, i in infos.items()]
+    rounds = {(r["model"], r["variant"]): r["rounds"] for r in rows}
     for v in BASELINES:
-        paired = [(r["model"], ratio_interval(r["rounds"], b["rounds"])) for r in rows
-                  for b in rows if r["variant"] == "deployed_compiled"
-                  and b["variant"] == v and b["model"] == r["model"]]
+        paired = [(m, ratio_interval(rounds[m, "deployed_compiled"], rounds[m, v]))
+                  for m in infos if (m, "deployed_compiled") in rounds and (m, v) in rounds]
         if paired:
             out += ["", f"Compiled, `deployed` over `{v}` (throughput, paired within rounds: "
                     "geometric mean [95% t]): " + "; ".join(
-                        f"{m} {ci(r, lo, hi)}" for m, (r, lo, hi, _) in paired) + "."]
-    if any(v in BASELINES for r in rows for v in [r["variant"]]):
+                        f"{m} {ci(g, lo, hi)}" for m, (g, lo, hi, _) in paired) + "."]
+    if any(r["variant"] in BASELINES for r in rows):
         out += ["", "Each variant compiles in the same process, one after the other: a "
                 "later one may reuse kernels an earlier one built (compile times above)."]
     if whole:

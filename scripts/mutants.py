@@ -288,8 +288,8 @@ MUTANTS = [
       "FLOAT64_REQUANT_E = (10, 52)", "FLOAT64_REQUANT_E = (9, 52)",
       (DEPLOY_ARITH,), "the float64 requantizer trusted at e = 9, where results pass 2^53"),
     M("deploy_float64_layernorm_rounds", "qvit/deploy/arith.py",
-      "return torch.floor(y * factor * 0.5) + bias_int.to(torch.float64)",
-      "return torch.round(y * factor * 0.5) + bias_int.to(torch.float64)",
+      "half = torch.floor(prod * 0.5) if dtype.is_floating_point else prod >> 1",
+      "half = torch.round(prod * 0.5) if dtype.is_floating_point else prod >> 1",
       (DEPLOY_ARITH,), "float64 I-LayerNorm rounds its halving where the shift floors"),
 ]
 

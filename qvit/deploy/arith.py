@@ -8,8 +8,7 @@ the tests hold these to it.
 
 * `requantize`: round_half_even(z * m / 2^e), the dyadic requantizer, in three integer ops;
   `requantize_float64` the same integers from float64 operations (`split_multiplier`),
-  for processors whose vectors have no int64 multiply or arithmetic shift (AVX2), and
-  `int_layernorm_float64` likewise;
+  for processors whose vectors have no int64 multiply or arithmetic shift (AVX2);
 * `floor_div`: floor(a / b), exactly, through one float64 division (vectorized, where
   int64 division is not);
 * `round_div`: round_half_even(s / d) for a positive integer d (means, pooling);
@@ -30,7 +29,7 @@ from torch import Tensor
 
 __all__ = ["NORM_ONE", "NEWTON_START", "NEWTON_ITERATIONS", "EXP_SHIFT_CAP", "requantize",
            "FLOAT64_REQUANT_E", "float64_requant_exact", "split_multiplier",
-           "requantize_float64", "int_layernorm_float64",
+           "requantize_float64",
            "clamp_bits", "FLOAT_DIVISION_BOUND", "floor_div", "round_div", "shift_exp",
            "shiftmax", "shift_gelu", "gelu_given_max", "isqrt_newton", "int_layernorm",
            "EXP_TABLE_LIMIT", "exp_table", "shiftmax_by_table", "gelu_table",
@@ -231,23 +230,17 @@ def isqrt_newton(v: Tensor, iterations: int = NEWTON_ITERATIONS) -> Tensor:
     return k
 
 
-def int_layernorm(x: Tensor, bias_int: Tensor) -> Tensor:
+def int_layernorm(x: Tensor, bias_int: Tensor, dtype: torch.dtype = torch.int64) -> Tensor:
     """I-LayerNorm over the last dim: y = x - round(mean x), std = isqrt_newton(sum y^2),
-    floor(y * floor(I / std) / 2) + bias_int (int64; scale sqrt(C)/2^30 * weight)."""
-    x = x.to(torch.int64)
-    y = x - round_div(x.sum(dim=-1, keepdim=True), x.shape[-1])
-    std = isqrt_newton((y * y).sum(dim=-1, keepdim=True))
-    return ((y * floor_div(NORM_ONE, std)) >> 1) + bias_int
-
-
-def int_layernorm_float64(x: Tensor, bias_int: Tensor) -> Tensor:
-    """`int_layernorm`'s integers as float64, for int8/int16 ``x`` and |bias_int| < 2^31 (as
-    `deploy` makes it): with |x| < 2^15, |y| < 2^16 and every sum of y^2 is below 2^53 for
-    C < 2^21, y floor(I / std) below 2^47, so each float64 sum and product is exact (in
-    any order); the per-row mean, square root and factor stay integer (one value a row)."""
-    xf = x.to(torch.float64)
-    mean = round_div(xf.sum(dim=-1, keepdim=True), x.shape[-1])
-    y = xf - mean.to(torch.float64)
+    floor(y * floor(I / std) / 2) + bias_int (scale sqrt(C)/2^30 * weight), as ``dtype``:
+    int64, or float64 holding the same integers for int8/int16 ``x`` and |bias_int| <
+    2^31 (as `deploy` makes it): then |y| < 2^16, every sum of y^2 is below 2^53 for C <
+    2^21 and y floor(I / std) below 2^47, so each float64 sum and product is exact in any
+    order. The per-row mean, square root and factor are integers either way."""
+    x = x.to(dtype)
+    y = x - round_div(x.sum(dim=-1, keepdim=True), x.shape[-1]).to(dtype)
     std = isqrt_newton((y * y).sum(dim=-1, keepdim=True).to(torch.int64))
-    factor = floor_div(NORM_ONE, std).to(torch.float64)
-    return torch.floor(y * factor * 0.5) + bias_int.to(torch.float64)
+    prod = y * floor_div(NORM_ONE, std).to(dtype)
+    half = torch.floor(prod * 0.5) if dtype.is_floating_point else prod >> 1
+    return half + bias_int.to(dtype)
+

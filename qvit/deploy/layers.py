@@ -24,7 +24,10 @@ __all__ = ["REQUANT_ARITHS", "FLOAT64_REQUANT_FAST", "check_requant", "resolve_r
 # `FLOAT64_REQUANT_FAST`), "int64" or "float64"; the same integers either way
 REQUANT_ARITHS = ("auto", "int64", "float64")
 # read once, at import (dynamo does not trace the probe): CPU vectors without AVX-512 have
-# no int64 multiply or arithmetic shift; elsewhere (AVX-512, CUDA) int64 stays, unmeasured
+# no int64 multiply, arithmetic shift or conversion to float; elsewhere (AVX-512, CUDA)
+# int64 stays, unmeasured. Under float64 the layers feeding requantizers (the GEMMs where a
+# float GEMM computed them, I-LayerNorm) hand on float64 too: on AVX2 the int32/int64 ->
+# float64 conversions took most of a requantizer's time
 FLOAT64_REQUANT_FAST = torch.backends.cpu.get_cpu_capability() in ("DEFAULT", "AVX2")
 
 
@@ -66,8 +69,8 @@ class Requant(nn.Module):
     """The dyadic requantizer of a QuantAct: clamp(rq(z) [+ rq_id(identity)] [+ offset])
     to ``bits`` integers, rq(z) = round_half_even(z * m / 2^e), (m, e) per channel (last
     dim) or per tensor; ``offset`` is a constant already requantized (a position
-    embedding, a relative position bias). ``arith``: one of `REQUANT_ARITHS` (the model's
-    ``requant``; the same integers either way): rq in int64 (`arith.requantize`) or in
+    embedding, a relative position bias). ``requant``: one of `REQUANT_ARITHS` (the
+    model's; the same integers either way): rq in int64 (`arith.requantize`) or in
     float64 (`arith.requantize_float64`, from constants derived from (m, e), kept out of
     the state dict and rebuilt when it is loaded; an (m, e) it cannot hold exactly stays
     in int64)."""
@@ -75,7 +78,7 @@ class Requant(nn.Module):
     def __init__(self, bits: int, channels: int = 1, identity_channels: int = 0):
         super().__init__()
         self.bits = bits
-        self.arith = "auto"
+        self.requant = "auto"
         self.has_identity = identity_channels > 0
         for name, c in (("", channels), ("_id", identity_channels)):
             if c:
@@ -88,7 +91,7 @@ class Requant(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"bits={self.bits}, channels={self.m.numel()}, identity={self.has_identity}, "
-                f"arith={self.arith}, float64_exact={self.mh is not None}")
+                f"requant={self.requant}, float64_exact={self.mh is not None}")
 
     def set_multiplier(self, m: Tensor, e: Tensor, identity: bool = False) -> None:
         sfx = "_id" if identity else ""
@@ -109,7 +112,7 @@ class Requant(nn.Module):
 
     def _rescale(self, z: Tensor, sfx: str) -> Tensor:
         mh = getattr(self, f"mh{sfx}")
-        if mh is not None and resolve_requant(self.arith, z.device) == "float64":
+        if mh is not None and resolve_requant(self.requant, z.device) == "float64":
             return arith.requantize_float64(z, mh, getattr(self, f"ml{sfx}"))
         return arith.requantize(z, getattr(self, f"m{sfx}"), getattr(self, f"e{sfx}"),
                                 getattr(self, f"half_m1{sfx}"))
@@ -127,8 +130,8 @@ class Requant(nn.Module):
 class IntLinear(nn.Module):
     """x int8 @ weight int8 (out, in)^T + bias int32: the accumulator, int64, or float64
     holding the same integer where the GEMM is a float32 one and ``requant`` (the model's)
-    takes float64 (`_float64_accumulator`). ``gemm``: one of `intmm.INT_GEMMS` (the
-    model's ``int_gemm``; the same integers either way)."""
+    resolves to float64. ``gemm``: one of `intmm.INT_GEMMS` (the model's ``int_gemm``;
+    the same integers either way)."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True):
         super().__init__()
@@ -142,18 +145,10 @@ class IntLinear(nn.Module):
                 f"gemm={self.gemm}")
 
     def forward(self, x: Tensor) -> Tensor:
-        float64 = _float64_accumulator(self.requant, x.device)
+        float64 = resolve_requant(self.requant, x.device) == "float64"
         acc = linear_int8(x, self.weight, self.gemm, float64)
         acc = acc if acc.is_floating_point() else acc.to(torch.int64)
         return acc if self.bias is None else acc + self.bias
-
-
-def _float64_accumulator(requant: str, device: torch.device) -> bool:
-    """Whether a product that a float GEMM computes is handed on as float64 (the same
-    integers): where the requantizers take float64, which converts it at no cost (int32 or
-    int64 to float64 has no AVX2 instruction: the conversions took most of a requantizer's
-    time there)."""
-    return resolve_requant(requant, device) == "float64"
 
 
 class IntPatchConv(IntLinear):
@@ -187,14 +182,14 @@ class IntMatMul(nn.Module):
 
     def forward(self, a: Tensor, b: Tensor) -> Tensor:
         return exact_matmul(a, b, self.a_max, self.b_max,
-                            _float64_accumulator(self.requant, a.device))
+                            resolve_requant(self.requant, a.device) == "float64")
 
 
 class IntLayerNorm(nn.Module):
     """I-LayerNorm (`arith.int_layernorm`) with the integer bias floor(bias / weight /
     (sqrt(C) / 2^30)); the output scale (per channel) lives in the next requantizer. Its
-    output int64, or the same integers in float64 (`arith.int_layernorm_float64`) for an
-    int8/int16 input where ``requant`` (the model's) takes float64."""
+    output int64, or the same integers in float64 for an int8/int16 input where
+    ``requant`` (the model's) resolves to float64."""
 
     def __init__(self, dim: int):
         super().__init__()
@@ -202,10 +197,10 @@ class IntLayerNorm(nn.Module):
         self.register_buffer("bias_int", _zeros(dim))
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.dtype in (torch.int8, torch.int16) and _float64_accumulator(self.requant,
-                                                                           x.device):
-            return arith.int_layernorm_float64(x, self.bias_int)
-        return arith.int_layernorm(x, self.bias_int)
+        float64 = (x.dtype in (torch.int8, torch.int16)
+                   and resolve_requant(self.requant, x.device) == "float64")
+        return arith.int_layernorm(x, self.bias_int,
+                                   torch.float64 if float64 else torch.int64)
 
 
 class IntSoftmax(nn.Module):

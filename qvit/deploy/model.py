@@ -230,10 +230,8 @@ class DeployedModel(nn.Module):
         (`layers.REQUANT_ARITHS`)."""
         check_requant(choice)
         self.config["requant"] = choice
-        for m in self.modules():
-            if isinstance(m, Requant):
-                m.arith = choice
-            elif isinstance(m, (IntLinear, IntMatMul, IntLayerNorm)):  # their outputs' carrier
+        for m in self.modules():  # the requantizers and the layers that feed them
+            if isinstance(m, (Requant, IntLinear, IntMatMul, IntLayerNorm)):
                 m.requant = choice
 
     def int_gemm_used(self) -> str:
